@@ -1,0 +1,327 @@
+"""Activation dump: run the model over a dataset and write the residual stream at one decoder
+block to Parquet shards, one row per (sample, token position), padding never included.
+
+Layout of a dump directory::
+
+    config.json                  what was asked (a rerun with another config is refused)
+    activations/shard-00000.parquet   sample_id, token_pos, modality, token_id, activation
+    samples/shard-00000.parquet       sample_id, row_index, n_tokens, n_image_tokens, n_text_tokens, n_special_tokens
+    rejected/shard-00000.parquet      sample_id, row_index, reason
+    manifest.json                model, layer, d_model, dtype, rows per modality, fingerprint, version
+
+Shard ``k`` holds dataset rows ``[k * samples_per_shard, (k + 1) * samples_per_shard)`` and is a
+pure function of the config, so shards can be computed in any order or in parallel. Each file
+is written to a temporary name and renamed; the activations file is renamed last and marks
+the shard complete, so a rerun skips complete shards and redoes only the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from saev_core import __version__
+from saev_core.data import DatasetSpec, Rejection, Sample, iter_samples, open_dataset, resolve_columns
+from saev_core.io import atomic_path, read_json, write_json
+from saev_core.modeling import ModelBundle, StopForward, capture_residual, check_layer, load_model
+
+MODALITIES = ("image", "text", "special")
+FP16_MAX = 65504.0
+# Fields that do not change what a shard contains; a resumed run may change them.
+_RUNTIME_FIELDS = {"out", "batch_size", "progress"}
+
+
+class DumpConfig(BaseModel):
+    """What to dump and where. ``model`` and ``dataset.path`` take hub ids or local paths."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    dataset: DatasetSpec
+    layer: int = Field(description="decoder block whose output (residual stream) is captured; negative counts from the end")
+    out: str = Field(description="output directory")
+    include_response: bool = Field(False, description="append the response (SFT answer / chosen) to the prompt")
+    batch_size: int = Field(16, ge=1)
+    samples_per_shard: int = Field(512, ge=1)
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="model compute dtype")
+    act_dtype: Literal["float16", "float32"] = Field("float16", description="stored activation dtype")
+    max_length: int | None = Field(None, ge=1, description="longest prompt in tokens; default: the model's context")
+    stop_at_layer: bool = Field(True, description="skip the blocks after the hooked one")
+    compression: Literal["zstd", "lz4", "snappy", "none"] = "zstd"
+    progress: bool = True
+
+    def identity(self) -> dict:
+        return self.model_dump(exclude=_RUNTIME_FIELDS)
+
+
+@dataclass
+class ShardResult:
+    index: int
+    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MODALITIES, 0))
+    n_samples: int = 0
+    n_rejected: int = 0
+    skipped: bool = False
+
+
+def activation_schema(d_model: int, act_dtype: str) -> pa.Schema:
+    value = pa.float16() if act_dtype == "float16" else pa.float32()
+    return pa.schema([
+        ("sample_id", pa.string()),
+        ("token_pos", pa.int32()),
+        ("modality", pa.string()),
+        ("token_id", pa.int32()),
+        ("activation", pa.list_(value, d_model)),
+    ])
+
+
+SAMPLES_SCHEMA = pa.schema([
+    ("sample_id", pa.string()), ("row_index", pa.int64()), ("n_tokens", pa.int32()),
+    ("n_image_tokens", pa.int32()), ("n_text_tokens", pa.int32()), ("n_special_tokens", pa.int32()),
+])
+REJECTED_SCHEMA = pa.schema([("sample_id", pa.string()), ("row_index", pa.int64()), ("reason", pa.string())])
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.parquet"
+
+
+def conversation(sample: Sample, include_response: bool) -> list[dict]:
+    conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": sample.question}]}]
+    if include_response and sample.response is not None:
+        conv.append({"role": "assistant", "content": [{"type": "text", "text": sample.response}]})
+    return conv
+
+
+def prompt_text(processor, sample: Sample, include_response: bool) -> str:
+    """The model's own chat template: ``USER: <image> {question} ASSISTANT:`` for LLaVA."""
+    return processor.apply_chat_template(
+        conversation(sample, include_response), add_generation_prompt=not include_response, tokenize=False
+    )
+
+
+def _process(bundle: ModelBundle, samples: list[Sample], include_response: bool):
+    texts = [prompt_text(bundle.processor, s, include_response) for s in samples]
+    return bundle.processor(images=[s.image for s in samples], text=texts, return_tensors="pt", padding=True)
+
+
+def encode_batch(bundle: ModelBundle, samples: list[Sample], include_response: bool, max_length: int):
+    """Tokenise a batch (right padding); samples the processor rejects or that exceed
+    ``max_length`` come back as rejections instead of failing the batch."""
+    rejected: list[Rejection] = []
+    try:
+        inputs = _process(bundle, samples, include_response)
+    except Exception:
+        ok = []
+        for s in samples:
+            try:
+                _process(bundle, [s], include_response)
+                ok.append(s)
+            except Exception as e:
+                rejected.append(Rejection(s.sample_id, s.row_index, f"processor failed: {type(e).__name__}: {e}"))
+        samples = ok
+        if not samples:
+            return None, samples, rejected
+        inputs = _process(bundle, samples, include_response)
+    lengths = inputs["attention_mask"].sum(1).tolist()
+    too_long = [i for i, n in enumerate(lengths) if n > max_length]
+    if too_long:
+        for i in too_long:
+            s = samples[i]
+            rejected.append(Rejection(s.sample_id, s.row_index, f"prompt has {lengths[i]} tokens, more than the model's context of {max_length}"))
+        samples = [s for i, s in enumerate(samples) if i not in set(too_long)]
+        if not samples:
+            return None, samples, rejected
+        inputs = _process(bundle, samples, include_response)
+    return inputs, samples, rejected
+
+
+@torch.inference_mode()
+def residual(bundle: ModelBundle, inputs, layer: int, stop: bool = True) -> torch.Tensor:
+    """Residual stream after block ``layer`` for a processed batch, shape [batch, seq, d_model]."""
+    batch = {k: v.to(bundle.device) for k, v in inputs.items()}
+    if "pixel_values" in batch and batch["pixel_values"].is_floating_point():
+        batch["pixel_values"] = batch["pixel_values"].to(bundle.dtype)
+    with capture_residual(bundle.layers, layer, stop=stop) as box, contextlib.suppress(StopForward):
+        bundle.model(**batch, use_cache=False)
+    return box["act"]
+
+
+def batch_table(bundle: ModelBundle, inputs, acts: torch.Tensor, samples: list[Sample], schema: pa.Schema) -> tuple[pa.Table, list[dict]]:
+    """Rows for every non-padding position, labelled by modality from the token ids."""
+    mask = inputs["attention_mask"].bool()
+    ids = inputs["input_ids"]
+    mask_d = mask.to(acts.device)
+    flat = acts[mask_d]
+    value_type = schema.field("activation").type.value_type
+    if value_type == pa.float16() and flat.numel() and float(flat.abs().max()) > FP16_MAX:
+        raise ValueError(f"activations exceed the float16 range (max |x| = {float(flat.abs().max()):.4g}); rerun with act_dtype=float32")
+    flat = flat.to(torch.float16 if value_type == pa.float16() else torch.float32).cpu().numpy()
+    tok = ids[mask].numpy().astype(np.int32)
+    pos = (mask.cumsum(1) - 1)[mask].numpy().astype(np.int32)
+    owner = torch.arange(mask.shape[0]).unsqueeze(1).expand_as(mask)[mask].numpy()
+    is_image = tok == bundle.image_token_id
+    is_special = np.isin(tok, np.fromiter(bundle.special_ids, dtype=np.int32)) & ~is_image
+    modality = np.where(is_image, "image", np.where(is_special, "special", "text"))
+    sample_ids = np.asarray([s.sample_id for s in samples], dtype=object)[owner]
+    d = flat.shape[1] if flat.ndim == 2 else schema.field("activation").type.list_size
+    table = pa.Table.from_arrays([
+        pa.array(sample_ids, pa.string()),
+        pa.array(pos),
+        pa.array(modality, pa.string()),
+        pa.array(tok),
+        pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), d),
+    ], schema=schema)
+    stats = []
+    for i, s in enumerate(samples):
+        sel = owner == i
+        stats.append({
+            "sample_id": s.sample_id, "row_index": s.row_index, "n_tokens": int(sel.sum()),
+            "n_image_tokens": int((is_image & sel).sum()), "n_text_tokens": int((~is_image & ~is_special & sel).sum()),
+            "n_special_tokens": int((is_special & sel).sum()),
+        })
+    return table, stats
+
+
+def _batches(items, size):
+    buf = []
+    for it in items:
+        buf.append(it)
+        if len(buf) == size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def dump_shard(cfg: DumpConfig, bundle: ModelBundle, ds, index: int, layer: int, pbar=None) -> ShardResult:
+    """Compute shard ``index`` and write its three files atomically (activations last)."""
+    out = Path(cfg.out)
+    result = ShardResult(index)
+    act_path = out / "activations" / shard_name(index)
+    if act_path.exists():
+        meta = pq.read_metadata(act_path).metadata or {}
+        result.skipped = True
+        result.rows = {m: int(meta.get(f"saev.rows.{m}".encode(), 0)) for m in MODALITIES}
+        result.n_samples = int(meta.get(b"saev.n_samples", 0))
+        result.n_rejected = int(meta.get(b"saev.n_rejected", 0))
+        if pbar is not None:
+            pbar.update(min(len(ds), (index + 1) * cfg.samples_per_shard) - index * cfg.samples_per_shard)
+        return result
+    start = index * cfg.samples_per_shard
+    stop = min(len(ds), start + cfg.samples_per_shard)
+    max_length = cfg.max_length or bundle.max_length
+    schema = activation_schema(bundle.d_model, cfg.act_dtype)
+    rejected: list[Rejection] = []
+    sample_stats: list[dict] = []
+    seen: set[str] = set()
+    compression = None if cfg.compression == "none" else cfg.compression
+    with atomic_path(act_path) as tmp_act:
+        with pq.ParquetWriter(tmp_act, schema, compression=compression) as writer:
+            for chunk in _batches(iter_samples(ds, cfg.dataset, start, stop), cfg.batch_size):
+                samples = []
+                for item in chunk:
+                    if isinstance(item, Rejection):
+                        rejected.append(item)
+                    elif item.sample_id in seen:
+                        rejected.append(Rejection(item.sample_id, item.row_index, "duplicate of an earlier row in this shard"))
+                    else:
+                        seen.add(item.sample_id)
+                        samples.append(item)
+                if samples:
+                    inputs, samples, bad = encode_batch(bundle, samples, cfg.include_response, max_length)
+                    rejected.extend(bad)
+                    if samples:
+                        acts = residual(bundle, inputs, layer, stop=cfg.stop_at_layer)
+                        table, stats = batch_table(bundle, inputs, acts, samples, schema)
+                        writer.write_table(table)
+                        sample_stats.extend(stats)
+                        for m in MODALITIES:
+                            result.rows[m] += sum(st[f"n_{m}_tokens"] for st in stats)
+                if pbar is not None:
+                    pbar.update(len(chunk))
+                    pbar.set_postfix(rows=sum(result.rows.values()), rejected=len(rejected), refresh=False)
+            result.n_samples, result.n_rejected = len(sample_stats), len(rejected)
+            writer.add_key_value_metadata({
+                **{f"saev.rows.{m}": str(n) for m, n in result.rows.items()},
+                "saev.n_samples": str(result.n_samples), "saev.n_rejected": str(result.n_rejected),
+            })
+        with atomic_path(out / "rejected" / shard_name(index)) as tmp:
+            pq.write_table(pa.Table.from_pylist([r.__dict__ for r in rejected], schema=REJECTED_SCHEMA), tmp)
+        with atomic_path(out / "samples" / shard_name(index)) as tmp:
+            pq.write_table(pa.Table.from_pylist(sample_stats, schema=SAMPLES_SCHEMA), tmp)
+    return result
+
+
+def prepare_output(cfg: DumpConfig, overwrite: bool = False) -> None:
+    """Record the config; refuse to mix shards of two different configs in one directory."""
+    out = Path(cfg.out)
+    cfg_file = out / "config.json"
+    if cfg_file.exists():
+        if read_json(cfg_file) == cfg.identity():
+            return
+        if not overwrite:
+            raise ValueError(f"{out} holds a dump made with a different config; choose another --out or pass --overwrite to replace it")
+        shutil.rmtree(out)
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"{out} exists and is not a saev dump; choose another --out or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(cfg_file, cfg.identity())
+
+
+def run_dump(cfg: DumpConfig, bundle: ModelBundle | None = None, overwrite: bool = False, shards: list[int] | None = None) -> dict:
+    """Dump every shard (or only ``shards``) and write the manifest. Returns the manifest."""
+    ds = open_dataset(cfg.dataset)
+    resolve_columns(cfg.dataset, ds.column_names)  # a wrong mapping fails before the model loads
+    bundle = bundle or load_model(cfg.model, cfg.device, cfg.dtype)
+    layer = check_layer(bundle, cfg.layer)
+    prepare_output(cfg, overwrite)
+    n_shards = max(1, math.ceil(len(ds) / cfg.samples_per_shard))
+    todo = range(n_shards) if shards is None else shards
+    with tqdm(total=len(ds), desc=f"dump {cfg.dataset.display_name} L{layer}", unit="sample", disable=not cfg.progress) as pbar:
+        results = [dump_shard(cfg, bundle, ds, i, layer, pbar) for i in todo]
+    if shards is not None and len(results) < n_shards:
+        return {"shards": [r.__dict__ for r in results]}
+    return write_manifest(cfg, bundle, layer, ds, results)
+
+
+def write_manifest(cfg: DumpConfig, bundle: ModelBundle, layer: int, ds, results: list[ShardResult]) -> dict:
+    rows = {m: sum(r.rows[m] for r in results) for m in MODALITIES}
+    manifest = {
+        "kind": "saev.activations",
+        "format_version": 1,
+        "saev_core_version": __version__,
+        "model": cfg.model,
+        "layer": layer,
+        "hook": f"{bundle.layers_path}.{layer} output (residual stream after decoder block {layer})",
+        "d_model": bundle.d_model,
+        "n_layers": bundle.n_layers,
+        "act_dtype": cfg.act_dtype,
+        "compute_dtype": str(bundle.dtype).removeprefix("torch."),
+        "include_response": cfg.include_response,
+        "dataset": cfg.dataset.model_dump(),
+        "dataset_name": cfg.dataset.display_name,
+        "dataset_fingerprint": getattr(ds, "_fingerprint", None),
+        "n_dataset_rows": len(ds),
+        "n_samples": sum(r.n_samples for r in results),
+        "n_rejected": sum(r.n_rejected for r in results),
+        "rows": {**rows, "total": sum(rows.values())},
+        "image_token_id": bundle.image_token_id,
+        "shards": [
+            {"file": f"activations/{shard_name(r.index)}", "samples": r.n_samples, "rejected": r.n_rejected, "rows": sum(r.rows.values())}
+            for r in results
+        ],
+    }
+    write_json(Path(cfg.out) / "manifest.json", manifest)
+    return manifest
