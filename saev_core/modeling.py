@@ -94,6 +94,8 @@ def load_model(model_id: str, device: str = "auto", dtype: str = "auto") -> Mode
     if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
         raise ValueError(f"{model_id} has no image-text processor (got {type(processor).__name__}); saev needs a multimodal processor")
     tok = processor.tokenizer
+    # Right padding keeps every real token at the position it has when run alone.
+    tok.padding_side = "right"
     image_token_id = getattr(model.config, "image_token_id", None) or getattr(model.config, "image_token_index", None)
     if image_token_id is None:
         image_token_id = tok.convert_tokens_to_ids(getattr(processor, "image_token", "<image>"))

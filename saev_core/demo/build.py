@@ -34,7 +34,7 @@ class DemoConfig(BaseModel):
     n_samples: int = Field(2000, ge=10, description="rows in each alignment dataset")
     n_heldout: int = Field(500, ge=10, description="clean held-out rows for evaluation")
     n_pretrain: int = Field(4000, ge=10, description="clean rows to pretrain the model on")
-    pretrain_steps: int = Field(900, ge=1)
+    pretrain_steps: int = Field(1200, ge=1)
     pretrain_batch_size: int = Field(64, ge=1)
     low_quality_fraction: float = Field(0.35, ge=0.0, le=1.0)
     image_size: int = Field(32, ge=16)

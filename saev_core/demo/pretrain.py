@@ -69,12 +69,13 @@ def pretrain(model, processor, rows: list[dict], steps: int, batch_size: int = 6
     )
     losses = []
     order: list[int] = []
+    data = encode(processor, rows)  # tokenise once; batches are index selections
     for _ in tqdm(range(steps), desc="pretrain demo model", unit="step", leave=False):
         if len(order) < batch_size:
             order = list(range(len(rows)))
             rng.shuffle(order)
-        idx, order = order[:batch_size], order[batch_size:]
-        b = encode(processor, [rows[i] for i in idx])
+        idx, order = torch.tensor(order[:batch_size]), order[batch_size:]
+        b = Batch({k: v[idx] for k, v in data.inputs.items()}, data.labels[idx], data.key_mask[idx])
         logits = model(**b.inputs).logits
         lg, lb, _ = _shifted(logits, b)
         loss = torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), lb.reshape(-1), ignore_index=-100)

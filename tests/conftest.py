@@ -1,0 +1,41 @@
+"""Shared fixtures: one small demo world per test session, built with the real builder."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Offline and quiet before any HF/Prefect import; caches stay out of the user's home.
+_CACHE = tempfile.mkdtemp(prefix="saev-test-cache-")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(_CACHE, "hf-datasets"))
+os.environ.setdefault("PREFECT_HOME", os.path.join(_CACHE, "prefect"))
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import pytest  # noqa: E402
+
+from saev_core.demo.build import DemoConfig, build_world  # noqa: E402
+
+# Small but trained long enough that the model reads the image (accuracy well above chance).
+TEST_WORLD = DemoConfig(seed=0, n_samples=120, n_heldout=120, n_pretrain=2000, pretrain_steps=300)
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world") / "demo"
+    build_world(TEST_WORLD, out, log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def world(world_dir):
+    import json
+
+    return json.loads((world_dir / "world.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def bundle(world_dir):
+    from saev_core.modeling import load_model
+
+    return load_model(str(world_dir / "model"), device="cpu")
