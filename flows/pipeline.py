@@ -17,16 +17,19 @@ def saev_pipeline(
     runs_dir: str = "data/runs",
     dataset: str = "demo-rlaif",
     layer: int = 2,
+    limit: int | None = None,
     demo: dict | None = None,
     dump: dict | None = None,
 ) -> dict:
-    """Run the pipeline on the demo world. ``demo`` and ``dump`` override config fields."""
+    """Run the pipeline on the demo world. ``limit`` caps the rows used; ``demo`` and ``dump``
+    override fields of those stages' configs."""
     logger = get_run_logger()
     world = prepare_demo(demo or {}, demo_dir)
     spec = world["datasets"][dataset]
     dump_cfg = {
         "model": str(Path(demo_dir) / world["model"]),
-        "dataset": {"path": str(Path(demo_dir) / spec["path"]), "name": dataset, "format": spec["format"]},
+        "dataset": {"path": str(Path(demo_dir) / spec["path"]), "name": dataset, "format": spec["format"],
+                    "limit": limit},
         "layer": layer,
         "out": str(Path(runs_dir) / f"dump-{dataset}-L{layer}"),
         **(dump or {}),

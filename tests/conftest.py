@@ -39,3 +39,12 @@ def bundle(world_dir):
     from saev_core.modeling import load_model
 
     return load_model(str(world_dir / "model"), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real temporary Prefect server (SQLite) for the session, shut down cleanly at the end."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

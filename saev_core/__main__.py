@@ -1,0 +1,3 @@
+from saev_core.cli import app
+
+app(prog_name="saev")
