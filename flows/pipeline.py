@@ -11,7 +11,7 @@ from tasks.demo import prepare_demo
 from tasks.dump import dump_activations
 
 
-@flow(name="saev", log_prints=True)
+@flow(name="saev")
 def saev_pipeline(
     demo_dir: str = "data/demo",
     runs_dir: str = "data/runs",

@@ -1,0 +1,360 @@
+"""Sparse autoencoders for SAE-V: the paper's ReLU SAE plus TopK, BatchTopK and JumpReLU.
+
+Pure torch, no I/O (checkpoints live in ``saev_core.checkpoint``). Conventions, chosen so that a
+checkpoint written by ``save_sae`` is computed identically by SAELens (v6):
+
+- Input scale s (METHOD.md sec. 2): the SAE works on s*x internally; ``decode`` returns original
+  units. ``fold_input_scale`` absorbs s into the weights, which is the form that is saved.
+- b_dec subtraction: ``apply_b_dec_to_input`` (SAELens's flag of the same name). Default False for
+  relu (the paper: f = ReLU(s*x @ W_enc + b_enc)), True for topk/batchtopk/jumprelu
+  (OpenAI/sparsify: f = act((s*x - b_dec) @ W_enc + b_enc)).
+- TopK: top k pre-activations per token, then ReLU (SAELens ``TopK``). BatchTopK: ReLU, then the
+  k*B largest over the batch (SAELens ``BatchTopK``). JumpReLU: ReLU(pre) * (pre > threshold)
+  (SAELens ``JumpReLUSAE.encode``; equals pre * (pre > threshold) for threshold >= 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor, nn
+
+Architecture = Literal["relu", "topk", "batchtopk", "jumprelu"]
+TOPK_LIKE = ("topk", "batchtopk")
+_TINY = 1e-12
+
+
+class SAEConfig(BaseModel):
+    """Architecture and loss hyper-parameters of one SAE.
+
+    ``aux_k`` defaults to d_in // 2 (capped at d_sae) for topk/batchtopk: the heuristic of OpenAI's
+    "Scaling and evaluating sparse autoencoders" (App. B.1), also used by sparsify and SAELens.
+    ``dead_window`` counts tokens (not steps), so it means the same at any batch size; 10M is
+    OpenAI's and sparsify's default. ``threshold_ema_decay`` is the EMA decay of the BatchTopK
+    threshold estimate (0.99 = SAELens's topk_threshold_lr 0.01).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    architecture: Architecture = "relu"
+    d_in: int = Field(gt=0)
+    d_sae: int = Field(gt=0)
+    k: int | None = Field(default=None, gt=0)
+    apply_b_dec_to_input: bool | None = None
+    l1_coefficient: float = Field(default=5.0, ge=0, allow_inf_nan=False)
+    l1_warmup_frac: float = Field(default=0.05, ge=0, le=1)
+    aux_k: int | None = Field(default=None, gt=0)
+    aux_coefficient: float = Field(default=1 / 32, ge=0, allow_inf_nan=False)
+    dead_window: int = Field(default=10_000_000, gt=0)
+    threshold_ema_decay: float = Field(default=0.99, ge=0, lt=1)
+    input_scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> SAEConfig:
+        arch = self.architecture
+        if arch in TOPK_LIKE and self.k is None:
+            raise ValueError(f"architecture {arch!r} needs k (active latents per token), e.g. k=32")
+        if arch == "relu" and self.k is not None:
+            raise ValueError("k applies to topk/batchtopk only; a relu SAE's sparsity comes from l1_coefficient: drop k")
+        if self.k is not None and self.k > self.d_sae:
+            raise ValueError(f"k={self.k} exceeds d_sae={self.d_sae}: lower k or raise d_sae")
+        if self.apply_b_dec_to_input is None:
+            self.apply_b_dec_to_input = arch != "relu"
+        if arch in TOPK_LIKE and self.aux_k is None:
+            self.aux_k = max(1, min(self.d_in // 2, self.d_sae))
+        return self
+
+
+@dataclass
+class SAEOutput:
+    """One forward pass. Loss terms are in scaled units (s*x), as the paper measures them."""
+
+    f: Tensor  # latent activations [batch, d_sae]
+    x_hat: Tensor  # reconstruction in the input's original units [batch, d_in]
+    loss: Tensor  # what to backpropagate
+    mse: Tensor  # sum_d (s*x - x_hat_s)^2, mean over batch
+    fvu: Tensor  # fraction of variance unexplained = sum ||e||^2 / sum ||s*x - mean(s*x)||^2
+    l1: Tensor  # mean_batch sum_i f_i ||W_dec[i]|| (relu; 0 otherwise)
+    aux: Tensor  # AuxK normalized MSE, before aux_coefficient (topk/batchtopk; 0 otherwise)
+    l0: Tensor  # mean number of active latents per token (no grad)
+
+
+def l1_coefficient_at(step: int, total_steps: int, cfg: SAEConfig) -> float:
+    """lambda_t: linear warm-up from 0 to lambda over the first l1_warmup_frac of steps (METHOD.md sec. 2)."""
+    if total_steps <= 0 or step < 0:
+        raise ValueError(f"need step >= 0 and total_steps > 0, got step={step}, total_steps={total_steps}")
+    warmup = cfg.l1_warmup_frac * total_steps
+    if warmup == 0:
+        return cfg.l1_coefficient
+    return cfg.l1_coefficient * min(1.0, step / warmup)
+
+
+def estimate_input_scale(batches: Iterable[Tensor]) -> float:
+    """s = sqrt(d_in) / mean ||x|| over all rows of the given [n, d_in] tensors (METHOD.md sec. 2)."""
+    total, count, d_in = 0.0, 0, None
+    for batch in batches:
+        if batch.ndim != 2 or (d_in is not None and batch.shape[1] != d_in):
+            raise ValueError(f"expected [n, d_in] tensors of one width, got shape {tuple(batch.shape)}")
+        d_in = batch.shape[1]
+        total += batch.double().norm(dim=1).sum().item()
+        count += batch.shape[0]
+    if count == 0 or total == 0:
+        raise ValueError("cannot estimate the input scale: no rows, or all rows are zero")
+    return math.sqrt(d_in) / (total / count)
+
+
+def geometric_median(points: Tensor, n_iter: int = 100, tol: float = 1e-6) -> Tensor:
+    """Weiszfeld's algorithm; the b_dec init of OpenAI's TopK SAE (robust to outlier tokens)."""
+    y = points.mean(dim=0)
+    for _ in range(n_iter):
+        w = 1.0 / (points - y).norm(dim=1).clamp_min(_TINY)
+        y_next = (w[:, None] * points).sum(dim=0) / w.sum()
+        done = (y_next - y).norm() <= tol * y.norm().clamp_min(1.0)
+        y = y_next
+        if done:
+            break
+    return y
+
+
+def select_aux_latents(pre: Tensor, dead: Tensor, aux_k: int) -> Tensor:
+    """AuxK selection (OpenAI 2024, App. A.2): per token, ReLU of the aux_k largest dead pre-activations.
+
+    Returns a [batch, d_sae] tensor that is zero outside the selection; all zeros when no latent is
+    dead. At most as many latents as are dead are selected.
+    """
+    k = min(aux_k, int(dead.sum()))
+    if k == 0:
+        return torch.zeros_like(pre)
+    values, idx = pre.masked_fill(~dead, float("-inf")).topk(k, dim=-1)
+    return torch.zeros_like(pre).scatter(-1, idx, values.relu())
+
+
+def _normalized_mse(target: Tensor, pred: Tensor) -> Tensor:
+    """sum ||target - pred||^2 / sum ||target - mean_batch(target)||^2 (OpenAI's normalized MSE)."""
+    return (target - pred).pow(2).sum() / (target - target.mean(dim=0)).pow(2).sum().clamp_min(_TINY)
+
+
+def _topk(pre: Tensor, k: int) -> Tensor:
+    values, idx = pre.topk(k, dim=-1)
+    return torch.zeros_like(pre).scatter(-1, idx, values.relu())
+
+
+def _batch_topk(pre: Tensor, k: int) -> Tensor:
+    acts = pre.relu()
+    flat = acts.flatten()
+    values, idx = flat.topk(k * acts.shape[:-1].numel())
+    return torch.zeros_like(flat).scatter(0, idx, values).view_as(acts)
+
+
+class SAE(nn.Module):
+    """x -> f -> x_hat with W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in].
+
+    Buffers: ``tokens_since_fired`` [d_sae] (updated in training mode; drives AuxK and the dead
+    fraction), ``threshold`` [d_sae] for jumprelu, ``running_threshold`` [] for batchtopk (NaN until
+    the first training step). ``state_dict()`` therefore holds everything needed to resume.
+    """
+
+    tokens_since_fired: Tensor
+    threshold: Tensor
+    running_threshold: Tensor
+
+    def __init__(self, cfg: SAEConfig, device: torch.device | str | None = None):
+        super().__init__()
+        self.cfg = cfg
+        d_in, d_sae = cfg.d_in, cfg.d_sae
+        self.W_enc = nn.Parameter(torch.empty(d_in, d_sae, device=device))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae, device=device))
+        self.W_dec = nn.Parameter(torch.empty(d_sae, d_in, device=device))
+        self.b_dec = nn.Parameter(torch.zeros(d_in, device=device))
+        self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long, device=device))
+        if cfg.architecture == "jumprelu":
+            self.register_buffer("threshold", torch.zeros(d_sae, device=device))
+        if cfg.architecture == "batchtopk":
+            self.register_buffer("running_threshold", torch.full((), float("nan"), device=device))
+        if self.W_dec.device.type != "meta":
+            self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        """Random decoder directions with norm 0.1 (relu, METHOD.md sec. 2) or 1 (others); W_enc = W_dec^T.
+
+        Drawn on the CPU from ``cfg.seed`` so the init is the same on every device.
+        """
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        w = torch.randn(self.cfg.d_sae, self.cfg.d_in, generator=g)
+        w *= (0.1 if self.cfg.architecture == "relu" else 1.0) / w.norm(dim=1, keepdim=True)
+        self.W_dec.copy_(w)
+        self.W_enc.copy_(w.T)
+
+    @classmethod
+    def _from_state(cls, cfg: SAEConfig, state: dict[str, Tensor]) -> SAE:
+        """Build without a random init (cheap for large SAEs): allocate on meta, then adopt ``state``."""
+        sae = cls(cfg, device="meta")
+        sae.load_state_dict(state, assign=True)
+        return sae
+
+    # ---- forward pieces -------------------------------------------------------------------
+
+    def _scaled(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.cfg.d_in:
+            raise ValueError(f"input has width {x.shape[-1]} but this SAE has d_in={self.cfg.d_in}: "
+                             "the activations come from a different layer/model than the SAE was trained on")
+        return x.to(self.W_enc.dtype) * self.cfg.input_scale
+
+    def _pre(self, sx: Tensor) -> Tensor:
+        """pre = (s*x - b_dec) @ W_enc + b_enc, with b_dec subtracted only if apply_b_dec_to_input."""
+        if self.cfg.apply_b_dec_to_input:
+            sx = sx - self.b_dec
+        return sx @ self.W_enc + self.b_enc
+
+    def _activate(self, pre: Tensor) -> Tensor:
+        arch = self.cfg.architecture
+        if arch == "relu":
+            return pre.relu()  # f = ReLU(s*x @ W_enc + b_enc)  (METHOD.md sec. 2)
+        if arch == "topk":
+            return _topk(pre, self.cfg.k)
+        if arch == "batchtopk":
+            return _batch_topk(pre, self.cfg.k)
+        return pre.relu() * (pre > self.threshold)  # JumpReLU, SAELens form
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Latent activations f for x [..., d_in] in original units (batchtopk ranks over all leading dims)."""
+        return self._activate(self._pre(self._scaled(x)))
+
+    def decode(self, f: Tensor) -> Tensor:
+        """x_hat = (f @ W_dec + b_dec) / s: the reconstruction in original units (METHOD.md sec. 2)."""
+        return (f @ self.W_dec + self.b_dec) / self.cfg.input_scale
+
+    def forward(self, x: Tensor, l1_coefficient: float | None = None) -> SAEOutput:
+        """Encode, decode and compute the loss for x [batch, d_in].
+
+        relu: loss = mse + lambda_t * l1, the paper's loss (pass lambda_t from ``l1_coefficient_at``;
+        default cfg.l1_coefficient). topk/batchtopk: loss = fvu + aux_coefficient * aux, the
+        normalized-MSE objective of OpenAI/sparsify. jumprelu: loss = mse (inference form only).
+        In training mode, also updates the dead-latent counters and the BatchTopK threshold.
+        """
+        if x.ndim != 2:
+            raise ValueError(f"forward expects [batch, d_in], got shape {tuple(x.shape)}: flatten leading dims first")
+        sx = self._scaled(x)
+        pre = self._pre(sx)
+        f = self._activate(pre)
+        x_hat_s = f @ self.W_dec + self.b_dec
+        err = sx - x_hat_s
+        mse = err.pow(2).sum(dim=-1).mean()  # squared error summed over d_in, mean over batch
+        fvu = err.pow(2).sum() / (sx - sx.mean(dim=0)).pow(2).sum().clamp_min(_TINY)
+        l1 = aux = mse.new_zeros(())
+        arch = self.cfg.architecture
+        if arch == "relu":
+            l1 = (f * self.W_dec.norm(dim=1)).sum(dim=-1).mean()  # mean_batch sum_i f_i ||W_dec[i]||_2
+            lam = self.cfg.l1_coefficient if l1_coefficient is None else l1_coefficient
+            loss = mse + lam * l1
+        elif arch in TOPK_LIKE:
+            aux = self._aux_loss(pre, err.detach())
+            loss = fvu + self.cfg.aux_coefficient * aux
+        else:
+            loss = mse
+        if self.training:
+            self._update_stats(f)
+        l0 = (f.detach() > 0).sum(dim=-1).float().mean()
+        return SAEOutput(f=f, x_hat=x_hat_s / self.cfg.input_scale, loss=loss, mse=mse, fvu=fvu, l1=l1, aux=aux, l0=l0)
+
+    def _aux_loss(self, pre: Tensor, e: Tensor) -> Tensor:
+        """AuxK: the dead latents' top-aux_k reconstruct the residual e; ||e - e_hat||^2 / ||e - mean(e)||^2.
+
+        e_hat = aux_acts @ W_dec (no b_dec: it is already in the residual). Zero when nothing is dead.
+        """
+        dead = self.dead_mask()
+        if not bool(dead.any()):
+            return e.new_zeros(())
+        return _normalized_mse(e, select_aux_latents(pre, dead, self.cfg.aux_k) @ self.W_dec)
+
+    @torch.no_grad()
+    def _update_stats(self, f: Tensor) -> None:
+        self.tokens_since_fired += f.shape[0]
+        self.tokens_since_fired[(f > 0).any(dim=0)] = 0
+        if self.cfg.architecture == "batchtopk":
+            # Threshold estimate: EMA of the smallest kept (positive) activation per batch, as in
+            # SAELens/dictionary_learning; the first batch sets it directly so there is no bias to 0.
+            lowest = f.masked_fill(f <= 0, float("inf")).min()
+            r, decay = self.running_threshold, self.cfg.threshold_ema_decay
+            updated = torch.where(r.isnan(), lowest, decay * r + (1 - decay) * lowest)
+            r.copy_(torch.where(lowest.isinf(), r, updated))
+
+    def dead_mask(self) -> Tensor:
+        """Latents that have not fired in the last ``dead_window`` training tokens."""
+        return self.tokens_since_fired >= self.cfg.dead_window
+
+    # ---- training-time maintenance --------------------------------------------------------
+
+    def _require_unit_norm_decoder(self, what: str) -> None:
+        if self.cfg.architecture not in TOPK_LIKE:
+            raise ValueError(f"{what} is for topk/batchtopk SAEs (unit-norm decoder); a "
+                             f"{self.cfg.architecture} SAE carries the decoder norm in its weights/penalty")
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Rescale decoder rows to unit norm; call after each optimizer step (topk/batchtopk)."""
+        self._require_unit_norm_decoder("normalize_decoder_")
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(_TINY))
+
+    @torch.no_grad()
+    def remove_parallel_grad_(self) -> None:
+        """Drop the gradient component along each decoder row (sparsify), so the step keeps norms ~1.
+
+        Call after ``backward()`` and before ``optimizer.step()``.
+        """
+        self._require_unit_norm_decoder("remove_parallel_grad_")
+        grad, w = self.W_dec.grad, self.W_dec
+        if grad is None:
+            raise RuntimeError("W_dec has no gradient: call remove_parallel_grad_() after loss.backward()")
+        grad -= (grad * w).sum(dim=1, keepdim=True) / w.pow(2).sum(dim=1, keepdim=True).clamp_min(_TINY) * w
+
+    @torch.no_grad()
+    def init_b_dec_(self, sample: Tensor) -> None:
+        """b_dec = geometric median of s*sample [n, d_in] (OpenAI's TopK init; the paper's relu keeps 0)."""
+        if sample.ndim != 2 or sample.shape[0] == 0:
+            raise ValueError(f"init_b_dec_ expects a non-empty [n, d_in] sample, got shape {tuple(sample.shape)}")
+        self.b_dec.copy_(geometric_median(self._scaled(sample)))
+
+    # ---- conversions ------------------------------------------------------------------------
+
+    def _state_copy(self) -> dict[str, Tensor]:
+        return {name: t.detach().clone() for name, t in self.state_dict().items()}
+
+    def to_jumprelu(self) -> SAE:
+        """BatchTopK -> JumpReLU for inference: one global threshold, f = ReLU(pre) * (pre > threshold).
+
+        Uses the running estimate of the smallest kept activation, so per-token inference keeps about
+        k latents on average without depending on the rest of the batch.
+        """
+        if self.cfg.architecture != "batchtopk":
+            raise ValueError(f"to_jumprelu converts batchtopk SAEs, this one is {self.cfg.architecture!r}")
+        if bool(self.running_threshold.isnan()):
+            raise ValueError("the BatchTopK threshold has not been estimated: run at least one training-mode forward pass")
+        state = self._state_copy()
+        state["threshold"] = state.pop("running_threshold").to(self.W_enc.dtype).expand(self.cfg.d_sae).clone()
+        cfg = SAEConfig.model_validate({**self.cfg.model_dump(), "architecture": "jumprelu"})
+        return SAE._from_state(cfg, state)
+
+    def fold_input_scale(self) -> SAE:
+        """An equivalent SAE with input_scale = 1, for plain (SAELens-style) use on unscaled x.
+
+        With a = apply_b_dec_to_input:
+          pre = (s*x - a*b_dec) @ W_enc + b_enc = (x - a*b_dec/s) @ (s*W_enc) + b_enc
+          x_hat = (f @ W_dec + b_dec) / s = f @ (W_dec/s) + b_dec/s
+        so W_enc' = s*W_enc, W_dec' = W_dec/s, b_dec' = b_dec/s; b_enc and thresholds (which compare
+        pre) are unchanged. Same algebra as SAELens's fold_activation_norm_scaling_factor. The result
+        is for inference: its decoder norms are divided by s.
+        """
+        s = self.cfg.input_scale
+        state = self._state_copy()
+        state["W_enc"] = state["W_enc"] * s
+        state["W_dec"] = state["W_dec"] / s
+        state["b_dec"] = state["b_dec"] / s
+        cfg = SAEConfig.model_validate({**self.cfg.model_dump(), "input_scale": 1.0})
+        return SAE._from_state(cfg, state)

@@ -1,0 +1,240 @@
+"""SAE formulas on small hand-computed cases (METHOD.md sec. 2, OpenAI TopK/AuxK, BatchTopK)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from saev_core.sae import (
+    SAE,
+    SAEConfig,
+    estimate_input_scale,
+    geometric_median,
+    l1_coefficient_at,
+    select_aux_latents,
+)
+
+
+def set_weights(sae: SAE, **tensors: list) -> SAE:
+    with torch.no_grad():
+        for name, value in tensors.items():
+            getattr(sae, name).copy_(torch.tensor(value, dtype=torch.float32))
+    return sae
+
+
+def relu_example(input_scale: float = 1.0) -> SAE:
+    """2-d input, 3 latents; no b_dec subtraction (the paper's relu)."""
+    sae = SAE(SAEConfig(d_in=2, d_sae=3, input_scale=input_scale))
+    return set_weights(
+        sae,
+        W_enc=[[1, 0, 1], [0, 1, -1]],
+        b_enc=[0, 0, 0.5],
+        W_dec=[[1, 0], [0, 2], [1, 1]],
+        b_dec=[0.5, 0],
+    )
+
+
+def identity_sae(arch: str, k: int, **cfg) -> SAE:
+    sae = SAE(SAEConfig(architecture=arch, d_in=4, d_sae=4, k=k, **cfg))
+    return set_weights(sae, W_enc=torch.eye(4).tolist(), W_dec=torch.eye(4).tolist())
+
+
+X2 = torch.tensor([[1.0, 2.0], [0.0, 1.0]])
+
+
+def test_relu_encode_decode_and_loss_terms_by_hand():
+    sae = relu_example()
+    out = sae(X2)  # lambda = cfg default 5
+    # pre = [1, 2, -0.5] and [0, 1, -0.5]
+    assert torch.equal(out.f, torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 0.0]]))
+    assert torch.allclose(out.x_hat, torch.tensor([[1.5, 4.0], [0.5, 2.0]]))
+    # errors [-0.5, -2] -> 4.25 and [-0.5, -1] -> 1.25; mean 2.75
+    assert out.mse.item() == pytest.approx(2.75)
+    # sum_i f_i ||W_dec[i]||: 1*1 + 2*2 = 5 and 1*2 = 2; mean 3.5
+    assert out.l1.item() == pytest.approx(3.5)
+    assert out.loss.item() == pytest.approx(2.75 + 5 * 3.5)
+    # FVU: 5.5 / sum ||x - mean x||^2 = 5.5 / 1
+    assert out.fvu.item() == pytest.approx(5.5)
+    assert out.l0.item() == pytest.approx(1.5)
+    assert out.aux.item() == 0
+    assert sae(X2, l1_coefficient=0.0).loss.item() == pytest.approx(2.75)
+
+
+def test_relu_with_input_scale_measures_error_in_scaled_units():
+    sae = relu_example(input_scale=2.0)
+    out = sae(X2[:1])
+    # s*x = [2, 4]: pre = [2, 4, -1.5]; x_hat_s = [2.5, 8]; x_hat = x_hat_s / 2
+    assert torch.equal(out.f, torch.tensor([[2.0, 4.0, 0.0]]))
+    assert torch.allclose(out.x_hat, torch.tensor([[1.25, 4.0]]))
+    assert out.mse.item() == pytest.approx(0.25 + 16)
+    assert torch.allclose(sae.decode(sae.encode(X2[:1])), out.x_hat)
+
+
+def test_relu_init_follows_the_paper():
+    sae = SAE(SAEConfig(d_in=8, d_sae=16, seed=3))
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.full((16,), 0.1))
+    assert torch.equal(sae.W_enc, sae.W_dec.T)
+    assert not sae.b_enc.any() and not sae.b_dec.any()
+    assert torch.equal(SAE(SAEConfig(d_in=8, d_sae=16, seed=3)).W_dec, sae.W_dec)
+
+
+def test_l1_warmup_is_linear_over_first_fraction():
+    cfg = SAEConfig(d_in=2, d_sae=3, l1_coefficient=5.0, l1_warmup_frac=0.05)
+    assert l1_coefficient_at(0, 1000, cfg) == 0.0
+    assert l1_coefficient_at(25, 1000, cfg) == pytest.approx(2.5)
+    assert l1_coefficient_at(50, 1000, cfg) == pytest.approx(5.0)
+    assert l1_coefficient_at(900, 1000, cfg) == pytest.approx(5.0)
+    no_warmup = SAEConfig(d_in=2, d_sae=3, l1_warmup_frac=0.0)
+    assert l1_coefficient_at(0, 1000, no_warmup) == 5.0
+    with pytest.raises(ValueError, match="total_steps"):
+        l1_coefficient_at(0, 0, cfg)
+
+
+def test_estimate_input_scale_by_hand():
+    batches = [torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 1.0], [0.0, -3.0]])]
+    # norms 5, 1, 3 -> mean 3; s = sqrt(2) / 3
+    assert estimate_input_scale(batches) == pytest.approx(math.sqrt(2) / 3)
+    with pytest.raises(ValueError, match="no rows"):
+        estimate_input_scale([])
+
+
+def test_config_validation_messages():
+    with pytest.raises(ValidationError, match="needs k"):
+        SAEConfig(architecture="topk", d_in=4, d_sae=8)
+    with pytest.raises(ValidationError, match="exceeds d_sae"):
+        SAEConfig(architecture="batchtopk", d_in=4, d_sae=8, k=9)
+    with pytest.raises(ValidationError, match="drop k"):
+        SAEConfig(d_in=4, d_sae=8, k=2)
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        SAEConfig(d_in=4, d_sae=8, lr=1e-4)
+    relu, topk = SAEConfig(d_in=4, d_sae=8), SAEConfig(architecture="topk", d_in=4, d_sae=8, k=2)
+    assert relu.apply_b_dec_to_input is False and topk.apply_b_dec_to_input is True
+    assert relu.aux_k is None and topk.aux_k == 2  # d_in // 2
+
+
+def test_encode_rejects_wrong_width():
+    with pytest.raises(ValueError, match="d_in=2"):
+        relu_example().encode(torch.zeros(1, 3))
+
+
+def test_topk_keeps_k_per_token_then_relu_and_subtracts_b_dec():
+    sae = identity_sae("topk", k=2)
+    x = torch.tensor([[4.0, 1.0, 3.0, 2.0], [-1.0, 5.0, 2.0, -3.0]])
+    assert torch.equal(sae.encode(x), torch.tensor([[4.0, 0, 3.0, 0], [0, 5.0, 2.0, 0]]))
+    sae3 = identity_sae("topk", k=3)  # third largest of row 1 is -1: ReLU drops it
+    assert torch.equal(sae3.encode(x)[1], torch.tensor([0, 5.0, 2.0, 0]))
+    set_weights(sae, b_dec=[1, 0, 0, 0], b_enc=[0, 0, 0, 0.5])  # pre = x - b_dec + b_enc
+    assert torch.equal(sae.encode(x[:1]), torch.tensor([[3.0, 0, 3.0, 0]]))  # pre = [3, 1, 3, 2.5]
+    big = SAE(SAEConfig(architecture="topk", d_in=8, d_sae=64, k=5))
+    with torch.no_grad():
+        big.b_enc.fill_(100.0)  # all pre-activations positive
+    assert ((big.encode(torch.randn(32, 8)) > 0).sum(dim=1) == 5).all()
+
+
+def test_batchtopk_keeps_k_times_batch_with_ties_and_estimates_threshold():
+    sae = identity_sae("batchtopk", k=2)
+    x = torch.tensor([[4.0, 1.0, 3.0, 2.0], [0.5, 5.0, 2.0, -3.0]])
+    f = sae.encode(x)
+    # k*B = 4 kept over the batch: 5, 4, 3 and one of the two tied 2s
+    assert int((f > 0).sum()) == 4
+    assert sorted(f[f > 0].tolist()) == [2.0, 3.0, 4.0, 5.0]
+    assert f[0, 0] == 4 and f[0, 2] == 3 and f[1, 1] == 5
+    assert torch.isnan(sae.running_threshold)
+    sae.eval()
+    sae(x)
+    assert torch.isnan(sae.running_threshold), "eval mode must not update the estimate"
+    sae.train()
+    sae(x)  # first training batch sets the threshold to its smallest kept activation
+    assert sae.running_threshold.item() == pytest.approx(2.0)
+    sae(torch.tensor([[4.0, 6.0, 5.0, 7.0], [0.0, 0.0, 0.0, 0.0]]))  # kept 7, 6, 5, 4 -> min 4
+    assert sae.running_threshold.item() == pytest.approx(0.99 * 2 + 0.01 * 4)
+    jump = sae.to_jumprelu()
+    assert jump.cfg.architecture == "jumprelu" and jump.cfg.k == 2
+    assert torch.allclose(jump.threshold, torch.full((4,), 2.02))
+    # f = ReLU(pre) * (pre > threshold), per token
+    assert torch.equal(jump.encode(x), torch.tensor([[4.0, 0, 3.0, 0], [0, 5.0, 0, 0]]))
+
+
+def test_to_jumprelu_needs_an_estimate():
+    with pytest.raises(ValueError, match="not been estimated"):
+        identity_sae("batchtopk", k=2).to_jumprelu()
+    with pytest.raises(ValueError, match="batchtopk"):
+        relu_example().to_jumprelu()
+
+
+def test_aux_latent_selection_by_hand():
+    pre = torch.tensor([[1.0, 5.0, -2.0, 3.0], [4.0, -1.0, 2.0, 0.5]])
+    dead = torch.tensor([False, True, True, True])
+    assert torch.equal(select_aux_latents(pre, dead, 2), torch.tensor([[0, 5.0, 0, 3.0], [0, 0, 2.0, 0.5]]))
+    # aux_k above the number of dead latents: all dead ones, negative values ReLU'd to 0
+    assert torch.equal(select_aux_latents(pre, dead, 10), torch.tensor([[0, 5.0, 0, 3.0], [0, 0, 2.0, 0.5]]))
+    assert not select_aux_latents(pre, torch.zeros(4, dtype=torch.bool), 2).any()
+
+
+def aux_example() -> SAE:
+    sae = SAE(SAEConfig(architecture="topk", d_in=2, d_sae=3, k=1, dead_window=10))
+    return set_weights(sae, W_enc=[[1, 0, 0.5], [0, 1, 0.5]], W_dec=[[1, 0], [0, 1], [0.6, 0.8]])
+
+
+def test_aux_loss_by_hand_and_dead_tracking():
+    sae = aux_example()
+    x = torch.tensor([[3.0, 1.0], [1.0, 2.0]])
+    assert sae(x).aux.item() == 0, "no latent dead yet"
+    sae.tokens_since_fired.copy_(torch.tensor([0, 0, 10]))  # latent 2 silent for dead_window tokens
+    out = sae(x)
+    # f = [3,0,0], [0,2,0]; e = [0,1], [1,0]; aux acts of latent 2 = pre = 2, 1.5
+    # e_hat = [1.2,1.6], [0.9,1.2]; ||e - e_hat||^2 = 1.8 + 1.45; ||e - mean e||^2 = 1
+    assert out.aux.item() == pytest.approx(3.25)
+    assert out.fvu.item() == pytest.approx(2 / 2.5)
+    assert out.loss.item() == pytest.approx(0.8 + 3.25 / 32)
+    assert sae.tokens_since_fired.tolist() == [0, 0, 12]
+    assert sae.dead_mask().tolist() == [False, False, True]
+
+
+def test_decoder_normalisation_and_parallel_grad_removal():
+    sae = SAE(SAEConfig(architecture="topk", d_in=8, d_sae=32, k=4))
+    sae(torch.randn(16, 8)).loss.backward()
+    sae.remove_parallel_grad_()
+    assert torch.allclose((sae.W_dec.grad * sae.W_dec).sum(dim=1), torch.zeros(32), atol=1e-6)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(32, 1) + 0.5)
+    sae.normalize_decoder_()
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(32))
+    with pytest.raises(ValueError, match="topk/batchtopk"):
+        relu_example().normalize_decoder_()
+
+
+def test_geometric_median_and_b_dec_init():
+    points = torch.tensor([[0.0, 0.0], [1.0, 0.0], [100.0, 0.0]])
+    assert torch.allclose(geometric_median(points), torch.tensor([1.0, 0.0]), atol=1e-3)
+    sae = SAE(SAEConfig(architecture="topk", d_in=2, d_sae=4, k=1, input_scale=2.0))
+    sae.init_b_dec_(points)  # b_dec lives in scaled units
+    assert torch.allclose(sae.b_dec, torch.tensor([2.0, 0.0]), atol=1e-3)
+
+
+def perturbed(sae: SAE) -> SAE:
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        sae.b_enc.copy_(torch.randn(sae.cfg.d_sae, generator=g) * 0.1)
+        sae.b_dec.copy_(torch.randn(sae.cfg.d_in, generator=g))
+        if sae.cfg.architecture == "jumprelu":
+            sae.threshold.copy_(torch.rand(sae.cfg.d_sae, generator=g))
+    return sae
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu"])
+@pytest.mark.parametrize("apply_b_dec", [False, True])
+def test_fold_input_scale_gives_the_same_f_and_x_hat(arch, apply_b_dec):
+    cfg = SAEConfig(architecture=arch, d_in=8, d_sae=32, k=None if arch == "relu" else 4,
+                    input_scale=3.7, apply_b_dec_to_input=apply_b_dec)
+    sae = perturbed(SAE(cfg))
+    folded = sae.fold_input_scale()
+    assert folded.cfg.input_scale == 1.0 and sae.cfg.input_scale == 3.7
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(2))
+    f, f_folded = sae.encode(x), folded.encode(x)
+    assert torch.equal(f > 0, f_folded > 0)
+    assert torch.allclose(f, f_folded, atol=1e-5)
+    assert torch.allclose(sae.decode(f), folded.decode(f_folded), atol=1e-5)
