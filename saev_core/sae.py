@@ -223,7 +223,11 @@ class SAE(nn.Module):
         return pre.relu() * (pre > self.threshold)  # JumpReLU, SAELens form
 
     def encode(self, x: Tensor) -> Tensor:
-        """Latent activations f for x [..., d_in] in original units (batchtopk ranks over all leading dims)."""
+        """f = act((s*x - a*b_dec) @ W_enc + b_enc) for x [..., d_in] in original units, a = apply_b_dec_to_input.
+
+        relu with a = 0 is METHOD.md sec. 2's f = ReLU(s*x @ W_enc + b_enc). batchtopk ranks over all
+        leading dims together (the batch); use ``to_jumprelu`` for per-token inference.
+        """
         return self._activate(self._pre(self._scaled(x)))
 
     def decode(self, f: Tensor) -> Tensor:
