@@ -152,3 +152,61 @@ def dump(
         fail(str(e))
     typer.echo(json.dumps({"out": cfg.out, "n_samples": manifest["n_samples"], "n_rejected": manifest["n_rejected"],
                            "rows": manifest["rows"], "manifest": str(Path(cfg.out) / "manifest.json")}, indent=2))
+
+
+@app.command("train")
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    activations: Optional[str] = typer.Option(None, help="Dump directory from `saev dump` (default: data/runs/dump-demo-rlaif-L2)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (default: data/runs/sae-<architecture>-<modalities>)."),
+    architecture: Optional[str] = typer.Option(None, help="relu (the paper's SAE-V), topk or batchtopk (default: relu)."),
+    expansion_factor: Optional[int] = typer.Option(None, help="d_sae = expansion_factor * d_in (default: 16)."),
+    k: Optional[int] = typer.Option(None, help="Active latents per token for topk/batchtopk (default: 32)."),
+    modalities: Optional[str] = typer.Option(None, help="image+text (SAE-V) or text (the text-only baseline)."),
+    batch_size: Optional[int] = typer.Option(None, help="Tokens per step (default: 4096)."),
+    total_tokens: Optional[int] = typer.Option(None, help="Training tokens (default: 2,000,000)."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate (default: 5e-5 relu, 2e-4 topk)."),
+    l1_coefficient: Optional[float] = typer.Option(None, help="Sparsity penalty lambda for relu (default: 5)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: auto)."),
+    seed: Optional[int] = typer.Option(None, help="Seed for init and batch order (default: 0)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run directory made with another config."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+):
+    """Train an SAE on dumped activations (resumes from the last checkpoint in --out)."""
+    from saev_core.train import TrainConfig, train_sae
+
+    data = merge(load_config_file(config), {
+        "activations": activations, "out": out, "architecture": architecture, "expansion_factor": expansion_factor,
+        "k": k, "modalities": modalities, "batch_size": batch_size, "total_tokens": total_tokens, "lr": lr,
+        "l1_coefficient": l1_coefficient, "device": device, "seed": seed})
+    apply_set(data, set_)
+    data.setdefault("activations", "data/runs/dump-demo-rlaif-L2")
+    data.setdefault("out", f"data/runs/sae-{data.get('architecture', 'relu')}-{data.get('modalities', 'image+text').replace('+', '-')}")
+    cfg = validate(TrainConfig, data)
+    try:
+        manifest = train_sae(cfg, overwrite=overwrite)
+    except (ValueError, FileNotFoundError, RuntimeError, MemoryError, OSError) as e:
+        fail(str(e))
+    held = manifest["heldout"]
+    typer.echo(json.dumps({"out": cfg.out, "sae": str(Path(cfg.out) / "sae"), "steps": manifest["steps"],
+                           "tokens_per_s": round(manifest["tokens_per_s"]),
+                           **{f"{m}_{k}": held[m].get(k) for m in ("all", "image", "text") for k in ("fvu", "l0")},
+                           "dead_fraction": held["dead_fraction"]}, indent=2))
+
+
+@app.command("eval-sae")
+def eval_sae(
+    run: str = typer.Argument(..., help="SAE run directory from `saev train` (or any SAELens checkpoint with --activations)."),
+    activations: Optional[str] = typer.Option(None, help="Dump to evaluate on (default: the run's own)."),
+    n_samples: int = typer.Option(100, help="Held-out samples for the cross-entropy metrics."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Where to write eval.json and eval.md (default: the run directory)."),
+):
+    """Evaluate an SAE: reconstruction per modality, firing statistics, CE-loss-recovered."""
+    from saev_core.evaluate import evaluate_run
+
+    try:
+        report = evaluate_run(run, activations=activations, n_samples=n_samples, device=device, out=out)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+        fail(str(e))
+    typer.echo(report["markdown"])

@@ -1,0 +1,263 @@
+"""SAE training on a dump's activation shards: streamed, shuffled, checkpointed, resumable.
+
+Output directory::
+
+    config.json                     the training config (another config into this dir is refused)
+    checkpoints/step-00001000/      full training state: SAE (with buffers), Adam moments, stream position
+    train_log.jsonl                 loss, MSE, FVU, L0, dead fraction, lr, lambda every ``log_every`` steps
+    sae/                            the final SAE in SAELens format (cfg.json, sae_weights, sparsity)
+    manifest.json                   config, tokens, throughput, held-out metrics
+
+A run stopped at any point (crash, kill, Ctrl-C) resumes from its last checkpoint and ends with
+the same weights as an uninterrupted run: batches come from a resumable seeded stream and every
+piece of state is in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+import psutil
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from saev_core import __version__
+from saev_core.activations import MODALITY_SETS, ActivationDump, ShuffledBatches
+from saev_core.checkpoint import save_sae
+from saev_core.evaluate import reconstruction_metrics
+from saev_core.io import atomic_dir, read_json, write_json
+from saev_core.modeling import resolve_device
+from saev_core.sae import SAE, TOPK_LIKE, SAEConfig, estimate_input_scale, l1_coefficient_at
+
+_RUNTIME_FIELDS = {"out", "progress", "device", "checkpoint_every", "log_every", "keep_checkpoints"}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the message names the last good checkpoint."""
+
+
+class TrainConfig(BaseModel):
+    """How to train one SAE. Defaults follow the paper for relu (METHOD.md sec. 2)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    activations: str = Field(description="dump directory written by `saev dump`")
+    out: str = Field(description="run directory")
+    architecture: Literal["relu", "topk", "batchtopk"] = "relu"
+    expansion_factor: int = Field(16, ge=1, description="d_sae = expansion_factor * d_in (ignored if d_sae is set)")
+    d_sae: int | None = Field(None, ge=1)
+    k: int | None = Field(None, ge=1, description="active latents per token (topk/batchtopk); default 32")
+    modalities: Literal["image+text", "text"] = Field("image+text", description="SAE-V trains on both; 'text' is the paper's text-only baseline")
+    batch_size: int = Field(4096, ge=1, description="tokens per step")
+    total_tokens: int = Field(2_000_000, ge=1)
+    lr: float | None = Field(None, gt=0, description="default: 5e-5 (relu, the paper) or 2e-4 (topk/batchtopk)")
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_decay_frac: float = Field(0.2, ge=0, le=1, description="linear decay to 0 over this last fraction of steps")
+    l1_coefficient: float = Field(5.0, ge=0)
+    l1_warmup_frac: float = Field(0.05, ge=0, le=1)
+    aux_coefficient: float = Field(1 / 32, ge=0)
+    dead_window: int | None = Field(None, ge=1, description="tokens without firing before a latent is dead; default min(10M, total_tokens / 10)")
+    scale_batches: int = Field(100, ge=1, description="batches used to estimate the input scale s = sqrt(d_in) / mean||x||")
+    heldout_fraction: float = Field(0.05, ge=0, lt=1, description="samples held out (by sample id) for evaluation")
+    buffer_rows: int = Field(1 << 20, ge=1, description="rows shuffled together (memory: buffer_rows * d_in * 4 bytes)")
+    checkpoint_every: int = Field(1000, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(50, ge=1)
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.architecture in TOPK_LIKE and self.k is None:
+            self.k = 32
+        if self.architecture == "relu" and self.k is not None:
+            raise ValueError("k is for topk/batchtopk; a relu SAE's sparsity is set by l1_coefficient")
+        if self.total_tokens < self.batch_size:
+            raise ValueError(f"total_tokens ({self.total_tokens}) must be at least one batch ({self.batch_size})")
+        return self
+
+    @property
+    def steps(self) -> int:
+        return self.total_tokens // self.batch_size
+
+    def identity(self) -> dict:
+        return self.model_dump(exclude=_RUNTIME_FIELDS)
+
+
+def lr_at(step: int, total_steps: int, lr: float, decay_frac: float) -> float:
+    """Constant lr, then linear decay to 0 over the last ``decay_frac`` of steps (METHOD.md sec. 2)."""
+    decay_steps = decay_frac * total_steps
+    if decay_steps <= 0:
+        return lr
+    return lr * min(1.0, (total_steps - step) / decay_steps)
+
+
+def check_memory(d_in: int, d_sae: int, device: torch.device, batch_size: int) -> None:
+    """Fail before training when weights + Adam + grads + activations cannot fit."""
+    params = 2 * d_in * d_sae + d_sae + d_in
+    need = 4 * (4 * params + 3 * batch_size * d_sae)  # fp32: weights, grads, 2 Adam moments; pre/f/grad per token
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        free = psutil.virtual_memory().available
+    if need > 0.9 * free:
+        raise MemoryError(
+            f"an SAE with d_in={d_in}, d_sae={d_sae} at batch_size={batch_size} needs about {need / 2**30:.1f} GiB "
+            f"but only {free / 2**30:.1f} GiB is free on {device}; lower expansion_factor/d_sae or batch_size"
+        )
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    return sorted((out / "checkpoints").glob("step-*"))
+
+
+def save_training_state(path: Path, sae: SAE, opt: torch.optim.Optimizer, stream: ShuffledBatches, step: int) -> None:
+    """Everything needed to continue bit-for-bit, without pickle: tensors in safetensors, the rest in JSON."""
+    opt_state = opt.state_dict()
+    tensors = {f"{i}.{k}": v.contiguous() for i, st in opt_state["state"].items() for k, v in st.items()}
+    with atomic_dir(path) as tmp:
+        save_file({k: v.contiguous() for k, v in sae.state_dict().items()}, tmp / "sae_state.safetensors")
+        save_file(tensors, tmp / "optimizer.safetensors")
+        write_json(tmp / "state.json", {
+            "step": step, "stream": stream.state(), "sae_config": sae.cfg.model_dump(),
+            "param_groups": opt_state["param_groups"], "saev_core_version": __version__,
+        })
+
+
+def load_training_state(path: Path, device: torch.device) -> tuple[SAE, dict, dict]:
+    state = read_json(path / "state.json")
+    sae = SAE._from_state(SAEConfig.model_validate(state["sae_config"]), load_file(path / "sae_state.safetensors", device=str(device)))
+    flat = load_file(path / "optimizer.safetensors", device=str(device))
+    opt_state: dict = {"state": {}, "param_groups": state["param_groups"]}
+    for key, value in flat.items():
+        idx, name = key.split(".", 1)
+        opt_state["state"].setdefault(int(idx), {})[name] = value
+    return sae, opt_state, state
+
+
+def _new_sae(cfg: TrainConfig, dump: ActivationDump, modalities: tuple[str, ...], device: torch.device) -> SAE:
+    d_in = dump.d_in
+    probe = ShuffledBatches(dump, modalities, cfg.batch_size, seed=cfg.seed + 1, buffer_rows=cfg.buffer_rows)
+    sample = [x for _, x in zip(range(cfg.scale_batches), probe)]
+    scale = estimate_input_scale(sample)
+    sae_cfg = SAEConfig(
+        architecture=cfg.architecture, d_in=d_in, d_sae=cfg.d_sae or cfg.expansion_factor * d_in, k=cfg.k,
+        l1_coefficient=cfg.l1_coefficient, l1_warmup_frac=cfg.l1_warmup_frac, aux_coefficient=cfg.aux_coefficient,
+        dead_window=cfg.dead_window or max(cfg.batch_size, min(10_000_000, cfg.total_tokens // 10)),
+        input_scale=scale, seed=cfg.seed,
+    )
+    sae = SAE(sae_cfg).to(device)
+    if cfg.architecture in TOPK_LIKE:
+        sae.init_b_dec_(torch.cat(sample)[: 1 << 15].to(device))
+    return sae
+
+
+def prepare_run_dir(cfg: TrainConfig, overwrite: bool = False) -> Path:
+    out = Path(cfg.out)
+    cfg_file = out / "config.json"
+    if cfg_file.exists() and read_json(cfg_file) != cfg.identity():
+        if not overwrite:
+            raise ValueError(f"{out} holds a run with a different config; choose another --out or pass --overwrite")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(cfg_file, cfg.identity())
+    return out
+
+
+def train_sae(cfg: TrainConfig, overwrite: bool = False, stop_at_step: int | None = None) -> dict:
+    """Train (or resume) and return the run manifest. ``stop_at_step`` ends early as a crash would."""
+    device = resolve_device(cfg.device)
+    modalities = MODALITY_SETS[cfg.modalities]
+    dump = ActivationDump.open(cfg.activations, cfg.heldout_fraction)
+    d_sae = cfg.d_sae or cfg.expansion_factor * dump.d_in
+    check_memory(dump.d_in, d_sae, device, cfg.batch_size)
+    out = prepare_run_dir(cfg, overwrite)
+    total = cfg.steps
+    stream = ShuffledBatches(dump, modalities, cfg.batch_size, seed=cfg.seed, buffer_rows=cfg.buffer_rows)
+
+    ckpts = _checkpoints(out)
+    if ckpts:
+        sae, opt_state, state = load_training_state(ckpts[-1], device)
+        if sae.cfg.d_in != dump.d_in:
+            raise ValueError(f"checkpoint {ckpts[-1]} has d_in={sae.cfg.d_in} but the activations have d_in={dump.d_in}")
+        opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr or 0.0, betas=cfg.betas)
+        opt.load_state_dict(opt_state)
+        stream.load_state(state["stream"])
+        start = state["step"]
+    else:
+        sae = _new_sae(cfg, dump, modalities, device)
+        opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr or 0.0, betas=cfg.betas)
+        start = 0
+    base_lr = cfg.lr or (5e-5 if cfg.architecture == "relu" else 2e-4)
+    sae.train()
+    log_path = out / "train_log.jsonl"
+    if start == 0:
+        log_path.unlink(missing_ok=True)
+    batches = iter(stream)
+    last_ckpt = ckpts[-1] if ckpts else None
+    t0, tokens_this_run = time.perf_counter(), 0
+    ema: dict[str, float] = {}
+    with tqdm(total=total, initial=start, desc=f"train {cfg.architecture} SAE", unit="step", disable=not cfg.progress) as pbar, \
+            open(log_path, "a") as log_file:
+        for step in range(start, total):
+            if stop_at_step is not None and step >= stop_at_step:
+                return {"stopped_at_step": step, "last_checkpoint": str(last_ckpt)}
+            x = next(batches).to(device, non_blocking=True)
+            lam = l1_coefficient_at(step, total, sae.cfg)
+            res = sae(x, l1_coefficient=lam)
+            if not bool(torch.isfinite(res.loss)):
+                raise TrainingDiverged(
+                    f"loss became {res.loss.item()} at step {step}; training stopped. Last good checkpoint: "
+                    f"{last_ckpt or 'none yet'}. Lower lr (now {base_lr}) or check the activations for outliers."
+                )
+            opt.zero_grad(set_to_none=True)
+            res.loss.backward()
+            if cfg.architecture in TOPK_LIKE:
+                sae.remove_parallel_grad_()
+            lr = lr_at(step, total, base_lr, cfg.lr_decay_frac)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.step()
+            if cfg.architecture in TOPK_LIKE:
+                sae.normalize_decoder_()
+            tokens_this_run += x.shape[0]
+            done = step + 1
+            if done % cfg.log_every == 0 or done == total:
+                row = {"step": done, "tokens": done * cfg.batch_size, "loss": res.loss.item(), "mse": res.mse.item(),
+                       "fvu": res.fvu.item(), "l0": res.l0.item(), "l1": res.l1.item(), "aux": res.aux.item(),
+                       "dead_fraction": sae.dead_mask().float().mean().item(), "lr": lr, "l1_coefficient": lam}
+                log_file.write(json.dumps(row) + "\n")
+                log_file.flush()
+                ema = {k: row[k] for k in ("loss", "fvu", "l0")}
+                pbar.set_postfix({k: f"{v:.3g}" for k, v in ema.items()}, refresh=False)
+            if done % cfg.checkpoint_every == 0 or done == total:
+                last_ckpt = out / "checkpoints" / f"step-{done:08d}"
+                save_training_state(last_ckpt, sae, opt, stream, done)
+                for old in _checkpoints(out)[:-cfg.keep_checkpoints]:
+                    shutil.rmtree(old, ignore_errors=True)
+            pbar.update(1)
+    elapsed = time.perf_counter() - t0
+    sae.eval()
+    metrics = reconstruction_metrics(sae, dump, device=device)
+    sparsity = torch.log10(torch.tensor(metrics.pop("firing_rates")) + 1e-10)
+    save_sae(sae, out / "sae", sparsity=sparsity, metadata={
+        "model_name": dump.manifest["model"], "hook_name": dump.manifest["hook"], "hook_layer": dump.manifest["layer"],
+        "dataset_path": dump.manifest["dataset"]["path"], "context_size": None, "prepend_bos": True,
+    })
+    manifest = {
+        "kind": "saev.sae_run", "saev_core_version": __version__, "config": cfg.model_dump(),
+        "sae": "sae", "sae_config": sae.cfg.model_dump(), "activations": str(dump.path),
+        "steps": total, "tokens": total * cfg.batch_size, "bad_shards": [str(dump.files[i]) for i in sorted(stream.bad_files)],
+        "train_seconds_this_run": elapsed, "tokens_per_s": tokens_this_run / elapsed if elapsed > 0 else math.nan,
+        "heldout": metrics,
+    }
+    write_json(out / "manifest.json", manifest)
+    return manifest

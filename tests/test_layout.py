@@ -1,0 +1,31 @@
+"""Packaging rules: saev_core is the library and never pulls in Prefect."""
+
+from __future__ import annotations
+
+import ast
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import saev_core
+
+ROOT = Path(saev_core.__file__).parent
+
+
+def test_saev_core_source_never_imports_prefect():
+    offenders = []
+    for path in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "prefect"]
+    assert not offenders
+
+
+def test_importing_every_saev_core_module_leaves_prefect_unloaded():
+    modules = [m.name for m in pkgutil.walk_packages([str(ROOT)], "saev_core.") if not m.name.endswith("__main__")]
+    code = f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\nprint('prefect' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+    assert "saev_core.dump" in modules and "saev_core.cli" in modules
