@@ -102,7 +102,7 @@ def to_tensor(table: pa.Table) -> torch.Tensor:
     col = table.column("activation").combine_chunks()
     d = col.type.list_size
     flat = col.values.to_numpy(zero_copy_only=False)
-    return torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32).reshape(-1, d))
+    return torch.from_numpy(flat.astype(np.float32, copy=True).reshape(-1, d))  # Arrow buffers are read-only
 
 
 class ShuffledBatches:
@@ -182,16 +182,23 @@ class ShuffledBatches:
 
 def iter_rows(dump: ActivationDump, modalities: tuple[str, ...], split: str, max_rows: int | None = None,
               columns_too: bool = False) -> Iterator[tuple[torch.Tensor, pa.Table] | torch.Tensor]:
-    """Rows in file order (no shuffle), for evaluation; stops after ``max_rows``."""
-    seen = 0
+    """Rows in file order (no shuffle), for evaluation; stops after ``max_rows``. Shards with
+    non-finite values are reported and left out, as in training."""
+    seen, bad = 0, set()
     for rg in dump.row_groups:
+        if rg[0] in bad:
+            continue
         table = dump.read_row_group(rg, modalities, split)
         if max_rows is not None:
             table = table.slice(0, max_rows - seen)
         if table.num_rows == 0:
             continue
-        seen += table.num_rows
         x = to_tensor(table)
+        if not bool(torch.isfinite(x).all()):
+            bad.add(rg[0])
+            log.warning("shard %s holds NaN/inf activations: left out of the evaluation", dump.files[rg[0]])
+            continue
+        seen += table.num_rows
         yield (x, table) if columns_too else x
         if max_rows is not None and seen >= max_rows:
             return

@@ -67,7 +67,7 @@ class DumpConfig(BaseModel):
     progress: bool = True
 
     def identity(self) -> dict:
-        return self.model_dump(exclude=_RUNTIME_FIELDS)
+        return self.model_dump(mode="json", exclude=_RUNTIME_FIELDS)
 
 
 @dataclass

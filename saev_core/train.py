@@ -89,7 +89,7 @@ class TrainConfig(BaseModel):
         return self.total_tokens // self.batch_size
 
     def identity(self) -> dict:
-        return self.model_dump(exclude=_RUNTIME_FIELDS)
+        return self.model_dump(mode="json", exclude=_RUNTIME_FIELDS)
 
 
 def lr_at(step: int, total_steps: int, lr: float, decay_frac: float) -> float:

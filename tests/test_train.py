@@ -1,0 +1,171 @@
+"""SAE training on real dumped activations: it learns, resumes bit-for-bit, guards against
+bad input, and its evaluation metrics follow their formulas."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from saev_core.activations import ActivationDump, ShuffledBatches, is_heldout
+from saev_core.checkpoint import load_sae
+from saev_core.data import DatasetSpec
+from saev_core.dump import DumpConfig, activation_schema, run_dump
+from saev_core.evaluate import ce_loss_recovered, evaluate_run, firing_histogram
+from saev_core.io import write_json
+from saev_core.train import TrainConfig, TrainingDiverged, lr_at, train_sae
+
+
+@pytest.fixture(scope="module")
+def dump_dir(tmp_path_factory, world_dir, world, bundle):
+    out = tmp_path_factory.mktemp("train") / "dump"
+    spec = DatasetSpec(path=str(world_dir / world["datasets"]["demo-rlaif"]["path"]))
+    run_dump(DumpConfig(model=str(world_dir / "model"), dataset=spec, layer=2, out=str(out), samples_per_shard=40,
+                        batch_size=20, progress=False), bundle=bundle)
+    return out
+
+
+def small(dump_dir, out, **kw) -> TrainConfig:
+    base = dict(activations=str(dump_dir), out=str(out), architecture="topk", k=8, expansion_factor=4, batch_size=256,
+                total_tokens=256 * 60, checkpoint_every=20, log_every=10, scale_batches=4, buffer_rows=2048, progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def fake_dump(path, d: int, shards: list[np.ndarray]) -> None:
+    """A minimal dump directory (manifest + shards) holding the given activation arrays."""
+    entries = []
+    for i, x in enumerate(shards):
+        n = len(x)
+        table = pa.table({"sample_id": [f"s{i}-{j // 4}" for j in range(n)], "token_pos": pa.array(np.arange(n) % 4, pa.int32()),
+                          "modality": ["image" if j % 2 else "text" for j in range(n)], "token_id": pa.array(np.zeros(n), pa.int32()),
+                          "activation": pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel()), d)},
+                         schema=activation_schema(d, "float32"))
+        (path / "activations").mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path / "activations" / f"shard-{i:05d}.parquet", row_group_size=64)
+        entries.append({"file": f"activations/shard-{i:05d}.parquet", "samples": n // 4, "rejected": 0, "rows": n})
+    write_json(path / "manifest.json", {"d_model": d, "model": "none", "layer": 0, "hook": "h", "dataset": {"path": "none"},
+                                        "shards": entries})
+
+
+def test_lr_schedule_hand_computed():
+    # constant, then linear decay to 0 over the last 20% of 100 steps
+    assert [lr_at(s, 100, 1.0, 0.2) for s in (0, 50, 80, 90, 95, 100)] == [1.0, 1.0, 1.0, 0.5, 0.25, 0.0]
+    assert lr_at(7, 100, 2.0, 0.0) == 2.0
+
+
+def test_ce_recovered_and_histogram_hand_computed():
+    assert ce_loss_recovered(ce_clean=2.5, ce_sae=2.64, ce_zero=10.37) == pytest.approx((10.37 - 2.64) / (10.37 - 2.5))
+    assert ce_loss_recovered(2.0, 2.0, 4.0) == 1.0 and ce_loss_recovered(2.0, 4.0, 4.0) == 0.0
+    h = firing_histogram(np.array([0.0, 0.5, 0.05, 0.05, 1e-9, 1.0]))
+    assert h["never"] == 1 and h["[1e-1, 1e0)"] == 1 and h["[1e-2, 1e-1)"] == 2 and h["< 1e-8"] == 1 and h["1"] == 1
+
+
+def test_stream_is_seeded_bounded_and_resumable(dump_dir):
+    dump = ActivationDump.open(dump_dir, heldout_fraction=0.1)
+    assert dump.heldout and all(is_heldout(s, 0.1) for s in dump.heldout)
+    a = ShuffledBatches(dump, ("image", "text"), 100, seed=3, buffer_rows=1000)
+    first = [x for _, x in zip(range(12), a)]
+    assert all(x.shape == (100, 128) and x.dtype == torch.float32 for x in first)
+    b = ShuffledBatches(dump, ("image", "text"), 100, seed=3, buffer_rows=1000)
+    it = iter(b)
+    for _ in range(5):
+        next(it)
+    c = ShuffledBatches(dump, ("image", "text"), 100, seed=3, buffer_rows=1000)
+    c.load_state(json.loads(json.dumps(b.state())))  # state survives JSON, as in a checkpoint
+    assert all(torch.equal(x, y) for x, y in zip(first[5:], c))
+    other = next(iter(ShuffledBatches(dump, ("image", "text"), 100, seed=4, buffer_rows=1000)))
+    assert not torch.equal(other, first[0])
+
+
+def test_training_lowers_fvu_and_writes_a_saelens_checkpoint(tmp_path, dump_dir):
+    m = train_sae(small(dump_dir, tmp_path / "run", total_tokens=256 * 120))
+    log = [json.loads(line) for line in (tmp_path / "run/train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log][:3] == [10, 20, 30] and log[-1]["step"] == 120
+    assert log[-1]["fvu"] < 0.5 * log[0]["fvu"]
+    assert m["heldout"]["all"]["fvu"] < 0.5 and m["heldout"]["all"]["l0"] == pytest.approx(8, abs=1e-6)
+    assert m["heldout"]["image"]["n_tokens"] > 0 and m["heldout"]["text"]["n_tokens"] > 0
+    sae = load_sae(tmp_path / "run/sae")
+    assert sae.cfg.d_in == 128 and sae.cfg.d_sae == 512 and sae.cfg.input_scale == 1.0
+    assert (tmp_path / "run/sae/sparsity.safetensors").exists()
+    assert len(list((tmp_path / "run/checkpoints").iterdir())) == 2  # keep_checkpoints
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk"])
+def test_crash_resume_matches_uninterrupted(tmp_path, dump_dir, arch):
+    extra = {"k": None, "lr": 1e-3, "l1_coefficient": 0.5} if arch == "relu" else {}
+    full = train_sae(small(dump_dir, tmp_path / "full", architecture=arch, **extra))
+    crashed = train_sae(small(dump_dir, tmp_path / "crash", architecture=arch, **extra), stop_at_step=47)
+    assert crashed == {"stopped_at_step": 47, "last_checkpoint": str(tmp_path / "crash/checkpoints/step-00000040")}
+    resumed = train_sae(small(dump_dir, tmp_path / "crash", architecture=arch, **extra))
+    a, b = load_sae(tmp_path / "full/sae"), load_sae(tmp_path / "crash/sae")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert (tmp_path / "full/train_log.jsonl").read_text() == (tmp_path / "crash/train_log.jsonl").read_text()
+    assert resumed["heldout"] == full["heldout"]
+
+
+def test_text_only_sae_trains_on_text_and_fails_on_images(tmp_path, dump_dir):
+    saev = train_sae(small(dump_dir, tmp_path / "saev"))
+    text = train_sae(small(dump_dir, tmp_path / "text", modalities="text"))
+    assert text["heldout"]["text"]["fvu"] < 0.5
+    assert text["heldout"]["image"]["fvu"] > 2 * saev["heldout"]["image"]["fvu"]
+
+
+def test_non_finite_shard_is_reported_and_skipped(tmp_path):
+    rng = np.random.default_rng(0)
+    good = [rng.normal(size=(512, 16)) for _ in range(3)]
+    bad = rng.normal(size=(512, 16))
+    bad[100, 3] = np.nan
+    fake_dump(tmp_path / "d", 16, [good[0], bad, good[1], good[2]])
+    cfg = TrainConfig(activations=str(tmp_path / "d"), out=str(tmp_path / "r"), architecture="topk", k=4, expansion_factor=2,
+                      batch_size=128, total_tokens=128 * 40, heldout_fraction=0.0, buffer_rows=512, scale_batches=2, progress=False)
+    m = train_sae(cfg)
+    assert m["bad_shards"] == [str(tmp_path / "d/activations/shard-00001.parquet")]
+    assert np.isfinite(m["heldout"]["all"]["fvu"])
+    assert all(torch.isfinite(t).all() for t in load_sae(tmp_path / "r/sae").state_dict().values())
+
+
+def test_divergence_stops_with_a_usable_checkpoint(tmp_path, dump_dir):
+    cfg = small(dump_dir, tmp_path / "r", architecture="relu", k=None, lr=1e30, l1_coefficient=0.0, checkpoint_every=1)
+    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at step \d+.*Last good checkpoint: .*step-0000000\d"):
+        train_sae(cfg)
+
+
+def test_bad_configs_fail_fast(tmp_path, dump_dir):
+    with pytest.raises(MemoryError, match="needs about .* GiB"):
+        train_sae(small(dump_dir, tmp_path / "big", d_sae=10**9))
+    assert not (tmp_path / "big").exists()
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        train_sae(small(tmp_path / "nowhere", tmp_path / "x"))
+    with pytest.raises(ValueError, match="k is for topk"):
+        small(dump_dir, tmp_path / "y", architecture="relu", k=4)
+    # A checkpoint from another activation width refuses to resume on these shards.
+    fake_dump(tmp_path / "d16", 16, [np.random.default_rng(1).normal(size=(512, 16))])
+    other = TrainConfig(activations=str(tmp_path / "d16"), out=str(tmp_path / "run16"), architecture="topk", k=4, expansion_factor=2,
+                        batch_size=128, total_tokens=128 * 4, heldout_fraction=0.0, buffer_rows=512, scale_batches=2, progress=False)
+    train_sae(other)
+    moved = small(dump_dir, tmp_path / "run16").model_copy(update={"out": str(tmp_path / "run16")})
+    (tmp_path / "run16/config.json").write_text(json.dumps(moved.identity()))
+    with pytest.raises(ValueError, match="d_in=16 but the activations have d_in=128"):
+        train_sae(moved)
+
+
+def test_eval_sae_report(tmp_path, dump_dir):
+    train_sae(small(dump_dir, tmp_path / "run"))
+    report = evaluate_run(str(tmp_path / "run"), n_samples=12, device="cpu")
+    for key in ("ce_with_images", "ce_text_only"):
+        ce = report[key]
+        assert ce["n_samples"] == 12 and ce["n_tokens"] > 12
+        assert ce["ce_clean"] < ce["ce_zero"]
+        assert ce["ce_loss_recovered"] == pytest.approx(ce_loss_recovered(ce["ce_clean"], ce["ce_sae"], ce["ce_zero"]))
+    assert report["ce_with_images"]["ce_loss_recovered"] > 0.5
+    saved = json.loads((tmp_path / "run/eval.json").read_text())
+    assert saved["reconstruction"]["all"]["fvu"] == report["reconstruction"]["all"]["fvu"]
+    md = (tmp_path / "run/eval.md").read_text()
+    assert "CE-loss-recovered" in md and "| image |" in md and "| text |" in md
+    fake_dump(tmp_path / "d16", 16, [np.zeros((64, 16))])
+    with pytest.raises(ValueError, match="SAE has d_in=128 but the activations .* have d_model=16"):
+        evaluate_run(str(tmp_path / "run"), activations=str(tmp_path / "d16"), n_samples=0)
