@@ -73,10 +73,14 @@ def test_saev_flow_runs_with_real_prefect(tmp_path, world_dir, prefect_server):
 
     from flows.pipeline import saev_pipeline
 
-    state = saev_pipeline(demo_dir=str(world_dir), runs_dir=str(tmp_path), limit=6, demo=TEST_WORLD.model_dump(),
-                          dump={"progress": False}, return_state=True)
+    sae = {"batch_size": 128, "total_tokens": 128 * 30, "scale_batches": 2, "buffer_rows": 4096, "progress": False}
+    state = saev_pipeline(demo_dir=str(world_dir), runs_dir=str(tmp_path), limit=30, demo=TEST_WORLD.model_dump(),
+                          dump={"progress": False}, sae=sae, eval_samples=4, return_state=True)
     assert state.type == StateType.COMPLETED
     summary = state.result()
-    assert summary["samples"] == 6 and summary["rejected"] == 0
+    assert summary["samples"] == 30 and summary["rejected"] == 0
     assert summary["demo_model_accuracy"] > summary["chance"]
     assert (tmp_path / "dump-demo-rlaif-L2/manifest.json").exists()
+    assert summary["sae_l0"] == 16 and 0 < summary["sae_fvu"]["all"] < 1
+    assert (tmp_path / "sae-demo-rlaif-L2-topk/sae/cfg.json").exists()
+    assert "CE-loss-recovered" in (tmp_path / "sae-demo-rlaif-L2-topk/eval.md").read_text()
