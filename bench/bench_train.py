@@ -1,7 +1,7 @@
 """SAE training throughput and final quality: saev against the ``sae-lens`` package, same
 architecture, same hyper-parameters, same activations, same machine, same run.
 
-    .venv/bin/python bench/bench_train.py                      # topk + relu, CPU, ~5 min on 2 cores
+    .venv/bin/python bench/bench_train.py                      # topk + relu, 300 steps, 3 repeats, CPU
     .venv/bin/python bench/bench_train.py --steps 600 --repeats 5 --device cuda
     .venv/bin/python bench/bench_train.py --archs topk --parquet --profile 25
 
@@ -15,7 +15,8 @@ What is compared
   its data provider. saev's ``train_sae`` gets the same batches from memory too: the bench swaps
   the stream object it builds for one that yields the exported array (its input-scale probe still
   reads the shards). So both trainers are timed on the same in-memory data; ``--parquet`` adds
-  stock ``train_sae`` streaming from the Parquet shards as a third variant ("saev_parquet").
+  stock ``train_sae`` streaming from the Parquet shards as a third variant ("saev_parquet"),
+  which ends with bit-identical weights to "saev" (same batches), only the batch source differs.
 - Input normalisation. saev scales inputs by s = sqrt(d_in) / mean||x||, estimated on
   ``scale_batches`` batches of a probe stream. The bench computes s the same way once and hands
   it to SAELens (``normalize_activations="expected_average_only_in"`` with the trainer's
@@ -46,6 +47,11 @@ What is compared
   and serves all jobs, so its import is never timed. Runs are interleaved (saev, SAELens, then
   SAELens, saev, ...) because the CPU is shared; medians over ``--repeats`` are reported, after
   one short untimed warm-up run of each.
+- Threads: ``--threads 1`` by default, for both libraries. The machine this was written on has 2
+  cores shared with other users; with 2 torch threads every parallel op waits whenever one of
+  its threads is descheduled (measured there with a neighbour busy: one 1024x128 -> 1024 topk
+  step took 23 ms on 1 thread and 177 ms on 2), which turns the timing into a count of ops times
+  scheduler slices. ``--threads 0`` keeps torch's default (all cores); use it on a quiet machine.
 - Quality: both final SAEs are saved in SAELens's inference format (scale folded in) and read back
   by the same code here, which computes FVU = sum||x - x_hat||^2 / sum||x - mean(x)||^2 and L0
   (mean active latents per token) on the held-out rows, in float64.
@@ -309,12 +315,12 @@ def profile_saev(args, data: dict, arch: str, out: Path, top: int) -> dict:
     return {"loop_seconds_profiled": round(total, 2), "tokens_per_s_under_profiler": manifest["tokens_per_s"], "top_by_own_time": rows}
 
 
-def machine_info(args, worker: SAELensWorker | None) -> dict:
+def machine_info(args, worker: SAELensWorker | None, loadavg_start: list[float]) -> dict:
     info = {
         "platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_saev": torch.__version__, "torch_threads_saev": torch.get_num_threads(), "device": args.device,
-        "loadavg_start": list(os.getloadavg()),
+        "loadavg_start": loadavg_start,
     }
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -371,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         worker = SAELensWorker(args.saelens_python, args.threads)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_train-"))
-    t_start = time.perf_counter()
+    t_start, loadavg_start = time.perf_counter(), [round(v, 2) for v in os.getloadavg()]
     try:
         log(f"exporting {args.steps} x {args.batch_size} training tokens and the held-out rows to {tmp}")
         data = export_data(args, tmp)
@@ -410,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             results[arch] = res
         report = {
             "benchmark": "saev vs sae-lens SAE training",
-            "machine": {**machine_info(args, worker), "loadavg_end": list(os.getloadavg())},
+            "machine": {**machine_info(args, worker, loadavg_start), "loadavg_end": [round(v, 2) for v in os.getloadavg()]},
             "settings": {
                 "activations": str(args.activations), "d_in": data["d_in"], "d_sae": args.expansion * data["d_in"],
                 "k": args.k, "batch_size": args.batch_size, "steps": args.steps, "tokens_per_run": args.steps * args.batch_size,
@@ -421,7 +427,16 @@ def main(argv: list[str] | None = None) -> int:
                 "data": "same exported token stream, in memory, for saev and SAELens",
                 "heldout_rows": len(data["heldout"]), "repeats": args.repeats, "warmup_steps": args.warmup_steps,
                 "order": "interleaved, alternating which library goes first",
-                "saelens_python": args.saelens_python,
+                "saelens_python": args.saelens_python, "torch_threads": args.threads or "torch default",
+                "not_matched": [
+                    "loss scale: saev topk minimises FVU (+ AuxK/32 normalised by the residual's variance); SAELens "
+                    "minimises summed MSE (+ AuxK/32 unnormalised, scaled by min(n_dead/k_aux, 1))",
+                    "SAELens clips the gradient norm at 1 every step (on its summed-MSE loss this is active), saev does not clip",
+                    "topk decoder: saev renormalises W_dec rows to 1 and removes the parallel gradient; SAELens leaves "
+                    "W_dec free and divides by its row norms (rescale_acts_by_decoder_norm)",
+                    "topk b_dec init: saev geometric median of the data, SAELens zeros",
+                    "W_dec init: saev normalised Gaussian rows, SAELens normalised kaiming-uniform rows (same norms)",
+                ],
             },
             "results": results,
             "saelens_skipped": skipped,
