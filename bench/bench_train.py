@@ -29,9 +29,9 @@ What is compared
     SAELens ``TopKTrainingSAE`` with ``rescale_acts_by_decoder_norm=True`` (its way of a unit-norm
     decoder), ``decoder_init_norm=1`` (saev's init norm), ``apply_b_dec_to_input=True``, AuxK
     coefficient 1/32 (saev's; SAELens's default is 1), dead window = saev's in steps.
-    Left as each library does it: saev minimises normalised MSE (FVU) + AuxK/32 and inits b_dec
-    at the geometric median; SAELens minimises summed MSE + AuxK, b_dec = 0, clips the gradient
-    norm at 1.
+    Both minimise summed MSE + AuxK/32 and clip the gradient norm at 1. Left as each library
+    does it: saev inits b_dec at the geometric median and keeps decoder rows at unit norm; SAELens
+    b_dec = 0 and scales its AuxK term by min(n_dead / k_aux, 1).
   * relu: saev ``architecture="relu"`` (the paper's SAE-V) vs SAELens ``StandardTrainingSAE``.
     Both use loss = sum_d (x - x_hat)^2 averaged over the batch + lambda * mean_batch(sum_i
     f_i ||W_dec[i]||) on the scaled input, i.e. the L1 term is scaled the same way (SAELens's
@@ -429,9 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                 "order": "interleaved, alternating which library goes first",
                 "saelens_python": args.saelens_python, "torch_threads": args.threads or "torch default",
                 "not_matched": [
-                    "loss scale: saev topk minimises FVU (+ AuxK/32 normalised by the residual's variance); SAELens "
-                    "minimises summed MSE (+ AuxK/32 unnormalised, scaled by min(n_dead/k_aux, 1))",
-                    "SAELens clips the gradient norm at 1 every step (on its summed-MSE loss this is active), saev does not clip",
+                    "AuxK scale: both add AuxK/32 in squared-error units; SAELens also scales it by min(n_dead/k_aux, 1)",
                     "topk decoder: saev renormalises W_dec rows to 1 and removes the parallel gradient; SAELens leaves "
                     "W_dec free and divides by its row norms (rescale_acts_by_decoder_norm)",
                     "topk b_dec init: saev geometric median of the data, SAELens zeros",

@@ -78,6 +78,10 @@ class ActivationDump:
                 heldout.update(s for s in pq.read_table(f, columns=["sample_id"]).column(0).to_pylist() if is_heldout(s, heldout_fraction))
         return cls(path, manifest, files, row_groups, frozenset(heldout))
 
+    @functools.lru_cache(maxsize=64)
+    def _parquet(self, index: int) -> pq.ParquetFile:
+        return pq.ParquetFile(self.files[index])
+
     @functools.cached_property
     def _heldout_array(self) -> pa.Array:
         return pa.array(sorted(self.heldout), pa.string())
@@ -89,7 +93,7 @@ class ActivationDump:
     def read_row_group(self, rg: tuple[int, int, int], modalities: tuple[str, ...], split: str) -> pa.Table:
         """Rows of one row group with the wanted modalities; split is 'train', 'heldout' or 'all'."""
         f, g, _ = rg
-        table = pq.ParquetFile(self.files[f]).read_row_group(g, columns=["sample_id", "modality", "activation"])
+        table = self._parquet(f).read_row_group(g, columns=["sample_id", "modality", "activation"])
         mask = pc.is_in(table.column("modality"), pa.array(modalities))
         if split != "all" and self.heldout:
             held = pc.is_in(table.column("sample_id"), self._heldout_array)
@@ -118,6 +122,7 @@ class ShuffledBatches:
         self.buffer_rows, self.split = buffer_rows, split
         self.bad_files: set[int] = set()
         self.position = Position()
+        self._cached: tuple[frozenset, frozenset, torch.Tensor] | None = None  # (row groups, bad files, rows)
 
     def state(self) -> dict:
         return {"position": vars(self.position), "bad_files": sorted(self.bad_files)}
@@ -141,7 +146,19 @@ class ShuffledBatches:
         return chunks
 
     def _load_chunk(self, rgs, epoch: int, chunk: int) -> torch.Tensor:
-        parts = []
+        """The chunk's rows, shuffled. When one chunk holds the whole dump (it fits in buffer_rows),
+        its rows are read once and only reshuffled in later epochs."""
+        key = frozenset(rgs)
+        if self._cached is not None and self._cached[:2] == (key, frozenset(self.bad_files)):
+            x = self._cached[2]
+        else:
+            x = self._read(rgs)
+            if len(rgs) == len(self.dump.row_groups):
+                self._cached = (key, frozenset(self.bad_files), x)
+        return x[torch.from_numpy(np.random.default_rng([self.seed, epoch, chunk]).permutation(len(x)))]
+
+    def _read(self, rgs) -> torch.Tensor:
+        parts: list[tuple[int, torch.Tensor]] = []
         for rg in sorted(rgs):
             if rg[0] in self.bad_files:
                 continue
@@ -150,11 +167,11 @@ class ShuffledBatches:
                 self.bad_files.add(rg[0])
                 log.warning("shard %s holds NaN/inf activations: skipping it from now on", self.dump.files[rg[0]])
                 continue
-            parts.append(x)
-        if not parts:
-            return torch.empty(0, self.dump.d_in)
-        x = torch.cat(parts)
-        return x[torch.from_numpy(np.random.default_rng([self.seed, epoch, chunk]).permutation(len(x)))]
+            parts.append((rg[0], x))
+        # Rows read from a shard before its bad row group was met go too, so the chunk depends only
+        # on the set of bad shards (what a resumed run restores).
+        kept = [x for f, x in parts if f not in self.bad_files]
+        return torch.cat(kept) if kept else torch.empty(0, self.dump.d_in)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         pos = self.position

@@ -42,7 +42,7 @@ from saev_core.modeling import ModelBundle, StopForward, capture_residual, check
 MODALITIES = ("image", "text", "special")
 FP16_MAX = 65504.0
 # Fields that do not change what a shard contains; a resumed run may change them.
-_RUNTIME_FIELDS = {"out", "batch_size", "progress", "cpu_threads"}
+_RUNTIME_FIELDS = {"out", "batch_size", "progress", "cpu_threads", "row_group_mb"}
 
 
 class DumpConfig(BaseModel):
@@ -63,6 +63,7 @@ class DumpConfig(BaseModel):
     max_length: int | None = Field(None, ge=1, description="longest prompt in tokens; default: the model's context")
     stop_at_layer: bool = Field(True, description="skip the blocks after the hooked one")
     compression: Literal["zstd", "lz4", "snappy", "none"] = "zstd"
+    row_group_mb: int = Field(64, ge=1, description="target Parquet row-group size; batches are buffered up to it")
     cpu_threads: int | None = Field(None, ge=1, description="torch threads for a CPU forward (default: torch's own setting)")
     progress: bool = True
 
@@ -293,23 +294,35 @@ def dump_shard(cfg: DumpConfig, bundle: ModelBundle, ds, index: int, layer: int,
     rejected: list[Rejection] = []
     sample_stats: list[dict] = []
     compression = None if cfg.compression == "none" else cfg.compression
+    bytes_per_row = bundle.d_model * (2 if cfg.act_dtype == "float16" else 4)
+    row_group_rows = max(1, cfg.row_group_mb * 2**20 // bytes_per_row)
     with atomic_path(act_path) as tmp_act, ThreadPoolExecutor(1, thread_name_prefix="saev-writer") as io_pool:
         with pq.ParquetWriter(tmp_act, schema, compression=compression) as writer:
             pending = None  # one write in flight: Parquet encoding overlaps the next forward
+            buffered: list[pa.Table] = []  # batches gathered into one row group (readers want big ones)
+
+            def flush():
+                nonlocal pending, buffered
+                if pending is not None:
+                    pending.result()
+                pending = io_pool.submit(writer.write_table, pa.concat_tables(buffered), row_group_size=row_group_rows) if buffered else None
+                buffered = []
+
             for prep in prefetch(_prepare(cfg, bundle, ds, start, stop, cfg.max_length or bundle.max_length)):
                 rejected.extend(prep.rejected)
                 if prep.samples:
                     acts = residual(bundle, prep.inputs, layer, stop=cfg.stop_at_layer)
                     table, stats = batch_table(bundle, prep.inputs, acts, prep.samples, schema)
-                    if pending is not None:
-                        pending.result()
-                    pending = io_pool.submit(writer.write_table, table)
+                    buffered.append(table)
+                    if sum(t.num_rows for t in buffered) >= row_group_rows:
+                        flush()
                     sample_stats.extend(stats)
                     for m in MODALITIES:
                         result.rows[m] += sum(st[f"n_{m}_tokens"] for st in stats)
                 if pbar is not None:
                     pbar.update(prep.n_rows)
                     pbar.set_postfix(rows=sum(result.rows.values()), rejected=len(rejected), refresh=False)
+            flush()
             if pending is not None:
                 pending.result()
             result.n_samples, result.n_rejected = len(sample_stats), len(rejected)

@@ -63,6 +63,7 @@ class TrainConfig(BaseModel):
     l1_coefficient: float = Field(5.0, ge=0)
     l1_warmup_frac: float = Field(0.05, ge=0, le=1)
     aux_coefficient: float = Field(1 / 32, ge=0)
+    grad_clip_norm: float | None = Field(1.0, gt=0, description="clip the gradient norm each step (SAELens's default); None turns it off")
     dead_window: int | None = Field(None, ge=1, description="tokens without firing before a latent is dead; default min(10M, total_tokens / 10)")
     scale_batches: int = Field(100, ge=1, description="batches used to estimate the input scale s = sqrt(d_in) / mean||x||")
     heldout_fraction: float = Field(0.05, ge=0, lt=1, description="samples held out (by sample id) for evaluation")
@@ -184,6 +185,8 @@ def train_sae(cfg: TrainConfig, overwrite: bool = False, stop_at_step: int | Non
     stream = ShuffledBatches(dump, modalities, cfg.batch_size, seed=cfg.seed, buffer_rows=cfg.buffer_rows)
 
     ckpts = _checkpoints(out)
+    if ckpts and (out / "manifest.json").exists() and read_json(ckpts[-1] / "state.json")["step"] >= total:
+        return read_json(out / "manifest.json")  # finished with this config: nothing to redo
     if ckpts:
         sae, opt_state, state = load_training_state(ckpts[-1], device)
         if sae.cfg.d_in != dump.d_in:
@@ -222,6 +225,8 @@ def train_sae(cfg: TrainConfig, overwrite: bool = False, stop_at_step: int | Non
             res.loss.backward()
             if cfg.architecture in TOPK_LIKE:
                 sae.remove_parallel_grad_()
+            if cfg.grad_clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip_norm)
             lr = lr_at(step, total, base_lr, cfg.lr_decay_frac)
             for group in opt.param_groups:
                 group["lr"] = lr

@@ -186,10 +186,10 @@ def test_aux_loss_by_hand_and_dead_tracking():
     sae.tokens_since_fired.copy_(torch.tensor([0, 0, 10]))  # latent 2 silent for dead_window tokens
     out = sae(x)
     # f = [3,0,0], [0,2,0]; e = [0,1], [1,0]; aux acts of latent 2 = pre = 2, 1.5
-    # e_hat = [1.2,1.6], [0.9,1.2]; ||e - e_hat||^2 = 1.8 + 1.45; ||e - mean e||^2 = 1
-    assert out.aux.item() == pytest.approx(3.25)
+    # e_hat = [1.2,1.6], [0.9,1.2]; ||e - e_hat||^2 = 1.8, 1.45 -> mean 1.625; mse = (1 + 1) / 2
+    assert out.aux.item() == pytest.approx(1.625)
     assert out.fvu.item() == pytest.approx(2 / 2.5)
-    assert out.loss.item() == pytest.approx(0.8 + 3.25 / 32)
+    assert out.loss.item() == pytest.approx(1.0 + 1.625 / 32)
     assert sae.tokens_since_fired.tolist() == [0, 0, 12]
     assert sae.dead_mask().tolist() == [False, False, True]
 
