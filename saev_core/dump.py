@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import math
 import queue
-import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from tqdm.auto import tqdm
 
 from saev_core import __version__
 from saev_core.data import DatasetSpec, Rejection, Sample, iter_samples, open_dataset, resolve_columns
-from saev_core.io import atomic_path, read_json, write_json
+from saev_core.io import atomic_path, claim_output_dir, write_json
 from saev_core.modeling import ModelBundle, StopForward, capture_residual, check_layer, load_model
 
 MODALITIES = ("image", "text", "special")
@@ -349,29 +348,13 @@ def _torch_threads(n: int | None, active: bool):
         torch.set_num_threads(before)
 
 
-def prepare_output(cfg: DumpConfig, overwrite: bool = False) -> None:
-    """Record the config; refuse to mix shards of two different configs in one directory."""
-    out = Path(cfg.out)
-    cfg_file = out / "config.json"
-    if cfg_file.exists():
-        if read_json(cfg_file) == cfg.identity():
-            return
-        if not overwrite:
-            raise ValueError(f"{out} holds a dump made with a different config; choose another --out or pass --overwrite to replace it")
-        shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"{out} exists and is not a saev dump; choose another --out or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(cfg_file, cfg.identity())
-
-
 def run_dump(cfg: DumpConfig, bundle: ModelBundle | None = None, overwrite: bool = False, shards: list[int] | None = None) -> dict:
     """Dump every shard (or only ``shards``) and write the manifest. Returns the manifest."""
     ds = open_dataset(cfg.dataset)
     resolve_columns(cfg.dataset, ds.column_names)  # a wrong mapping fails before the model loads
     bundle = bundle or load_model(cfg.model, cfg.device, cfg.dtype)
     layer = check_layer(bundle, cfg.layer)
-    prepare_output(cfg, overwrite)
+    claim_output_dir(cfg.out, cfg.identity(), overwrite, "dump")
     n_shards = max(1, math.ceil(len(ds) / cfg.samples_per_shard))
     todo = range(n_shards) if shards is None else shards
     with (

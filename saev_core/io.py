@@ -57,3 +57,24 @@ def write_json(path: str | Path, obj) -> None:
 
 def read_json(path: str | Path):
     return json.loads(Path(path).read_text())
+
+
+def claim_output_dir(out: str | Path, identity: dict, overwrite: bool, what: str) -> Path:
+    """Make ``out`` the home of a stage run with config ``identity`` (kept in ``config.json``).
+
+    The same config resumes in place; another config, or a directory that is not a saev output,
+    is refused unless ``overwrite`` (a different saev run is then removed first).
+    """
+    out = Path(out)
+    cfg_file = out / "config.json"
+    if cfg_file.exists():
+        if read_json(cfg_file) == identity:
+            return out
+        if not overwrite:
+            raise ValueError(f"{out} holds a {what} made with a different config; choose another --out or pass --overwrite to replace it")
+        shutil.rmtree(out)
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"{out} exists and is not a saev {what}; choose another --out or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(cfg_file, identity)
+    return out

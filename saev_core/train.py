@@ -32,7 +32,7 @@ from saev_core import __version__
 from saev_core.activations import MODALITY_SETS, ActivationDump, ShuffledBatches
 from saev_core.checkpoint import save_sae
 from saev_core.evaluate import reconstruction_metrics
-from saev_core.io import atomic_dir, read_json, write_json
+from saev_core.io import atomic_dir, claim_output_dir, read_json, write_json
 from saev_core.modeling import resolve_device
 from saev_core.sae import SAE, TOPK_LIKE, SAEConfig, estimate_input_scale, l1_coefficient_at
 
@@ -161,18 +161,6 @@ def _new_sae(cfg: TrainConfig, dump: ActivationDump, modalities: tuple[str, ...]
     return sae
 
 
-def prepare_run_dir(cfg: TrainConfig, overwrite: bool = False) -> Path:
-    out = Path(cfg.out)
-    cfg_file = out / "config.json"
-    if cfg_file.exists() and read_json(cfg_file) != cfg.identity():
-        if not overwrite:
-            raise ValueError(f"{out} holds a run with a different config; choose another --out or pass --overwrite")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(cfg_file, cfg.identity())
-    return out
-
-
 def train_sae(cfg: TrainConfig, overwrite: bool = False, stop_at_step: int | None = None) -> dict:
     """Train (or resume) and return the run manifest. ``stop_at_step`` ends early as a crash would."""
     device = resolve_device(cfg.device)
@@ -180,7 +168,7 @@ def train_sae(cfg: TrainConfig, overwrite: bool = False, stop_at_step: int | Non
     dump = ActivationDump.open(cfg.activations, cfg.heldout_fraction)
     d_sae = cfg.d_sae or cfg.expansion_factor * dump.d_in
     check_memory(dump.d_in, d_sae, device, cfg.batch_size)
-    out = prepare_run_dir(cfg, overwrite)
+    out = claim_output_dir(cfg.out, cfg.identity(), overwrite, "training run")
     total = cfg.steps
     stream = ShuffledBatches(dump, modalities, cfg.batch_size, seed=cfg.seed, buffer_rows=cfg.buffer_rows)
 

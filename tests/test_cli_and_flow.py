@@ -84,3 +84,21 @@ def test_saev_flow_runs_with_real_prefect(tmp_path, world_dir, prefect_server):
     assert summary["sae_l0"] == 16 and 0 < summary["sae_fvu"]["all"] < 1
     assert (tmp_path / "sae-demo-rlaif-L2-topk/sae/cfg.json").exists()
     assert "CE-loss-recovered" in (tmp_path / "sae-demo-rlaif-L2-topk/eval.md").read_text()
+
+
+def test_train_and_eval_sae_cli(tmp_path, world_dir):
+    dump = ["dump", "--model", str(world_dir / "model"), "--dataset", str(world_dir / "datasets/demo-rlaif/train.parquet"),
+            "--limit", "40", "--layer", "2", "--out", str(tmp_path / "acts"), "--set", "progress=false"]
+    assert runner.invoke(app, dump).exit_code == 0
+    train = ["train", "--activations", str(tmp_path / "acts"), "--out", str(tmp_path / "sae"), "--architecture", "topk",
+             "--k", "8", "--expansion-factor", "2", "--batch-size", "128", "--total-tokens", str(128 * 20),
+             "--set", "scale_batches=2", "--set", "progress=false", "--set", "heldout_fraction=0.2"]
+    res = runner.invoke(app, train)
+    assert res.exit_code == 0, res.output
+    out = _json(res.stdout)
+    assert out["steps"] == 20 and out["all_l0"] == 8 and 0 < out["all_fvu"] < 1
+    res = runner.invoke(app, ["eval-sae", str(tmp_path / "sae"), "--n-samples", "4", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "CE-loss-recovered" in res.stdout and (tmp_path / "sae/eval.json").exists()
+    res = runner.invoke(app, [*train[:-6], "--set", "batch_size=100000"])
+    assert res.exit_code == 2 and "total_tokens" in res.output
