@@ -109,7 +109,7 @@ def demo_build(
 def dump(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
     model: Optional[str] = typer.Option(None, help=f"Hub id or local path of an image-text-to-text model (default: {DEFAULT_DEMO_DIR}/model)."),
-    dataset: Optional[str] = typer.Option(None, help=f"Dataset: Parquet/JSON Lines file or dir, save_to_disk dir, or hub id (default: the demo RLAIF-V set)."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset: Parquet/JSON Lines file or dir, save_to_disk dir, or hub id (default: the demo RLAIF-V set)."),
     format: Optional[str] = typer.Option(None, "--format", help="auto, rlaif_v, align_anything or sft."),
     column: list[str] = typer.Option([], "--column", help="Map a canonical field to a source column, e.g. --column question=prompt."),
     split: Optional[str] = typer.Option(None, help="Dataset split (default: train)."),

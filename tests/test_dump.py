@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
+from saev_core.data import DatasetSpec, iter_samples, open_dataset
 from saev_core.dump import DumpConfig, encode_batch, residual, run_dump
 from saev_core.modeling import load_model
 
