@@ -13,8 +13,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# Telemetry off: its heartbeat races the ephemeral server's SQLite writes ("database is locked",
+# PrefectHQ/prefect#18934), which is harmless but noisy.
 run: $(STAMP)
-	$(BIN)/python -m flows.pipeline
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m flows.pipeline
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
