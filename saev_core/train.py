@@ -32,11 +32,11 @@ from saev_core import __version__
 from saev_core.activations import MODALITY_SETS, ActivationDump, ShuffledBatches
 from saev_core.checkpoint import save_sae
 from saev_core.evaluate import reconstruction_metrics
-from saev_core.io import atomic_dir, claim_output_dir, read_json, write_json
+from saev_core.io import atomic_dir, atomic_path, claim_output_dir, read_json, write_json
 from saev_core.modeling import resolve_device
 from saev_core.sae import SAE, TOPK_LIKE, SAEConfig, estimate_input_scale, l1_coefficient_at
 
-_RUNTIME_FIELDS = {"out", "progress", "device", "checkpoint_every", "log_every", "keep_checkpoints"}
+_RUNTIME_FIELDS = {"out", "progress", "device", "checkpoint_every", "log_every", "keep_checkpoints", "eval_rows"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -69,6 +69,7 @@ class TrainConfig(BaseModel):
     heldout_fraction: float = Field(0.05, ge=0, lt=1, description="samples held out (by sample id) for evaluation")
     buffer_rows: int = Field(1 << 20, ge=1, description="rows shuffled together (memory: buffer_rows * d_in * 4 bytes)")
     checkpoint_every: int = Field(1000, ge=1)
+    eval_rows: int = Field(20_000, ge=0, description="held-out rows evaluated (per modality) at each checkpoint; 0 turns it off")
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(50, ge=1)
     device: str = "auto"
@@ -161,6 +162,23 @@ def _new_sae(cfg: TrainConfig, dump: ActivationDump, modalities: tuple[str, ...]
     return sae
 
 
+def _truncate_log(path: Path, start: int) -> None:
+    """Drop log rows past the checkpoint a run resumes from (they will be written again)."""
+    if start == 0:
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start]
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in keep))
+
+
+def _heldout_summary(sae: SAE, dump: ActivationDump, device: torch.device, max_rows: int) -> dict:
+    """FVU and L0 on held-out tokens, overall and per modality, for the training log."""
+    m = reconstruction_metrics(sae, dump, device=device, max_rows=max_rows)
+    out = {g: {k: m[g].get(k) for k in ("fvu", "l0", "n_tokens")} for g in ("all", "image", "text")}
+    return {**out, "dead_fraction": m["dead_fraction"]}
+
+
 def train_sae(cfg: TrainConfig, overwrite: bool = False, stop_at_step: int | None = None) -> dict:
     """Train (or resume) and return the run manifest. ``stop_at_step`` ends early as a crash would."""
     device = resolve_device(cfg.device)
@@ -190,12 +208,10 @@ def train_sae(cfg: TrainConfig, overwrite: bool = False, stop_at_step: int | Non
     base_lr = cfg.lr or (5e-5 if cfg.architecture == "relu" else 2e-4)
     sae.train()
     log_path = out / "train_log.jsonl"
-    if start == 0:
-        log_path.unlink(missing_ok=True)
+    _truncate_log(log_path, start)
     batches = iter(stream)
     last_ckpt = ckpts[-1] if ckpts else None
-    t0, tokens_this_run = time.perf_counter(), 0
-    ema: dict[str, float] = {}
+    t0, tokens_this_run, eval_seconds = time.perf_counter(), 0, 0.0
     with tqdm(total=total, initial=start, desc=f"train {cfg.architecture} SAE", unit="step", disable=not cfg.progress) as pbar, \
             open(log_path, "a") as log_file:
         for step in range(start, total):
@@ -229,15 +245,20 @@ def train_sae(cfg: TrainConfig, overwrite: bool = False, stop_at_step: int | Non
                        "dead_fraction": sae.dead_mask().float().mean().item(), "lr": lr, "l1_coefficient": lam}
                 log_file.write(json.dumps(row) + "\n")
                 log_file.flush()
-                ema = {k: row[k] for k in ("loss", "fvu", "l0")}
-                pbar.set_postfix({k: f"{v:.3g}" for k, v in ema.items()}, refresh=False)
+                pbar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "fvu", "l0")}, refresh=False)
             if done % cfg.checkpoint_every == 0 or done == total:
                 last_ckpt = out / "checkpoints" / f"step-{done:08d}"
                 save_training_state(last_ckpt, sae, opt, stream, done)
                 for old in _checkpoints(out)[:-cfg.keep_checkpoints]:
                     shutil.rmtree(old, ignore_errors=True)
+                if done < total and cfg.eval_rows:
+                    t_eval = time.perf_counter()
+                    log_file.write(json.dumps({"step": done, "heldout": _heldout_summary(sae, dump, device, cfg.eval_rows)}) + "\n")
+                    log_file.flush()
+                    sae.train()
+                    eval_seconds += time.perf_counter() - t_eval
             pbar.update(1)
-    elapsed = time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0 - eval_seconds
     sae.eval()
     metrics = reconstruction_metrics(sae, dump, device=device)
     sparsity = torch.log10(torch.tensor(metrics.pop("firing_rates")) + 1e-10)

@@ -83,9 +83,15 @@ def test_stream_is_seeded_bounded_and_resumable(dump_dir):
 
 def test_training_lowers_fvu_and_writes_a_saelens_checkpoint(tmp_path, dump_dir):
     m = train_sae(small(dump_dir, tmp_path / "run", total_tokens=256 * 120))
-    log = [json.loads(line) for line in (tmp_path / "run/train_log.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "run/train_log.jsonl").read_text().splitlines()]
+    log = [r for r in rows if "loss" in r]
     assert [r["step"] for r in log][:3] == [10, 20, 30] and log[-1]["step"] == 120
     assert log[-1]["fvu"] < 0.5 * log[0]["fvu"]
+    # Held-out FVU/L0 per modality at every checkpoint but the last (the final report has that one).
+    held = [r for r in rows if "heldout" in r]
+    assert [r["step"] for r in held] == [20, 40, 60, 80, 100]
+    assert all(r["heldout"][g]["n_tokens"] > 0 and r["heldout"][g]["l0"] == pytest.approx(8) for r in held for g in ("image", "text"))
+    assert held[-1]["heldout"]["all"]["fvu"] < held[0]["heldout"]["all"]["fvu"]
     assert m["heldout"]["all"]["fvu"] < 0.5 and m["heldout"]["all"]["l0"] == pytest.approx(8, abs=1e-6)
     assert m["heldout"]["image"]["n_tokens"] > 0 and m["heldout"]["text"]["n_tokens"] > 0
     sae = load_sae(tmp_path / "run/sae")
@@ -98,8 +104,9 @@ def test_training_lowers_fvu_and_writes_a_saelens_checkpoint(tmp_path, dump_dir)
 def test_crash_resume_matches_uninterrupted(tmp_path, dump_dir, arch):
     extra = {"k": None, "lr": 1e-3, "l1_coefficient": 0.5} if arch == "relu" else {}
     full = train_sae(small(dump_dir, tmp_path / "full", architecture=arch, **extra))
-    crashed = train_sae(small(dump_dir, tmp_path / "crash", architecture=arch, **extra), stop_at_step=47)
-    assert crashed == {"stopped_at_step": 47, "last_checkpoint": str(tmp_path / "crash/checkpoints/step-00000040")}
+    # Stopped between a log row (30) and the next checkpoint (40): rows 21-35 are redone on resume.
+    crashed = train_sae(small(dump_dir, tmp_path / "crash", architecture=arch, **extra), stop_at_step=35)
+    assert crashed == {"stopped_at_step": 35, "last_checkpoint": str(tmp_path / "crash/checkpoints/step-00000020")}
     resumed = train_sae(small(dump_dir, tmp_path / "crash", architecture=arch, **extra))
     a, b = load_sae(tmp_path / "full/sae"), load_sae(tmp_path / "crash/sae")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
