@@ -262,7 +262,8 @@ class SAE(nn.Module):
         fvu = err.pow(2).sum() / (sx - sx.mean(dim=0)).pow(2).sum().clamp_min(_TINY)
         l1 = aux = mse.new_zeros(())
         if arch == "relu":
-            l1 = (f * self.W_dec.norm(dim=1)).sum(dim=-1).mean()  # mean_batch sum_i f_i ||W_dec[i]||_2
+            # mean_batch sum_i f_i ||W_dec[i]||_2, summed over the batch first (same value, less work)
+            l1 = (f.sum(dim=0) * self.W_dec.norm(dim=1)).sum() / f.shape[0]
             lam = self.cfg.l1_coefficient if l1_coefficient is None else l1_coefficient
             loss = mse + lam * l1
         elif arch in TOPK_LIKE:
@@ -270,9 +271,10 @@ class SAE(nn.Module):
             loss = mse + self.cfg.aux_coefficient * aux
         else:
             loss = mse
+        active = f.detach() > 0
         if self.training:
-            self._update_stats(f)
-        l0 = (f.detach() > 0).sum(dim=-1).float().mean()
+            self._update_stats(f.detach(), active)
+        l0 = active.sum(dim=-1).float().mean()
         return SAEOutput(f=f, x_hat=x_hat_s / self.cfg.input_scale, loss=loss, mse=mse, fvu=fvu, l1=l1, aux=aux, l0=l0)
 
     def _aux_loss(self, pre: Tensor, e: Tensor) -> Tensor:
@@ -291,13 +293,13 @@ class SAE(nn.Module):
         return (e - e_hat).pow(2).sum(dim=-1).mean()
 
     @torch.no_grad()
-    def _update_stats(self, f: Tensor) -> None:
+    def _update_stats(self, f: Tensor, active: Tensor) -> None:
         self.tokens_since_fired += f.shape[0]
-        self.tokens_since_fired[(f > 0).any(dim=0)] = 0
+        self.tokens_since_fired[active.any(dim=0)] = 0
         if self.cfg.architecture == "batchtopk":
             # Threshold estimate: EMA of the smallest kept (positive) activation per batch, as in
             # SAELens/dictionary_learning; the first batch sets it directly so there is no bias to 0.
-            lowest = f.masked_fill(f <= 0, float("inf")).min()
+            lowest = f.masked_fill(~active, float("inf")).min()
             r, decay = self.running_threshold, self.cfg.threshold_ema_decay
             updated = torch.where(r.isnan(), lowest, decay * r + (1 - decay) * lowest)
             r.copy_(torch.where(lowest.isinf(), r, updated))
