@@ -56,6 +56,7 @@ class ActivationDump:
     files: list[Path]
     row_groups: list[tuple[int, int, int]]  # (file index, row group index, rows)
     heldout: frozenset[str] = field(default_factory=frozenset)
+    _open_files: dict[int, pq.ParquetFile] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, path: str | Path, heldout_fraction: float = 0.0) -> "ActivationDump":
@@ -78,9 +79,11 @@ class ActivationDump:
                 heldout.update(s for s in pq.read_table(f, columns=["sample_id"]).column(0).to_pylist() if is_heldout(s, heldout_fraction))
         return cls(path, manifest, files, row_groups, frozenset(heldout))
 
-    @functools.lru_cache(maxsize=64)
     def _parquet(self, index: int) -> pq.ParquetFile:
-        return pq.ParquetFile(self.files[index])
+        """Open shard files once per dump (re-opening per row group costs more than reading)."""
+        if index not in self._open_files:
+            self._open_files[index] = pq.ParquetFile(self.files[index])
+        return self._open_files[index]
 
     @functools.cached_property
     def _heldout_array(self) -> pa.Array:
