@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--expansion", type=int, default=8)
     ap.add_argument("--relu-lr", type=float, default=1e-3)
-    ap.add_argument("--l1", type=float, nargs="+", default=[0.5, 1, 2, 4, 8])
+    ap.add_argument("--l1", type=float, nargs="+", default=[0.5, 1, 2, 4, 8, 16, 32])
     ap.add_argument("--k", type=int, nargs="+", default=[4, 8, 16, 32])
     ap.add_argument("--ce-samples", type=int, default=100)
     ap.add_argument("--device", default="auto")
