@@ -55,7 +55,7 @@ def save_sae(sae: SAE, path: str | Path, sparsity: Tensor | None = None, metadat
     metadata = dict(metadata or {})
     if "saev" in metadata:
         raise ValueError("metadata key 'saev' is reserved for saev's own block in cfg.json; rename it")
-    exported = (sae.to_jumprelu() if sae.cfg.architecture == "batchtopk" else sae).fold_input_scale()
+    exported = sae.inference_form().fold_input_scale()
     ecfg = exported.cfg
     metadata["sae_lens_version"] = SAELENS_FORMAT_VERSION
     metadata["saev"] = {"format_version": SAEV_FORMAT_VERSION, "trained_config": sae.cfg.model_dump()}

@@ -37,6 +37,7 @@ from saev_core import __version__
 from saev_core.data import DatasetSpec, Rejection, Sample, iter_samples, open_dataset, resolve_columns
 from saev_core.io import atomic_path, claim_output_dir, write_json
 from saev_core.modeling import ModelBundle, StopForward, capture_residual, check_layer, load_model
+from saev_core.prompts import conversation
 
 MODALITIES = ("image", "text", "special")
 FP16_MAX = 65504.0
@@ -101,17 +102,11 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.parquet"
 
 
-def conversation(sample: Sample, include_response: bool) -> list[dict]:
-    conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": sample.question}]}]
-    if include_response and sample.response is not None:
-        conv.append({"role": "assistant", "content": [{"type": "text", "text": sample.response}]})
-    return conv
-
-
 def prompt_text(processor, sample: Sample, include_response: bool) -> str:
     """The model's own chat template: ``USER: <image> {question} ASSISTANT:`` for LLaVA."""
     return processor.apply_chat_template(
-        conversation(sample, include_response), add_generation_prompt=not include_response, tokenize=False
+        conversation(sample.question, sample.response if include_response else None),
+        add_generation_prompt=not include_response, tokenize=False
     )
 
 

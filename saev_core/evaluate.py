@@ -17,6 +17,7 @@ import torch
 from saev_core.activations import ActivationDump, iter_rows
 from saev_core.data import Sample
 from saev_core.modeling import ModelBundle
+from saev_core.prompts import conversation
 
 DENSE_RATE = 0.1  # a latent firing on more than 10% of tokens counts as dense
 HIST_EDGES = list(range(-8, 1))  # log10 firing-rate bins: [-inf,-8), [-8,-7), ..., [-1, 0]
@@ -77,8 +78,7 @@ def reconstruction_metrics(sae, dump: ActivationDump, split: str = "heldout", ma
     on its own). Uses held-out samples when the dump was opened with a held-out fraction,
     otherwise all rows.
     """
-    model = sae.to_jumprelu() if sae.cfg.architecture == "batchtopk" else sae
-    model = model.to(device).eval()
+    model = sae.inference_form().to(device).eval()
     split = split if dump.heldout else "all"
     accs = {"all": _Acc(), "image": _Acc(), "text": _Acc()}
     for x, table in iter_rows(dump, ("image", "text"), split, max_rows, columns_too=True):
@@ -132,21 +132,11 @@ def splice(bundle: ModelBundle, layer: int, replace):
         handle.remove()
 
 
-def _text_only(sample: Sample) -> list[dict]:
-    conv = [{"role": "user", "content": [{"type": "text", "text": sample.question}]}]
-    if sample.response is not None:
-        conv.append({"role": "assistant", "content": [{"type": "text", "text": sample.response}]})
-    return conv
-
-
 def _encode(bundle: ModelBundle, samples: list[Sample], with_image: bool):
-    from saev_core.dump import conversation
-
     proc = bundle.processor
+    texts = [proc.apply_chat_template(conversation(s.question, s.response, with_image), tokenize=False) for s in samples]
     if with_image:
-        texts = [proc.apply_chat_template(conversation(s, True), tokenize=False) for s in samples]
         return proc(images=[s.image for s in samples], text=texts, return_tensors="pt", padding=True)
-    texts = [proc.apply_chat_template(_text_only(s), tokenize=False) for s in samples]
     return proc.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
 
 
@@ -159,8 +149,7 @@ def cross_entropy(bundle: ModelBundle, sae, layer: int, samples: list[Sample], w
     residual at image and text positions (special tokens and padding keep the clean value);
     CE is averaged over every predicted non-image, non-padding token.
     """
-    model = sae.to_jumprelu() if sae.cfg.architecture == "batchtopk" else sae
-    model = model.to(bundle.device).eval()
+    model = sae.inference_form().to(bundle.device).eval()
     sums = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     count = 0
     for i in range(0, len(samples), batch_size):

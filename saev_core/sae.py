@@ -345,6 +345,10 @@ class SAE(nn.Module):
     def _state_copy(self) -> dict[str, Tensor]:
         return {name: t.detach().clone() for name, t in self.state_dict().items()}
 
+    def inference_form(self) -> SAE:
+        """The SAE to encode tokens one at a time with: BatchTopK as its JumpReLU export, others as they are."""
+        return self.to_jumprelu() if self.cfg.architecture == "batchtopk" else self
+
     def to_jumprelu(self) -> SAE:
         """BatchTopK -> JumpReLU for inference: one global threshold, f = ReLU(pre) * (pre > threshold).
 

@@ -145,13 +145,13 @@ def load_training_state(path: Path, device: torch.device) -> tuple[SAE, dict, di
     return sae, opt_state, state
 
 
-def _new_sae(cfg: TrainConfig, dump: ActivationDump, modalities: tuple[str, ...], device: torch.device) -> SAE:
+def _new_sae(cfg: TrainConfig, dump: ActivationDump, modalities: tuple[str, ...], d_sae: int, device: torch.device) -> SAE:
     d_in = dump.d_in
     probe = ShuffledBatches(dump, modalities, cfg.batch_size, seed=cfg.seed + 1, buffer_rows=cfg.buffer_rows)
     sample = [x for _, x in zip(range(cfg.scale_batches), probe)]
     scale = estimate_input_scale(sample)
     sae_cfg = SAEConfig(
-        architecture=cfg.architecture, d_in=d_in, d_sae=cfg.d_sae or cfg.expansion_factor * d_in, k=cfg.k,
+        architecture=cfg.architecture, d_in=d_in, d_sae=d_sae, k=cfg.k,
         l1_coefficient=cfg.l1_coefficient, l1_warmup_frac=cfg.l1_warmup_frac, aux_coefficient=cfg.aux_coefficient,
         dead_window=cfg.dead_window or max(cfg.batch_size, min(10_000_000, cfg.total_tokens // 10)),
         input_scale=scale, seed=cfg.seed,
@@ -197,15 +197,14 @@ def train_sae(cfg: TrainConfig, overwrite: bool = False, stop_at_step: int | Non
         sae, opt_state, state = load_training_state(ckpts[-1], device)
         if sae.cfg.d_in != dump.d_in:
             raise ValueError(f"checkpoint {ckpts[-1]} has d_in={sae.cfg.d_in} but the activations have d_in={dump.d_in}")
-        opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr or 0.0, betas=cfg.betas)
-        opt.load_state_dict(opt_state)
         stream.load_state(state["stream"])
         start = state["step"]
     else:
-        sae = _new_sae(cfg, dump, modalities, device)
-        opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr or 0.0, betas=cfg.betas)
-        start = 0
+        sae, opt_state, start = _new_sae(cfg, dump, modalities, d_sae, device), None, 0
     base_lr = cfg.lr or (5e-5 if cfg.architecture == "relu" else 2e-4)
+    opt = torch.optim.Adam(sae.parameters(), lr=base_lr, betas=cfg.betas)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
     sae.train()
     log_path = out / "train_log.jsonl"
     _truncate_log(log_path, start)

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saev_core.demo.scenes import COLORS, POSITIONS, SHAPES
+from saev_core.prompts import conversation
 
 _N_VALUES = {"color_of_shape": len(COLORS), "shape_at_position": len(SHAPES), "position_of_object": len(POSITIONS)}
 
@@ -24,13 +25,6 @@ class Batch:
     inputs: dict[str, torch.Tensor]
     labels: torch.Tensor
     key_mask: torch.Tensor  # answer positions whose token is part of the key attribute
-
-
-def conversation(question: str, answer: str | None = None) -> list[dict]:
-    conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    if answer is not None:
-        conv.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-    return conv
 
 
 def encode(processor, rows: list[dict], images: list | None = None) -> Batch:
