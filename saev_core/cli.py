@@ -210,3 +210,185 @@ def eval_sae(
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         fail(str(e))
     typer.echo(report["markdown"])
+
+
+@app.command("score")
+def score(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    activations: Optional[str] = typer.Option(None, help="Dump directory from `saev dump` (default: data/runs/dump-demo-rlaif-L2)."),
+    sae: Optional[str] = typer.Option(None, help="`saev train` run or SAELens checkpoint directory (default: data/runs/sae-demo-rlaif-L2-topk)."),
+    tables: Optional[str] = typer.Option(None, help="Feature tables root (default: data/tables)."),
+    dataset_name: Optional[str] = typer.Option(None, help="Partition name (default: the dump's dataset name)."),
+    scorer: list[str] = typer.Option([], "--scorer", help="Scorer to compute (repeatable; default: all of random, l0, cooccurrence, saev, model_cosine)."),
+    tau: Optional[float] = typer.Option(None, help="Co-occurrence threshold: a latent counts where its activation > tau (default: 0)."),
+    reference_samples: Optional[int] = typer.Option(None, help="Reference subset size for the cross-modal weights (default: 1000)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: auto)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the random scorer and the reference subset (default: 0)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a partition scored under another config."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+):
+    """Encode a dump through an SAE and write the feature tables and per-sample scores.
+
+    Example: saev score --activations runs/rlaif-L16 --sae runs/sae-relu --tables data/tables
+    """
+    from saev_core.score_dataset import ScoreConfig, run_scoring
+
+    data = merge(load_config_file(config), {
+        "activations": activations, "sae": sae, "tables": tables, "dataset_name": dataset_name, "scorers": scorer or None,
+        "tau": tau, "reference_samples": reference_samples, "device": device, "seed": seed})
+    apply_set(data, set_)
+    data.setdefault("activations", "data/runs/dump-demo-rlaif-L2")
+    data.setdefault("sae", "data/runs/sae-demo-rlaif-L2-topk")
+    cfg = validate(ScoreConfig, data)
+    try:
+        m = run_scoring(cfg, overwrite=overwrite)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+        fail(str(e))
+    typer.echo(json.dumps({"dataset": m["dataset"], "sae_id": m["sae_id"], "n_samples": m["n_samples"],
+                           "n_cross_modal_latents": m["n_cross_modal"], "feature_kinds": m["feature_kinds"],
+                           "tables": m["tables"], "query": f"saev query --tables {m['tables']} \"SELECT * FROM scores LIMIT 10\""},
+                          indent=2))
+
+
+@app.command("filter")
+def filter_(
+    out: str = typer.Option(..., "--out", "-o", help="Output directory of the filtered dataset."),
+    scorer: str = typer.Option("saev", help="Scorer to rank by."),
+    top_fraction: Optional[float] = typer.Option(None, help="Keep this fraction (0-1] of the ranked samples."),
+    top_k: Optional[int] = typer.Option(None, help="Keep this many samples."),
+    dataset: list[str] = typer.Option([], "--dataset", help="Dataset to draw from (repeatable; default: all scored)."),
+    per_dataset: bool = typer.Option(False, "--per-dataset", help="Apply k / fraction to each dataset separately."),
+    sae_id: Optional[str] = typer.Option(None, help="SAE whose scores to use (default: the only one)."),
+    tables: str = typer.Option("data/tables", help="Feature tables root."),
+):
+    """Keep the top-scoring samples as a dataset TRL's SFTTrainer / DPOTrainer load directly.
+
+    Example: saev filter --scorer saev --top-fraction 0.5 --out data/filtered/saev-50
+    """
+    from saev_core.filter import FilterConfig, run_filter
+
+    cfg = validate(FilterConfig, {"tables": tables, "out": out, "scorer": scorer, "datasets": dataset or None,
+                                  "sae_id": sae_id, "top_fraction": top_fraction, "top_k": top_k, "per_dataset": per_dataset})
+    try:
+        m = run_filter(cfg)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        fail(str(e))
+    typer.echo(json.dumps({"out": out, "kept": m["n_kept"], "kept_per_dataset": m["kept_per_dataset"], "splits": m["splits"],
+                           "load": f"datasets.load_dataset('parquet', data_files='{out}/sft/train.parquet', split='train')"}, indent=2))
+
+
+@app.command("eval-scores")
+def eval_scores(
+    labels: str = typer.Option(f"{DEFAULT_DEMO_DIR}/labels.parquet", help="Parquet with sample_id, is_clean, corruption (evaluation only)."),
+    dataset: str = typer.Option("demo-rlaif", help="Scored dataset to evaluate."),
+    sae_id: Optional[str] = typer.Option(None, help="SAE whose scores to evaluate (default: the only one)."),
+    tables: str = typer.Option("data/tables", help="Feature tables root."),
+):
+    """AUROC of each scorer for clean vs low-quality samples, overall and per corruption kind."""
+    from saev_core.quality import render_quality, scorer_quality
+    from saev_core.query import connect
+
+    try:
+        con = connect(tables)
+        saes = [r[0] for r in con.execute("SELECT DISTINCT sae_id FROM scores WHERE dataset = $d", {"d": dataset}).fetchall()]
+        if sae_id is None and len(saes) != 1:
+            fail(f"dataset {dataset!r} has scores from {len(saes)} SAEs ({saes}); choose one with --sae-id" if saes
+                 else f"no scores for dataset {dataset!r} under {tables}; run `saev score` first")
+        typer.echo(render_quality(scorer_quality(con, labels, dataset, sae_id or saes[0])))
+    except (ValueError, FileNotFoundError, OSError) as e:
+        fail(str(e))
+
+
+@app.command("query")
+def query(
+    sql: str = typer.Argument(..., help="One SELECT over the views sample_features, feature_stats, scores, samples."),
+    tables: Path = typer.Option(Path("data/tables"), "--tables", help="Tables root written by `saev score`."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write every row to a .csv or .parquet file (atomically) instead of printing."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Bind $name to a value, e.g. --param dataset=rlaif-v (repeatable). Values are text; DuckDB casts them where the type is clear (LIMIT $k, col = $x), else write $k::INTEGER."),
+    limit: int = typer.Option(50, "--limit", min=0, help="Rows printed (0: all); the count of the others is reported."),
+    format: str = typer.Option("table", "--format", help="Printed format: table, csv or json."),
+):
+    """Run read-only SQL over the feature tables with DuckDB.
+
+    Every dataset under --tables is visible, with `dataset` and `sae_id` columns.
+
+    Statements that write, change settings or read other files are refused (exit 2).
+
+    Pass values with --param; single-quote the SQL so the shell leaves $name alone.
+
+    Examples:
+
+      saev query "SELECT dataset, scorer, count(*) FROM scores GROUP BY ALL"
+
+      saev query 'SELECT sample_id, score FROM scores WHERE dataset = $dataset
+        AND scorer = $scorer ORDER BY score DESC LIMIT $k' \\
+        --param dataset=rlaif-v --param scorer=saev --param k=100
+
+      saev query "SELECT * FROM feature_stats ORDER BY cross_modal_weight DESC" \\
+        --out cross_modal.parquet
+    """
+    import csv
+    import sys
+
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from saev_core.io import atomic_path
+    from saev_core.query import QueryRefused, connect, render_table, run_query
+
+    if format not in ("table", "csv", "json"):
+        raise typer.BadParameter(f"expected table, csv or json, got {format!r}", param_hint="--format")
+    suffix = out.suffix.lower() if out is not None else None
+    if out is not None and suffix not in (".csv", ".parquet"):
+        fail(f"--out {out}: the file name must end in .csv or .parquet")
+    params: dict[str, str] = {}
+    for item in param:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"expected name=value, got {item!r}", param_hint="--param")
+        params[name] = value
+    con = None
+    try:
+        con = connect(tables)
+        reader = run_query(con, sql, params)
+        if out is not None:
+            n = 0
+            with atomic_path(out) as tmp:
+                writer = (pq.ParquetWriter(tmp, reader.schema, compression="zstd") if suffix == ".parquet"
+                          else pacsv.CSVWriter(tmp, reader.schema))
+                with writer:
+                    for batch in reader:
+                        writer.write_batch(batch)
+                        n += batch.num_rows
+            typer.echo(f"wrote {n} rows to {out}")
+            return
+        head: list[pa.RecordBatch] = []
+        n = 0
+        for batch in reader:
+            if limit == 0 or n < limit:
+                head.append(batch if limit == 0 else batch.slice(0, limit - n))
+            n += batch.num_rows
+    except (QueryRefused, FileNotFoundError) as e:
+        fail(str(e))
+    except (duckdb.Error, pa.ArrowException, OSError) as e:
+        fail(str(e).strip().splitlines()[0])
+    finally:
+        if con is not None:
+            con.close()
+    shown = pa.Table.from_batches(head, reader.schema)
+    hidden = n - shown.num_rows
+    note = f"({n} row{'' if n == 1 else 's'}" + (f", {hidden} not shown: raise --limit or use --out" if hidden else "") + ")"
+    if format == "table":
+        typer.echo(render_table(shown))
+        typer.echo(note)
+        return
+    if format == "csv":
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(shown.column_names)
+        w.writerows([list(r.values()) for r in shown.to_pylist()])
+    else:
+        typer.echo(json.dumps(shown.to_pylist(), default=str))
+    if hidden:
+        typer.echo(note, err=True)

@@ -1,104 +1,216 @@
 """Per-sample scores from SAE latent activations (METHOD.md sec. 4), as pure functions.
 
-Inputs for one sample: ``acts`` [T, d_sae] latent activations at its T positions (special
-tokens such as BOS already removed), ``modality`` [T] booleans (True = image token), and for
-the no-SAE baseline the residual vectors ``resid`` [T, d_in]. Scorers are a registry: adding
-one is one decorated function.
+A sample is scored from its ``SampleSummary``: per modality, the maximum activation of every
+latent that fired, the count of active (position, latent) pairs, token counts and the cosine
+between its mean image and mean text residuals.
+That is all the scorers need, it is what a streaming pass over a dump can keep per sample, and it
+is exactly what the ``sample_features`` table stores, so scores can be recomputed from the table.
+``SampleSummary.from_acts`` builds one from the dense activations A[t, i] of one sample.
 
-Unlike the reference code, nothing here keeps only each token's top-50 latents: every active
-latent counts (the defect METHOD.md sec. 4 asks to fix).
+Scorers are a registry: adding one is one decorated function ``(summary, context) -> float``.
+Unlike the reference code, nothing keeps only each token's top-50 latents: every active latent
+counts (the defect METHOD.md sec. 4 asks to fix).
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
-SCORERS: dict[str, Callable[..., float]] = {}
+
+@dataclass
+class SampleSummary:
+    """One sample's latents per modality (ids with their max activation) and residual means."""
+
+    sample_id: str
+    n_image: int
+    n_text: int
+    n_active: int                       # sum over positions of the number of latents > 0
+    image_ids: np.ndarray               # latents with A[t, i] > 0 on some image token ...
+    image_max: np.ndarray               # ... and their max over image tokens
+    text_ids: np.ndarray
+    text_max: np.ndarray
+    resid_cosine: float | None = None   # cos(mean image residual, mean text residual); None without both
+
+    @classmethod
+    def from_acts(cls, sample_id: str, acts: Tensor, modality: Tensor, resid: Tensor | None = None) -> "SampleSummary":
+        """From A [T, d_sae] over the sample's positions (special tokens removed), modality [T] (True = image)."""
+        image = modality.bool()
+
+        def side(mask: Tensor) -> tuple[np.ndarray, np.ndarray]:
+            if not bool(mask.any()):
+                return np.zeros(0, np.int64), np.zeros(0, np.float32)
+            mx = acts[mask].max(dim=0).values
+            ids = (mx > 0).nonzero().flatten()
+            return ids.numpy(), mx[ids].float().numpy()
+
+        cos = None
+        if resid is not None and bool(image.any()) and bool((~image).any()):
+            cos = mean_cosine(resid[image].float().mean(0), resid[~image].float().mean(0))
+        return cls(sample_id, int(image.sum()), int((~image).sum()), int((acts > 0).sum()),
+                   *side(image), *side(~image), cos)
+
+
+def mean_cosine(mean_image: Tensor, mean_text: Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(mean_image.float(), mean_text.float(), dim=-1).item()
+
+
+@dataclass
+class ScoringContext:
+    """Dataset-level inputs to the scorers."""
+
+    seed: int = 0
+    tau: float = 0.0
+    weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # w_i per latent
+
+
+Scorer = Callable[[SampleSummary, ScoringContext], float]
+SCORERS: dict[str, Scorer] = {}
 
 
 def scorer(name: str):
-    def register(fn):
+    def register(fn: Scorer) -> Scorer:
         SCORERS[name] = fn
         return fn
     return register
 
 
-def get_scorer(name: str) -> Callable[..., float]:
+def get_scorer(name: str) -> Scorer:
     if name not in SCORERS:
         raise ValueError(f"unknown scorer {name!r}; valid scorers: {sorted(SCORERS)}")
     return SCORERS[name]
 
 
-@scorer("random")
-def random_score(sample_id: str, seed: int = 0, **_) -> float:
-    """random: a uniform number in [0, 1) from (seed, sample_id), stable across runs and orderings."""
+def check_scorers(names: list[str]) -> list[str]:
+    for n in names:
+        get_scorer(n)
+    return list(dict.fromkeys(names))
+
+
+def random_unit(seed: int, sample_id: str) -> float:
     h = hashlib.blake2b(f"{seed}:{sample_id}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "big") / 2**64
 
 
+@scorer("random")
+def random_score(s: SampleSummary, ctx: ScoringContext) -> float:
+    """random: a uniform number in [0, 1) from (seed, sample_id), stable across runs and orderings."""
+    return random_unit(ctx.seed, s.sample_id)
+
+
 @scorer("l0")
-def l0_score(acts: Tensor, **_) -> float:
+def l0_score(s: SampleSummary, ctx: ScoringContext) -> float:
     """L0: mean over positions of the number of latents with A[t, i] > 0."""
-    if acts.shape[0] == 0:
-        return 0.0
-    return (acts > 0).sum(dim=1).float().mean().item()
+    n = s.n_image + s.n_text
+    return s.n_active / n if n else 0.0
 
 
-def cooccurring_latents(acts: Tensor, modality: Tensor, tau: float = 0.0) -> Tensor:
-    """C(s) = {i : A[t,i] > tau on some text token} intersect {i : A[t,i] > tau on some image token}, as a [d_sae] mask."""
-    on = acts > tau
-    image, text = modality.bool(), ~modality.bool()
-    on_image = on[image].any(dim=0) if bool(image.any()) else torch.zeros(acts.shape[1], dtype=torch.bool)
-    on_text = on[text].any(dim=0) if bool(text.any()) else torch.zeros(acts.shape[1], dtype=torch.bool)
-    return on_image & on_text
+def cooccurring_latents(s: SampleSummary, tau: float = 0.0) -> np.ndarray:
+    """C(s) = {i : A[t,i] > tau on some text token} intersect {i : A[t,i] > tau on some image token}."""
+    return np.intersect1d(s.image_ids[s.image_max > tau], s.text_ids[s.text_max > tau])
 
 
 @scorer("cooccurrence")
-def cooccurrence_score(acts: Tensor, modality: Tensor, tau: float = 0.0, **_) -> float:
+def cooccurrence_score(s: SampleSummary, ctx: ScoringContext) -> float:
     """co-occurrence: score = |C(s)|, the number of latents firing above tau on both modalities."""
-    return float(cooccurring_latents(acts, modality, tau).sum())
+    return float(len(cooccurring_latents(s, ctx.tau)))
 
 
 @scorer("saev")
-def saev_score(acts: Tensor, modality: Tensor, weights: Tensor, tau: float = 0.0, **_) -> float:
+def saev_score(s: SampleSummary, ctx: ScoringContext) -> float:
     """SAE-V cosine score: score(s) = sum of w_i over i in C(s) (Algorithm 1, step 4)."""
-    return float(weights[cooccurring_latents(acts, modality, tau)].sum())
+    c = cooccurring_latents(s, ctx.tau)
+    return float(ctx.weights[c].sum(dtype=np.float64)) if len(c) else 0.0
 
 
 @scorer("model_cosine")
-def model_cosine_score(resid: Tensor, modality: Tensor, **_) -> float:
+def model_cosine_score(s: SampleSummary, ctx: ScoringContext) -> float:
     """model_cosine: cos(mean image-token residual, mean text-token residual); no SAE involved."""
-    image, text = modality.bool(), ~modality.bool()
-    if not bool(image.any()) or not bool(text.any()):
-        return 0.0
-    return torch.nn.functional.cosine_similarity(resid[image].mean(0), resid[text].mean(0), dim=0).item()
+    return s.resid_cosine if s.resid_cosine is not None else 0.0
+
+
+# ---- cross-modal weights (Algorithm 1, steps 1-3) ------------------------------------------
+
+
+def update_pool(values: Tensor, refs: Tensor, acts: Tensor, row_refs: Tensor) -> tuple[Tensor, Tensor]:
+    """Keep each latent's top occurrences: merge a pool ([top, d_sae] values and int64 refs) with
+    new positions (acts [N, d_sae], row_refs [N]). Positions where a latent is 0 never enter."""
+    top = values.shape[0]
+    all_vals = torch.cat([values, acts.to(values.dtype)], dim=0)
+    all_refs = torch.cat([refs, row_refs.unsqueeze(1).expand(-1, acts.shape[1]).to(refs.dtype)], dim=0)
+    v, i = all_vals.topk(min(top, all_vals.shape[0]), dim=0)
+    return v, all_refs.gather(0, i)
+
+
+def empty_pool(top: int, d_sae: int, device=None) -> tuple[Tensor, Tensor]:
+    return torch.zeros(top, d_sae, device=device), torch.full((top, d_sae), -1, dtype=torch.int64, device=device)
+
+
+@dataclass
+class Occurrences:
+    """Which pooled occurrences Algorithm 1 compares, per latent."""
+
+    kind: list[str]          # 'cross-modal' | 'image-only' | 'text-only' | 'mixed' | 'rare' (none among the reference samples)
+    n_top_image: np.ndarray
+    n_top_text: np.ndarray
+    cross: np.ndarray        # latent ids with >= per_side occurrences of each modality
+    text_refs: np.ndarray    # [len(cross), per_side] refs of their top text occurrences
+    image_refs: np.ndarray   # [len(cross), per_side]
+
+
+def select_occurrences(values: Tensor, refs: Tensor, is_image: Tensor, per_side: int = 5) -> Occurrences:
+    """Step 3: latents whose top occurrences hold >= per_side text and >= per_side image tokens.
+
+    values/refs/is_image are [top, d_sae], sorted by value within each column; only values > 0
+    are occurrences. A pool with both modalities but too few of one is 'mixed' and gets no weight.
+    """
+    fired = values > 0
+    img = (fired & is_image.bool()).sum(0)
+    txt = (fired & ~is_image.bool()).sum(0)
+    kind = np.where((img == 0) & (txt == 0), "rare", np.where(txt == 0, "image-only", np.where(img == 0, "text-only", "mixed"))).astype(object)
+    cross = ((img >= per_side) & (txt >= per_side)).nonzero().flatten()
+    kind[cross.numpy()] = "cross-modal"
+    text_refs, image_refs = [], []
+    for i in cross.tolist():
+        col_img = is_image[:, i].bool() & fired[:, i]
+        col_txt = ~is_image[:, i].bool() & fired[:, i]
+        text_refs.append(refs[col_txt, i][:per_side])
+        image_refs.append(refs[col_img, i][:per_side])
+    stack = lambda xs: torch.stack(xs).numpy() if xs else np.zeros((0, per_side), np.int64)  # noqa: E731
+    return Occurrences(kind.tolist(), img.numpy(), txt.numpy(), cross.numpy(), stack(text_refs), stack(image_refs))
+
+
+def mean_pair_cosine(text_vecs: Tensor, image_vecs: Tensor) -> Tensor:
+    """w_i = mean over the per_side x per_side (text, image) pairs of cos(residual_t, residual_m).
+
+    text_vecs, image_vecs [n, per_side, d_in]. Since the mean of u_t . u_m over all pairs equals
+    (sum_t u_t) . (sum_m u_m) / per_side^2 for unit vectors u, no pair matrix is built.
+    """
+    ut = torch.nn.functional.normalize(text_vecs.float(), dim=-1)
+    um = torch.nn.functional.normalize(image_vecs.float(), dim=-1)
+    return (ut.sum(1) * um.sum(1)).sum(-1) / (ut.shape[1] * um.shape[1])
 
 
 def cross_modal_weights(acts: Tensor, modality: Tensor, resid: Tensor, top: int = 30, per_side: int = 5) -> Tensor:
-    """w_i of Algorithm 1 from a reference pool of token positions (all reference samples stacked).
+    """w_i of Algorithm 1 from an in-memory reference pool (all reference positions stacked).
 
-    For each latent, take its ``top`` occurrences by activation (positions where it fires). If at
-    least ``per_side`` are text and at least ``per_side`` image tokens, w_i = mean of the
-    per_side x per_side cosine similarities between the residual vectors of its top text and top
-    image occurrences; otherwise (unimodal, or too few of one side) w_i = 0.
+    For each latent, take its ``top`` occurrences by activation. If at least ``per_side`` are
+    text and at least ``per_side`` image tokens, w_i = mean of the per_side x per_side cosine
+    similarities between the residual vectors of its top text and top image occurrences;
+    otherwise (unimodal, or too few of one side) w_i = 0.
     acts [N, d_sae], modality [N] (True = image), resid [N, d_in].
     """
     n, d_sae = acts.shape
+    values, refs = update_pool(*empty_pool(top, d_sae), acts, torch.arange(n))
+    is_image = torch.where(refs >= 0, modality.bool()[refs.clamp(min=0)], False)
+    occ = select_occurrences(values, refs, is_image, per_side)
     weights = torch.zeros(d_sae)
-    if n == 0:
-        return weights
-    k = min(top, n)
-    values, idx = acts.topk(k, dim=0)  # [k, d_sae], sorted by activation
-    unit = torch.nn.functional.normalize(resid.float(), dim=1)
-    for i in range(d_sae):
-        fired = values[:, i] > 0
-        rows = idx[fired, i]
-        is_img = modality[rows].bool()
-        img_rows, txt_rows = rows[is_img][:per_side], rows[~is_img][:per_side]
-        if len(img_rows) >= per_side and len(txt_rows) >= per_side:
-            weights[i] = (unit[txt_rows] @ unit[img_rows].T).mean()
+    if len(occ.cross):
+        weights[torch.from_numpy(occ.cross)] = mean_pair_cosine(resid[torch.from_numpy(occ.text_refs)],
+                                                                resid[torch.from_numpy(occ.image_refs)])
     return weights

@@ -4,45 +4,60 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from saev_core.scoring import (SCORERS, cooccurrence_score, cooccurring_latents, cross_modal_weights, get_scorer,
-                               l0_score, model_cosine_score, random_score, saev_score)
+from saev_core.scoring import (SCORERS, SampleSummary, ScoringContext, cooccurrence_score, cooccurring_latents,
+                               cross_modal_weights, empty_pool, get_scorer, l0_score, mean_pair_cosine, model_cosine_score,
+                               random_score, saev_score, select_occurrences, update_pool)
 
 # 4 positions (image, image, text, text) x 3 latents
 ACTS = torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 0.5], [0.5, 3.0, 0.0], [0.0, 0.0, 1.0]])
 IMAGE = torch.tensor([True, True, False, False])
+RESID = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 2.0], [1.0, 0.0]])  # image mean (1, 0), text mean (1, 1)
+S = SampleSummary.from_acts("s0", ACTS, IMAGE, RESID)
+CTX = ScoringContext()
+
+
+def test_summary_keeps_max_per_modality_of_active_latents():
+    assert (S.n_image, S.n_text, S.n_active) == (2, 2, 6)
+    assert S.image_ids.tolist() == [0, 2] and S.image_max.tolist() == [1.0, 2.0]
+    assert S.text_ids.tolist() == [0, 1, 2] and S.text_max.tolist() == [0.5, 3.0, 1.0]
 
 
 def test_l0_is_mean_active_latents_per_position():
-    assert l0_score(ACTS) == 1.5  # (2 + 1 + 2 + 1) / 4
-    assert l0_score(torch.zeros(0, 3)) == 0.0
+    assert l0_score(S, CTX) == 1.5  # (2 + 1 + 2 + 1) / 4
+    empty = SampleSummary.from_acts("e", torch.zeros(0, 3), torch.zeros(0, dtype=torch.bool))
+    assert l0_score(empty, CTX) == 0.0
 
 
 def test_cooccurrence_counts_latents_on_both_modalities():
     # latent 0: image 1.0, text 0.5; latent 1: text only; latent 2: image 2.0/0.5, text 1.0
-    assert cooccurring_latents(ACTS, IMAGE).tolist() == [True, False, True]
-    assert cooccurrence_score(ACTS, IMAGE) == 2
-    assert cooccurrence_score(ACTS, IMAGE, tau=0.75) == 1  # latent 0's text activation 0.5 <= tau
-    assert cooccurrence_score(ACTS, torch.ones(4, dtype=torch.bool)) == 0  # no text tokens
+    assert cooccurring_latents(S).tolist() == [0, 2]
+    assert cooccurrence_score(S, CTX) == 2
+    assert cooccurrence_score(S, ScoringContext(tau=0.75)) == 1  # latent 0's text activation 0.5 <= tau
+    all_image = SampleSummary.from_acts("a", ACTS, torch.ones(4, dtype=torch.bool))
+    assert cooccurrence_score(all_image, CTX) == 0  # no text tokens
 
 
 def test_saev_score_sums_weights_over_cooccurring_latents():
-    w = torch.tensor([0.2, 0.9, 0.5])
-    assert saev_score(ACTS, IMAGE, w) == pytest.approx(0.7)
-    assert saev_score(ACTS, IMAGE, w, tau=0.75) == pytest.approx(0.5)
+    w = np.array([0.2, 0.9, 0.5], np.float32)
+    assert saev_score(S, ScoringContext(weights=w)) == pytest.approx(0.7)
+    assert saev_score(S, ScoringContext(weights=w, tau=0.75)) == pytest.approx(0.5)
 
 
 def test_model_cosine_between_mean_image_and_mean_text_residuals():
-    resid = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 2.0], [1.0, 0.0]])  # text mean (1, 1)
-    assert model_cosine_score(resid, IMAGE) == pytest.approx(1 / math.sqrt(2))
+    assert model_cosine_score(S, CTX) == pytest.approx(1 / math.sqrt(2))
+    assert model_cosine_score(SampleSummary.from_acts("n", ACTS, IMAGE), CTX) == 0.0  # no residuals kept
 
 
 def test_random_score_is_seeded_and_order_free():
-    a = random_score("abc", seed=1)
-    assert a == random_score("abc", seed=1) and 0 <= a < 1
-    assert a != random_score("abc", seed=2) and a != random_score("abd", seed=1)
+    def r(sid, seed):
+        return random_score(SampleSummary.from_acts(sid, ACTS, IMAGE), ScoringContext(seed=seed))
+    a = r("abc", 1)
+    assert a == r("abc", 1) and 0 <= a < 1
+    assert a != r("abc", 2) and a != r("abd", 1)
 
 
 def test_cross_modal_weights_by_hand():
@@ -63,3 +78,32 @@ def test_registry_lists_valid_scorers_on_error():
     assert get_scorer("l0") is l0_score
     with pytest.raises(ValueError, match=r"unknown scorer 'clip'; valid scorers: \['cooccurrence', 'l0', 'model_cosine', 'random', 'saev'\]"):
         get_scorer("clip")
+
+
+def test_streamed_pool_matches_one_shot_pool():
+    """Feeding positions in two batches gives the same top occurrences as one batch."""
+    torch.manual_seed(0)
+    acts = torch.rand(40, 6) * (torch.rand(40, 6) > 0.5)
+    refs = torch.arange(40)
+    one = update_pool(*empty_pool(7, 6), acts, refs)
+    two = update_pool(*update_pool(*empty_pool(7, 6), acts[:25], refs[:25]), acts[25:], refs[25:])
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+def test_select_occurrences_kinds_and_counts():
+    values = torch.tensor([[3.0, 2.0, 5.0, 0.0], [2.0, 1.0, 4.0, 0.0], [1.0, 0.0, 3.0, 0.0]])
+    refs = torch.tensor([[0, 1, 2, -1], [3, 4, 5, -1], [6, -1, 7, -1]])
+    is_image = torch.tensor([[True, True, False, False], [False, True, False, False], [True, False, True, False]])
+    occ = select_occurrences(values, refs, is_image, per_side=1)
+    assert occ.kind == ["cross-modal", "image-only", "cross-modal", "rare"]
+    assert occ.n_top_image.tolist() == [2, 2, 1, 0] and occ.n_top_text.tolist() == [1, 0, 2, 0]
+    assert occ.cross.tolist() == [0, 2]
+    assert occ.text_refs.tolist() == [[3], [2]] and occ.image_refs.tolist() == [[0], [7]]
+    assert select_occurrences(values, refs, is_image, per_side=2).kind[0] == "mixed"
+
+
+def test_mean_pair_cosine_by_hand():
+    text = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])   # unit (1,0), (0,1)
+    image = torch.tensor([[[3.0, 0.0], [1.0, 1.0]]])  # unit (1,0), (.707,.707)
+    # pairs: 1, .707, 0, .707 -> mean (1 + 2 * .7071) / 4
+    assert mean_pair_cosine(text, image).item() == pytest.approx((1 + 2 / math.sqrt(2)) / 4)

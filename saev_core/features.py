@@ -1,0 +1,172 @@
+"""Encode one dump shard through an SAE, streaming, into its ``sample_features`` part.
+
+Rows are read in record batches of ``batch_rows`` positions, encoded on the SAE's device, and
+reduced at once to sparse per-(sample, modality, latent) aggregates (count, sum, max): memory is
+one batch of latents plus the shard's aggregates, never the shard's dense codes. Alongside, the
+pass keeps what the later steps need and nothing more:
+
+- per sample: token counts, active (position, latent) pairs, and the cosine of its mean image
+  and mean text residuals (the ``model_cosine`` baseline);
+- per latent: firing counts per modality, and its top occurrences among the reference samples
+  (Algorithm 1 step 2), as references ``(shard, row, is_image)`` packed in one int64 so the
+  residuals can be fetched afterwards instead of held.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from saev_core.activations import ActivationDump, to_tensor
+from saev_core.io import atomic_path
+from saev_core.sae import SAE
+from saev_core.scoring import empty_pool, update_pool
+from saev_core.tables import SAMPLE_FEATURES
+
+Tensor = torch.Tensor
+
+SHARD_SAMPLES = pa.schema([
+    ("sample_id", pa.string()),
+    ("n_image", pa.int32()),
+    ("n_text", pa.int32()),
+    ("n_active", pa.int64()),
+    ("resid_cosine", pa.float64()),
+])
+
+
+def pack_ref(shard: int, row: Tensor | np.ndarray, is_image) -> Tensor:
+    """(shard, row in shard file, is_image) -> one int64 >= 0; -1 marks an empty pool slot."""
+    row = torch.as_tensor(row, dtype=torch.int64)
+    return (shard << 41) | (row << 1) | torch.as_tensor(is_image, dtype=torch.int64)
+
+
+def unpack_ref(ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ref = np.asarray(ref, dtype=np.int64)
+    return ref >> 41, (ref >> 1) & ((1 << 40) - 1), (ref & 1).astype(bool)
+
+
+
+@dataclass
+class ShardPass:
+    """What encoding one shard leaves for the dataset-level steps."""
+
+    pool_values: Tensor   # [top, d_sae] top activations among reference positions
+    pool_refs: Tensor     # [top, d_sae] packed refs
+    fires: Tensor         # [2, d_sae] int64: positions where each latent is > 0 (image, text)
+    tokens: Tensor        # [2] int64: image and text positions seen
+    samples: pa.Table     # SHARD_SAMPLES
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"pool_values": self.pool_values, "pool_refs": self.pool_refs, "fires": self.fires, "tokens": self.tokens}
+
+
+def _aggregate(key: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Unique keys with count, sum and max of their values."""
+    uk, inv = torch.unique(key, return_inverse=True)
+    cnt = torch.zeros(len(uk), dtype=torch.int64, device=key.device).index_add_(0, inv, torch.ones_like(inv))
+    sm = torch.zeros(len(uk), dtype=torch.float64, device=key.device).index_add_(0, inv, values.double())
+    mx = torch.zeros(len(uk), dtype=values.dtype, device=key.device).scatter_reduce_(0, inv, values, "amax", include_self=False)
+    return uk, cnt, sm, mx
+
+
+def _merge(parts: list[tuple[Tensor, Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Combine per-batch aggregates whose keys may repeat (a sample spanning two batches)."""
+    key = torch.cat([p[0] for p in parts])
+    uk, inv = torch.unique(key, return_inverse=True)
+    cnt = torch.zeros(len(uk), dtype=torch.int64).index_add_(0, inv, torch.cat([p[1] for p in parts]))
+    sm = torch.zeros(len(uk), dtype=torch.float64).index_add_(0, inv, torch.cat([p[2] for p in parts]))
+    mx = torch.zeros(len(uk)).scatter_reduce_(0, inv, torch.cat([p[3] for p in parts]).float(), "amax", include_self=False)
+    return uk, cnt, sm, mx
+
+
+@torch.no_grad()
+def encode_shard(dump: ActivationDump, shard: int, sae: SAE, reference_ids: frozenset[str], out_part: Path,
+                 top: int = 30, batch_rows: int = 4096, pbar=None) -> ShardPass:
+    """Encode shard ``shard`` of ``dump``; write its sample_features part to ``out_part`` (atomically)."""
+    device = sae.W_enc.device
+    d_sae, d_in = sae.cfg.d_sae, sae.cfg.d_in
+    pf = pq.ParquetFile(dump.files[shard])
+    ids: dict[str, int] = {}
+    parts = []
+    fires = torch.zeros(2 * d_sae, dtype=torch.int64, device=device)
+    resid = torch.zeros(0, 2, d_in, dtype=torch.float64, device=device)
+    counts = torch.zeros(0, 3, dtype=torch.int64, device=device)  # n_image, n_text, n_active
+    pool_values, pool_refs = empty_pool(top, d_sae, device)
+    reference = pa.array(sorted(reference_ids), pa.string())
+    offset = 0
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=["sample_id", "modality", "activation"]):
+        n = batch.num_rows
+        modality = batch.column("modality").to_numpy(zero_copy_only=False)
+        keep = modality != "special"
+        rows = np.nonzero(keep)[0] + offset
+        offset += n
+        if not keep.any():
+            continue
+        batch = batch.filter(pa.array(keep))
+        sids = batch.column("sample_id").to_numpy(zero_copy_only=False)
+        uniq, first, inv = np.unique(sids, return_index=True, return_inverse=True)
+        for s in uniq[np.argsort(first)]:
+            ids.setdefault(s, len(ids))
+        local = torch.from_numpy(np.array([ids[s] for s in uniq])[inv]).to(device)
+        is_text = torch.from_numpy(modality[keep] != "image").to(device)
+        x = to_tensor(pa.Table.from_batches([batch])).to(device)
+        f = sae.encode(x)
+        r, c = f.nonzero(as_tuple=True)
+        v = f[r, c].float()
+        seg = local[r] * 2 + is_text[r].long()
+        parts.append(tuple(t.cpu() for t in _aggregate(seg * d_sae + c, v)))
+        fires += torch.bincount(c + d_sae * is_text[r].long(), minlength=2 * d_sae)
+        n_local = len(ids)
+        if n_local > counts.shape[0]:
+            grow = n_local - counts.shape[0]
+            counts = torch.cat([counts, torch.zeros(grow, 3, dtype=torch.int64, device=device)])
+            resid = torch.cat([resid, torch.zeros(grow, 2, d_in, dtype=torch.float64, device=device)])
+        counts[:, 0] += torch.bincount(local[~is_text], minlength=n_local)
+        counts[:, 1] += torch.bincount(local[is_text], minlength=n_local)
+        counts[:, 2] += torch.bincount(local[r], minlength=n_local)
+        resid.view(-1, d_in).index_add_(0, local * 2 + is_text.long(), x.double())
+        in_ref = pc.is_in(batch.column("sample_id"), reference).to_numpy(zero_copy_only=False)
+        if in_ref.any():
+            sel = torch.from_numpy(in_ref).to(device)
+            refs = pack_ref(shard, torch.from_numpy(rows[in_ref]), ~is_text[sel].cpu()).to(device)
+            pool_values, pool_refs = update_pool(pool_values, pool_refs, f[sel], refs)
+        if pbar is not None:
+            pbar.update(int(keep.sum()))
+
+    names = np.array(list(ids), dtype=object)
+    if parts:
+        key, cnt, sm, mx = _merge(parts)
+        seg, feat = key // d_sae, (key % d_sae).to(torch.int32)
+        order = np.lexsort((names[(seg // 2).numpy()], feat.numpy()))  # by feature_id, then sample_id
+        table = pa.table({
+            "sample_id": pa.array(names[(seg // 2).numpy()][order], pa.string()),
+            "feature_id": pa.array(feat.numpy()[order]),
+            "modality": pa.array(np.where((seg % 2).numpy() == 1, "text", "image")[order], pa.string()),
+            "n_active_tokens": pa.array(cnt.numpy().astype(np.int32)[order]),
+            "max_act": pa.array(mx.numpy().astype(np.float32)[order]),
+            "sum_act": pa.array(sm.numpy().astype(np.float32)[order]),
+        }, schema=SAMPLE_FEATURES)
+    else:
+        table = SAMPLE_FEATURES.empty_table()
+    with atomic_path(out_part) as tmp:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 20)
+
+    counts, resid = counts.cpu(), resid.cpu()
+    both = (counts[:, 0] > 0) & (counts[:, 1] > 0)
+    cos = torch.nn.functional.cosine_similarity(resid[:, 0], resid[:, 1], dim=-1)  # sums: same direction as means
+    samples = pa.table({
+        "sample_id": pa.array(names, pa.string()),
+        "n_image": pa.array(counts[:, 0].numpy().astype(np.int32)),
+        "n_text": pa.array(counts[:, 1].numpy().astype(np.int32)),
+        "n_active": pa.array(counts[:, 2].numpy()),
+        "resid_cosine": pa.array(np.where(both.numpy(), cos.numpy(), np.nan), mask=~both.numpy()),
+    }, schema=SHARD_SAMPLES)
+    fires = fires.view(2, d_sae).cpu()
+    tokens = torch.stack([counts[:, 0].sum(), counts[:, 1].sum()])
+    return ShardPass(pool_values.cpu(), pool_refs.cpu(), fires, tokens, samples)

@@ -1,0 +1,163 @@
+"""Keep the top-scoring samples and write them as a dataset TRL's trainers load directly.
+
+Output directory::
+
+    manifest.json        source datasets, scorer, sae_id, k or fraction, counts
+    selected.parquet     dataset, sample_id, score, rank of every kept sample
+    sft/train.parquet    images, prompt, completion             (SFTTrainer, vision format)
+    dpo/train.parquet    images, prompt, chosen, rejected       (DPOTrainer; preference data only)
+
+Rows are rebuilt from the source dataset (named in each scoring manifest), images included, as
+``datasets`` Parquet with an ``Image`` feature: ``load_dataset("parquet", data_files=...)`` gives
+PIL images back. Selection is one SQL query whose user values are bound parameters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from saev_core import __version__
+from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
+from saev_core.io import atomic_dir, read_json, write_json
+from saev_core.prompts import conversation
+from saev_core.query import connect
+from saev_core.scoring import get_scorer
+from saev_core.tables import manifest_path
+
+
+class FilterConfig(BaseModel):
+    """Which samples to keep: the top k or top fraction by one scorer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tables: str = Field("data/tables", description="root of the feature tables")
+    out: str = Field(description="output directory of the filtered dataset")
+    scorer: str = "saev"
+    datasets: list[str] | None = Field(None, description="datasets to draw from (default: every dataset scored with the SAE)")
+    sae_id: str | None = Field(None, description="SAE whose scores rank the samples (default: the only one)")
+    top_fraction: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1)
+    per_dataset: bool = Field(False, description="apply k / fraction to each dataset instead of the pooled ranking")
+
+    @model_validator(mode="after")
+    def _one_size(self) -> "FilterConfig":
+        get_scorer(self.scorer)
+        if (self.top_fraction is None) == (self.top_k is None):
+            raise ValueError("give exactly one of top_fraction and top_k")
+        return self
+
+
+SELECT_SQL = """
+WITH s AS (
+    SELECT dataset, sample_id, score,
+           row_number() OVER (PARTITION BY {part} ORDER BY score DESC, sample_id) AS keep_rank,
+           count(*) OVER (PARTITION BY {part}) AS n
+    FROM scores
+    WHERE scorer = $scorer AND sae_id = $sae_id AND list_contains($datasets, dataset)
+)
+SELECT dataset, sample_id, score, keep_rank AS rank FROM s
+WHERE keep_rank <= coalesce($top_k, ceil($fraction * n))
+ORDER BY dataset, keep_rank
+"""
+
+
+def _resolve(con, cfg: FilterConfig) -> tuple[str, list[str]]:
+    pairs = con.execute("SELECT DISTINCT dataset, sae_id FROM scores WHERE scorer = $scorer",
+                        {"scorer": cfg.scorer}).fetchall()
+    if not pairs:
+        raise ValueError(f"no {cfg.scorer!r} scores under {cfg.tables}; run `saev score` first")
+    saes = sorted({s for _, s in pairs})
+    sae_id = cfg.sae_id
+    if sae_id is None:
+        if len(saes) > 1:
+            raise ValueError(f"scores from several SAEs under {cfg.tables}: {saes}; choose one with --sae-id")
+        sae_id = saes[0]
+    elif sae_id not in saes:
+        raise ValueError(f"unknown sae_id {sae_id!r}; valid ones: {saes}")
+    scored = sorted(d for d, s in pairs if s == sae_id)
+    wanted = cfg.datasets or scored
+    unknown = sorted(set(wanted) - set(scored))
+    if unknown:
+        raise ValueError(f"unknown dataset(s) {unknown} for SAE {sae_id}; valid datasets: {scored}")
+    return sae_id, list(wanted)
+
+
+def trl_rows(sample: Sample) -> tuple[dict | None, dict | None]:
+    """(SFT row, DPO row) in TRL's conversational vision format; None where the sample lacks the fields."""
+    prompt = conversation(sample.question)
+    answer = lambda text: [{"role": "assistant", "content": [{"type": "text", "text": text}]}]  # noqa: E731
+    sft = {"images": [sample.image], "prompt": prompt, "completion": answer(sample.response)} if sample.response else None
+    dpo = None
+    if sample.chosen is not None and sample.rejected is not None:
+        dpo = {"images": [sample.image], "prompt": prompt, "chosen": answer(sample.chosen), "rejected": answer(sample.rejected)}
+    return sft, dpo
+
+
+def run_filter(cfg: FilterConfig) -> dict:
+    """Select, rebuild and write the kept samples; returns the artifact's manifest."""
+    con = connect(cfg.tables)
+    sae_id, names = _resolve(con, cfg)
+    part = "dataset" if cfg.per_dataset else "scorer"
+    sel = con.execute(SELECT_SQL.format(part=part), {
+        "scorer": cfg.scorer, "sae_id": sae_id, "datasets": names, "top_k": cfg.top_k, "fraction": cfg.top_fraction,
+    }).fetchnumpy()
+    sel = pa.table(sel)
+    if sel.num_rows == 0:
+        raise ValueError(f"the filter kept no samples (scorer {cfg.scorer}, datasets {names}); raise --top-k or --top-fraction")
+    sft_rows, dpo_rows, counts, sources = [], [], {}, {}
+    for name in names:
+        ids = [s for d, s in zip(sel.column("dataset").to_pylist(), sel.column("sample_id").to_pylist()) if d == name]
+        scoring = read_json(manifest_path(cfg.tables, name, sae_id))
+        spec = DatasetSpec.model_validate(scoring["source_dataset"])
+        sources[name] = {"dataset": spec.model_dump(), "n_scored": scoring["n_samples"], "n_kept": len(ids)}
+        counts[name] = len(ids)
+        if not ids:
+            continue
+        rows = con.execute("SELECT sample_id, row_index FROM samples WHERE dataset = $d AND list_contains($ids, sample_id)",
+                           {"d": name, "ids": ids}).fetchall()
+        by_row = dict((r, s) for s, r in rows)
+        ds = open_dataset(spec)
+        order = sorted(by_row)
+        kept = {s.sample_id: s for s in iter_samples(ds.select(order), spec) if isinstance(s, Sample)}
+        missing = set(ids) - set(kept)
+        if missing:
+            raise ValueError(f"{len(missing)} kept samples of {name} are no longer in {spec.path} (changed since scoring); re-score it")
+        for sid in ids:
+            sft, dpo = trl_rows(kept[sid])
+            if sft:
+                sft_rows.append(sft)
+            if dpo:
+                dpo_rows.append(dpo)
+
+    out = Path(cfg.out)
+    manifest = {
+        "kind": "saev.filtered_dataset", "format_version": 1, "saev_core_version": __version__,
+        "config": cfg.model_dump(), "sae_id": sae_id, "scorer": cfg.scorer, "top_k": cfg.top_k,
+        "top_fraction": cfg.top_fraction, "per_dataset": cfg.per_dataset, "sources": sources,
+        "n_kept": sel.num_rows, "kept_per_dataset": counts,
+        "splits": {"sft": len(sft_rows), "dpo": len(dpo_rows)},
+    }
+    with atomic_dir(out) as tmp:
+        pq.write_table(sel, tmp / "selected.parquet")
+        for split, rows in (("sft", sft_rows), ("dpo", dpo_rows)):
+            if rows:
+                (tmp / split).mkdir()
+                datasets.Dataset.from_list(rows).cast_column("images", datasets.Sequence(datasets.Image())) \
+                    .to_parquet(str(tmp / split / "train.parquet"))
+        write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
+def load_filtered(path: str | Path, split: str = "sft") -> datasets.Dataset:
+    """The ``sft`` or ``dpo`` part of a filter artifact, ready for SFTTrainer / DPOTrainer."""
+    f = Path(path) / split / "train.parquet"
+    if not f.exists():
+        have = [p.name for p in Path(path).iterdir() if (p / "train.parquet").exists()] if Path(path).exists() else []
+        raise FileNotFoundError(f"{path} has no {split!r} split (it has {have}); DPO needs preference data (chosen/rejected)")
+    return datasets.load_dataset("parquet", data_files=str(f), split="train")
+

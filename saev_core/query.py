@@ -1,0 +1,199 @@
+"""SQL over the feature tables with DuckDB: one view per table, sandboxed for user SQL.
+
+Each view reads its table's Parquet files by glob at every query (DuckDB re-binds views per
+query), so a dataset scored after ``connect`` shows up with no re-registration; dataset and
+sae_id come from the hive directory names, typed VARCHAR so a dataset called ``2024`` stays text.
+A table with no files yet is an empty view with the right columns, so queries on a fresh root work.
+
+User SQL (``saev query``) may read the tables and nothing else, and may not change anything:
+
+* ``check_sql`` parses with DuckDB's own parser and allows one SELECT-like statement (SELECT,
+  WITH, VALUES, DESCRIBE, SUMMARIZE, SHOW, EXPLAIN of those); table functions are limited to
+  generators and catalog listings, and ``FROM 'file.csv'`` is refused, for a clear message.
+* The connection itself is the real guard: ``enable_external_access = false`` with
+  ``allowed_directories`` = the tables root (plus DuckDB's own spill directory), then
+  ``lock_configuration = true`` so no statement can lift it. A file read that slips past the
+  parser check still fails, and is reported as a refusal.
+
+User values are bound as parameters (``$dataset``, ``?``), never formatted into SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import duckdb
+import pyarrow as pa
+
+from saev_core.tables import PARTITIONS, TABLES
+
+ALLOWED = ("SELECT (also WITH, VALUES, DESCRIBE, SUMMARIZE, SHOW) or EXPLAIN of one, over the views "
+           + ", ".join(TABLES))
+# Table functions that only generate rows or list the catalog; everything else (read_*, glob,
+# parquet_*, query, arrow_scan, checkpoint, ...) reads files, runs hidden SQL or has side effects.
+SAFE_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest", "repeat", "repeat_row", "json_each",
+                                  "json_tree", "pg_timezone_names", "icu_calendar_names"})
+SAFE_TABLE_FUNCTION_PREFIXES = ("duckdb_", "pragma_")
+_DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
+                 pa.float32(): "FLOAT", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN"}
+_EXPLAIN = re.compile(r"^\s*explain\s+(?:analy[sz]e\s+)?(?:\([^)]*\)\s*)?(.*)$", re.IGNORECASE | re.DOTALL)
+_PATHLIKE = re.compile(r"[/\\:.]")
+
+
+class QueryRefused(ValueError):
+    """User SQL that would write, change settings or read outside the tables."""
+
+
+def table_names() -> list[str]:
+    return list(TABLES)
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _view_sql(root: Path, table: str) -> str:
+    """Typed empty rows UNION ALL BY NAME the files: the columns are right even with no files
+    (``allow_empty`` alone yields a lone ``empty`` column, dropped here)."""
+    keys = PARTITIONS[table]
+    typed = [f"NULL::{_DUCKDB_TYPES[f.type]} AS {f.name}" for f in TABLES[table]] + [f"NULL::VARCHAR AS {k}" for k in keys]
+    # One glob level per partition key (not **): hidden temporary directories such as
+    # '.dataset=x.tmp-123' from an atomic write in progress are not matched.
+    glob = "/".join([str(root / table), *(f"{k}=*" for k in keys), "*.parquet"])
+    hive_types = "{" + ", ".join(f"{_sql_str(k)}: 'VARCHAR'" for k in keys) + "}"
+    return (f"CREATE VIEW {table} AS SELECT COLUMNS(lambda c: c <> 'empty') FROM ("
+            f"SELECT {', '.join(typed)} WHERE false UNION ALL BY NAME "
+            f"SELECT * FROM read_parquet({_sql_str(glob)}, hive_partitioning = true, union_by_name = true, "
+            f"hive_types = {hive_types}, allow_empty = true))")
+
+
+def connect(root: str | Path, memory_limit: str | None = None, threads: int | None = None, *,
+            sandbox: bool = True) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with one view per feature table under ``root``.
+
+    ``sandbox`` (default) locks the connection to reading the tables root; pass False in a
+    notebook that also wants to read or write other files (``run_query`` still refuses writes).
+    """
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"tables root {root} does not exist; run `saev score` first to write the feature tables")
+    if re.search(r"[*?\[\]{}]", str(root)):
+        raise ValueError(f"tables root {root} contains glob characters (*?[]{{}}); move it to a plain path")
+    # DuckDB removes a spill directory it created when the connection closes.
+    spill = Path(tempfile.gettempdir()) / f"saev-duckdb-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    config: dict[str, Any] = {"temp_directory": str(spill)}
+    if memory_limit is not None:
+        config["memory_limit"] = memory_limit
+    if threads is not None:
+        config["threads"] = threads
+    con = duckdb.connect(config=config)
+    con.execute("SET enable_progress_bar = false")
+    for table in TABLES:
+        con.execute(_view_sql(root, table))
+    if sandbox:
+        con.execute("SET allowed_directories = $dirs", {"dirs": [f"{root}/"]})
+        con.execute("SET enable_external_access = false")
+        con.execute("SET autoinstall_known_extensions = false")
+        con.execute("SET autoload_known_extensions = false")
+        con.execute("SET lock_configuration = true")
+    return con
+
+
+def _walk(node: Any) -> Iterator[dict]:
+    if isinstance(node, dict):
+        yield node
+        for v in node.values():
+            yield from _walk(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _walk(v)
+
+
+def _check_select(sql: str, parser: duckdb.DuckDBPyConnection) -> None:
+    """Refuse table functions and string table names (``FROM 'x.csv'``) that would read files."""
+    tree = json.loads(parser.execute("SELECT json_serialize_sql($1::VARCHAR)", [sql]).fetchone()[0])
+    if tree.get("error"):
+        raise QueryRefused(f"refused: could not analyse the statement ({tree.get('error_message')}); allowed: {ALLOWED}")
+    for node in _walk(tree["statements"]):
+        kind = node.get("type")
+        if kind == "TABLE_FUNCTION":
+            name = str(node.get("function", {}).get("function_name", "")).lower()
+            if name not in SAFE_TABLE_FUNCTIONS and not name.startswith(SAFE_TABLE_FUNCTION_PREFIXES):
+                raise QueryRefused(f"refused: table function {name}() is not allowed (it can read files or run other "
+                                   f"SQL); query the views {', '.join(TABLES)}")
+        elif kind == "BASE_TABLE" and _PATHLIKE.search(str(node.get("table_name", ""))):
+            raise QueryRefused(f"refused: reading the file {node['table_name']!r} is not allowed; "
+                               f"query the views {', '.join(TABLES)}")
+
+
+def check_sql(sql: str) -> str:
+    """Return ``sql`` if it is one read-only statement over the views, else raise QueryRefused."""
+    parser = duckdb.connect()
+    try:
+        statements = parser.extract_statements(sql)  # a syntax error raises duckdb.ParserException
+        if len(statements) != 1:
+            raise QueryRefused(f"refused: give exactly one statement, got {len(statements)}; allowed: {ALLOWED}")
+        st = statements[0]
+        if st.type == duckdb.StatementType.EXPLAIN:
+            inner = _EXPLAIN.match(st.query)
+            if inner is None:
+                raise QueryRefused(f"refused: could not read the EXPLAIN statement; allowed: {ALLOWED}")
+            check_sql(inner.group(1))
+        elif st.type == duckdb.StatementType.SELECT:
+            _check_select(st.query, parser)
+        else:
+            raise QueryRefused(f"refused: {st.type.name} statements are not allowed (saev query only reads); "
+                               f"allowed: {ALLOWED}")
+    finally:
+        parser.close()
+    return sql
+
+
+def run_query(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None,
+              batch_size: int = 65536) -> pa.RecordBatchReader:
+    """Check ``sql``, bind ``params`` (a list for ``?``, a mapping for ``$name``) and stream the result.
+
+    A file access blocked by the sandbox is raised as QueryRefused; other DuckDB errors as they are
+    (an error in the middle of the result surfaces while reading the batches, as OSError).
+    """
+    check_sql(sql)
+    try:
+        relation = con.sql(sql, params=params or None)
+        return relation.to_arrow_reader(batch_size)
+    except duckdb.PermissionException as e:
+        raise QueryRefused(f"refused: {str(e).splitlines()[0]}; only the tables root can be read") from None
+
+
+def datasets(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Datasets with rows in any table (sorted)."""
+    union = " UNION ".join(f"SELECT DISTINCT dataset FROM {t}" for t in TABLES)
+    return sorted(r[0] for r in con.sql(union).fetchall())
+
+
+def render_table(table: pa.Table, max_width: int = 60) -> str:
+    """Aligned plain-text rendering (numbers right-aligned, long text cut with '…')."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            s = f"{v:.6g}"
+            s = s if any(c in s for c in ".enai") else s + ".0"  # 2.0 stays visibly a float
+        else:
+            s = "NULL" if v is None else str(v)
+        s = s.replace("\n", " ")
+        return s if len(s) <= max_width else s[: max_width - 1] + "…"
+
+    cols = [[cell(v) for v in table.column(i).to_pylist()] for i in range(table.num_columns)]
+    lines = []
+    widths = [max([len(name), *map(len, col)]) for name, col in zip(table.column_names, cols)]
+    numeric = [pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_decimal(f.type)
+               for f in table.schema]
+    lines.append("  ".join(n.rjust(w) if r else n.ljust(w) for n, w, r in zip(table.column_names, widths, numeric)))
+    lines.append("  ".join("-" * w for w in widths))
+    for row in zip(*cols):
+        lines.append("  ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(row, widths, numeric)))
+    return "\n".join(line.rstrip() for line in lines)

@@ -1,0 +1,340 @@
+"""Score one dumped dataset with one SAE and write its partitions of the feature tables.
+
+Steps (each resumable; the manifest is written last and marks the partition complete):
+
+1. encode every dump shard into its ``sample_features`` part (``features.encode_shard``),
+   keeping per-shard summaries in ``<tables>/_work/...`` so a crashed run redoes one shard;
+2. merge the reference pools and compute the cross-modal weights w_i (Algorithm 1 steps 1-3),
+   fetching only the residuals of each cross-modal latent's top text and image occurrences,
+   in blocks of latents so memory stays bounded for any d_sae;
+3. compute every scorer per sample from its summary, with rank and percentile, and write
+   ``feature_stats``, ``scores`` and ``samples``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from saev_core import __version__
+from saev_core.activations import ActivationDump
+from saev_core.checkpoint import load_sae
+from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
+from saev_core.features import SHARD_SAMPLES, encode_shard, unpack_ref
+from saev_core.io import atomic_path, claim_output_dir, read_json, write_json
+from saev_core.modeling import resolve_device
+from saev_core.scoring import (SCORERS, SampleSummary, ScoringContext, check_scorers, get_scorer, mean_pair_cosine,
+                               select_occurrences)
+from saev_core.tables import (FEATURE_STATS, SAMPLES, SCORES, TABLES, check_partition_value, manifest_path, part_name,
+                              partition_dir)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SCORERS = ("random", "l0", "cooccurrence", "saev", "model_cosine")
+_RUNTIME_FIELDS = {"tables", "device", "batch_rows", "weights_memory_mb", "progress"}
+
+
+class ScoreConfig(BaseModel):
+    """How to score one dump with one SAE. Defaults follow METHOD.md sec. 4."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    activations: str = Field(description="dump directory written by `saev dump`")
+    sae: str = Field(description="SAE: a `saev train` run directory or a SAELens checkpoint directory")
+    tables: str = Field("data/tables", description="root of the feature tables")
+    dataset_name: str | None = Field(None, description="partition name; default: the dump's dataset name")
+    scorers: list[str] = Field(default_factory=lambda: list(DEFAULT_SCORERS))
+    tau: float = Field(0.0, ge=0, description="co-occurrence threshold: a latent counts where A[t, i] > tau")
+    reference_samples: int = Field(1000, ge=1, description="reference subset size for the cross-modal weights")
+    top: int = Field(30, ge=1, description="top occurrences pooled per latent")
+    per_side: int = Field(5, ge=1, description="text and image occurrences compared per latent")
+    seed: int = Field(0, description="seed of the random scorer and the reference subset")
+    batch_rows: int = Field(4096, ge=1, description="positions encoded per batch")
+    device: str = "auto"
+    weights_memory_mb: int = Field(256, ge=1, description="bound on residuals held while computing weights")
+    progress: bool = True
+
+    @field_validator("scorers")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError(f"name at least one scorer; valid scorers: {sorted(SCORERS)}")
+        return check_scorers(v)
+
+    @model_validator(mode="after")
+    def _sides(self) -> "ScoreConfig":
+        if 2 * self.per_side > self.top:
+            raise ValueError(f"per_side={self.per_side} text + image occurrences cannot fit in top={self.top}")
+        return self
+
+    def identity(self) -> dict:
+        return self.model_dump(exclude=_RUNTIME_FIELDS)
+
+
+def resolve_sae_dir(path: str | Path) -> Path:
+    p = Path(path)
+    for cand in (p / "sae", p):
+        if (cand / "cfg.json").exists():
+            return cand
+    raise FileNotFoundError(f"{p} holds no SAE (no cfg.json in it or in {p / 'sae'}); pass a `saev train` run "
+                            "directory or a SAELens checkpoint directory")
+
+
+def sae_id_of(sae_dir: Path) -> str:
+    """Content address of an SAE: the same weights always get the same id, whatever the path."""
+    h = hashlib.sha256()
+    for name in ("cfg.json", "sae_weights.safetensors"):
+        with open(sae_dir / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+    return h.hexdigest()[:12]
+
+
+def reference_subset(sample_ids: list[str], n: int, seed: int) -> frozenset[str]:
+    """Algorithm 1 step 1: n samples drawn at random (by id hash, so order-free and reproducible)."""
+    key = lambda s: hashlib.blake2b(f"ref:{seed}:{s}".encode(), digest_size=8).digest()  # noqa: E731
+    return frozenset(sorted(sample_ids, key=key)[:n])
+
+
+def fetch_residuals(dump: ActivationDump, refs: np.ndarray) -> dict[int, torch.Tensor]:
+    """Residual vectors of packed refs, reading only the row groups that hold them."""
+    out: dict[int, torch.Tensor] = {}
+    uniq = np.unique(refs[refs >= 0])
+    shards, rows, _ = unpack_ref(uniq)
+    for shard in np.unique(shards):
+        sel = shards == shard
+        pf = pq.ParquetFile(dump.files[int(shard)])
+        starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+        groups = np.searchsorted(starts, rows[sel], side="right") - 1
+        for g in np.unique(groups):
+            in_g = groups == g
+            col = pf.read_row_group(int(g), columns=["activation"]).column(0).combine_chunks()
+            take = col.take(pa.array(rows[sel][in_g] - starts[g]))
+            vecs = np.asarray(take.values.to_numpy(zero_copy_only=False), np.float32).reshape(len(take), -1)
+            for ref, vec in zip(uniq[sel][in_g], vecs):
+                out[int(ref)] = torch.from_numpy(vec)
+    return out
+
+
+def cross_modal_weights_from_pool(dump: ActivationDump, occ, d_sae: int, memory_mb: int) -> np.ndarray:
+    """w_i for the cross-modal latents, in blocks sized so their residuals fit in memory_mb."""
+    weights = np.zeros(d_sae, np.float32)
+    per_latent = 2 * occ.text_refs.shape[1] * dump.d_in * 4
+    block = max(1, memory_mb * 2**20 // max(per_latent, 1))
+    for start in range(0, len(occ.cross), block):
+        tr, ir = occ.text_refs[start:start + block], occ.image_refs[start:start + block]
+        vec = fetch_residuals(dump, np.concatenate([tr.ravel(), ir.ravel()]))
+        stack = lambda refs: torch.stack([vec[int(r)] for r in refs.ravel()]).view(*refs.shape, -1)  # noqa: E731
+        weights[occ.cross[start:start + block]] = mean_pair_cosine(stack(tr), stack(ir)).numpy()
+    return weights
+
+
+def _ranks(scores: np.ndarray, sample_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """rank 1 = highest (ties by sample_id); percentile = fraction of samples scoring <= this one."""
+    order = np.lexsort((sample_ids, -scores))
+    rank = np.empty(len(scores), np.int32)
+    rank[order] = np.arange(1, len(scores) + 1)
+    asc = np.sort(scores)
+    pct = np.searchsorted(asc, scores, side="right") / max(len(scores), 1)
+    return rank, pct
+
+
+def summaries(part: Path, shard_samples: pa.Table) -> list[SampleSummary]:
+    """Rebuild each sample's summary from its sample_features rows (what the scorers read)."""
+    t = pq.read_table(part, columns=["sample_id", "feature_id", "modality", "max_act"]).sort_by("sample_id")
+    sid = t.column("sample_id").to_numpy(zero_copy_only=False)
+    feat = t.column("feature_id").to_numpy()
+    img = t.column("modality").to_numpy(zero_copy_only=False) == "image"
+    mx = t.column("max_act").to_numpy()
+    bounds = np.flatnonzero(sid[1:] != sid[:-1]) + 1 if len(sid) else np.zeros(0, int)
+    starts, ends = np.r_[0, bounds], np.r_[bounds, len(sid)]
+    where = {sid[s]: (s, e) for s, e in zip(starts, ends)} if len(sid) else {}
+    out = []
+    for row in shard_samples.to_pylist():
+        s, e = where.get(row["sample_id"], (0, 0))
+        im, f, m = img[s:e], feat[s:e], mx[s:e]
+        cos = row["resid_cosine"]
+        out.append(SampleSummary(row["sample_id"], row["n_image"], row["n_text"], row["n_active"],
+                                 f[im].astype(np.int64), m[im], f[~im].astype(np.int64), m[~im],
+                                 None if cos is None else float(cos)))
+    return out
+
+
+def _write(table: pa.Table, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def _remove_partitions(root: Path, dataset: str, sae_id: str) -> None:
+    for table in TABLES:
+        if table != "samples":
+            shutil.rmtree(partition_dir(root, table, dataset, sae_id), ignore_errors=True)
+    manifest_path(root, dataset, sae_id).unlink(missing_ok=True)
+
+
+def samples_table(spec: DatasetSpec, scored: dict[str, dict]) -> pa.Table:
+    """The fields needed to rebuild each scored sample, from the source dataset."""
+    ds = open_dataset(spec)
+    rows = []
+    for s in iter_samples(ds, spec):
+        if isinstance(s, Sample) and s.sample_id in scored:
+            info = scored[s.sample_id]
+            rows.append({"sample_id": s.sample_id, "row_index": s.row_index, "n_image_tokens": info["n_image"],
+                         "n_text_tokens": info["n_text"], "question": s.question, "answer": s.answer,
+                         "chosen": s.chosen, "rejected": s.rejected, "image_ref": s.image_ref})
+    if len(rows) != len(scored):
+        raise ValueError(f"the source dataset {spec.path} no longer holds {len(scored) - len(rows)} of the dumped samples; "
+                         "it changed since the dump: re-dump it")
+    return pa.Table.from_pylist(rows, schema=SAMPLES)
+
+
+def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: int | None = None) -> dict:
+    """Score ``cfg.activations`` with ``cfg.sae`` into the tables; returns the scoring manifest.
+
+    A partition already scored with the same config is returned as is; ``stop_after_shards``
+    stops early after encoding that many shards (for tests of resumption).
+    """
+    dump = ActivationDump.open(cfg.activations)
+    sae_dir = resolve_sae_dir(cfg.sae)
+    device = resolve_device(cfg.device)
+    sae = load_sae(sae_dir, device=str(device)).eval()
+    if sae.cfg.d_in != dump.d_in:
+        raise ValueError(f"the SAE in {sae_dir} has d_in={sae.cfg.d_in} but the activations in {cfg.activations} have "
+                         f"d_model={dump.d_in}: they come from a different model or layer; score with an SAE trained on this dump's layer")
+    dataset = check_partition_value("dataset name", cfg.dataset_name or dump.manifest["dataset_name"])
+    sae_id = sae_id_of(sae_dir)
+    root = Path(cfg.tables)
+    identity = {**cfg.identity(), "dataset": dataset, "sae_id": sae_id, "saev_core_version": __version__}
+    mpath = manifest_path(root, dataset, sae_id)
+    if mpath.exists():
+        done = read_json(mpath)
+        if done.get("identity") == identity:
+            log.info("dataset %s is already scored with SAE %s; nothing to do", dataset, sae_id)
+            return done
+        if not overwrite:
+            raise ValueError(f"dataset {dataset} is already scored with SAE {sae_id} under another config "
+                             f"(see {mpath}); pass --overwrite to replace it or --dataset-name to score it under another name")
+        _remove_partitions(root, dataset, sae_id)
+    work = root / "_work" / f"dataset={dataset}" / f"sae_id={sae_id}"
+    if overwrite and work.exists():
+        shutil.rmtree(work)
+    claim_output_dir(work, identity, overwrite, "scoring work directory")
+
+    dump_samples = pa.concat_tables([pq.read_table(f) for f in sorted((dump.path / "samples").glob("*.parquet"))]) \
+        if any((dump.path / "samples").glob("*.parquet")) else None
+    if dump_samples is None or dump_samples.num_rows == 0:
+        raise ValueError(f"the dump {cfg.activations} holds no samples; nothing to score")
+    reference = reference_subset(dump_samples.column("sample_id").to_pylist(), cfg.reference_samples, cfg.seed)
+    d_sae = sae.cfg.d_sae
+    feat_dir = partition_dir(root, "sample_features", dataset, sae_id)
+
+    total = int(dump.manifest["rows"]["image"] + dump.manifest["rows"]["text"])
+    t0, encoded_tokens, encoded_samples = time.perf_counter(), 0, 0
+    with tqdm(total=total, desc=f"score {dataset}", unit="tok", disable=not cfg.progress) as pbar:
+        for shard in range(len(dump.files)):
+            state, samples_file = work / f"shard-{shard:05d}.safetensors", work / f"shard-{shard:05d}.samples.parquet"
+            if state.exists() and (feat_dir / part_name(shard)).exists():
+                pbar.update(int(load_file(str(state))["tokens"].sum()))
+                continue
+            if stop_after_shards is not None and shard >= stop_after_shards:
+                return {"stopped_after_shards": shard}
+            res = encode_shard(dump, shard, sae, reference, feat_dir / part_name(shard), cfg.top, cfg.batch_rows, pbar)
+            _write(res.samples, samples_file)
+            with atomic_path(state) as tmp:
+                save_file(res.tensors(), str(tmp))
+            encoded_tokens += int(res.tokens.sum())
+            encoded_samples += res.samples.num_rows
+    encode_s = time.perf_counter() - t0
+
+    # ---- dataset level: pools -> weights -> feature_stats ------------------------------------
+    states = [load_file(str(work / f"shard-{i:05d}.safetensors")) for i in range(len(dump.files))]
+    values = torch.cat([s["pool_values"] for s in states])
+    refs = torch.cat([s["pool_refs"] for s in states])
+    values, idx = values.topk(min(cfg.top, values.shape[0]), dim=0)
+    refs = refs.gather(0, idx)
+    fires = sum(s["fires"] for s in states)
+    tokens = sum(s["tokens"] for s in states)
+    occ = select_occurrences(values, refs, (refs >= 0) & (refs & 1 == 1), cfg.per_side)
+    weights = cross_modal_weights_from_pool(dump, occ, d_sae, cfg.weights_memory_mb)
+    alive = np.flatnonzero(fires.sum(0).numpy() > 0)
+    rates = fires.double() / tokens.clamp(min=1).double().unsqueeze(1)
+    stats = pa.table({
+        "feature_id": pa.array(alive.astype(np.int32)),
+        "firing_rate": pa.array((fires.sum(0).double() / max(int(tokens.sum()), 1)).numpy()[alive]),
+        "firing_rate_image": pa.array(rates[0].numpy()[alive]),
+        "firing_rate_text": pa.array(rates[1].numpy()[alive]),
+        "cross_modal_weight": pa.array(weights[alive]),
+        "kind": pa.array(np.asarray(occ.kind, dtype=object)[alive], pa.string()),
+        "n_top_image": pa.array(occ.n_top_image[alive].astype(np.int32)),
+        "n_top_text": pa.array(occ.n_top_text[alive].astype(np.int32)),
+    }, schema=FEATURE_STATS)
+
+    # ---- scores ---------------------------------------------------------------------------------
+    ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=weights)
+    fns = {name: get_scorer(name) for name in cfg.scorers}
+    sids, per_scorer, scored = [], {n: [] for n in fns}, {}
+    for shard in range(len(dump.files)):
+        shard_samples = pq.read_table(work / f"shard-{shard:05d}.samples.parquet", schema=SHARD_SAMPLES)
+        for s in summaries(feat_dir / part_name(shard), shard_samples):
+            sids.append(s.sample_id)
+            scored[s.sample_id] = {"n_image": s.n_image, "n_text": s.n_text}
+            for name, fn in fns.items():
+                per_scorer[name].append(fn(s, ctx))
+    sid_arr = np.asarray(sids, dtype=object)
+    tables, summary = [], {}
+    for name, vals in per_scorer.items():
+        v = np.asarray(vals, np.float64)
+        rank, pct = _ranks(v, sid_arr)
+        order = np.argsort(rank)
+        tables.append(pa.table({"sample_id": pa.array(sid_arr[order], pa.string()), "scorer": pa.array([name] * len(v), pa.string()),
+                                "score": pa.array(v[order]), "rank": pa.array(rank[order]), "percentile": pa.array(pct[order])},
+                               schema=SCORES))
+        summary[name] = {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
+
+    spec = DatasetSpec.model_validate(dump.manifest["dataset"])
+    if Path(spec.path).expanduser().exists():  # later stages may run from another directory
+        spec = spec.model_copy(update={"path": str(Path(spec.path).expanduser().resolve())})
+    _write(samples_table(spec, scored), partition_dir(root, "samples", dataset) / part_name(0))
+    _write(stats, partition_dir(root, "feature_stats", dataset, sae_id) / part_name(0))
+    _write(pa.concat_tables(tables), partition_dir(root, "scores", dataset, sae_id) / part_name(0))
+
+    kinds = {k: int(n) for k, n in zip(*np.unique(np.asarray(occ.kind, dtype=object)[alive].astype(str), return_counts=True))}
+    manifest = {
+        "kind": "saev.scores",
+        "format_version": 1,
+        "saev_core_version": __version__,
+        "identity": identity,
+        "dataset": dataset,
+        "sae_id": sae_id,
+        "sae": str(sae_dir),
+        "activations": str(cfg.activations),
+        "model": dump.manifest["model"],
+        "layer": dump.manifest["layer"],
+        "include_response": dump.manifest.get("include_response", False),
+        "source_dataset": spec.model_dump(),
+        "n_samples": len(sids),
+        "n_reference_samples": len(reference),
+        "n_tokens": {"image": int(tokens[0]), "text": int(tokens[1])},
+        "d_sae": d_sae,
+        "n_features_active": int(len(alive)),
+        "feature_kinds": kinds,
+        "n_cross_modal": int(len(occ.cross)),
+        "scorers": list(fns),
+        "score_summary": summary,
+        "throughput": {"encode_s": encode_s, "samples_per_s": encoded_samples / encode_s if encoded_samples else None,
+                       "tokens_per_s": encoded_tokens / encode_s if encoded_tokens else None, "device": str(device)},
+        "tables": str(root),
+    }
+    write_json(mpath, manifest)
+    return manifest

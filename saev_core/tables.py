@@ -1,0 +1,102 @@
+"""The feature tables: where they live under a tables root and what their columns are.
+
+Every table is hive-partitioned by dataset (and, where its content depends on the SAE, by
+sae_id), so a newly scored dataset is one new directory and every reader that globs
+``<root>/<table>/**/*.parquet`` sees it with no registration step. Partition columns
+(``dataset``, ``sae_id``) come from the directory names and are not stored inside the files.
+
+    <root>/sample_features/dataset=<name>/sae_id=<id>/part-00000.parquet   sorted by feature_id
+    <root>/feature_stats/dataset=<name>/sae_id=<id>/part-00000.parquet
+    <root>/scores/dataset=<name>/sae_id=<id>/part-00000.parquet
+    <root>/samples/dataset=<name>/part-00000.parquet
+    <root>/manifests/dataset=<name>/sae_id=<id>.json                       how a partition was made
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pyarrow as pa
+
+SAMPLE_FEATURES = pa.schema([
+    ("sample_id", pa.string()),
+    ("feature_id", pa.int32()),
+    ("modality", pa.string()),          # 'image' | 'text'
+    ("n_active_tokens", pa.int32()),    # positions of this modality where the latent is > 0
+    ("max_act", pa.float32()),
+    ("sum_act", pa.float32()),
+])
+
+FEATURE_STATS = pa.schema([
+    ("feature_id", pa.int32()),
+    ("firing_rate", pa.float64()),        # over all scored image + text positions
+    ("firing_rate_image", pa.float64()),
+    ("firing_rate_text", pa.float64()),
+    ("cross_modal_weight", pa.float32()),  # w_i of Algorithm 1; 0 when not cross-modal
+    ("kind", pa.string()),                 # 'cross-modal' | 'image-only' | 'text-only' | 'mixed'
+    ("n_top_image", pa.int32()),           # image occurrences among the latent's top activations
+    ("n_top_text", pa.int32()),
+])
+
+SCORES = pa.schema([
+    ("sample_id", pa.string()),
+    ("scorer", pa.string()),
+    ("score", pa.float64()),
+    ("rank", pa.int32()),           # 1 = highest score within (dataset, sae_id, scorer)
+    ("percentile", pa.float64()),   # fraction of samples scoring <= this one: 1.0 is the top
+])
+
+SAMPLES = pa.schema([
+    ("sample_id", pa.string()),
+    ("row_index", pa.int64()),      # row in the source dataset
+    ("n_image_tokens", pa.int32()),
+    ("n_text_tokens", pa.int32()),
+    ("question", pa.string()),
+    ("answer", pa.string()),
+    ("chosen", pa.string()),
+    ("rejected", pa.string()),
+    ("image_ref", pa.string()),
+])
+
+TABLES: dict[str, pa.Schema] = {
+    "sample_features": SAMPLE_FEATURES,
+    "feature_stats": FEATURE_STATS,
+    "scores": SCORES,
+    "samples": SAMPLES,
+}
+PARTITIONS: dict[str, tuple[str, ...]] = {
+    "sample_features": ("dataset", "sae_id"),
+    "feature_stats": ("dataset", "sae_id"),
+    "scores": ("dataset", "sae_id"),
+    "samples": ("dataset",),
+}
+
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_partition_value(kind: str, value: str) -> str:
+    """Partition values become directory names: refuse anything that could escape or split them."""
+    if not _SAFE.match(value) or ".." in value:
+        raise ValueError(f"{kind} {value!r} cannot name a table partition: use letters, digits, '.', '_' or '-' "
+                         "(pass --dataset-name to choose one)")
+    return value
+
+
+def partition_dir(root: str | Path, table: str, dataset: str, sae_id: str | None = None) -> Path:
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}; valid tables: {sorted(TABLES)}")
+    path = Path(root) / table / f"dataset={check_partition_value('dataset name', dataset)}"
+    if "sae_id" in PARTITIONS[table]:
+        if sae_id is None:
+            raise ValueError(f"table {table} is partitioned by sae_id; pass one")
+        path = path / f"sae_id={check_partition_value('sae_id', sae_id)}"
+    return path
+
+
+def manifest_path(root: str | Path, dataset: str, sae_id: str) -> Path:
+    return Path(root) / "manifests" / f"dataset={check_partition_value('dataset name', dataset)}" / f"sae_id={check_partition_value('sae_id', sae_id)}.json"
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"

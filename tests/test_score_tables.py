@@ -1,0 +1,223 @@
+"""Scoring a real dump with a real SAE: the streamed feature tables equal a dense recomputation,
+round-trip through DuckDB, resume after a crash, and feed the filter and a real TRL trainer."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from saev_core.activations import ActivationDump, to_tensor
+from saev_core.checkpoint import load_sae, save_sae
+from saev_core.cli import app
+from saev_core.data import DatasetSpec
+from saev_core.dump import DumpConfig, run_dump
+from saev_core.filter import FilterConfig, load_filtered, run_filter
+from saev_core.quality import auroc, render_quality, scorer_quality, top_fraction_clean
+from saev_core.query import connect
+from saev_core.sae import SAE, SAEConfig
+from saev_core.score_dataset import ScoreConfig, run_scoring
+from saev_core.scoring import SCORERS, SampleSummary, ScoringContext, cross_modal_weights
+from saev_core.train import TrainConfig, train_sae
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory, world_dir, world, bundle):
+    base = tmp_path_factory.mktemp("score")
+    spec = DatasetSpec(path=str(world_dir / world["datasets"]["demo-rlaif"]["path"]))
+    run_dump(DumpConfig(model=str(world_dir / "model"), dataset=spec, layer=2, out=str(base / "dump"), samples_per_shard=40,
+                        batch_size=20, progress=False), bundle=bundle)
+    train_sae(TrainConfig(activations=str(base / "dump"), out=str(base / "sae"), architecture="topk", k=8, expansion_factor=4,
+                          batch_size=256, total_tokens=256 * 60, scale_batches=4, buffer_rows=2048, progress=False))
+    cfg = ScoreConfig(activations=str(base / "dump"), sae=str(base / "sae"), tables=str(base / "tables"), progress=False,
+                      top=10, per_side=2)
+    manifest = run_scoring(cfg)
+    return base, cfg, manifest
+
+
+def dense_summaries(base) -> tuple[dict[str, SampleSummary], torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """Every sample's summary from dense codes of all its rows at once (no streaming)."""
+    dump = ActivationDump.open(base / "dump")
+    sae = load_sae(base / "sae" / "sae")
+    rows = pq.read_table(dump.files[0].parent)
+    rows = rows.filter(np.asarray(rows.column("modality").to_pylist()) != "special")
+    x = to_tensor(rows)
+    with torch.no_grad():
+        f = sae.encode(x)
+    img = torch.tensor([m == "image" for m in rows.column("modality").to_pylist()])
+    sids = rows.column("sample_id").to_pylist()
+    out = {}
+    for sid in dict.fromkeys(sids):
+        sel = torch.tensor([s == sid for s in sids])
+        out[sid] = SampleSummary.from_acts(sid, f[sel], img[sel], x[sel])
+    return out, f, img, x, sids
+
+
+def test_tables_match_a_dense_recomputation_through_duckdb(scored):
+    base, cfg, manifest = scored
+    con = connect(cfg.tables)
+    dense, f, img, x, _ = dense_summaries(base)
+    assert manifest["n_samples"] == len(dense) == con.execute("SELECT count(*) FROM samples").fetchone()[0]
+
+    # sample_features: one row per (sample, modality, active latent), max matching the dense codes
+    feats = con.execute("SELECT sample_id, feature_id, modality, max_act, n_active_tokens, dataset, sae_id FROM sample_features").df()
+    assert set(feats["dataset"]) == {"demo-rlaif"} and set(feats["sae_id"]) == {manifest["sae_id"]}
+    for sid in list(dense)[:15]:
+        s = dense[sid]
+        g = feats[feats.sample_id == sid]
+        for mod, ids, mx in (("image", s.image_ids, s.image_max), ("text", s.text_ids, s.text_max)):
+            part = g[g.modality == mod].sort_values("feature_id")
+            assert part.feature_id.tolist() == ids.tolist()
+            np.testing.assert_allclose(part.max_act.to_numpy(), mx, rtol=1e-5, atol=1e-6)
+        assert int(g.n_active_tokens.sum()) == s.n_active
+    # files are sorted by feature_id
+    for part in (base / "tables" / "sample_features").rglob("*.parquet"):
+        ids = pq.read_table(part, columns=["feature_id"]).column(0).to_numpy()
+        assert (np.diff(ids) >= 0).all()
+
+    # cross-modal weights equal Algorithm 1 on the in-memory pool (every sample is a reference here)
+    w_dense = cross_modal_weights(f, img, x, top=cfg.top, per_side=cfg.per_side).numpy()
+    stats = con.execute("SELECT feature_id, cross_modal_weight, kind FROM feature_stats ORDER BY feature_id").df()
+    w_table = np.zeros_like(w_dense)
+    w_table[stats.feature_id.to_numpy()] = stats.cross_modal_weight.to_numpy()
+    np.testing.assert_allclose(w_table, w_dense, atol=1e-5)
+    assert (stats.kind == "cross-modal").sum() == manifest["n_cross_modal"] > 0
+
+    # scores equal each scorer applied to the dense summaries; rank 1 is the top score
+    ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=w_dense)
+    scores = con.execute("SELECT sample_id, scorer, score, rank, percentile FROM scores WHERE dataset = $d", {"d": "demo-rlaif"}).df()
+    assert set(scores.scorer) == set(SCORERS)
+    for name, fn in SCORERS.items():
+        g = scores[scores.scorer == name].set_index("sample_id")
+        expect = np.array([fn(dense[s], ctx) for s in g.index])
+        np.testing.assert_allclose(g.score.to_numpy(), expect, rtol=1e-5, atol=1e-5)
+        assert g.loc[g["rank"] == 1, "score"].iloc[0] == g.score.max()
+        assert g.percentile.max() == 1.0 and sorted(g["rank"]) == list(range(1, len(g) + 1))
+
+
+def test_batch_boundaries_do_not_change_the_tables(scored, tmp_path):
+    base, cfg, _ = scored
+    small = cfg.model_copy(update={"tables": str(tmp_path / "t"), "batch_rows": 37})  # samples span batches
+    run_scoring(small)
+    for table in ("sample_features", "scores", "feature_stats"):
+        a = pq.read_table(next((base / "tables" / table).rglob("part-00001.parquet" if table == "sample_features" else "*.parquet")))
+        b = pq.read_table(next((tmp_path / "t" / table).rglob("part-00001.parquet" if table == "sample_features" else "*.parquet")))
+        assert a.num_rows == b.num_rows
+        for col in a.column_names:
+            if a.schema.field(col).type in ("float", "double"):
+                np.testing.assert_allclose(a.column(col).to_numpy(), b.column(col).to_numpy(), rtol=1e-4, atol=1e-5)
+            else:
+                assert a.column(col).to_pylist() == b.column(col).to_pylist(), (table, col)
+
+
+def test_crashed_scoring_resumes_and_a_rerun_does_nothing(scored, tmp_path):
+    base, cfg, full = scored
+    cfg2 = cfg.model_copy(update={"tables": str(tmp_path / "t")})
+    assert run_scoring(cfg2, stop_after_shards=1) == {"stopped_after_shards": 1}
+    assert not list((tmp_path / "t").glob("manifests/**/*.json"))
+    parts = sorted((tmp_path / "t" / "sample_features").rglob("*.parquet"))
+    assert [p.name for p in parts] == ["part-00000.parquet"]
+    first_mtime = parts[0].stat().st_mtime_ns
+    resumed = run_scoring(cfg2)
+    assert parts[0].stat().st_mtime_ns == first_mtime  # the finished shard was not redone
+    assert resumed["score_summary"] == full["score_summary"]
+    mf = next((tmp_path / "t" / "manifests").rglob("*.json"))
+    before = mf.stat().st_mtime_ns
+    assert run_scoring(cfg2) == resumed and mf.stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="already scored .* under another config.*--overwrite"):
+        run_scoring(cfg2.model_copy(update={"tau": 0.5}))
+    assert run_scoring(cfg2.model_copy(update={"tau": 0.5}), overwrite=True)["identity"]["tau"] == 0.5
+
+
+def test_bad_scoring_input_fails_fast(scored, tmp_path):
+    base, cfg, _ = scored
+    other = SAE(SAEConfig(architecture="topk", d_in=7, d_sae=14, k=2))
+    save_sae(other, tmp_path / "wrong-sae")
+    with pytest.raises(ValueError, match="d_in=7 .* d_model=128: they come from a different model or layer"):
+        run_scoring(cfg.model_copy(update={"sae": str(tmp_path / "wrong-sae"), "tables": str(tmp_path / "t")}))
+    with pytest.raises(ValueError, match=r"unknown scorer 'clip'; valid scorers: \["):
+        ScoreConfig(activations="a", sae="b", scorers=["saev", "clip"])
+    with pytest.raises(ValueError, match="cannot name a table partition"):
+        run_scoring(cfg.model_copy(update={"dataset_name": "../escape", "tables": str(tmp_path / "t")}))
+    with pytest.raises(FileNotFoundError, match="holds no SAE"):
+        run_scoring(cfg.model_copy(update={"sae": str(tmp_path), "tables": str(tmp_path / "t")}))
+
+
+def test_filter_artifact_trains_real_trl_sft_and_dpo(scored, tmp_path, world_dir):
+    base, cfg, manifest = scored
+    m = run_filter(FilterConfig(tables=cfg.tables, out=str(tmp_path / "f"), scorer="saev", top_fraction=0.5))
+    assert m["n_kept"] == 60 and m["splits"] == {"sft": 60, "dpo": 60} and m["sae_id"] == manifest["sae_id"]
+    con = connect(cfg.tables)
+    top = con.execute("SELECT sample_id FROM scores WHERE scorer = 'saev' ORDER BY score DESC, sample_id LIMIT 60").fetchall()
+    kept = pq.read_table(tmp_path / "f" / "selected.parquet")
+    assert kept.column("sample_id").to_pylist() == [r[0] for r in top]
+    # the rebuilt rows are the source rows of the kept ids
+    q = con.execute("SELECT question FROM samples WHERE sample_id = $s", {"s": top[0][0]}).fetchone()[0]
+    sft, dpo = load_filtered(tmp_path / "f", "sft"), load_filtered(tmp_path / "f", "dpo")
+    assert sft[0]["prompt"][0]["content"][1]["text"] == q and sft[0]["images"][0].size == (32, 32)
+    assert dpo.column_names == ["images", "prompt", "chosen", "rejected"]
+
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    proc = AutoProcessor.from_pretrained(world_dir / "model")
+    common = dict(max_steps=1, per_device_train_batch_size=4, report_to=[], use_cpu=True, max_length=None, save_strategy="no")
+    for trainer, conf, data in ((SFTTrainer, SFTConfig, sft), (DPOTrainer, DPOConfig, dpo)):
+        model = AutoModelForImageTextToText.from_pretrained(world_dir / "model")
+        before = [p.detach().clone() for p in model.parameters()]
+        t = trainer(model=model, args=conf(output_dir=str(tmp_path / "trl"), **common), train_dataset=data.select(range(8)),
+                    processing_class=proc)
+        out = t.train()
+        assert math.isfinite(out.training_loss) and t.state.global_step == 1
+        assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_filter_top_k_per_dataset_and_errors(scored, tmp_path):
+    base, cfg, manifest = scored
+    run_scoring(cfg.model_copy(update={"dataset_name": "demo-copy"}))  # a second dataset appears in the same views
+    m = run_filter(FilterConfig(tables=cfg.tables, out=str(tmp_path / "k"), scorer="l0", top_k=5, per_dataset=True))
+    assert m["kept_per_dataset"] == {"demo-copy": 5, "demo-rlaif": 5}
+    m = run_filter(FilterConfig(tables=cfg.tables, out=str(tmp_path / "g"), scorer="saev", top_k=7, datasets=["demo-copy"]))
+    assert m["kept_per_dataset"] == {"demo-copy": 7}
+    with pytest.raises(ValueError, match=r"unknown dataset\(s\) \['nope'\] .* valid datasets: \['demo-copy', 'demo-rlaif'\]"):
+        run_filter(FilterConfig(tables=cfg.tables, out=str(tmp_path / "x"), top_k=5, datasets=["nope"]))
+    with pytest.raises(ValueError, match="exactly one of top_fraction and top_k"):
+        FilterConfig(out="x", top_k=3, top_fraction=0.5)
+    with pytest.raises(FileNotFoundError, match="no 'dpo' split"):
+        load_filtered(tmp_path / "nothing", "dpo")
+
+
+def test_auroc_and_top_fraction_by_hand():
+    # positives 0.4, 0.8; negatives 0.1, 0.35: pairs won 4/4 -> 1.0; swap 0.4 <-> 0.35 -> 3/4
+    assert auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 1, 0, 1], bool)) == 1.0
+    assert auroc(np.array([0.1, 0.35, 0.4, 0.8]), np.array([0, 1, 0, 1], bool)) == 0.75
+    assert auroc(np.array([0.5, 0.5, 0.5]), np.array([1, 0, 0], bool)) == 0.5  # ties count half
+    assert math.isnan(auroc(np.array([1.0]), np.array([True])))
+    assert top_fraction_clean(np.array([3.0, 2.0, 1.0, 0.0]), np.array([1, 0, 1, 1], bool), 0.5) == 0.5
+
+
+def test_quality_table_and_cli(scored, world_dir, tmp_path):
+    base, cfg, manifest = scored
+    rows = scorer_quality(connect(cfg.tables), world_dir / "labels.parquet", "demo-rlaif", manifest["sae_id"])
+    assert {r["scorer"] for r in rows} == set(SCORERS)
+    assert all(0 <= r["auroc"] <= 1 and "auroc_swapped_image" in r for r in rows)
+    assert render_quality(rows).startswith("| scorer | auroc |")
+
+    runner = CliRunner()
+    tables = str(tmp_path / "cli-tables")
+    res = runner.invoke(app, ["score", "--activations", str(base / "dump"), "--sae", str(base / "sae"), "--tables", tables,
+                              "--scorer", "l0", "--scorer", "saev", "--set", "progress=false"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["n_samples"] == 120
+    res = runner.invoke(app, ["filter", "--tables", tables, "--scorer", "l0", "--top-k", "3", "--out", str(tmp_path / "cf")])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["kept"] == 3
+    res = runner.invoke(app, ["eval-scores", "--tables", tables, "--labels", str(world_dir / "labels.parquet")])
+    assert res.exit_code == 0 and "| saev |" in res.output and "| random |" not in res.output
+    res = runner.invoke(app, ["filter", "--tables", tables, "--scorer", "random", "--top-k", "3", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "no 'random' scores" in res.output
