@@ -1,5 +1,6 @@
-"""The ``saev`` flow: prepare (demo data + model) -> dump activations -> train SAE -> evaluate it.
-Later stages (score, filter, align) are appended as they land."""
+"""The ``saev`` flow: prepare (demo data + model) -> dump activations -> train SAE -> evaluate it
+-> score the dataset into the feature tables -> keep the top fraction as a TRL dataset.
+The alignment stage is appended when it lands."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from prefect import flow, get_run_logger
 
 from tasks.demo import prepare_demo
 from tasks.dump import dump_activations
+from tasks.score import filter_dataset_task, score_dataset_task, scorer_quality_task
 from tasks.train import eval_sae_task, train_sae_task
 
 # Sized for the demo world on 2 CPU cores (about a minute); real runs pass their own `sae` config.
@@ -26,9 +28,14 @@ def saev_pipeline(
     dump: dict | None = None,
     sae: dict | None = None,
     eval_samples: int = 100,
+    tables_dir: str = "data/tables",
+    score: dict | None = None,
+    scorer: str = "saev",
+    top_fraction: float = 0.5,
 ) -> dict:
-    """Run the pipeline on the demo world. ``limit`` caps the rows used; ``demo``, ``dump`` and
-    ``sae`` override fields of those stages' configs."""
+    """Run the pipeline on the demo world. ``limit`` caps the rows used; ``demo``, ``dump``, ``sae``
+    and ``score`` override fields of those stages' configs; ``scorer`` and ``top_fraction`` pick
+    what the filter keeps."""
     logger = get_run_logger()
     world = prepare_demo(demo or {}, demo_dir)
     spec = world["datasets"][dataset]
@@ -45,6 +52,13 @@ def saev_pipeline(
     sae_cfg.update(activations=dump_cfg["out"], out=str(Path(runs_dir) / f"sae-{dataset}-L{layer}-{sae_cfg['architecture']}"))
     run = train_sae_task(sae_cfg)
     report = eval_sae_task(sae_cfg["out"], eval_samples)
+    score_cfg = {"activations": dump_cfg["out"], "sae": sae_cfg["out"], "tables": tables_dir, "dataset_name": dataset,
+                 **(score or {})}
+    scored = score_dataset_task(score_cfg)
+    filtered_dir = str(Path(runs_dir) / f"filtered-{dataset}-{scorer}-{round(top_fraction * 100)}")
+    filtered = filter_dataset_task({"tables": tables_dir, "out": filtered_dir, "scorer": scorer,
+                                    "datasets": [dataset], "sae_id": scored["sae_id"], "top_fraction": top_fraction})
+    quality = scorer_quality_task(tables_dir, str(Path(demo_dir) / "labels.parquet"), dataset, scored["sae_id"])
     summary = {
         "demo_world": demo_dir,
         "demo_model_accuracy": world["pretrain"]["heldout_accuracy"],
@@ -58,6 +72,13 @@ def saev_pipeline(
         "sae_l0": run["heldout"]["all"]["l0"],
         "ce_loss_recovered": report.get("ce_with_images", {}).get("ce_loss_recovered"),
         "eval_report": str(Path(sae_cfg["out"]) / "eval.md"),
+        "tables": tables_dir,
+        "sae_id": scored["sae_id"],
+        "cross_modal_latents": scored["n_cross_modal"],
+        "scorer_auroc": {r["scorer"]: round(r["auroc"], 3) for r in quality},
+        "filtered": filtered_dir,
+        "filtered_kept": filtered["n_kept"],
+        "query": f"saev query --tables {tables_dir} \"SELECT scorer, avg(score) FROM scores GROUP BY ALL\"",
     }
     logger.info(
         "demo model accuracy %.3f (chance %.3f); %d samples dumped (%d rejected) -> %s; SAE FVU %.3f at L0 %.1f, "
@@ -65,6 +86,8 @@ def saev_pipeline(
         summary["demo_model_accuracy"], summary["chance"], summary["samples"], summary["rejected"], dump_cfg["out"],
         summary["sae_fvu"]["all"], summary["sae_l0"], summary["ce_loss_recovered"], summary["eval_report"],
     )
+    logger.info("scored %s into %s (SAE %s); kept %d samples by %s -> %s; AUROC clean vs low-quality: %s",
+                dataset, tables_dir, scored["sae_id"], filtered["n_kept"], scorer, filtered_dir, summary["scorer_auroc"])
     return summary
 
 

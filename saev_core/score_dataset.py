@@ -309,7 +309,7 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
     _write(stats, partition_dir(root, "feature_stats", dataset, sae_id) / part_name(0))
     _write(pa.concat_tables(tables), partition_dir(root, "scores", dataset, sae_id) / part_name(0))
 
-    kinds = {k: int(n) for k, n in zip(*np.unique(np.asarray(occ.kind, dtype=object)[alive].astype(str), return_counts=True))}
+    kinds = {str(k): int(n) for k, n in zip(*np.unique(np.asarray(occ.kind, dtype=object)[alive].astype(str), return_counts=True))}
     manifest = {
         "kind": "saev.scores",
         "format_version": 1,
