@@ -1,0 +1,99 @@
+"""Alignment on a filter artifact: TRL SFT or DPO from the base model, saved with save_pretrained.
+
+The artifact's ``sft``/``dpo`` splits are already in TRL's conversational vision format, so the
+trainers take them as they are. Everything TRL needs is checked before training starts: the
+split exists and has rows, the model has a processor. Multi-GPU runs go through
+``accelerate launch -m saev_core align ...`` unchanged.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+import pyarrow.parquet as pq
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from saev_core import __version__
+from saev_core.filter import load_filtered
+from saev_core.io import atomic_dir, read_json, write_json
+
+
+class AlignConfig(BaseModel):
+    """One alignment run. Defaults suit the demo world on CPU; real models override lr and steps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="base model: hub id or local path (AutoModelForImageTextToText)")
+    data: str = Field(description="filter artifact directory from `saev filter`")
+    out: str = Field(description="where the aligned model and its manifest go")
+    method: Literal["sft", "dpo"] = "sft"
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="overrides epochs when > 0")
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    beta: float = Field(0.1, gt=0, description="DPO temperature")
+    seed: int = 0
+    bf16: bool | None = Field(None, description="default: on where CUDA supports it")
+
+
+def check_inputs(cfg: AlignConfig):
+    """Fail before training on an empty or unsuitable artifact or a model without a processor."""
+    from transformers import AutoProcessor
+
+    manifest = Path(cfg.data) / "manifest.json"
+    if not manifest.exists():
+        raise FileNotFoundError(f"{cfg.data} is not a filter artifact (no manifest.json); run `saev filter` first")
+    split = Path(cfg.data) / cfg.method / "train.parquet"
+    if split.exists() and pq.read_metadata(split).num_rows == 0:
+        raise ValueError(f"the {cfg.method} split of {cfg.data} has zero rows; filter with a larger --top-k / --top-fraction")
+    data = load_filtered(cfg.data, cfg.method)  # a missing split fails here, naming the ones present
+    try:
+        processor = AutoProcessor.from_pretrained(cfg.model)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{cfg.model} has no processor that handles images ({e}); alignment needs an image-text-to-text model "
+                         "saved with its processor") from None
+    if not hasattr(processor, "image_processor"):
+        raise ValueError(f"the processor of {cfg.model} ({type(processor).__name__}) has no image processor; "
+                         "alignment needs an image-text-to-text model")
+    return data, processor, read_json(manifest)
+
+
+def run_alignment(cfg: AlignConfig) -> dict:
+    """Train, save model + processor + manifest atomically into ``cfg.out``; returns the manifest."""
+    from transformers import AutoModelForImageTextToText
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    data, processor, source = check_inputs(cfg)
+    model = AutoModelForImageTextToText.from_pretrained(cfg.model)
+    bf16 = cfg.bf16 if cfg.bf16 is not None else bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    common = dict(num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
+                  gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, seed=cfg.seed, bf16=bf16,
+                  use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy="no", logging_steps=1,
+                  max_length=None, disable_tqdm=True)
+    t0 = time.perf_counter()
+    with atomic_dir(cfg.out) as tmp:
+        if cfg.method == "sft":
+            trainer = SFTTrainer(model=model, args=SFTConfig(output_dir=str(tmp / "trainer"), **common),
+                                 train_dataset=data, processing_class=processor)
+        else:
+            trainer = DPOTrainer(model=model, args=DPOConfig(output_dir=str(tmp / "trainer"), beta=cfg.beta, **common),
+                                 train_dataset=data, processing_class=processor)
+        result = trainer.train()
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        trainer.model.save_pretrained(tmp / "model")
+        processor.save_pretrained(tmp / "model")
+        manifest = {
+            "kind": "saev.aligned_model", "format_version": 1, "saev_core_version": __version__,
+            "base_model": cfg.model, "filter_artifact": cfg.data, "method": cfg.method, "config": cfg.model_dump(),
+            "n_train_rows": len(data), "steps": trainer.state.global_step, "train_loss": result.training_loss,
+            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+            "seconds": time.perf_counter() - t0, "filter": {k: source.get(k) for k in ("scorer", "sae_id", "top_k", "top_fraction", "n_kept")},
+        }
+        write_json(tmp / "manifest.json", manifest)
+        shutil.rmtree(tmp / "trainer", ignore_errors=True)
+    return manifest
