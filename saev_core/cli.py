@@ -392,3 +392,69 @@ def query(
         typer.echo(json.dumps(shown.to_pylist(), default=str))
     if hidden:
         typer.echo(note, err=True)
+
+
+@app.command("align")
+def align(
+    data: str = typer.Option(..., help="Filter artifact directory from `saev filter`."),
+    out: str = typer.Option(..., "--out", "-o", help="Where the aligned model (save_pretrained) and manifest go."),
+    model: str = typer.Option(f"{DEFAULT_DEMO_DIR}/model", help="Base model: hub id or local path."),
+    method: str = typer.Option("sft", help="sft (SFTTrainer) or dpo (DPOTrainer)."),
+    set_: list[str] = typer.Option([], "--set", help="Override any AlignConfig field, e.g. --set lr=1e-5 --set epochs=2."),
+):
+    """Align the base model on a filtered subset with TRL (multi-GPU: `accelerate launch -m saev_core align ...`).
+
+    Example: saev align --data data/filtered/saev-50 --method dpo --out data/aligned/saev-50-dpo
+    """
+    from saev_core.align import AlignConfig, run_alignment
+
+    cfg = validate(AlignConfig, apply_set({"data": data, "out": out, "model": model, "method": method}, set_))
+    try:
+        m = run_alignment(cfg)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        fail(str(e))
+    typer.echo(json.dumps({k: m[k] for k in ("method", "n_train_rows", "steps", "first_loss", "last_loss", "seconds")}
+                          | {"model": str(Path(out) / "model")}, indent=2))
+
+
+@app.command("evaluate")
+def evaluate(
+    model: str = typer.Argument(..., help="Saved model directory (or hub id) to evaluate."),
+    heldout: str = typer.Option(f"{DEFAULT_DEMO_DIR}/heldout/clean.parquet", help="Held-out dataset (any supported format)."),
+    n_samples: Optional[int] = typer.Option(None, help="Rows to evaluate (default: all)."),
+    reference: Optional[str] = typer.Option(None, help="Reference model for the DPO reward margin (e.g. the base model)."),
+    beta: float = typer.Option(0.1, help="DPO beta for the reward margin."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+):
+    """Answer accuracy, response NLL, preference accuracy and reward margin of a model on a held-out split."""
+    from saev_core.data import DatasetSpec
+    from saev_core.model_eval import evaluate_model
+
+    try:
+        report = evaluate_model(model, DatasetSpec(path=heldout), n_samples, reference=reference, beta=beta, device=device)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        fail(str(e))
+    typer.echo(json.dumps(report, indent=2))
+
+
+@app.command("experiment")
+def experiment(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Experiment directory (default: data/runs/experiment)."),
+    method: Optional[str] = typer.Option(None, help="sft or dpo (default: sft)."),
+    set_: list[str] = typer.Option([], "--set", help="Override any ExperimentConfig field, e.g. --set fractions=[0.25,0.5,1.0]."),
+):
+    """Performance vs data kept: filter -> align -> evaluate for every scorer and fraction, with seeds.
+
+    Writes results.jsonl, table.md and plot.png; a rerun resumes, skipping finished runs.
+    """
+    from saev_core.experiment import ExperimentConfig, run_experiment
+
+    data = merge(load_config_file(config), {"out": out, "method": method})
+    cfg = validate(ExperimentConfig, apply_set(data, set_))
+    try:
+        summary = run_experiment(cfg)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        fail(str(e))
+    typer.echo(summary["markdown"])
+    typer.echo(f"\nplot: {summary['plot']}\nresults: {summary['results']}")

@@ -26,7 +26,7 @@ from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
 from saev_core.io import atomic_dir, read_json, write_json
 from saev_core.prompts import conversation
 from saev_core.query import connect
-from saev_core.scoring import get_scorer
+from saev_core.scoring import get_scorer, random_unit
 from saev_core.tables import manifest_path
 
 
@@ -43,12 +43,15 @@ class FilterConfig(BaseModel):
     top_fraction: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=1)
     per_dataset: bool = Field(False, description="apply k / fraction to each dataset instead of the pooled ranking")
+    random_seed: int | None = Field(None, description="with scorer 'random': rank by this seed instead of the stored one")
 
     @model_validator(mode="after")
     def _one_size(self) -> "FilterConfig":
         get_scorer(self.scorer)
         if (self.top_fraction is None) == (self.top_k is None):
             raise ValueError("give exactly one of top_fraction and top_k")
+        if self.random_seed is not None and self.scorer != "random":
+            raise ValueError("random_seed only applies to scorer 'random'")
         return self
 
 
@@ -103,10 +106,16 @@ def run_filter(cfg: FilterConfig) -> dict:
     con = connect(cfg.tables)
     sae_id, names = _resolve(con, cfg)
     part = "dataset" if cfg.per_dataset else "scorer"
-    sel = con.execute(SELECT_SQL.format(part=part), {
-        "scorer": cfg.scorer, "sae_id": sae_id, "datasets": names, "top_k": cfg.top_k, "fraction": cfg.top_fraction,
-    }).fetchnumpy()
-    sel = pa.table(sel)
+    params = {"scorer": cfg.scorer, "sae_id": sae_id, "datasets": names, "top_k": cfg.top_k, "fraction": cfg.top_fraction}
+    if cfg.random_seed is None:
+        sel = pa.table(con.execute(SELECT_SQL.format(part=part), params).fetchnumpy())
+    else:  # re-draw the random scores with another seed, then the same selection
+        drawn = con.execute("SELECT dataset, sample_id FROM scores WHERE scorer = 'random' AND sae_id = $sae_id "
+                            "AND list_contains($datasets, dataset)", {"sae_id": sae_id, "datasets": names}).df()
+        drawn["score"] = [random_unit(cfg.random_seed, s) for s in drawn["sample_id"]]
+        con.register("redrawn", drawn)
+        sel = pa.table(con.execute(SELECT_SQL.format(part=part).replace("FROM scores", "FROM (SELECT *, 'random' AS scorer, "
+                                   "$sae_id AS sae_id FROM redrawn)"), params).fetchnumpy())
     if sel.num_rows == 0:
         raise ValueError(f"the filter kept no samples (scorer {cfg.scorer}, datasets {names}); raise --top-k or --top-fraction")
     sft_rows, dpo_rows, counts, sources = [], [], {}, {}

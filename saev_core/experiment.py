@@ -1,0 +1,157 @@
+"""The paper's experiment: performance vs fraction of data kept, one line per scorer.
+
+For each scorer and kept fraction: filter -> align (SFT or DPO from the base model) -> evaluate on
+the held-out split, with several seeds for the random scorer and for training. Every run lands
+in ``<out>/runs/<name>/`` with its manifests and ``eval.json``; a rerun skips finished runs, so an
+interrupted grid resumes. Outputs: ``results.jsonl`` (one row per run), ``table.md`` (mean and
+spread per scorer and fraction, absolute and relative to full data) and ``plot.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from saev_core.align import AlignConfig, run_alignment
+from saev_core.data import DatasetSpec
+from saev_core.filter import FilterConfig, run_filter
+from saev_core.io import atomic_path, read_json, write_json
+from saev_core.model_eval import evaluate_model
+from saev_core.scoring import check_scorers
+
+METRIC = {"sft": "answer_accuracy", "dpo": "preference_accuracy"}
+
+
+class ExperimentConfig(BaseModel):
+    """The grid. Defaults: the paper's five scorers and fractions 10/25/50/75/100%."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tables: str = "data/tables"
+    model: str = Field("data/demo/model", description="base model every run starts from")
+    heldout: str = Field("data/demo/heldout/clean.parquet", description="evaluation split (never used for training or tuning)")
+    out: str = "data/runs/experiment"
+    dataset: str | None = Field(None, description="scored dataset to draw from (default: the only one)")
+    sae_id: str | None = None
+    method: Literal["sft", "dpo"] = "sft"
+    scorers: list[str] = Field(default_factory=lambda: ["random", "l0", "cooccurrence", "saev", "model_cosine"])
+    fractions: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 1.0])
+    random_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    train_seeds: list[int] = Field(default_factory=lambda: [0, 1])
+    align: dict = Field(default_factory=dict, description="AlignConfig overrides (epochs, lr, batch_size, ...)")
+    eval_samples: int | None = Field(300, description="held-out rows evaluated per run (None: all)")
+    progress: bool = True
+
+    def runs(self) -> list[dict]:
+        """Every (scorer, fraction, scorer seed, train seed); fraction 1.0 is one shared 'full' run per train seed."""
+        check_scorers(self.scorers)
+        grid = []
+        for ts in self.train_seeds:
+            if 1.0 in self.fractions:
+                grid.append({"scorer": "full", "fraction": 1.0, "seed": None, "train_seed": ts})
+            for scorer in self.scorers:
+                for frac in (f for f in self.fractions if f < 1.0):
+                    for seed in (self.random_seeds if scorer == "random" else [None]):
+                        grid.append({"scorer": scorer, "fraction": frac, "seed": seed, "train_seed": ts})
+        return grid
+
+
+def run_name(r: dict) -> str:
+    seed = f"-s{r['seed']}" if r["seed"] is not None else ""
+    return f"{r['scorer']}{seed}-f{round(r['fraction'] * 100):03d}-t{r['train_seed']}"
+
+
+def _one(cfg: ExperimentConfig, r: dict, heldout: DatasetSpec) -> dict:
+    run = Path(cfg.out) / "runs" / run_name(r)
+    done = run / "eval.json"
+    if done.exists():
+        return read_json(done)
+    scorer = "random" if r["scorer"] == "full" else r["scorer"]
+    fcfg = FilterConfig(tables=cfg.tables, out=str(run / "data"), scorer=scorer, top_fraction=r["fraction"],
+                        datasets=[cfg.dataset] if cfg.dataset else None, sae_id=cfg.sae_id, random_seed=r["seed"])
+    filtered = run_filter(fcfg)
+    acfg = AlignConfig(model=cfg.model, data=str(run / "data"), out=str(run / "model"), method=cfg.method,
+                       seed=r["train_seed"], **cfg.align)
+    aligned = run_alignment(acfg)
+    report = evaluate_model(str(run / "model" / "model"), heldout, cfg.eval_samples,
+                            reference=cfg.model if cfg.method == "dpo" else None, beta=acfg.beta)
+    row = {**r, "n_train": filtered["n_kept"], "train_loss": aligned["train_loss"], "seconds": aligned["seconds"],
+           **{k: v for k, v in report.items() if k != "examples"}}
+    write_json(done, row)
+    return row
+
+
+def summarise(rows: list[dict], metric: str, base: float | None) -> tuple[list[dict], str]:
+    """Mean and spread (population std over seeds) per (scorer, fraction), relative to full data."""
+    groups: dict[tuple[str, float], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["scorer"], r["fraction"]), []).append(r[metric])
+    full = statistics.mean(groups[("full", 1.0)]) if ("full", 1.0) in groups else None
+    table = []
+    for (scorer, frac), vals in sorted(groups.items(), key=lambda kv: (kv[0][0] != "full", kv[0][0], kv[0][1])):
+        mean = statistics.mean(vals)
+        table.append({"scorer": scorer, "fraction": frac, "n_runs": len(vals), "mean": mean,
+                      "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0,
+                      "relative_to_full": mean / full if full else None})
+    lines = [f"| scorer | kept | runs | {metric} (mean ± std) | relative to full |", "| --- | ---: | ---: | ---: | ---: |"]
+    if base is not None:
+        lines.append(f"| base model | - | 1 | {base:.3f} | {base / full:.3f} |" if full else f"| base model | - | 1 | {base:.3f} | - |")
+    for t in table:
+        rel = f"{t['relative_to_full']:.3f}" if t["relative_to_full"] is not None else "-"
+        lines.append(f"| {t['scorer']} | {t['fraction']:.0%} | {t['n_runs']} | {t['mean']:.3f} ± {t['std']:.3f} | {rel} |")
+    return table, "\n".join(lines)
+
+
+def plot(table: list[dict], metric: str, base: float | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    full = next((t for t in table if t["scorer"] == "full"), None)
+    for scorer in dict.fromkeys(t["scorer"] for t in table if t["scorer"] != "full"):
+        pts = sorted((t for t in table if t["scorer"] == scorer), key=lambda t: t["fraction"])
+        if full:
+            pts.append(full)
+        xs, ys, es = [p["fraction"] * 100 for p in pts], [p["mean"] for p in pts], [p["std"] for p in pts]
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=scorer)
+    if full:
+        ax.axhline(full["mean"], color="grey", ls="--", lw=1, label="full data")
+    if base is not None:
+        ax.axhline(base, color="black", ls=":", lw=1, label="base model")
+    ax.set_xlabel("data kept (%)")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title("held-out performance vs data kept")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def run_experiment(cfg: ExperimentConfig) -> dict:
+    """Run (or resume) the grid; write results.jsonl, table.md, plot.png and summary.json."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    heldout = DatasetSpec(path=cfg.heldout)
+    metric = METRIC[cfg.method]
+    base_file = out / "base_eval.json"
+    if not base_file.exists():
+        write_json(base_file, {k: v for k, v in evaluate_model(cfg.model, heldout, cfg.eval_samples).items() if k != "examples"})
+    base = read_json(base_file)[metric]
+    rows = [_one(cfg, r, heldout) for r in tqdm(cfg.runs(), desc="experiment", unit="run", disable=not cfg.progress)]
+    with atomic_path(out / "results.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table, md = summarise(rows, metric, base)
+    (out / "table.md").write_text(md + "\n")
+    plot(table, metric, base, out / "plot.png")
+    summary = {"config": cfg.model_dump(), "metric": metric, "base": base, "table": table, "n_runs": len(rows),
+               "results": str(out / "results.jsonl"), "plot": str(out / "plot.png"), "markdown": md}
+    write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,104 @@
+"""Held-out evaluation metrics on cases with a known answer, and the experiment grid end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from saev_core.cli import app
+from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
+from saev_core.experiment import ExperimentConfig, run_experiment, summarise
+from saev_core.model_eval import evaluate_model, names_key, response_logps
+
+
+def test_names_key_by_hand():
+    assert names_key("the circle is red .", "red")
+    assert names_key("it is at the Top Left .", "top left")
+    assert not names_key("the circle is reddish", "red") and not names_key("left top", "top left")
+    assert not names_key("anything", "")
+
+
+def test_metrics_on_known_cases(world_dir, bundle, tmp_path):
+    src = pq.read_table(world_dir / "heldout/clean.parquet").slice(0, 12)
+    # chosen == rejected: never strictly preferred, margin exactly 0; key never generated
+    same = src.set_column(src.schema.get_field_index("rejected"), "rejected", src.column("chosen"))
+    same = same.set_column(same.schema.get_field_index("key"), "key", pa.array(["zebra"] * 12))
+    pq.write_table(same, tmp_path / "same.parquet")
+    spec = DatasetSpec(path=str(tmp_path / "same.parquet"))
+    r = evaluate_model(bundle, spec, reference=bundle)
+    assert r["n"] == 12 and r["preference_accuracy"] == 0.0 and r["logp_margin"] == 0.0 and r["reward_margin"] == 0.0
+    assert r["answer_accuracy"] == 0.0
+    # NLL equals a direct computation on one sample: -sum log p(answer tokens) / count
+    samples = [s for s in iter_samples(open_dataset(spec), spec) if isinstance(s, Sample)]
+    lp, n = response_logps(bundle, samples[:1], [samples[0].response])
+    proc = bundle.processor
+    full = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": samples[0].question}]},
+                                     {"role": "assistant", "content": [{"type": "text", "text": samples[0].response}]}], tokenize=False)
+    enc = proc(images=[samples[0].image], text=[full], return_tensors="pt")
+    n_resp = len(proc.tokenizer(samples[0].response, add_special_tokens=False)["input_ids"]) + 1  # + </s>
+    with torch.no_grad():
+        logits = bundle.model(**enc).logits[0].log_softmax(-1)
+    ids = enc["input_ids"][0]
+    expect = sum(logits[t - 1, ids[t]].item() for t in range(len(ids) - n_resp, len(ids)))
+    assert int(n[0]) == n_resp and lp[0].item() == pytest.approx(expect, abs=1e-4)
+    # a model that reads images answers some held-out questions right (the demo model is above chance)
+    good = evaluate_model(bundle, DatasetSpec(path=str(world_dir / "heldout/clean.parquet")), n_samples=40)
+    assert good["answer_accuracy"] > 0.25 and good["preference_accuracy"] > 0.5
+
+
+def test_summary_table_by_hand():
+    rows = [{"scorer": "full", "fraction": 1.0, "m": 0.5}, {"scorer": "saev", "fraction": 0.5, "m": 0.6},
+            {"scorer": "random", "fraction": 0.5, "m": 0.4}, {"scorer": "random", "fraction": 0.5, "m": 0.6}]
+    table, md = summarise(rows, "m", base=0.45)
+    by = {(t["scorer"], t["fraction"]): t for t in table}
+    assert by[("random", 0.5)]["mean"] == 0.5 and by[("random", 0.5)]["std"] == pytest.approx(0.1)
+    assert by[("saev", 0.5)]["relative_to_full"] == pytest.approx(1.2)
+    assert "| base model | - | 1 | 0.450 | 0.900 |" in md
+
+
+def test_minimal_experiment_grid_and_cli(tmp_path, world_dir):
+    from saev_core.io import write_json
+    from saev_core.tables import SCORES, manifest_path, part_name, partition_dir
+
+    tables = tmp_path / "tables"  # hand-written scores for 40 demo samples, as `saev score` lays them out
+
+    spec = DatasetSpec(path=str(world_dir / "datasets/demo-rlaif/train.parquet"))
+    ids = [s.sample_id for s in iter_samples(open_dataset(spec), spec) if isinstance(s, Sample)][:40]
+    rows = []
+    for scorer in ("random", "l0"):
+        rows.append(pa.table({"sample_id": ids, "scorer": [scorer] * 40, "score": [float(i % 7) for i in range(40)],
+                              "rank": pa.array(range(1, 41), pa.int32()), "percentile": [0.5] * 40}, schema=SCORES))
+    p = partition_dir(tables, "scores", "demo", "s0") / part_name(0)
+    p.parent.mkdir(parents=True)
+    pq.write_table(pa.concat_tables(rows), p)
+    p = partition_dir(tables, "samples", "demo") / part_name(0)
+    p.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"sample_id": ids, "row_index": pa.array(range(40), pa.int64())}), p)
+    write_json(manifest_path(tables, "demo", "s0"), {"source_dataset": spec.model_dump(), "n_samples": 40})
+
+    cfg = ExperimentConfig(tables=str(tables), model=str(world_dir / "model"), heldout=str(world_dir / "heldout/clean.parquet"),
+                           out=str(tmp_path / "exp"), scorers=["random", "l0"], fractions=[0.5, 1.0], random_seeds=[0, 1],
+                           train_seeds=[0], eval_samples=16, align={"max_steps": 2, "batch_size": 8}, progress=False)
+    s = run_experiment(cfg)
+    assert s["n_runs"] == 4  # full + l0@50% + random@50% x 2 seeds
+    lines = (tmp_path / "exp" / "results.jsonl").read_text().splitlines()
+    assert {json.loads(x)["scorer"] for x in lines} == {"full", "random", "l0"}
+    assert all(json.loads(x)["n_train"] in (20, 40) for x in lines)
+    assert (tmp_path / "exp" / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rand = next(t for t in s["table"] if t["scorer"] == "random")
+    assert rand["n_runs"] == 2 and "| full | 100% | 1 |" in s["markdown"]
+    # a rerun resumes: nothing is retrained
+    stamp = (tmp_path / "exp" / "runs" / "l0-f050-t0" / "eval.json").stat().st_mtime_ns
+    res = CliRunner().invoke(app, ["experiment", "--out", str(tmp_path / "exp"), "--set", f"tables={tables}",
+                                   "--set", f"model={world_dir / 'model'}", "--set", f"heldout={world_dir / 'heldout/clean.parquet'}",
+                                   "--set", "scorers=[random, l0]", "--set", "fractions=[0.5, 1.0]", "--set", "random_seeds=[0, 1]",
+                                   "--set", "train_seeds=[0]", "--set", "eval_samples=16", "--set", "progress=false",
+                                   "--set", "align={max_steps: 2, batch_size: 8}"])
+    assert res.exit_code == 0, res.output
+    assert "| l0 | 50% | 1 |" in res.output
+    assert (tmp_path / "exp" / "runs" / "l0-f050-t0" / "eval.json").stat().st_mtime_ns == stamp
