@@ -1,6 +1,6 @@
 """The ``saev`` flow: prepare (demo data + model) -> dump activations -> train SAE -> evaluate it
--> score the dataset into the feature tables -> keep the top fraction as a TRL dataset.
-The alignment stage is appended when it lands."""
+-> score the dataset into the feature tables -> keep the top fraction as a TRL dataset -> align
+the base model on it with TRL -> evaluate base and aligned model on the held-out split."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from tasks.align import align_task, evaluate_model_task
 from tasks.demo import prepare_demo
 from tasks.dump import dump_activations
 from tasks.score import filter_dataset_task, score_dataset_task, scorer_quality_task
@@ -32,10 +33,11 @@ def saev_pipeline(
     score: dict | None = None,
     scorer: str = "saev",
     top_fraction: float = 0.5,
+    align: dict | None = None,
 ) -> dict:
     """Run the pipeline on the demo world. ``limit`` caps the rows used; ``demo``, ``dump``, ``sae``
-    and ``score`` override fields of those stages' configs; ``scorer`` and ``top_fraction`` pick
-    what the filter keeps."""
+    ``score`` and ``align`` override fields of those stages' configs; ``scorer`` and
+    ``top_fraction`` pick what the filter keeps."""
     logger = get_run_logger()
     world = prepare_demo(demo or {}, demo_dir)
     spec = world["datasets"][dataset]
@@ -59,6 +61,14 @@ def saev_pipeline(
     filtered = filter_dataset_task({"tables": tables_dir, "out": filtered_dir, "scorer": scorer,
                                     "datasets": [dataset], "sae_id": scored["sae_id"], "top_fraction": top_fraction})
     quality = scorer_quality_task(tables_dir, str(Path(demo_dir) / "labels.parquet"), dataset, scored["sae_id"])
+    align_cfg = {"model": dump_cfg["model"], "data": filtered_dir, "method": "sft", **(align or {})}
+    align_cfg["out"] = str(Path(runs_dir) / f"aligned-{dataset}-{scorer}-{round(top_fraction * 100)}-{align_cfg['method']}")
+    aligned = align_task(align_cfg)
+    heldout = str(Path(demo_dir) / world["heldout"])
+    n_eval = eval_samples if limit else None
+    base_eval = evaluate_model_task(dump_cfg["model"], heldout, n_eval)
+    aligned_eval = evaluate_model_task(str(Path(align_cfg["out"]) / "model"), heldout, n_eval,
+                                       reference=dump_cfg["model"] if align_cfg["method"] == "dpo" else None)
     summary = {
         "demo_world": demo_dir,
         "demo_model_accuracy": world["pretrain"]["heldout_accuracy"],
@@ -78,6 +88,10 @@ def saev_pipeline(
         "scorer_auroc": {r["scorer"]: round(r["auroc"], 3) for r in quality},
         "filtered": filtered_dir,
         "filtered_kept": filtered["n_kept"],
+        "aligned_model": str(Path(align_cfg["out"]) / "model"),
+        "alignment": {"method": align_cfg["method"], "train_rows": aligned["n_train_rows"],
+                      "base": {k: base_eval.get(k) for k in ("answer_accuracy", "nll", "preference_accuracy")},
+                      "aligned": {k: aligned_eval.get(k) for k in ("answer_accuracy", "nll", "preference_accuracy")}},
         "query": f"saev query --tables {tables_dir} \"SELECT scorer, avg(score) FROM scores GROUP BY ALL\"",
     }
     logger.info(

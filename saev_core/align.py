@@ -65,7 +65,7 @@ def check_inputs(cfg: AlignConfig):
 
 def run_alignment(cfg: AlignConfig) -> dict:
     """Train, save model + processor + manifest atomically into ``cfg.out``; returns the manifest."""
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText, PrinterCallback
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
     data, processor, source = check_inputs(cfg)
@@ -83,6 +83,7 @@ def run_alignment(cfg: AlignConfig) -> dict:
         else:
             trainer = DPOTrainer(model=model, args=DPOConfig(output_dir=str(tmp / "trainer"), beta=cfg.beta, **common),
                                  train_dataset=data, processing_class=processor)
+        trainer.remove_callback(PrinterCallback)  # losses stay in state.log_history and the manifest
         result = trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         trainer.model.save_pretrained(tmp / "model")

@@ -66,7 +66,9 @@ def run_name(r: dict) -> str:
     return f"{r['scorer']}{seed}-f{round(r['fraction'] * 100):03d}-t{r['train_seed']}"
 
 
-def _one(cfg: ExperimentConfig, r: dict, heldout: DatasetSpec) -> dict:
+def run_one(cfg: ExperimentConfig, r: dict) -> dict:
+    """One grid point: filter -> align -> evaluate, skipped if its eval.json exists."""
+    heldout = DatasetSpec(path=cfg.heldout)
     run = Path(cfg.out) / "runs" / run_name(r)
     done = run / "eval.json"
     if done.exists():
@@ -135,17 +137,20 @@ def plot(table: list[dict], metric: str, base: float | None, path: Path) -> None
     plt.close(fig)
 
 
-def run_experiment(cfg: ExperimentConfig) -> dict:
-    """Run (or resume) the grid; write results.jsonl, table.md, plot.png and summary.json."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    heldout = DatasetSpec(path=cfg.heldout)
-    metric = METRIC[cfg.method]
-    base_file = out / "base_eval.json"
+def evaluate_base(cfg: ExperimentConfig) -> dict:
+    """The base model's metrics on the same held-out rows (cached in base_eval.json)."""
+    base_file = Path(cfg.out) / "base_eval.json"
     if not base_file.exists():
-        write_json(base_file, {k: v for k, v in evaluate_model(cfg.model, heldout, cfg.eval_samples).items() if k != "examples"})
-    base = read_json(base_file)[metric]
-    rows = [_one(cfg, r, heldout) for r in tqdm(cfg.runs(), desc="experiment", unit="run", disable=not cfg.progress)]
+        report = evaluate_model(cfg.model, DatasetSpec(path=cfg.heldout), cfg.eval_samples)
+        write_json(base_file, {k: v for k, v in report.items() if k != "examples"})
+    return read_json(base_file)
+
+
+def finish(cfg: ExperimentConfig, rows: list[dict], base: dict) -> dict:
+    """Write results.jsonl, table.md, plot.png and summary.json from the finished runs."""
+    out = Path(cfg.out)
+    metric = METRIC[cfg.method]
+    base = base[metric]
     with atomic_path(out / "results.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     table, md = summarise(rows, metric, base)
@@ -155,3 +160,11 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
                "results": str(out / "results.jsonl"), "plot": str(out / "plot.png"), "markdown": md}
     write_json(out / "summary.json", summary)
     return summary
+
+
+def run_experiment(cfg: ExperimentConfig) -> dict:
+    """Run (or resume) the whole grid in this process."""
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    base = evaluate_base(cfg)
+    rows = [run_one(cfg, r) for r in tqdm(cfg.runs(), desc="experiment", unit="run", disable=not cfg.progress)]
+    return finish(cfg, rows, base)

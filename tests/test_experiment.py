@@ -61,11 +61,13 @@ def test_summary_table_by_hand():
     assert "| base model | - | 1 | 0.450 | 0.900 |" in md
 
 
-def test_minimal_experiment_grid_and_cli(tmp_path, world_dir):
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory, world_dir):
+    """Hand-written scores for 40 demo samples, laid out as `saev score` writes them."""
     from saev_core.io import write_json
     from saev_core.tables import SCORES, manifest_path, part_name, partition_dir
 
-    tables = tmp_path / "tables"  # hand-written scores for 40 demo samples, as `saev score` lays them out
+    tables = tmp_path_factory.mktemp("exp") / "tables"
 
     spec = DatasetSpec(path=str(world_dir / "datasets/demo-rlaif/train.parquet"))
     ids = [s.sample_id for s in iter_samples(open_dataset(spec), spec) if isinstance(s, Sample)][:40]
@@ -80,7 +82,10 @@ def test_minimal_experiment_grid_and_cli(tmp_path, world_dir):
     p.parent.mkdir(parents=True)
     pq.write_table(pa.table({"sample_id": ids, "row_index": pa.array(range(40), pa.int64())}), p)
     write_json(manifest_path(tables, "demo", "s0"), {"source_dataset": spec.model_dump(), "n_samples": 40})
+    return tables
 
+
+def test_minimal_experiment_grid_and_cli(tmp_path, world_dir, tables):
     cfg = ExperimentConfig(tables=str(tables), model=str(world_dir / "model"), heldout=str(world_dir / "heldout/clean.parquet"),
                            out=str(tmp_path / "exp"), scorers=["random", "l0"], fractions=[0.5, 1.0], random_seeds=[0, 1],
                            train_seeds=[0], eval_samples=16, align={"max_steps": 2, "batch_size": 8}, progress=False)
@@ -102,3 +107,17 @@ def test_minimal_experiment_grid_and_cli(tmp_path, world_dir):
     assert res.exit_code == 0, res.output
     assert "| l0 | 50% | 1 |" in res.output
     assert (tmp_path / "exp" / "runs" / "l0-f050-t0" / "eval.json").stat().st_mtime_ns == stamp
+
+
+def test_experiment_flow_with_real_prefect(tmp_path, world_dir, tables, prefect_server):
+    from prefect.client.schemas.objects import StateType
+
+    from flows.experiment import saev_experiment
+
+    config = dict(tables=str(tables), model=str(world_dir / "model"), heldout=str(world_dir / "heldout/clean.parquet"),
+                  out=str(tmp_path / "exp"), scorers=["l0"], fractions=[0.5, 1.0], train_seeds=[0], eval_samples=8,
+                  align={"max_steps": 1, "batch_size": 8})
+    state = saev_experiment(config, return_state=True)
+    assert state.type == StateType.COMPLETED
+    summary = state.result()
+    assert summary["n_runs"] == 2 and (tmp_path / "exp" / "plot.png").exists()
