@@ -1,5 +1,8 @@
 """Alignment on a filter artifact: TRL SFT or DPO from the base model, saved with save_pretrained.
 
+With ``lora`` (peft) only low-rank adapters train, for models too large to fine-tune fully; the
+adapter is saved in ``adapter/`` and merged into ``model/`` so evaluation loads it like any model.
+
 The artifact's ``sft``/``dpo`` splits are already in TRL's conversational vision format, so the
 trainers take them as they are. Everything TRL needs is checked before training starts: the
 split exists and has rows, the model has a processor. Multi-GPU runs go through
@@ -39,6 +42,11 @@ class AlignConfig(BaseModel):
     beta: float = Field(0.1, gt=0, description="DPO temperature")
     seed: int = 0
     bf16: bool | None = Field(None, description="default: on where CUDA supports it")
+    lora: bool = Field(False, description="train LoRA adapters (peft) instead of all weights; merged into the saved model")
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_target_modules: list[str] | str = Field("all-linear", description="peft target_modules")
 
 
 def check_inputs(cfg: AlignConfig):
@@ -75,18 +83,30 @@ def run_alignment(cfg: AlignConfig) -> dict:
                   gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, seed=cfg.seed, bf16=bf16,
                   use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy="no", logging_steps=1,
                   max_length=None, disable_tqdm=True)
+    peft_config = None
+    if cfg.lora:
+        try:
+            from peft import LoraConfig
+        except ImportError:
+            raise ValueError("lora=true needs peft: pip install 'saev-pipeline[lora]'") from None
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                 target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
     t0 = time.perf_counter()
     with atomic_dir(cfg.out) as tmp:
         if cfg.method == "sft":
             trainer = SFTTrainer(model=model, args=SFTConfig(output_dir=str(tmp / "trainer"), **common),
-                                 train_dataset=data, processing_class=processor)
+                                 train_dataset=data, processing_class=processor, peft_config=peft_config)
         else:
             trainer = DPOTrainer(model=model, args=DPOConfig(output_dir=str(tmp / "trainer"), beta=cfg.beta, **common),
-                                 train_dataset=data, processing_class=processor)
+                                 train_dataset=data, processing_class=processor, peft_config=peft_config)
         trainer.remove_callback(PrinterCallback)  # losses stay in state.log_history and the manifest
         result = trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        trainer.model.save_pretrained(tmp / "model")
+        trained = trainer.model
+        if cfg.lora:  # keep the adapter, and save a merged model every loader understands
+            trained.save_pretrained(tmp / "adapter")
+            trained = trained.merge_and_unload()
+        trained.save_pretrained(tmp / "model")
         processor.save_pretrained(tmp / "model")
         manifest = {
             "kind": "saev.aligned_model", "format_version": 1, "saev_core_version": __version__,

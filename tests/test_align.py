@@ -6,6 +6,7 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from saev_core.align import AlignConfig, check_inputs, run_alignment
 from saev_core.filter import FilterConfig, run_filter
@@ -53,6 +54,20 @@ def test_alignment_trains_saves_and_reloads(artifact, world_dir, method):
     assert saved["method"] == method
     model = AutoModelForImageTextToText.from_pretrained(artifact / method / "model")
     assert model.config.model_type == "llava" and not (artifact / method / "trainer").exists()
+
+
+def test_lora_alignment_saves_adapter_and_merged_model(artifact, world_dir):
+    from transformers import AutoModelForImageTextToText
+
+    cfg = AlignConfig(model=str(world_dir / "model"), data=str(artifact / "f"), out=str(artifact / "lora"), method="sft",
+                      max_steps=5, batch_size=8, lr=5e-3, lora=True, lora_r=4)
+    m = run_alignment(cfg)
+    assert m["last_loss"] < m["first_loss"], m
+    assert (artifact / "lora" / "adapter" / "adapter_config.json").exists()
+    merged = AutoModelForImageTextToText.from_pretrained(artifact / "lora" / "model")
+    base = AutoModelForImageTextToText.from_pretrained(world_dir / "model")
+    changed = [n for (n, a), (_, b) in zip(merged.named_parameters(), base.named_parameters()) if not torch.equal(a, b)]
+    assert changed and not any("lora" in n for n, _ in merged.named_parameters())
 
 
 def test_bad_alignment_input_fails_before_training(artifact, world_dir, tmp_path):
