@@ -1,107 +1,120 @@
-"""The ``saev`` flow: prepare (demo data + model) -> dump activations -> train SAE -> evaluate it
--> score the dataset into the feature tables -> keep the top fraction as a TRL dataset -> align
-the base model on it with TRL -> evaluate base and aligned model on the held-out split."""
+"""The ``saev`` flow (deployment ``saev/full-pipeline``): prepare (demo data + model) -> dump
+activations -> train SAE -> evaluate it -> score into the feature tables -> keep the top fraction
+as a TRL dataset -> align the base model on it -> evaluate base and aligned model.
+
+Every stage writes into the content-addressed artifact store (``saev_core.store``) and Prefect
+caches each task on the same key, so a rerun with the same config is all Cached, a run that
+crashed resumes at the stage it was in, and a changed config reruns only what is downstream.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from pydantic import BaseModel, ConfigDict, Field
 
+from saev_core.data import DatasetSpec
+from saev_core.demo.build import DemoConfig
+from saev_core.store import ArtifactStore
 from tasks.align import align_task, evaluate_model_task
+from tasks.common import run_cached
 from tasks.demo import prepare_demo
 from tasks.dump import dump_activations
-from tasks.score import filter_dataset_task, score_dataset_task, scorer_quality_task
+from tasks.score import filter_dataset_task, partition_is_current, score_dataset_task, scorer_quality_task
 from tasks.train import eval_sae_task, train_sae_task
 
 # Sized for the demo world on 2 CPU cores (about a minute); real runs pass their own `sae` config.
 DEMO_SAE = {"architecture": "topk", "k": 16, "expansion_factor": 8, "batch_size": 1024, "total_tokens": 1_000_000}
 
 
+class PipelineConfig(BaseModel):
+    """Everything the pipeline needs; the defaults run it on the demo world."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    artifacts: str = Field("data/artifacts", description="artifact store root (stages, and the feature tables in tables/)")
+    demo: DemoConfig = Field(default_factory=DemoConfig, description="demo world, built when model/dataset are not given")
+    model: str | None = Field(None, description="hub id or path; default: the demo world's model")
+    dataset: DatasetSpec | None = Field(None, description="default: the demo world's demo-rlaif")
+    dataset_name: str = "demo-rlaif"
+    layer: int = 2
+    limit: int | None = Field(None, ge=1, description="cap on the rows used (quick runs)")
+    dump: dict = Field(default_factory=dict, description="DumpConfig overrides")
+    sae: dict = Field(default_factory=dict, description="TrainConfig overrides (on top of the demo SAE)")
+    eval_samples: int = Field(100, ge=0, description="held-out samples for SAE cross-entropy and model evaluation")
+    score: dict = Field(default_factory=dict, description="ScoreConfig overrides")
+    scorer: str = "saev"
+    top_fraction: float = Field(0.5, gt=0, le=1)
+    align: dict = Field(default_factory=lambda: {"method": "sft"}, description="AlignConfig overrides")
+    labels: str | None = Field(None, description="evaluation-only labels for the scorer AUROC; default: the demo world's")
+    heldout: str | None = Field(None, description="held-out split for model evaluation; default: the demo world's")
+
+
 @flow(name="saev")
-def saev_pipeline(
-    demo_dir: str = "data/demo",
-    runs_dir: str = "data/runs",
-    dataset: str = "demo-rlaif",
-    layer: int = 2,
-    limit: int | None = None,
-    demo: dict | None = None,
-    dump: dict | None = None,
-    sae: dict | None = None,
-    eval_samples: int = 100,
-    tables_dir: str = "data/tables",
-    score: dict | None = None,
-    scorer: str = "saev",
-    top_fraction: float = 0.5,
-    align: dict | None = None,
-) -> dict:
-    """Run the pipeline on the demo world. ``limit`` caps the rows used; ``demo``, ``dump``, ``sae``
-    ``score`` and ``align`` override fields of those stages' configs; ``scorer`` and
-    ``top_fraction`` pick what the filter keeps."""
+def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B008 (Prefect parameter default)
     logger = get_run_logger()
-    world = prepare_demo(demo or {}, demo_dir)
-    spec = world["datasets"][dataset]
-    dump_cfg = {
-        "model": str(Path(demo_dir) / world["model"]),
-        "dataset": {"path": str(Path(demo_dir) / spec["path"]), "name": dataset, "format": spec["format"],
-                    "limit": limit},
-        "layer": layer,
-        "out": str(Path(runs_dir) / f"dump-{dataset}-L{layer}"),
-        **(dump or {}),
-    }
-    manifest = dump_activations(dump_cfg)
-    sae_cfg = {**DEMO_SAE, **(sae or {})}
-    sae_cfg.update(activations=dump_cfg["out"], out=str(Path(runs_dir) / f"sae-{dataset}-L{layer}-{sae_cfg['architecture']}"))
-    run = train_sae_task(sae_cfg)
-    report = eval_sae_task(sae_cfg["out"], eval_samples)
-    score_cfg = {"activations": dump_cfg["out"], "sae": sae_cfg["out"], "tables": tables_dir, "dataset_name": dataset,
-                 **(score or {})}
-    scored = score_dataset_task(score_cfg)
-    filtered_dir = str(Path(runs_dir) / f"filtered-{dataset}-{scorer}-{round(top_fraction * 100)}")
-    filtered = filter_dataset_task({"tables": tables_dir, "out": filtered_dir, "scorer": scorer,
-                                    "datasets": [dataset], "sae_id": scored["sae_id"], "top_fraction": top_fraction})
-    quality = scorer_quality_task(tables_dir, str(Path(demo_dir) / "labels.parquet"), dataset, scored["sae_id"])
-    align_cfg = {"model": dump_cfg["model"], "data": filtered_dir, "method": "sft", **(align or {})}
-    align_cfg["out"] = str(Path(runs_dir) / f"aligned-{dataset}-{scorer}-{round(top_fraction * 100)}-{align_cfg['method']}")
-    aligned = align_task(align_cfg)
-    heldout = str(Path(demo_dir) / world["heldout"])
-    n_eval = eval_samples if limit else None
-    base_eval = evaluate_model_task(dump_cfg["model"], heldout, n_eval)
-    aligned_eval = evaluate_model_task(str(Path(align_cfg["out"]) / "model"), heldout, n_eval,
-                                       reference=dump_cfg["model"] if align_cfg["method"] == "dpo" else None)
+    cfg = config
+    store = ArtifactStore.at(cfg.artifacts)
+    upstream: list[str] = []
+    world = world_dir = labels = heldout = None
+    if cfg.model is None or cfg.dataset is None:
+        demo_conf = cfg.demo.model_dump()
+        world = run_cached(prepare_demo, store, "prepare", demo_conf, [])
+        world_dir, upstream = Path(world["path"]), [world["key"]]
+        labels = str(world_dir / "labels.parquet")
+        heldout = str(world_dir / world["manifest"]["heldout"])
+    model = cfg.model or str(world_dir / "model")
+    spec = cfg.dataset or DatasetSpec(path=str(world_dir / "datasets" / cfg.dataset_name / "train.parquet"))
+    if cfg.limit is not None:
+        spec = spec.model_copy(update={"limit": cfg.limit})
+
+    dump_conf = {"model": model, "dataset": spec.model_dump(), "layer": cfg.layer, **cfg.dump}
+    dump = run_cached(dump_activations, store, "dump", dump_conf, upstream)
+    sae_conf = {**DEMO_SAE, **cfg.sae, "activations": dump["path"]}
+    sae = run_cached(train_sae_task, store, "train", sae_conf, [dump["key"]])
+    sae_eval = run_cached(eval_sae_task, store, "eval-sae", {"run": sae["path"], "n_samples": cfg.eval_samples}, [sae["key"]])
+    score_conf = {"activations": dump["path"], "sae": sae["path"], "dataset_name": cfg.dataset_name, **cfg.score}
+    scored = run_cached(score_dataset_task, store, "score", score_conf, [dump["key"], sae["key"]],
+                        valid=partition_is_current(str(store.root)))
+    sae_id = scored["manifest"]["sae_id"]
+    filter_conf = {"scorer": cfg.scorer, "datasets": [cfg.dataset_name], "sae_id": sae_id, "top_fraction": cfg.top_fraction}
+    filtered = run_cached(filter_dataset_task, store, "filter", filter_conf, [scored["key"]])
+    align_conf = {"model": model, "data": str(Path(filtered["path"]) / "data"), **cfg.align}
+    aligned = run_cached(align_task, store, "align", align_conf, [filtered["key"]])
+
     summary = {
-        "demo_world": demo_dir,
-        "demo_model_accuracy": world["pretrain"]["heldout_accuracy"],
-        "chance": world["pretrain"]["chance"],
-        "activations": dump_cfg["out"],
-        "samples": manifest["n_samples"],
-        "rejected": manifest["n_rejected"],
-        "rows": manifest["rows"],
-        "sae": str(Path(sae_cfg["out"]) / "sae"),
-        "sae_fvu": {g: run["heldout"][g]["fvu"] for g in ("all", "image", "text")},
-        "sae_l0": run["heldout"]["all"]["l0"],
-        "ce_loss_recovered": report.get("ce_with_images", {}).get("ce_loss_recovered"),
-        "eval_report": str(Path(sae_cfg["out"]) / "eval.md"),
-        "tables": tables_dir,
-        "sae_id": scored["sae_id"],
-        "cross_modal_latents": scored["n_cross_modal"],
-        "scorer_auroc": {r["scorer"]: round(r["auroc"], 3) for r in quality},
-        "filtered": filtered_dir,
-        "filtered_kept": filtered["n_kept"],
-        "aligned_model": str(Path(align_cfg["out"]) / "model"),
-        "alignment": {"method": align_cfg["method"], "train_rows": aligned["n_train_rows"],
-                      "base": {k: base_eval.get(k) for k in ("answer_accuracy", "nll", "preference_accuracy")},
-                      "aligned": {k: aligned_eval.get(k) for k in ("answer_accuracy", "nll", "preference_accuracy")}},
-        "query": f"saev query --tables {tables_dir} \"SELECT scorer, avg(score) FROM scores GROUP BY ALL\"",
+        "artifacts": str(store.root),
+        "dump": dump["path"], "samples": dump["manifest"]["n_samples"], "rejected": dump["manifest"]["n_rejected"],
+        "sae": str(Path(sae["path"]) / "sae"), "sae_fvu": {g: sae["manifest"]["heldout"][g]["fvu"] for g in ("all", "image", "text")},
+        "sae_l0": sae["manifest"]["heldout"]["all"]["l0"],
+        "ce_loss_recovered": sae_eval["manifest"].get("ce_with_images", {}).get("ce_loss_recovered"),
+        "tables": str(store.tables), "sae_id": sae_id, "cross_modal_latents": scored["manifest"]["n_cross_modal"],
+        "filtered": str(Path(filtered["path"]) / "data"), "filtered_kept": filtered["manifest"]["n_kept"],
+        "aligned_model": str(Path(aligned["path"]) / "aligned" / "model"),
+        "query": f"saev query --tables {store.tables} \"SELECT scorer, avg(score) FROM scores GROUP BY ALL\"",
     }
-    logger.info(
-        "demo model accuracy %.3f (chance %.3f); %d samples dumped (%d rejected) -> %s; SAE FVU %.3f at L0 %.1f, "
-        "CE-loss-recovered %s -> %s",
-        summary["demo_model_accuracy"], summary["chance"], summary["samples"], summary["rejected"], dump_cfg["out"],
-        summary["sae_fvu"]["all"], summary["sae_l0"], summary["ce_loss_recovered"], summary["eval_report"],
-    )
-    logger.info("scored %s into %s (SAE %s); kept %d samples by %s -> %s; AUROC clean vs low-quality: %s",
-                dataset, tables_dir, scored["sae_id"], filtered["n_kept"], scorer, filtered_dir, summary["scorer_auroc"])
+    if world_dir is not None:
+        summary["demo_world"] = str(world_dir)
+        summary["demo_model_accuracy"] = world["manifest"]["pretrain"]["heldout_accuracy"]
+        summary["chance"] = world["manifest"]["pretrain"]["chance"]
+    heldout = cfg.heldout or heldout
+    if heldout is not None:
+        n_eval = cfg.eval_samples or None
+        method = aligned["manifest"]["method"]
+        base_eval = run_cached(evaluate_model_task, store, "evaluate", {"model": model, "heldout": heldout, "n_samples": n_eval}, upstream)
+        aligned_eval = run_cached(evaluate_model_task, store, "evaluate",
+                                  {"model": summary["aligned_model"], "heldout": heldout, "n_samples": n_eval,
+                                   "reference": model if method == "dpo" else None}, [aligned["key"]])
+        keys = ("answer_accuracy", "nll", "preference_accuracy")
+        summary["alignment"] = {"method": method, "train_rows": aligned["manifest"]["n_train_rows"],
+                                "base": {k: base_eval["manifest"].get(k) for k in keys},
+                                "aligned": {k: aligned_eval["manifest"].get(k) for k in keys}}
+    labels = cfg.labels or labels
+    if labels is not None:
+        quality = scorer_quality_task(str(store.tables), labels, cfg.dataset_name, sae_id)
+        summary["scorer_auroc"] = {r["scorer"]: round(r["auroc"], 3) for r in quality}
+    logger.info("saev pipeline finished: %s", summary)
     return summary
 
 

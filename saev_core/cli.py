@@ -458,3 +458,46 @@ def experiment(
         fail(str(e))
     typer.echo(summary["markdown"])
     typer.echo(f"\nplot: {summary['plot']}\nresults: {summary['results']}")
+
+
+artifacts_app = typer.Typer(help="The artifact store: what the pipeline has built (list, gc).", invoke_without_command=True)
+app.add_typer(artifacts_app, name="artifacts")
+
+
+@artifacts_app.callback()
+def artifacts_list(
+    ctx: typer.Context,
+    root: str = typer.Option("data/artifacts", help="Artifact store root."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """List finished artifacts: stage, key, created, config summary, metrics."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from saev_core.store import ArtifactStore
+
+    rows = ArtifactStore.at(root).list()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        typer.echo(f"no artifacts under {root}")
+        return
+    for r in rows:
+        metrics = ", ".join(f"{k}={round(v, 4) if isinstance(v, float) else v}" for k, v in (r["metrics"] or {}).items())
+        typer.echo(f"{r['stage']:<10} {r['key']}  {r['created']}  {metrics}\n{'':<10} {r['config']}")
+
+
+@artifacts_app.command("gc")
+def artifacts_gc(
+    root: str = typer.Option("data/artifacts", help="Artifact store root."),
+    keep: list[str] = typer.Option([], "--keep", help="Key to keep with everything upstream (repeatable; default: every final artifact)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only print what would be removed."),
+):
+    """Remove unfinished stage directories and artifacts no kept artifact depends on."""
+    from saev_core.store import ArtifactStore
+
+    try:
+        removed = ArtifactStore.at(root).gc(keep or None, dry_run=dry_run)
+    except ValueError as e:
+        fail(str(e))
+    typer.echo("\n".join(removed) if removed else "nothing to remove")

@@ -8,18 +8,32 @@ from saev_core.align import AlignConfig, run_alignment
 from saev_core.data import DatasetSpec
 from saev_core.experiment import ExperimentConfig, evaluate_base, finish, run_one
 from saev_core.model_eval import evaluate_model
+from saev_core.store import ArtifactStore
+from tasks.common import publish
 
 
 @task(name="align", tags=["gpu"], retries=1, retry_delay_seconds=5)
-def align_task(config: dict) -> dict:
-    return run_alignment(AlignConfig.model_validate(config))
+def align_task(root: str, config: dict, upstream: list[str]) -> dict:
+    rec = ArtifactStore.at(root).run(
+        "align", config, upstream, lambda out: run_alignment(AlignConfig.model_validate({**config, "out": str(out / "aligned")})),
+        summary=lambda m: {"method": m["method"], "rows": m["n_train_rows"], "steps": m["steps"], "last_loss": m["last_loss"]})
+    publish(rec)
+    return rec
 
 
 @task(name="evaluate-model", tags=["gpu"])
-def evaluate_model_task(model: str, heldout: str, n_samples: int | None = None, reference: str | None = None) -> dict:
-    report = evaluate_model(model, DatasetSpec(path=heldout), n_samples, reference=reference)
-    report.pop("examples", None)
-    return report
+def evaluate_model_task(root: str, config: dict, upstream: list[str]) -> dict:
+    """Held-out metrics of one model (config: model, heldout, n_samples, reference)."""
+    def run(out):
+        report = evaluate_model(config["model"], DatasetSpec(path=config["heldout"]), config.get("n_samples"),
+                                reference=config.get("reference"))
+        report.pop("examples", None)
+        return report
+
+    rec = ArtifactStore.at(root).run("evaluate", config, upstream, run,
+                                     summary=lambda r: {k: r[k] for k in ("answer_accuracy", "nll", "preference_accuracy") if k in r})
+    publish(rec)
+    return rec
 
 
 @task(name="experiment-base", tags=["gpu"])

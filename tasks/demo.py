@@ -5,9 +5,15 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from saev_core.demo.build import DemoConfig, build_world
+from saev_core.store import ArtifactStore
+from tasks.common import publish
 
 
 @task(name="prepare-demo-world", tags=["cpu"])
-def prepare_demo(config: dict, out: str) -> dict:
-    """Build the demo world at ``out`` unless one with this config is there; return world.json."""
-    return build_world(DemoConfig.model_validate(config), out, log=get_run_logger().info)
+def prepare_demo(root: str, config: dict, upstream: list[str]) -> dict:
+    """The demo world (data + model) built from ``config`` in its artifact directory."""
+    rec = ArtifactStore.at(root).run(
+        "prepare", config, upstream, lambda out: build_world(DemoConfig.model_validate(config), out, log=get_run_logger().info),
+        summary=lambda w: {"heldout_accuracy": w["pretrain"]["heldout_accuracy"], "chance": w["pretrain"]["chance"]})
+    publish(rec)
+    return rec

@@ -5,9 +5,17 @@ from __future__ import annotations
 from prefect import task
 
 from saev_core.dump import DumpConfig, run_dump
+from saev_core.store import ArtifactStore
+from tasks.common import publish, with_smaller_batches
 
 
 @task(name="dump-activations", tags=["gpu"], retries=1, retry_delay_seconds=5)
-def dump_activations(config: dict) -> dict:
+def dump_activations(root: str, config: dict, upstream: list[str]) -> dict:
     """Run (or resume) a dump; complete shards are kept, so a retry only redoes the rest."""
-    return run_dump(DumpConfig.model_validate(config))
+    def dump(out):
+        return with_smaller_batches(lambda c: run_dump(DumpConfig.model_validate({**c, "out": str(out)})), config, "batch_size")
+
+    rec = ArtifactStore.at(root).run("dump", config, upstream, dump,
+                                     summary=lambda m: {"samples": m["n_samples"], "rejected": m["n_rejected"], **m["rows"]})
+    publish(rec)
+    return rec

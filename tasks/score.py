@@ -5,20 +5,53 @@ from __future__ import annotations
 from prefect import task
 
 from saev_core.filter import FilterConfig, run_filter
+from saev_core.io import read_json, write_json
 from saev_core.quality import scorer_quality
 from saev_core.query import connect
 from saev_core.score_dataset import ScoreConfig, run_scoring
+from saev_core.store import ArtifactStore
+from saev_core.tables import manifest_path
+from tasks.common import publish, with_smaller_batches
+
+
+def partition_is_current(root: str):
+    """The shared tables hold one scoring per (dataset, SAE): a score artifact is current only while
+    the partition still holds its config (another config scored since then makes it rerun)."""
+    tables = ArtifactStore.at(root).tables
+
+    def valid(rec: dict) -> bool:
+        m = rec["manifest"]
+        path = manifest_path(tables, m["dataset"], m["sae_id"])
+        return path.exists() and read_json(path).get("identity") == m["identity"]
+    return valid
 
 
 @task(name="score-dataset", tags=["gpu"], retries=1, retry_delay_seconds=5)
-def score_dataset_task(config: dict) -> dict:
-    """Score (or resume: finished shards are kept, a finished partition is returned as is)."""
-    return run_scoring(ScoreConfig.model_validate(config))
+def score_dataset_task(root: str, config: dict, upstream: list[str]) -> dict:
+    """Score into the store's shared tables; finished shards are kept, a finished partition returned as is."""
+    store = ArtifactStore.at(root)
+
+    def score(out):
+        m = with_smaller_batches(lambda c: run_scoring(ScoreConfig.model_validate({**c, "tables": str(store.tables)}),
+                                                       overwrite=True), config, "batch_rows")
+        write_json(out / "manifest.json", m)
+        return m
+
+    rec = store.run("score", config, upstream, score, valid=partition_is_current(root),
+                    summary=lambda m: {"dataset": m["dataset"], "sae_id": m["sae_id"], "samples": m["n_samples"],
+                                       "cross_modal_latents": m["n_cross_modal"]})
+    publish(rec)
+    return rec
 
 
 @task(name="filter-dataset")
-def filter_dataset_task(config: dict) -> dict:
-    return run_filter(FilterConfig.model_validate(config))
+def filter_dataset_task(root: str, config: dict, upstream: list[str]) -> dict:
+    store = ArtifactStore.at(root)
+    rec = store.run("filter", config, upstream,
+                    lambda out: run_filter(FilterConfig.model_validate({**config, "tables": str(store.tables), "out": str(out / "data")})),
+                    summary=lambda m: {"kept": m["n_kept"], **{f"{k}_rows": v for k, v in m["splits"].items()}})
+    publish(rec)
+    return rec
 
 
 @task(name="scorer-quality")

@@ -5,17 +5,30 @@ from __future__ import annotations
 from prefect import task
 
 from saev_core.evaluate import evaluate_run
+from saev_core.store import ArtifactStore
 from saev_core.train import TrainConfig, train_sae
+from tasks.common import publish
 
 
 @task(name="train-sae", tags=["gpu"], retries=1, retry_delay_seconds=5)
-def train_sae_task(config: dict) -> dict:
+def train_sae_task(root: str, config: dict, upstream: list[str]) -> dict:
     """Train (or resume from the last checkpoint: a retry continues where the crash left off)."""
-    return train_sae(TrainConfig.model_validate(config))
+    rec = ArtifactStore.at(root).run(
+        "train", config, upstream, lambda out: train_sae(TrainConfig.model_validate({**config, "out": str(out)})),
+        summary=lambda m: {f"{g}_{k}": m["heldout"][g][k] for g in ("all", "image", "text") for k in ("fvu", "l0")})
+    publish(rec)
+    return rec
 
 
 @task(name="eval-sae", tags=["gpu"])
-def eval_sae_task(run_dir: str, n_samples: int = 100) -> dict:
-    report = evaluate_run(run_dir, n_samples=n_samples)
-    report.pop("markdown")
-    return report
+def eval_sae_task(root: str, config: dict, upstream: list[str]) -> dict:
+    def run(out):
+        report = evaluate_run(config["run"], n_samples=config["n_samples"], out=str(out))
+        report.pop("markdown")
+        return report
+
+    rec = ArtifactStore.at(root).run("eval-sae", config, upstream, run,
+                                     summary=lambda r: {"ce_loss_recovered": r.get("ce_with_images", {}).get("ce_loss_recovered"),
+                                                        "fvu": r["reconstruction"]["all"]["fvu"]})
+    publish(rec)
+    return rec

@@ -68,31 +68,6 @@ def test_demo_build_cli(tmp_path):
     assert json.loads((tmp_path / "w/world.json").read_text())["config"]["n_samples"] == 10
 
 
-def test_saev_flow_runs_with_real_prefect(tmp_path, world_dir, prefect_server):
-    from prefect.client.schemas.objects import StateType
-
-    from flows.pipeline import saev_pipeline
-
-    sae = {"batch_size": 128, "total_tokens": 128 * 30, "scale_batches": 2, "buffer_rows": 4096, "progress": False}
-    state = saev_pipeline(demo_dir=str(world_dir), runs_dir=str(tmp_path), limit=30, demo=TEST_WORLD.model_dump(),
-                          dump={"progress": False}, sae=sae, eval_samples=4, tables_dir=str(tmp_path / "tables"),
-                          score={"progress": False}, top_fraction=0.5, align={"max_steps": 2, "batch_size": 4},
-                          return_state=True)
-    assert state.type == StateType.COMPLETED
-    summary = state.result()
-    assert summary["samples"] == 30 and summary["rejected"] == 0
-    assert summary["demo_model_accuracy"] > summary["chance"]
-    assert (tmp_path / "dump-demo-rlaif-L2/manifest.json").exists()
-    assert summary["sae_l0"] == 16 and 0 < summary["sae_fvu"]["all"] < 1
-    assert (tmp_path / "sae-demo-rlaif-L2-topk/sae/cfg.json").exists()
-    assert "CE-loss-recovered" in (tmp_path / "sae-demo-rlaif-L2-topk/eval.md").read_text()
-    assert summary["filtered_kept"] == 15 and set(summary["scorer_auroc"]) == {"random", "l0", "cooccurrence", "saev", "model_cosine"}
-    assert (tmp_path / "filtered-demo-rlaif-saev-50/sft/train.parquet").exists()
-    assert list((tmp_path / "tables/scores/dataset=demo-rlaif").glob("sae_id=*/part-00000.parquet"))
-    assert summary["alignment"]["train_rows"] == 15 and 0 <= summary["alignment"]["aligned"]["answer_accuracy"] <= 1
-    assert (tmp_path / "aligned-demo-rlaif-saev-50-sft/model/config.json").exists()
-
-
 def test_train_and_eval_sae_cli(tmp_path, world_dir):
     dump = ["dump", "--model", str(world_dir / "model"), "--dataset", str(world_dir / "datasets/demo-rlaif/train.parquet"),
             "--limit", "40", "--layer", "2", "--out", str(tmp_path / "acts"), "--set", "progress=false"]

@@ -1,0 +1,49 @@
+"""What every stage task shares: running through the artifact store, publishing a Prefect
+artifact, Prefect caching on the store's key, and retrying out-of-memory batches smaller."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from prefect import Task
+from prefect.artifacts import create_markdown_artifact
+
+from saev_core.store import ArtifactStore, stage_key
+
+
+def publish(rec: dict) -> None:
+    """A Markdown artifact per finished stage: its metrics and where its files are."""
+    metrics = rec.get("metrics") or {}
+    rows = "\n".join(f"| {k} | {v if not isinstance(v, float) else round(v, 4)} |" for k, v in metrics.items())
+    md = (f"### saev {rec['stage']} `{rec['key']}`\n\nfiles: [{rec['path']}](file://{rec['path']})\n\n"
+          f"| metric | value |\n| --- | --- |\n{rows}\n")
+    create_markdown_artifact(markdown=md, key=f"saev-{rec['stage']}", description=f"saev {rec['stage']} {rec['key']}")
+
+
+def with_smaller_batches(fn: Callable[[dict], dict], config: dict, field: str, tries: int = 3) -> dict:
+    """Run ``fn(config)``; on a CUDA out-of-memory error retry with ``config[field]`` halved."""
+    cfg = dict(config)
+    for attempt in range(tries):
+        try:
+            return fn(cfg)
+        except torch.OutOfMemoryError:
+            if attempt == tries - 1 or cfg.get(field, 1) <= 1:
+                raise
+            torch.cuda.empty_cache()
+            cfg[field] = max(1, cfg.get(field, 2) // 2)
+    raise AssertionError("unreachable")
+
+
+def run_cached(task: Task, store: ArtifactStore, stage: str, config: dict, upstream: list[str], *args,
+               valid: Callable[[dict], bool] | None = None):
+    """Call ``task(root, config, upstream, *args)`` with Prefect's cache keyed like the store.
+
+    A finished artifact gives a Cached task state on the next run; an artifact that is missing
+    (never built, removed by `saev artifacts gc`, or no longer ``valid``) refreshes the cache so the
+    stage really runs.
+    """
+    key = stage_key(stage, config, upstream)
+    cached = task.with_options(cache_key_fn=lambda *_: f"saev-{stage}-{key}", refresh_cache=not store.current(stage, key, valid),
+                               persist_result=True)
+    return cached(str(store.root), config, upstream, *args)

@@ -1,0 +1,91 @@
+"""The `saev` flow on real Prefect: every stage in the artifact store, cached on the store's key."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from saev_core.cli import app
+from saev_core.store import ArtifactStore
+
+
+def flow_config(world_dir, root, **over) -> dict:
+    return {
+        "artifacts": str(root), "model": str(world_dir / "model"),
+        "dataset": {"path": str(world_dir / "datasets/demo-rlaif/train.parquet")},
+        "labels": str(world_dir / "labels.parquet"), "heldout": str(world_dir / "heldout/clean.parquet"),
+        "limit": 30, "dump": {"progress": False},
+        "sae": {"batch_size": 128, "total_tokens": 128 * 30, "scale_batches": 2, "buffer_rows": 4096, "progress": False},
+        "eval_samples": 4, "score": {"progress": False}, "align": {"method": "sft", "max_steps": 2, "batch_size": 4}, **over,
+    }
+
+
+def task_states(flow_state) -> dict[str, str]:
+    """Task name -> state name of one flow run, read back from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
+    return {r.name: r.state.name for r in runs}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, world_dir, prefect_server):
+    from flows.pipeline import PipelineConfig, saev_pipeline
+
+    root = tmp_path_factory.mktemp("pipeline") / "artifacts"
+    state = saev_pipeline(PipelineConfig.model_validate(flow_config(world_dir, root)), return_state=True)
+    return root, state
+
+
+def test_flow_completes_and_fills_the_store(first_run):
+    from prefect.client.schemas.objects import StateType
+
+    root, state = first_run
+    assert state.type == StateType.COMPLETED
+    s = state.result()
+    assert s["samples"] == 30 and s["sae_l0"] == 16 and 0 < s["sae_fvu"]["all"] < 1
+    assert s["filtered_kept"] == 15 and set(s["scorer_auroc"]) == {"random", "l0", "cooccurrence", "saev", "model_cosine"}
+    assert s["alignment"]["train_rows"] == 15 and 0 <= s["alignment"]["aligned"]["answer_accuracy"] <= 1
+    stages = {r["stage"] for r in ArtifactStore.at(root).list()}
+    assert stages == {"dump", "train", "eval-sae", "score", "filter", "align", "evaluate"}
+    assert list((root / "tables/scores/dataset=demo-rlaif").glob("sae_id=*/part-00000.parquet"))
+    states = task_states(state)
+    assert all(v == "Completed" for v in states.values()), states
+
+
+def test_rerun_is_cached_and_a_changed_config_reruns_only_downstream(first_run, world_dir):
+    from flows.pipeline import PipelineConfig, saev_pipeline
+
+    root, first = first_run
+    second = saev_pipeline(PipelineConfig.model_validate(flow_config(world_dir, root)), return_state=True)
+    assert second.result() == first.result()
+    states = task_states(second)
+    cached = {n.rsplit("-", 1)[0]: v for n, v in states.items() if not n.startswith("scorer-quality")}
+    assert cached and all(v == "Cached" for v in cached.values()), states
+
+    third = saev_pipeline(PipelineConfig.model_validate(flow_config(world_dir, root, score={"progress": False, "tau": 0.5})),
+                          return_state=True)
+    states = {n.rsplit("-", 1)[0]: v for n, v in task_states(third).items()}
+    assert states["dump-activations"] == states["train-sae"] == states["eval-sae"] == "Cached", states
+    assert states["score-dataset"] == states["filter-dataset"] == states["align"] == "Completed", states
+
+
+def test_artifacts_cli_lists_and_collects(first_run, tmp_path):
+    root, _ = first_run
+    runner = CliRunner()
+    res = runner.invoke(app, ["artifacts", "--root", str(root), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)
+    assert {"dump", "train", "score"} <= {r["stage"] for r in rows}
+    res = runner.invoke(app, ["artifacts", "--root", str(root)])
+    assert res.exit_code == 0 and "dump" in res.output and "samples=30" in res.output
+    # an unfinished directory (a crashed stage) is collected; finished ones stay
+    (root / "dump" / "0123456789abcdef").mkdir()
+    res = runner.invoke(app, ["artifacts", "gc", "--root", str(root)])
+    assert res.exit_code == 0 and "0123456789abcdef" in res.output
+    assert not (root / "dump" / "0123456789abcdef").exists()
+    assert len(ArtifactStore.at(root).list()) == len(rows)
