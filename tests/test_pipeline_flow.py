@@ -89,3 +89,35 @@ def test_artifacts_cli_lists_and_collects(first_run, tmp_path):
     assert res.exit_code == 0 and "0123456789abcdef" in res.output
     assert not (root / "dump" / "0123456789abcdef").exists()
     assert len(ArtifactStore.at(root).list()) == len(rows)
+
+
+def test_nightly_rescore_scores_only_new_datasets(first_run, world_dir, tmp_path):
+    import yaml
+
+    from flows.rescore import RescoreConfig, nightly_rescore
+
+    root, _ = first_run
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    # demo-rlaif is already scored by the pipeline (same SAE): it must stay untouched
+    (registry / "demo-rlaif.yaml").write_text(yaml.safe_dump(
+        {"dataset": {"path": str(world_dir / "datasets/demo-rlaif/train.parquet"), "limit": 30}}))
+    old = next((root / "tables/scores/dataset=demo-rlaif").rglob("*.parquet"))
+    stamp = old.stat().st_mtime_ns
+    cfg = RescoreConfig(artifacts=str(root), registry=str(registry), dump={"progress": False}, score={"progress": False})
+    assert nightly_rescore(cfg)["scored"] == []
+
+    (registry / "new.yaml").write_text(yaml.safe_dump(
+        {"name": "demo-align", "dataset": {"path": str(world_dir / "datasets/demo-align-anything/train.parquet"), "limit": 20}}))
+    res = nightly_rescore(cfg)
+    assert res["scored"] == ["demo-align"] and res["already_scored"] == ["demo-rlaif"]
+    assert old.stat().st_mtime_ns == stamp
+    from saev_core.query import connect
+
+    n = connect(root / "tables").execute("SELECT dataset, count(DISTINCT sample_id) FROM scores GROUP BY ALL ORDER BY ALL").fetchall()
+    assert n == [("demo-align", 20), ("demo-rlaif", 30)]
+    assert nightly_rescore(cfg)["scored"] == []  # nothing new: nothing done
+
+    (registry / "bad.yaml").write_text("dataset: [oops")
+    with pytest.raises(ValueError, match="registry file .*bad.yaml is invalid"):
+        nightly_rescore(cfg)

@@ -1,0 +1,88 @@
+"""The ``nightly-rescore`` flow: score every registered dataset that has no scores for the current SAE.
+
+The registry is a directory of YAML files, one per dataset: ``name`` (the table partition) and
+``dataset`` (a DatasetSpec: path, format, columns, split, ...). The current SAE is the newest
+``train`` artifact in the store unless ``sae`` names one, with the model and layer of the dump it
+was trained on. A dataset already scored with that SAE is left alone; a new one is dumped and
+scored through the same cached stages as the full pipeline, and its partitions are added to the
+shared tables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, ConfigDict, Field
+
+from saev_core.data import DatasetSpec
+from saev_core.score_dataset import resolve_sae_dir, sae_id_of
+from saev_core.store import ArtifactStore
+from saev_core.tables import check_partition_value, manifest_path
+from tasks.common import run_cached
+from tasks.dump import dump_activations
+from tasks.score import partition_is_current, score_dataset_task
+
+
+class RescoreConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    artifacts: str = Field("data/artifacts", description="artifact store root (the same as the full pipeline's)")
+    registry: str = Field("data/registry", description="directory of dataset YAML files (name + dataset spec)")
+    sae: str | None = Field(None, description="SAE directory; default: the newest train artifact in the store")
+    model: str | None = Field(None, description="default: the model of the SAE's dump")
+    layer: int | None = Field(None, description="default: the layer of the SAE's dump")
+    dump: dict = Field(default_factory=dict, description="DumpConfig overrides")
+    score: dict = Field(default_factory=dict, description="ScoreConfig overrides")
+
+
+def read_registry(path: str | Path) -> list[tuple[str, DatasetSpec]]:
+    """(name, spec) for every *.yaml / *.yml file; a bad file fails with its name."""
+    out = []
+    for f in sorted(Path(path).glob("*.y*ml")):
+        try:
+            entry = yaml.safe_load(f.read_text()) or {}
+            name = check_partition_value("dataset name", str(entry.get("name", f.stem)))
+            out.append((name, DatasetSpec.model_validate(entry["dataset"])))
+        except Exception as e:  # yaml, pydantic and key errors all mean the same to the user
+            raise ValueError(f"registry file {f} is invalid ({e}); expected `name: <partition>` and `dataset: {{path: ...}}`") from None
+    return out
+
+
+def current_sae(store: ArtifactStore, cfg: RescoreConfig) -> tuple[str, str, int, list[str]]:
+    """(SAE dir, model, layer, upstream keys) of the SAE to score with."""
+    if cfg.sae is not None:
+        if cfg.model is None or cfg.layer is None:
+            raise ValueError("with an explicit sae, also give model and layer (the ones its activations came from)")
+        return str(resolve_sae_dir(cfg.sae)), cfg.model, cfg.layer, []
+    trains = [r for r in store.list() if r["stage"] == "train"]
+    if not trains:
+        raise ValueError(f"no trained SAE in {store.root}; run the full pipeline first or pass sae/model/layer")
+    train = store.record("train", trains[-1]["key"])
+    dump = store.record("dump", train["upstream"][0])
+    return train["path"], cfg.model or dump["config"]["model"], cfg.layer if cfg.layer is not None else dump["config"]["layer"], [train["key"]]
+
+
+@flow(name="nightly-rescore")
+def nightly_rescore(config: RescoreConfig = RescoreConfig()) -> dict:  # noqa: B008 (Prefect parameter default)
+    logger = get_run_logger()
+    store = ArtifactStore.at(config.artifacts)
+    sae_dir, model, layer, upstream = current_sae(store, config)
+    sae_id = sae_id_of(resolve_sae_dir(sae_dir))
+    done, scored = [], []
+    for name, spec in read_registry(config.registry):
+        if manifest_path(store.tables, name, sae_id).exists():
+            done.append(name)
+            continue
+        dump_conf = {"model": model, "dataset": spec.model_dump(), "layer": layer, **config.dump}
+        dump = run_cached(dump_activations, store, "dump", dump_conf, [])
+        score_conf = {"activations": dump["path"], "sae": sae_dir, "dataset_name": name, **config.score}
+        run_cached(score_dataset_task, store, "score", score_conf, [dump["key"], *upstream], valid=partition_is_current(str(store.root)))
+        scored.append(name)
+    logger.info("nightly re-scoring with SAE %s: scored %s, already scored %s", sae_id, scored or "none", done or "none")
+    return {"sae_id": sae_id, "scored": scored, "already_scored": done, "tables": str(store.tables)}
+
+
+if __name__ == "__main__":
+    print(nightly_rescore())
