@@ -16,7 +16,7 @@ from tasks.align import experiment_base_task, experiment_report_task, experiment
 @flow(name="saev-experiment")
 def saev_experiment(config: dict | None = None) -> dict:
     """``config``: ExperimentConfig fields (defaults: the demo world, five scorers, 10/25/50/75/100%)."""
-    cfg = ExperimentConfig.model_validate({"progress": False, **(config or {})})
+    cfg = ExperimentConfig.model_validate({"progress": False, **(config or {})}).resolved()
     data = cfg.model_dump()
     base = experiment_base_task(data)
     rows = [experiment_run_task(data, r) for r in cfg.runs()]

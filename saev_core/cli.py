@@ -12,6 +12,8 @@ import typer
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from saev_core.tables import DEFAULT_TABLES
+
 app = typer.Typer(help="SAE-V: sparse autoencoders on multimodal LLMs, cross-modal data scoring and filtering.", no_args_is_help=True, pretty_exceptions_enable=False)
 demo_app = typer.Typer(help="Build the offline demo world (synthetic dataset + tiny LLaVA).", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
@@ -217,7 +219,7 @@ def score(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
     activations: Optional[str] = typer.Option(None, help="Dump directory from `saev dump` (default: data/runs/dump-demo-rlaif-L2)."),
     sae: Optional[str] = typer.Option(None, help="`saev train` run or SAELens checkpoint directory (default: data/runs/sae-demo-rlaif-L2-topk)."),
-    tables: Optional[str] = typer.Option(None, help="Feature tables root (default: data/tables)."),
+    tables: Optional[str] = typer.Option(None, help="Feature tables root (default: data/artifacts/tables, where `make run` puts them)."),
     dataset_name: Optional[str] = typer.Option(None, help="Partition name (default: the dump's dataset name)."),
     scorer: list[str] = typer.Option([], "--scorer", help="Scorer to compute (repeatable; default: all of random, l0, cooccurrence, saev, model_cosine)."),
     tau: Optional[float] = typer.Option(None, help="Co-occurrence threshold: a latent counts where its activation > tau (default: 0)."),
@@ -229,7 +231,7 @@ def score(
 ):
     """Encode a dump through an SAE and write the feature tables and per-sample scores.
 
-    Example: saev score --activations runs/rlaif-L16 --sae runs/sae-relu --tables data/tables
+    Example: saev score --activations runs/rlaif-L16 --sae runs/sae-relu --tables data/artifacts/tables
     """
     from saev_core.score_dataset import ScoreConfig, run_scoring
 
@@ -259,7 +261,7 @@ def filter_(
     dataset: list[str] = typer.Option([], "--dataset", help="Dataset to draw from (repeatable; default: all scored)."),
     per_dataset: bool = typer.Option(False, "--per-dataset", help="Apply k / fraction to each dataset separately."),
     sae_id: Optional[str] = typer.Option(None, help="SAE whose scores to use (default: the only one)."),
-    tables: str = typer.Option("data/tables", help="Feature tables root."),
+    tables: str = typer.Option(DEFAULT_TABLES, help="Feature tables root."),
 ):
     """Keep the top-scoring samples as a dataset TRL's SFTTrainer / DPOTrainer load directly.
 
@@ -279,15 +281,20 @@ def filter_(
 
 @app.command("eval-scores")
 def eval_scores(
-    labels: str = typer.Option(f"{DEFAULT_DEMO_DIR}/labels.parquet", help="Parquet with sample_id, is_clean, corruption (evaluation only)."),
+    labels: Optional[str] = typer.Option(None, help="Parquet with sample_id, is_clean, corruption (evaluation only; default: the demo world's)."),
     dataset: str = typer.Option("demo-rlaif", help="Scored dataset to evaluate."),
     sae_id: Optional[str] = typer.Option(None, help="SAE whose scores to evaluate (default: the only one)."),
-    tables: str = typer.Option("data/tables", help="Feature tables root."),
+    tables: str = typer.Option(DEFAULT_TABLES, help="Feature tables root."),
 ):
     """AUROC of each scorer for clean vs low-quality samples, overall and per corruption kind."""
     from saev_core.quality import render_quality, scorer_quality
     from saev_core.query import connect
 
+    if labels is None:
+        from saev_core.store import ArtifactStore
+
+        world = ArtifactStore.at(Path(tables).parent).latest_world()
+        labels = str(world / "labels.parquet") if world else f"{DEFAULT_DEMO_DIR}/labels.parquet"
     try:
         con = connect(tables)
         saes = [r[0] for r in con.execute("SELECT DISTINCT sae_id FROM scores WHERE dataset = $d", {"d": dataset}).fetchall()]
@@ -302,7 +309,7 @@ def eval_scores(
 @app.command("query")
 def query(
     sql: str = typer.Argument(..., help="One SELECT over the views sample_features, feature_stats, scores, samples."),
-    tables: Path = typer.Option(Path("data/tables"), "--tables", help="Tables root written by `saev score`."),
+    tables: Path = typer.Option(Path(DEFAULT_TABLES), "--tables", help="Tables root written by `saev score`."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write every row to a .csv or .parquet file (atomically) instead of printing."),
     param: list[str] = typer.Option([], "--param", "-p", help="Bind $name to a value, e.g. --param dataset=rlaif-v (repeatable). Values are text; DuckDB casts them where the type is clear (LIMIT $k, col = $x), else write $k::INTEGER."),
     limit: int = typer.Option(50, "--limit", min=0, help="Rows printed (0: all); the count of the others is reported."),

@@ -20,9 +20,11 @@ from tqdm.auto import tqdm
 from saev_core.align import AlignConfig, run_alignment
 from saev_core.data import DatasetSpec
 from saev_core.filter import FilterConfig, run_filter
+from saev_core.tables import DEFAULT_TABLES
 from saev_core.io import atomic_path, read_json, write_json
 from saev_core.model_eval import evaluate_model
 from saev_core.scoring import check_scorers
+from saev_core.store import ArtifactStore
 
 METRIC = {"sft": "answer_accuracy", "dpo": "preference_accuracy"}
 
@@ -32,9 +34,9 @@ class ExperimentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tables: str = "data/tables"
-    model: str = Field("data/demo/model", description="base model every run starts from")
-    heldout: str = Field("data/demo/heldout/clean.parquet", description="evaluation split (never used for training or tuning)")
+    tables: str = DEFAULT_TABLES
+    model: str | None = Field(None, description="base model every run starts from; default: the demo world `make run` prepared")
+    heldout: str | None = Field(None, description="evaluation split (never trained or tuned on); default: the demo world's")
     out: str = "data/runs/experiment"
     dataset: str | None = Field(None, description="scored dataset to draw from (default: the only one)")
     sae_id: str | None = None
@@ -46,6 +48,16 @@ class ExperimentConfig(BaseModel):
     align: dict = Field(default_factory=dict, description="AlignConfig overrides (epochs, lr, batch_size, ...)")
     eval_samples: int | None = Field(300, description="held-out rows evaluated per run (None: all)")
     progress: bool = True
+
+    def resolved(self) -> "ExperimentConfig":
+        """Fill model/heldout from the newest demo world in the artifact store the tables belong to."""
+        if self.model is not None and self.heldout is not None:
+            return self
+        world = ArtifactStore.at(Path(self.tables).parent).latest_world()
+        if world is None:
+            raise ValueError(f"no demo world in the artifact store of {self.tables}; run `make run` first or set model and heldout")
+        return self.model_copy(update={"model": self.model or str(world / "model"),
+                                       "heldout": self.heldout or str(world / "heldout" / "clean.parquet")})
 
     def runs(self) -> list[dict]:
         """Every (scorer, fraction, scorer seed, train seed); fraction 1.0 is one shared 'full' run per train seed."""
@@ -164,6 +176,7 @@ def finish(cfg: ExperimentConfig, rows: list[dict], base: dict) -> dict:
 
 def run_experiment(cfg: ExperimentConfig) -> dict:
     """Run (or resume) the whole grid in this process."""
+    cfg = cfg.resolved()
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     base = evaluate_base(cfg)
     rows = [run_one(cfg, r) for r in tqdm(cfg.runs(), desc="experiment", unit="run", disable=not cfg.progress)]

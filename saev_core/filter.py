@@ -27,7 +27,7 @@ from saev_core.io import atomic_dir, read_json, write_json
 from saev_core.prompts import conversation
 from saev_core.query import connect
 from saev_core.scoring import get_scorer, random_unit
-from saev_core.tables import manifest_path
+from saev_core.tables import DEFAULT_TABLES, manifest_path
 
 
 class FilterConfig(BaseModel):
@@ -35,7 +35,7 @@ class FilterConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tables: str = Field("data/tables", description="root of the feature tables")
+    tables: str = Field(DEFAULT_TABLES, description="root of the feature tables")
     out: str = Field(description="output directory of the filtered dataset")
     scorer: str = "saev"
     datasets: list[str] | None = Field(None, description="datasets to draw from (default: every dataset scored with the SAE)")

@@ -36,8 +36,8 @@ from saev_core.io import atomic_path, claim_output_dir, read_json, write_json
 from saev_core.modeling import resolve_device
 from saev_core.scoring import (SCORERS, SampleSummary, ScoringContext, check_scorers, get_scorer, mean_pair_cosine,
                                select_occurrences)
-from saev_core.tables import (FEATURE_STATS, SAMPLES, SCORES, TABLES, check_partition_value, manifest_path, part_name,
-                              partition_dir)
+from saev_core.tables import (DEFAULT_TABLES, FEATURE_STATS, SAMPLES, SCORES, TABLES, check_partition_value, manifest_path,
+                              part_name, partition_dir)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class ScoreConfig(BaseModel):
 
     activations: str = Field(description="dump directory written by `saev dump`")
     sae: str = Field(description="SAE: a `saev train` run directory or a SAELens checkpoint directory")
-    tables: str = Field("data/tables", description="root of the feature tables")
+    tables: str = Field(DEFAULT_TABLES, description="root of the feature tables")
     dataset_name: str | None = Field(None, description="partition name; default: the dump's dataset name")
     scorers: list[str] = Field(default_factory=lambda: list(DEFAULT_SCORERS))
     tau: float = Field(0.0, ge=0, description="co-occurrence threshold: a latent counts where A[t, i] > tau")

@@ -74,6 +74,11 @@ class ArtifactStore:
         write_json(out / RECORD, rec)
         return rec
 
+    def latest_world(self) -> Path | None:
+        """The newest demo world the pipeline prepared (its model, datasets, labels, held-out split)."""
+        worlds = [r for r in self.list() if r["stage"] == "prepare"]
+        return Path(worlds[-1]["path"]) if worlds else None
+
     def list(self) -> list[dict]:
         """Every finished artifact, oldest first (without the full manifests)."""
         rows = []

@@ -72,6 +72,8 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
     "samples": ("dataset",),
 }
 
+DEFAULT_TABLES = "data/artifacts/tables"  # the pipeline's artifact store keeps its shared tables here
+
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
