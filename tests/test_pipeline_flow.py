@@ -121,3 +121,48 @@ def test_nightly_rescore_scores_only_new_datasets(first_run, world_dir, tmp_path
     (registry / "bad.yaml").write_text("dataset: [oops")
     with pytest.raises(ValueError, match="registry file .*bad.yaml is invalid"):
         nightly_rescore(cfg)
+
+
+def test_flow_killed_mid_dump_resumes_without_duplicate_or_missing_shards(world_dir, tmp_path, prefect_server):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pyarrow.parquet as pq
+
+    from flows.pipeline import PipelineConfig, saev_pipeline
+    from saev_core.data import DatasetSpec
+    from saev_core.dump import DumpConfig, run_dump
+
+    root = tmp_path / "artifacts"
+    cfg = flow_config(world_dir, root, limit=None, dump={"progress": False, "samples_per_shard": 10, "batch_size": 1, "cpu_threads": 1})
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    code = ("import json, sys; from flows.pipeline import PipelineConfig, saev_pipeline; "
+            "saev_pipeline(PipelineConfig.model_validate(json.loads(sys.argv[1])))")
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(root.glob("dump/*/activations/shard-00001.parquet")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    dump_dir = next(root.glob("dump/*"))
+    assert not (dump_dir / "manifest.json").exists(), "the dump finished before the kill; nothing was interrupted"
+    assert not (dump_dir / "store.json").exists()
+
+    state = saev_pipeline(PipelineConfig.model_validate(cfg), return_state=True)
+    assert state.type.value == "COMPLETED"
+    assert state.result()["samples"] == 120
+    # the resumed dump equals an uninterrupted one, shard by shard
+    ref = tmp_path / "ref"
+    run_dump(DumpConfig(model=str(world_dir / "model"), dataset=DatasetSpec(path=str(world_dir / "datasets/demo-rlaif/train.parquet")),
+                        layer=2, out=str(ref), samples_per_shard=10, progress=False))
+    got = sorted(p.name for p in (dump_dir / "activations").glob("*.parquet"))
+    assert got == sorted(p.name for p in (ref / "activations").glob("*.parquet")) and len(got) == 12
+    ids = [s for name in got for s in pq.read_table(dump_dir / "samples" / name).column("sample_id").to_pylist()]
+    assert len(ids) == len(set(ids)) == 120
+    for name in got:
+        assert pq.read_table(dump_dir / "activations" / name).equals(pq.read_table(ref / "activations" / name))
