@@ -11,16 +11,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
 from pydantic import BaseModel, ConfigDict, Field
 
 from saev_core.data import DatasetSpec
 from saev_core.demo.build import DemoConfig
-from saev_core.store import ArtifactStore
+from saev_core.dump import DumpConfig, plan_shards
+from saev_core.store import ArtifactStore, stage_key
 from tasks.align import align_task, evaluate_model_task
 from tasks.common import run_cached
 from tasks.demo import prepare_demo
-from tasks.dump import dump_activations
+from tasks.dump import dump_activations, dump_shard_task
 from tasks.score import filter_dataset_task, partition_is_current, score_dataset_task, scorer_quality_task
 from tasks.train import eval_sae_task, train_sae_task
 
@@ -41,6 +42,7 @@ class PipelineConfig(BaseModel):
     layer: int = 2
     limit: int | None = Field(None, ge=1, description="cap on the rows used (quick runs)")
     dump: dict = Field(default_factory=dict, description="DumpConfig overrides")
+    shard_tasks: bool = Field(False, description="one task per dump shard, for a Dask/Ray task runner over several machines")
     sae: dict = Field(default_factory=dict, description="TrainConfig overrides (on top of the demo SAE)")
     eval_samples: int = Field(100, ge=0, description="held-out samples for SAE cross-entropy and model evaluation")
     score: dict = Field(default_factory=dict, description="ScoreConfig overrides")
@@ -49,6 +51,15 @@ class PipelineConfig(BaseModel):
     align: dict = Field(default_factory=lambda: {"method": "sft"}, description="AlignConfig overrides")
     labels: str | None = Field(None, description="evaluation-only labels for the scorer AUROC; default: the demo world's")
     heldout: str | None = Field(None, description="held-out split for model evaluation; default: the demo world's")
+
+
+def dump_stage(store: ArtifactStore, config: dict, upstream: list[str], shard_tasks: bool = False) -> dict:
+    """The dump, optionally as one mapped task per shard first (each resumable, each a Prefect task
+    a distributed task runner can place anywhere), then the finishing task that writes the manifest."""
+    if shard_tasks and not store.current("dump", stage_key("dump", config, upstream)):
+        n = plan_shards(DumpConfig.model_validate({**config, "out": "-"}))
+        dump_shard_task.map(str(store.root), unmapped(config), unmapped(upstream), list(range(n))).wait()
+    return run_cached(dump_activations, store, "dump", config, upstream)
 
 
 @flow(name="saev")
@@ -70,7 +81,7 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
         spec = spec.model_copy(update={"limit": cfg.limit})
 
     dump_conf = {"model": model, "dataset": spec.model_dump(), "layer": cfg.layer, **cfg.dump}
-    dump = run_cached(dump_activations, store, "dump", dump_conf, upstream)
+    dump = dump_stage(store, dump_conf, upstream, cfg.shard_tasks)
     sae_conf = {**DEMO_SAE, **cfg.sae, "activations": dump["path"]}
     sae = run_cached(train_sae_task, store, "train", sae_conf, [dump["key"]])
     sae_eval = run_cached(eval_sae_task, store, "eval-sae", {"run": sae["path"], "n_samples": cfg.eval_samples}, [sae["key"]])

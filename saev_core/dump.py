@@ -343,6 +343,11 @@ def _torch_threads(n: int | None, active: bool):
         torch.set_num_threads(before)
 
 
+def plan_shards(cfg: DumpConfig) -> int:
+    """How many shards the dump of ``cfg`` writes (for scheduling them as separate tasks)."""
+    return max(1, math.ceil(len(open_dataset(cfg.dataset)) / cfg.samples_per_shard))
+
+
 def run_dump(cfg: DumpConfig, bundle: ModelBundle | None = None, overwrite: bool = False, shards: list[int] | None = None) -> dict:
     """Dump every shard (or only ``shards``) and write the manifest. Returns the manifest."""
     ds = open_dataset(cfg.dataset)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 
 from saev_core.dump import DumpConfig, run_dump
-from saev_core.store import ArtifactStore
+from saev_core.store import ArtifactStore, stage_key
 from tasks.common import publish, with_smaller_batches
 
 
@@ -19,3 +19,12 @@ def dump_activations(root: str, config: dict, upstream: list[str]) -> dict:
                                      summary=lambda m: {"samples": m["n_samples"], "rejected": m["n_rejected"], **m["rows"]})
     publish(rec)
     return rec
+
+
+@task(name="dump-shard", tags=["gpu"], retries=1, retry_delay_seconds=5)
+def dump_shard_task(root: str, config: dict, upstream: list[str], shard: int) -> dict:
+    """One shard of a dump, into the stage's store directory; mapped over shards so a Dask or Ray
+    task runner spreads them over machines. ``dump_activations`` then writes the manifest."""
+    out = ArtifactStore.at(root).path("dump", stage_key("dump", config, upstream))
+    return with_smaller_batches(lambda c: run_dump(DumpConfig.model_validate({**c, "out": str(out)}), shards=[shard]),
+                                config, "batch_size")

@@ -166,3 +166,30 @@ def test_flow_killed_mid_dump_resumes_without_duplicate_or_missing_shards(world_
     assert len(ids) == len(set(ids)) == 120
     for name in got:
         assert pq.read_table(dump_dir / "activations" / name).equals(pq.read_table(ref / "activations" / name))
+
+
+def test_dump_shards_on_a_dask_cluster_match_the_sequential_dump(world_dir, tmp_path, prefect_server):
+    import pyarrow.parquet as pq
+    from prefect import flow
+    from prefect_dask import DaskTaskRunner
+
+    from flows.pipeline import dump_stage
+
+    conf = {"model": str(world_dir / "model"), "dataset": {"path": str(world_dir / "datasets/demo-rlaif/train.parquet"), "limit": 60},
+            "layer": 2, "samples_per_shard": 15, "progress": False}
+
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": False}))
+    def dask_dump(root: str) -> dict:
+        return dump_stage(ArtifactStore.at(root), conf, [], shard_tasks=True)
+
+    @flow
+    def sequential_dump(root: str) -> dict:
+        return dump_stage(ArtifactStore.at(root), conf, [], shard_tasks=False)
+
+    a, b = dask_dump(str(tmp_path / "dask")), sequential_dump(str(tmp_path / "seq"))
+    assert a["manifest"]["n_samples"] == b["manifest"]["n_samples"] == 60 and a["key"] == b["key"]
+    files = sorted(p.name for p in (tmp_path / "dask" / "dump" / a["key"] / "activations").glob("*.parquet"))
+    assert len(files) == 4
+    for name in files:
+        got = pq.read_table(tmp_path / "dask" / "dump" / a["key"] / "activations" / name)
+        assert got.equals(pq.read_table(tmp_path / "seq" / "dump" / b["key"] / "activations" / name))
