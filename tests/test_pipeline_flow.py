@@ -193,3 +193,21 @@ def test_dump_shards_on_a_dask_cluster_match_the_sequential_dump(world_dir, tmp_
     for name in files:
         got = pq.read_table(tmp_path / "dask" / "dump" / a["key"] / "activations" / name)
         assert got.equals(pq.read_table(tmp_path / "seq" / "dump" / b["key"] / "activations" / name))
+
+
+def test_out_of_memory_retries_with_half_the_batch():
+    import torch
+
+    from tasks.common import with_smaller_batches
+
+    seen = []
+
+    def stage(cfg):
+        seen.append(cfg["batch_size"])
+        if cfg["batch_size"] > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return {"ok": cfg["batch_size"]}
+
+    assert with_smaller_batches(stage, {"batch_size": 16}, "batch_size") == {"ok": 4} and seen == [16, 8, 4]
+    with pytest.raises(torch.OutOfMemoryError):
+        with_smaller_batches(stage, {"batch_size": 64}, "batch_size", tries=2)
