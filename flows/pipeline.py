@@ -129,8 +129,26 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
     return summary
 
 
+def render_summary(s: dict) -> str:
+    """The end-of-run report `make run` prints."""
+    lines = ["", "saev pipeline finished", "",
+             f"  dump        {s['samples']} samples ({s['rejected']} rejected) -> {s['dump']}",
+             f"  SAE         FVU {s['sae_fvu']['all']:.4f} (image {s['sae_fvu']['image']:.4f}, text {s['sae_fvu']['text']:.4f}), "
+             f"L0 {s['sae_l0']:.1f}, CE-loss-recovered {s['ce_loss_recovered'] if s['ce_loss_recovered'] is None else round(s['ce_loss_recovered'], 3)}"
+             f" -> {s['sae']}",
+             f"  scores      SAE {s['sae_id']}, {s['cross_modal_latents']} cross-modal latents -> {s['tables']}",
+             f"  filter      kept {s['filtered_kept']} -> {s['filtered']}"]
+    if "alignment" in s:
+        a = s["alignment"]
+        lines.append(f"  alignment   {a['method']} on {a['train_rows']} rows: answer accuracy {a['base']['answer_accuracy']:.3f} -> "
+                     f"{a['aligned']['answer_accuracy']:.3f}, preference accuracy {a['base']['preference_accuracy']:.3f} -> "
+                     f"{a['aligned']['preference_accuracy']:.3f} -> {s['aligned_model']}")
+    if "scorer_auroc" in s:
+        lines += ["", "  scorer AUROC, clean vs low-quality (evaluation labels only):", "", "  | scorer | AUROC |", "  | --- | ---: |"]
+        lines += [f"  | {k} | {v:.3f} |" for k, v in s["scorer_auroc"].items()]
+    lines += ["", f"  query the feature tables:  {s['query']}", f"  list the artifacts:        saev artifacts --root {s['artifacts']}", ""]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    result = saev_pipeline()
-    print("\nsaev pipeline finished:")
-    for key, value in result.items():
-        print(f"  {key}: {value}")
+    print(render_summary(saev_pipeline()))
