@@ -22,7 +22,8 @@ from tasks.align import align_task, evaluate_model_task
 from tasks.common import run_cached
 from tasks.demo import prepare_demo
 from tasks.dump import dump_activations, dump_shard_task
-from tasks.score import filter_dataset_task, partition_is_current, score_dataset_task, scorer_quality_task
+from tasks.score import (filter_dataset_task, partition_is_current, partition_taken, score_dataset_task, score_shard_task,
+                         scorer_quality_task)
 from tasks.train import eval_sae_task, train_sae_task
 
 # Sized for the demo world on 2 CPU cores (about a minute); real runs pass their own `sae` config.
@@ -42,7 +43,7 @@ class PipelineConfig(BaseModel):
     layer: int = 2
     limit: int | None = Field(None, ge=1, description="cap on the rows used (quick runs)")
     dump: dict = Field(default_factory=dict, description="DumpConfig overrides")
-    shard_tasks: bool = Field(False, description="one task per dump shard, for a Dask/Ray task runner over several machines")
+    shard_tasks: bool = Field(False, description="one task per shard for dump and scoring, for a Dask/Ray task runner over machines")
     sae: dict = Field(default_factory=dict, description="TrainConfig overrides (on top of the demo SAE)")
     eval_samples: int = Field(100, ge=0, description="held-out samples for SAE cross-entropy and model evaluation")
     score: dict = Field(default_factory=dict, description="ScoreConfig overrides")
@@ -60,6 +61,17 @@ def dump_stage(store: ArtifactStore, config: dict, upstream: list[str], shard_ta
         n = plan_shards(DumpConfig.model_validate({**config, "out": "-"}))
         dump_shard_task.map(str(store.root), unmapped(config), unmapped(upstream), list(range(n))).wait()
     return run_cached(dump_activations, store, "dump", config, upstream)
+
+
+def score_stage(store: ArtifactStore, config: dict, upstream: list[str], n_shards: int, shard_tasks: bool = False) -> dict:
+    """Scoring, optionally as one mapped task per dump shard first, then the finishing task
+    (reference pools -> weights -> scores). A partition scored under another config is replaced
+    by the single finishing task, so shard tasks only run on a fresh or matching partition."""
+    valid = partition_is_current(str(store.root))
+    if shard_tasks and not store.current("score", stage_key("score", config, upstream), valid) and \
+            not partition_taken(str(store.root), config):
+        score_shard_task.map(str(store.root), unmapped(config), list(range(n_shards))).wait()
+    return run_cached(score_dataset_task, store, "score", config, upstream, valid=valid)
 
 
 @flow(name="saev")
@@ -86,8 +98,7 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
     sae = run_cached(train_sae_task, store, "train", sae_conf, [dump["key"]])
     sae_eval = run_cached(eval_sae_task, store, "eval-sae", {"run": sae["path"], "n_samples": cfg.eval_samples}, [sae["key"]])
     score_conf = {"activations": dump["path"], "sae": sae["path"], "dataset_name": cfg.dataset_name, **cfg.score}
-    scored = run_cached(score_dataset_task, store, "score", score_conf, [dump["key"], sae["key"]],
-                        valid=partition_is_current(str(store.root)))
+    scored = score_stage(store, score_conf, [dump["key"], sae["key"]], len(dump["manifest"]["shards"]), cfg.shard_tasks)
     sae_id = scored["manifest"]["sae_id"]
     filter_conf = {"scorer": cfg.scorer, "datasets": [cfg.dataset_name], "sae_id": sae_id, "top_fraction": cfg.top_fraction}
     filtered = run_cached(filter_dataset_task, store, "filter", filter_conf, [scored["key"]])

@@ -199,11 +199,13 @@ def samples_table(spec: DatasetSpec, scored: dict[str, dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=SAMPLES)
 
 
-def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: int | None = None) -> dict:
+def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: int | None = None,
+                shards: list[int] | None = None) -> dict:
     """Score ``cfg.activations`` with ``cfg.sae`` into the tables; returns the scoring manifest.
 
-    A partition already scored with the same config is returned as is; ``stop_after_shards``
-    stops early after encoding that many shards (for tests of resumption).
+    A partition already scored with the same config is returned as is. ``shards`` encodes only
+    those dump shards and returns (one task per shard on a cluster; a final call without
+    ``shards`` reuses them and finishes); ``stop_after_shards`` stops early (tests of resumption).
     """
     dump = ActivationDump.open(cfg.activations)
     sae_dir = resolve_sae_dir(cfg.sae)
@@ -242,7 +244,7 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
     total = int(dump.manifest["rows"]["image"] + dump.manifest["rows"]["text"])
     t0, encoded_tokens, encoded_samples = time.perf_counter(), 0, 0
     with tqdm(total=total, desc=f"score {dataset}", unit="tok", disable=not cfg.progress) as pbar:
-        for shard in range(len(dump.files)):
+        for shard in range(len(dump.files)) if shards is None else shards:
             state, samples_file = work / f"shard-{shard:05d}.safetensors", work / f"shard-{shard:05d}.samples.parquet"
             if state.exists() and (feat_dir / part_name(shard)).exists():
                 pbar.update(int(load_file(str(state))["tokens"].sum()))
@@ -256,6 +258,8 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
             encoded_tokens += int(res.tokens.sum())
             encoded_samples += res.samples.num_rows
     encode_s = time.perf_counter() - t0
+    if shards is not None:
+        return {"shards": list(shards), "tokens": encoded_tokens, "samples": encoded_samples}
 
     # ---- dataset level: pools -> weights -> feature_stats ------------------------------------
     states = [load_file(str(work / f"shard-{i:05d}.safetensors")) for i in range(len(dump.files))]

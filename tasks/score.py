@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import task
 
 from saev_core.filter import FilterConfig, run_filter
 from saev_core.io import read_json, write_json
 from saev_core.quality import scorer_quality
 from saev_core.query import connect
-from saev_core.score_dataset import ScoreConfig, run_scoring
+from saev_core.score_dataset import ScoreConfig, resolve_sae_dir, run_scoring, sae_id_of
 from saev_core.store import ArtifactStore
 from saev_core.tables import manifest_path
 from tasks.common import publish, with_smaller_batches
@@ -24,6 +26,15 @@ def partition_is_current(root: str):
         path = manifest_path(tables, m["dataset"], m["sae_id"])
         return path.exists() and read_json(path).get("identity") == m["identity"]
     return valid
+
+
+def partition_taken(root: str, config: dict) -> bool:
+    """True if the (dataset, SAE) partition this config writes already holds a finished scoring
+    (the finishing task then returns it, or replaces it when the config differs)."""
+    cfg = ScoreConfig.model_validate({**config, "tables": str(ArtifactStore.at(root).tables)})
+    dataset = cfg.dataset_name or read_json(Path(cfg.activations) / "manifest.json")["dataset_name"]
+    path = manifest_path(cfg.tables, dataset, sae_id_of(resolve_sae_dir(cfg.sae)))
+    return path.exists()
 
 
 @task(name="score-dataset", tags=["gpu"], retries=1, retry_delay_seconds=5)
@@ -42,6 +53,15 @@ def score_dataset_task(root: str, config: dict, upstream: list[str]) -> dict:
                                        "cross_modal_latents": m["n_cross_modal"]})
     publish(rec)
     return rec
+
+
+@task(name="score-shard", tags=["gpu"], retries=1, retry_delay_seconds=5)
+def score_shard_task(root: str, config: dict, shard: int) -> dict:
+    """Encode one dump shard into its sample_features part (mapped over shards on a cluster);
+    ``score_dataset_task`` then reuses every finished shard and computes weights and scores."""
+    tables = ArtifactStore.at(root).tables
+    return with_smaller_batches(lambda c: run_scoring(ScoreConfig.model_validate({**c, "tables": str(tables)}), shards=[shard]),
+                                config, "batch_rows")
 
 
 @task(name="filter-dataset")

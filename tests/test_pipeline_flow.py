@@ -168,17 +168,20 @@ def test_flow_killed_mid_dump_resumes_without_duplicate_or_missing_shards(world_
         assert pq.read_table(dump_dir / "activations" / name).equals(pq.read_table(ref / "activations" / name))
 
 
-def test_dump_shards_on_a_dask_cluster_match_the_sequential_dump(world_dir, tmp_path, prefect_server):
+def test_dump_and_score_shards_on_a_dask_cluster_match_the_sequential_run(world_dir, tmp_path, prefect_server):
     import pyarrow.parquet as pq
     from prefect import flow
     from prefect_dask import DaskTaskRunner
 
-    from flows.pipeline import dump_stage
+    from flows.pipeline import dump_stage, score_stage
+    from saev_core.train import TrainConfig, train_sae
 
     conf = {"model": str(world_dir / "model"), "dataset": {"path": str(world_dir / "datasets/demo-rlaif/train.parquet"), "limit": 60},
             "layer": 2, "samples_per_shard": 15, "progress": False}
 
-    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": False}))
+    runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": False})
+
+    @flow(task_runner=runner)
     def dask_dump(root: str) -> dict:
         return dump_stage(ArtifactStore.at(root), conf, [], shard_tasks=True)
 
@@ -211,3 +214,30 @@ def test_out_of_memory_retries_with_half_the_batch():
     assert with_smaller_batches(stage, {"batch_size": 16}, "batch_size") == {"ok": 4} and seen == [16, 8, 4]
     with pytest.raises(torch.OutOfMemoryError):
         with_smaller_batches(stage, {"batch_size": 64}, "batch_size", tries=2)
+
+    # scoring: one task per shard on the cluster, then the finishing task; same tables as one task
+    sae = tmp_path / "sae"
+    train_sae(TrainConfig(activations=b["path"], out=str(sae), architecture="topk", k=8, expansion_factor=4, batch_size=256,
+                          total_tokens=256 * 20, scale_batches=2, buffer_rows=2048, progress=False))
+
+    def score_conf(dump):
+        return {"activations": dump["path"], "sae": str(sae), "dataset_name": "demo", "progress": False, "top": 10, "per_side": 2}
+
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": False}))
+    def dask_score(root: str) -> dict:
+        return score_stage(ArtifactStore.at(root), score_conf(a), ["d", "s"], 4, shard_tasks=True)
+
+    @flow
+    def sequential_score(root: str) -> dict:
+        return score_stage(ArtifactStore.at(root), score_conf(b), ["d", "s"], 4, shard_tasks=False)
+
+    state = dask_score(str(tmp_path / "dask"), return_state=True)
+    sa, sb = state.result(), sequential_score(str(tmp_path / "seq"))
+    names = [n.rsplit("-", 1)[0] for n in task_states(state)]
+    assert names.count("score-shard") == 4 and names.count("score-dataset") == 1
+    assert sa["manifest"]["score_summary"] == sb["manifest"]["score_summary"]
+    for table in ("scores", "feature_stats", "sample_features"):
+        parts = sorted(p.relative_to(tmp_path / "seq") for p in (tmp_path / "seq" / "tables" / table).rglob("*.parquet"))
+        assert parts and parts == sorted(p.relative_to(tmp_path / "dask") for p in (tmp_path / "dask" / "tables" / table).rglob("*.parquet"))
+        for rel in parts:
+            assert pq.read_table(tmp_path / "dask" / rel).equals(pq.read_table(tmp_path / "seq" / rel)), rel
