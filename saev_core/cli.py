@@ -508,3 +508,30 @@ def artifacts_gc(
     except ValueError as e:
         fail(str(e))
     typer.echo("\n".join(removed) if removed else "nothing to remove")
+
+
+@app.command("report")
+def report(
+    out: str = typer.Option("data/report", "--out", "-o", help="Directory of the HTML report (open index.html)."),
+    dataset: str = typer.Option("demo-rlaif", help="Scored dataset to browse."),
+    sae_id: Optional[str] = typer.Option(None, help="SAE whose tables to browse (default: the only one)."),
+    tables: str = typer.Option(DEFAULT_TABLES, help="Feature tables root."),
+    latents: int = typer.Option(100, help="Latent pages to render (the top ones by cross-modal weight)."),
+    top_samples: int = typer.Option(8, help="Top-activating samples per latent page."),
+    samples: int = typer.Option(40, help="Sample pages for the top samples by saev score (plus those shown on latent pages)."),
+    labels: Optional[str] = typer.Option(None, help="Evaluation labels to split score distributions into clean vs low-quality."),
+):
+    """Write a static, self-contained HTML feature browser (works from file://, no network)."""
+    from saev_core.query import connect
+    from saev_core.report import write_report
+
+    try:
+        saes = [r[0] for r in connect(tables).execute("SELECT DISTINCT sae_id FROM feature_stats WHERE dataset = $d",
+                                                       {"d": dataset}).fetchall()]
+        if sae_id is None and len(saes) != 1:
+            fail(f"dataset {dataset!r} has feature tables from {len(saes)} SAEs ({saes}); choose one with --sae-id" if saes
+                 else f"no feature tables for dataset {dataset!r} under {tables}; run `saev score` first")
+        res = write_report(tables, out, dataset, sae_id or saes[0], latents, top_samples, samples, labels)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        fail(str(e))
+    typer.echo(json.dumps(res, indent=2))

@@ -1,0 +1,48 @@
+"""The HTML feature browser, checked as files: pages exist, links resolve, images are embedded
+and the activating tokens are highlighted (the headless-browser test is issue 7's next step)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from typer.testing import CliRunner
+
+from saev_core.cli import app
+from saev_core.report import highlight, patch_grid
+
+
+def test_patch_grid_and_highlight_by_hand():
+    assert patch_grid(np.arange(16)).shape == (4, 4) and patch_grid(np.arange(16))[1, 0] == 4
+    assert patch_grid(np.arange(6)).shape == (1, 6)
+    html = highlight(["red", "circle"], np.array([0.5, 0.0]), hi=1.0)
+    assert 'class="tok on" style="background:rgba(255,140,0,0.50)"' in html and '<span class="tok">circle</span>' in html
+
+
+def test_report_pages_link_and_embed(tmp_path, world_dir):
+    from saev_core.data import DatasetSpec
+    from saev_core.dump import DumpConfig, run_dump
+    from saev_core.score_dataset import ScoreConfig, run_scoring
+    from saev_core.train import TrainConfig, train_sae
+
+    spec = DatasetSpec(path=str(world_dir / "datasets/demo-rlaif/train.parquet"), limit=40)
+    run_dump(DumpConfig(model=str(world_dir / "model"), dataset=spec, layer=2, out=str(tmp_path / "dump"), progress=False))
+    train_sae(TrainConfig(activations=str(tmp_path / "dump"), out=str(tmp_path / "sae"), architecture="topk", k=8, expansion_factor=4,
+                          batch_size=256, total_tokens=256 * 20, scale_batches=2, buffer_rows=2048, progress=False))
+    run_scoring(ScoreConfig(activations=str(tmp_path / "dump"), sae=str(tmp_path / "sae"), tables=str(tmp_path / "tables"),
+                            progress=False, top=10, per_side=2))
+    res = CliRunner().invoke(app, ["report", "--tables", str(tmp_path / "tables"), "--out", str(tmp_path / "r"), "--latents", "5",
+                                   "--samples", "5", "--labels", str(world_dir / "labels.parquet")])
+    assert res.exit_code == 0, res.output
+    root = tmp_path / "r"
+    index = (root / "index.html").read_text()
+    assert "<img class='plot'" in index and "data:image/png;base64," in index and "setKind('cross-modal')" in index
+    links = re.findall(r"href='((?:latents|samples)/[^']+)'", index)
+    assert len([x for x in links if x.startswith("latents/")]) == 5
+    for page in [root / x for x in links]:
+        assert page.exists(), page
+    latent = (root / next(x for x in links if x.startswith("latents/"))).read_text()
+    assert latent.count("<img class='heat'") >= 1 and "class=\"tok" in latent
+    for href in re.findall(r"href='\.\./([^']+)'", latent):
+        assert (root / href).exists(), href
+    assert "http://" not in index and "https://" not in index  # nothing fetched from the network
