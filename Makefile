@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m flows.pipeline
 
+# The report's browser test needs Chromium: Debian's package where apt-get can install it, else it is skipped.
 test: $(STAMP)
+	command -v chromium >/dev/null 2>&1 || apt-get install -y -q chromium >/dev/null 2>&1 || echo "chromium not installed: the browser test will be skipped"
 	$(BIN)/python -m pytest
 
 clean:

@@ -46,3 +46,49 @@ def test_report_pages_link_and_embed(tmp_path, world_dir):
     for href in re.findall(r"href='\.\./([^']+)'", latent):
         assert (root / href).exists(), href
     assert "http://" not in index and "https://" not in index  # nothing fetched from the network
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_report_in_a_real_headless_chromium(tmp_path, world_dir):
+    """Open the report as a person would: filter the index, click to a latent and to a sample."""
+    import pytest
+
+    browser_path = _chromium()
+    if browser_path is None:
+        pytest.skip("no Chromium on this machine: `make test` installs Debian's chromium with apt-get where it can")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+
+    test_report_pages_link_and_embed(tmp_path, world_dir)  # builds tmp_path / "r"
+    shots = tmp_path / "screenshots"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto((tmp_path / "r" / "index.html").as_uri())
+        assert page.title().startswith("saev feature browser")
+        assert page.evaluate("document.querySelector('img.plot').naturalWidth") > 0
+        total = page.locator("#latents tbody tr:visible").count()
+        page.get_by_role("button", name="cross-modal").click()
+        kinds = page.locator("#latents tbody tr:visible td:nth-child(2)").all_inner_texts()
+        assert set(kinds) <= {"cross-modal"} and len(kinds) <= total
+        page.get_by_role("button", name="all").click()
+        page.screenshot(path=str(shots / "index.png"), full_page=False)
+        page.locator("#latents a").first.click()
+        page.wait_for_load_state()
+        assert page.title().startswith("latent ")
+        widths = page.evaluate("[...document.querySelectorAll('img.heat')].map(i => i.naturalWidth)")
+        assert widths and all(w == 224 for w in widths)
+        assert page.locator("span.tok").count() > 0
+        page.screenshot(path=str(shots / "latent.png"), full_page=True)
+        page.locator(".latent-sample a").first.click()
+        page.wait_for_load_state()
+        assert page.title().startswith("sample ")
+        assert page.locator("text=Co-occurring latents").count() == 1
+        assert page.evaluate("document.querySelector('img.heat').naturalWidth") == 224
+        page.screenshot(path=str(shots / "sample.png"), full_page=True)
+        browser.close()
+    assert all((shots / f).stat().st_size > 1000 for f in ("index.png", "latent.png", "sample.png"))
