@@ -22,8 +22,8 @@ from tasks.align import align_task, evaluate_model_task
 from tasks.common import run_cached
 from tasks.demo import prepare_demo
 from tasks.dump import dump_activations, dump_shard_task
-from tasks.score import (filter_dataset_task, partition_is_current, partition_taken, score_dataset_task, score_shard_task,
-                         scorer_quality_task)
+from tasks.score import (filter_dataset_task, partition_is_current, partition_taken, report_task, score_dataset_task,
+                         score_shard_task, scorer_quality_task)
 from tasks.train import eval_sae_task, train_sae_task
 
 # Sized for the demo world on 2 CPU cores (about a minute); real runs pass their own `sae` config.
@@ -50,6 +50,7 @@ class PipelineConfig(BaseModel):
     scorer: str = "saev"
     top_fraction: float = Field(0.5, gt=0, le=1)
     align: dict = Field(default_factory=lambda: {"method": "sft"}, description="AlignConfig overrides")
+    report_latents: int = Field(50, ge=0, description="latent pages in the HTML report (0: no report)")
     labels: str | None = Field(None, description="evaluation-only labels for the scorer AUROC; default: the demo world's")
     heldout: str | None = Field(None, description="held-out split for model evaluation; default: the demo world's")
 
@@ -100,6 +101,9 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
     score_conf = {"activations": dump["path"], "sae": sae["path"], "dataset_name": cfg.dataset_name, **cfg.score}
     scored = score_stage(store, score_conf, [dump["key"], sae["key"]], len(dump["manifest"]["shards"]), cfg.shard_tasks)
     sae_id = scored["manifest"]["sae_id"]
+    report_conf = {"dataset": cfg.dataset_name, "sae_id": scored["manifest"]["sae_id"], "n_latents": cfg.report_latents,
+                   "labels": cfg.labels or labels}
+    report = run_cached(report_task, store, "report", report_conf, [scored["key"]]) if cfg.report_latents else None
     filter_conf = {"scorer": cfg.scorer, "datasets": [cfg.dataset_name], "sae_id": sae_id, "top_fraction": cfg.top_fraction}
     filtered = run_cached(filter_dataset_task, store, "filter", filter_conf, [scored["key"]])
     align_conf = {"model": model, "data": str(Path(filtered["path"]) / "data"), **cfg.align}
@@ -114,6 +118,7 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
         "tables": str(store.tables), "sae_id": sae_id, "cross_modal_latents": scored["manifest"]["n_cross_modal"],
         "filtered": str(Path(filtered["path"]) / "data"), "filtered_kept": filtered["manifest"]["n_kept"],
         "aligned_model": str(Path(aligned["path"]) / "aligned" / "model"),
+        "report": report["manifest"]["index"] if report else None,
         "query": f"saev query --tables {store.tables} \"SELECT scorer, avg(score) FROM scores GROUP BY ALL\"",
     }
     if world_dir is not None:
@@ -157,6 +162,8 @@ def render_summary(s: dict) -> str:
     if "scorer_auroc" in s:
         lines += ["", "  scorer AUROC, clean vs low-quality (evaluation labels only):", "", "  | scorer | AUROC |", "  | --- | ---: |"]
         lines += [f"  | {k} | {v:.3f} |" for k, v in s["scorer_auroc"].items()]
+    if s.get("report"):
+        lines += ["", f"  feature browser:           {s['report']}"]
     lines += ["", f"  query the feature tables:  {s['query']}", f"  list the artifacts:        saev artifacts --root {s['artifacts']}", ""]
     return "\n".join(lines)
 

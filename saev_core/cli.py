@@ -520,6 +520,7 @@ def report(
     top_samples: int = typer.Option(8, help="Top-activating samples per latent page."),
     samples: int = typer.Option(40, help="Sample pages for the top samples by saev score (plus those shown on latent pages)."),
     labels: Optional[str] = typer.Option(None, help="Evaluation labels to split score distributions into clean vs low-quality."),
+    experiment: Optional[str] = typer.Option(None, help="A `saev experiment` directory whose plot to include."),
 ):
     """Write a static, self-contained HTML feature browser (works from file://, no network)."""
     from saev_core.query import connect
@@ -531,7 +532,8 @@ def report(
         if sae_id is None and len(saes) != 1:
             fail(f"dataset {dataset!r} has feature tables from {len(saes)} SAEs ({saes}); choose one with --sae-id" if saes
                  else f"no feature tables for dataset {dataset!r} under {tables}; run `saev score` first")
-        res = write_report(tables, out, dataset, sae_id or saes[0], latents, top_samples, samples, labels)
+        store_root = Path(tables).parent if (Path(tables).parent / "train").is_dir() else None
+        res = write_report(tables, out, dataset, sae_id or saes[0], latents, top_samples, samples, labels, store_root, experiment)
     except (ValueError, FileNotFoundError, OSError) as e:
         fail(str(e))
     typer.echo(json.dumps(res, indent=2))

@@ -237,9 +237,52 @@ def score_plot(ctx: _Context, labels: str | None) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def frontier_plot(points: list[dict]) -> str:
+    """FVU vs L0 of every SAE given (held-out metrics from their training manifests)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 3.0), dpi=100)
+    for arch in sorted({p["architecture"] for p in points}):
+        pts = sorted((p for p in points if p["architecture"] == arch), key=lambda p: p["l0"])
+        ax.plot([p["l0"] for p in pts], [p["fvu"] for p in pts], marker="o", label=arch)
+    ax.set_xlabel("L0 (active latents per token)")
+    ax.set_ylabel("held-out FVU")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.set_title("FVU vs L0", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def sae_points(store_root: str | Path) -> list[dict]:
+    """(architecture, L0, FVU) of every SAE trained in an artifact store."""
+    from saev_core.store import ArtifactStore
+
+    store = ArtifactStore.at(store_root)
+    out = []
+    for r in store.list():
+        if r["stage"] == "train":
+            m = store.record("train", r["key"])["manifest"]
+            out.append({"architecture": m.get("config", {}).get("architecture", "?"), "l0": m["heldout"]["all"]["l0"],
+                        "fvu": m["heldout"]["all"]["fvu"]})
+    return out
+
+
 def write_report(tables: str | Path, out: str | Path, dataset: str, sae_id: str, n_latents: int = 100, top_samples: int = 8,
-                 n_samples: int = 40, labels: str | None = None) -> dict:
-    """Render the report into ``out`` (atomically); returns counts and the index path."""
+                 n_samples: int = 40, labels: str | None = None, store_root: str | Path | None = None,
+                 experiment: str | Path | None = None) -> dict:
+    """Render the report into ``out`` (atomically); returns counts and the index path.
+
+    ``store_root`` adds the FVU-vs-L0 plot of every SAE in that artifact store; ``experiment``
+    (a `saev experiment` directory) adds its performance-vs-data-kept plot.
+    """
     ctx = _Context(tables, dataset, sae_id)
     cols = ["feature_id", "kind", "cross_modal_weight", "firing_rate", "firing_rate_image", "firing_rate_text", "n_top_image", "n_top_text"]
     stats = [dict(zip(cols, r)) for r in ctx.q(
@@ -274,9 +317,17 @@ def write_report(tables: str | Path, out: str | Path, dataset: str, sae_id: str,
             f"<td>{s['kind']}</td><td>{s['cross_modal_weight']:.3f}</td><td>{s['firing_rate']:.4f}</td><td>{s['firing_rate_image']:.4f}</td>"
             f"<td>{s['firing_rate_text']:.4f}</td><td>{s['n_top_image']}/{s['n_top_text']}</td></tr>" for s in stats)
         top = "".join(f"<li><a href='samples/{s}.html'>{s}</a></li>" for s in samples[:10])
+        extra = ""
+        points = sae_points(store_root) if store_root else []
+        if points:
+            extra += f"<h2>SAEs: FVU vs L0</h2><img class='plot' alt='FVU vs L0' src='{frontier_plot(points)}'>"
+        exp_plot = Path(experiment) / "plot.png" if experiment else None
+        if exp_plot is not None and exp_plot.exists():
+            uri = "data:image/png;base64," + base64.b64encode(exp_plot.read_bytes()).decode()
+            extra += f"<h2>Alignment: performance vs data kept</h2><img class='plot' alt='experiment' src='{uri}'>"
         body = (f"<p>dataset <b>{html.escape(dataset)}</b>, SAE <b>{sae_id}</b>; {len(stats)} active latents, "
                 f"{len(pages)} with pages; samples ranked by the saev score.</p>"
-                f"<h2>Score distributions</h2><img class='plot' alt='score distributions' src='{score_plot(ctx, labels)}'>"
+                f"<h2>Score distributions</h2><img class='plot' alt='score distributions' src='{score_plot(ctx, labels)}'>{extra}"
                 f"<h2>Top samples by saev score</h2><ol>{top}</ol><h2>Latents</h2>"
                 "<p><button onclick=\"setKind('all')\">all</button><button onclick=\"setKind('cross-modal')\">cross-modal</button>"
                 "<button onclick=\"setKind('image-only')\">image-only</button><button onclick=\"setKind('text-only')\">text-only</button>"

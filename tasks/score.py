@@ -78,3 +78,16 @@ def filter_dataset_task(root: str, config: dict, upstream: list[str]) -> dict:
 def scorer_quality_task(tables: str, labels: str, dataset: str, sae_id: str) -> list[dict]:
     """AUROC per scorer against evaluation-only labels (the demo world's labels.parquet)."""
     return scorer_quality(connect(tables), labels, dataset, sae_id)
+
+
+@task(name="report")
+def report_task(root: str, config: dict, upstream: list[str]) -> dict:
+    """The HTML feature browser as a pipeline stage (linked from its Prefect artifact)."""
+    from saev_core.report import write_report
+
+    store = ArtifactStore.at(root)
+    rec = store.run("report", config, upstream,
+                    lambda out: write_report(store.tables, out / "html", store_root=root, **config),
+                    summary=lambda m: {"index": m["index"], "latent_pages": m["latent_pages"], "sample_pages": m["sample_pages"]})
+    publish(rec)
+    return rec

@@ -74,7 +74,7 @@ def test_full_pipeline_deployment_runs_on_a_process_worker(server, world_dir, tm
             "labels": str(world_dir / "labels.parquet"), "heldout": str(world_dir / "heldout/clean.parquet"),
             "dump": {"progress": False}, "score": {"progress": False}, "eval_samples": 4,
             "sae": {"batch_size": 128, "total_tokens": 128 * 20, "scale_batches": 2, "buffer_rows": 4096, "progress": False},
-            "align": {"method": "sft", "max_steps": 1, "batch_size": 4},
+            "align": {"method": "sft", "max_steps": 1, "batch_size": 4}, "report_latents": 2,
         }
         run = prefect(env, "deployment", "run", "saev/full-pipeline", "--params", json.dumps({"config": config}),
                       "--watch", "--watch-timeout", "540")
@@ -83,7 +83,7 @@ def test_full_pipeline_deployment_runs_on_a_process_worker(server, world_dir, tm
         os.killpg(worker.pid, 15)
         worker.wait(timeout=30)
     stages = {r["stage"] for r in ArtifactStore.at(root).list()}
-    assert stages == {"dump", "train", "eval-sae", "score", "filter", "align", "evaluate"}
+    assert stages == {"dump", "train", "eval-sae", "score", "report", "filter", "align", "evaluate"}
     # the stages published Prefect artifacts with their metrics
     arts = prefect(env, "artifact", "ls").stdout
     assert "saev-score" in arts and "saev-dump" in arts

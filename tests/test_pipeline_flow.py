@@ -18,7 +18,7 @@ def flow_config(world_dir, root, **over) -> dict:
         "labels": str(world_dir / "labels.parquet"), "heldout": str(world_dir / "heldout/clean.parquet"),
         "limit": 30, "dump": {"progress": False},
         "sae": {"batch_size": 128, "total_tokens": 128 * 30, "scale_batches": 2, "buffer_rows": 4096, "progress": False},
-        "eval_samples": 4, "score": {"progress": False}, "align": {"method": "sft", "max_steps": 2, "batch_size": 4}, **over,
+        "eval_samples": 4, "score": {"progress": False}, "align": {"method": "sft", "max_steps": 2, "batch_size": 4}, "report_latents": 3, **over,
     }
 
 
@@ -50,8 +50,10 @@ def test_flow_completes_and_fills_the_store(first_run):
     assert s["samples"] == 30 and s["sae_l0"] == 16 and 0 < s["sae_fvu"]["all"] < 1
     assert s["filtered_kept"] == 15 and set(s["scorer_auroc"]) == {"random", "l0", "cooccurrence", "saev", "model_cosine"}
     assert s["alignment"]["train_rows"] == 15 and 0 <= s["alignment"]["aligned"]["answer_accuracy"] <= 1
+    index = open(s["report"]).read()  # the feature browser, with the FVU-vs-L0 plot of the store's SAEs
+    assert "FVU vs L0" in index and len(list((root / "report").glob("*/html/latents/*.html"))) == 3
     stages = {r["stage"] for r in ArtifactStore.at(root).list()}
-    assert stages == {"dump", "train", "eval-sae", "score", "filter", "align", "evaluate"}
+    assert stages == {"dump", "train", "eval-sae", "score", "report", "filter", "align", "evaluate"}
     assert list((root / "tables/scores/dataset=demo-rlaif").glob("sae_id=*/part-00000.parquet"))
     states = task_states(state)
     assert all(v == "Completed" for v in states.values()), states
@@ -196,25 +198,6 @@ def test_dump_and_score_shards_on_a_dask_cluster_match_the_sequential_run(world_
     for name in files:
         got = pq.read_table(tmp_path / "dask" / "dump" / a["key"] / "activations" / name)
         assert got.equals(pq.read_table(tmp_path / "seq" / "dump" / b["key"] / "activations" / name))
-
-
-def test_out_of_memory_retries_with_half_the_batch():
-    import torch
-
-    from tasks.common import with_smaller_batches
-
-    seen = []
-
-    def stage(cfg):
-        seen.append(cfg["batch_size"])
-        if cfg["batch_size"] > 4:
-            raise torch.OutOfMemoryError("CUDA out of memory")
-        return {"ok": cfg["batch_size"]}
-
-    assert with_smaller_batches(stage, {"batch_size": 16}, "batch_size") == {"ok": 4} and seen == [16, 8, 4]
-    with pytest.raises(torch.OutOfMemoryError):
-        with_smaller_batches(stage, {"batch_size": 64}, "batch_size", tries=2)
-
     # scoring: one task per shard on the cluster, then the finishing task; same tables as one task
     sae = tmp_path / "sae"
     train_sae(TrainConfig(activations=b["path"], out=str(sae), architecture="topk", k=8, expansion_factor=4, batch_size=256,
@@ -241,3 +224,21 @@ def test_out_of_memory_retries_with_half_the_batch():
         assert parts and parts == sorted(p.relative_to(tmp_path / "dask") for p in (tmp_path / "dask" / "tables" / table).rglob("*.parquet"))
         for rel in parts:
             assert pq.read_table(tmp_path / "dask" / rel).equals(pq.read_table(tmp_path / "seq" / rel)), rel
+
+
+def test_out_of_memory_retries_with_half_the_batch():
+    import torch
+
+    from tasks.common import with_smaller_batches
+
+    seen = []
+
+    def stage(cfg):
+        seen.append(cfg["batch_size"])
+        if cfg["batch_size"] > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return {"ok": cfg["batch_size"]}
+
+    assert with_smaller_batches(stage, {"batch_size": 16}, "batch_size") == {"ok": 4} and seen == [16, 8, 4]
+    with pytest.raises(torch.OutOfMemoryError):
+        with_smaller_batches(stage, {"batch_size": 64}, "batch_size", tries=2)
