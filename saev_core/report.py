@@ -237,6 +237,17 @@ def score_plot(ctx: _Context, labels: str | None) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def latent_rows(stats: list[dict], pages: set[int]) -> str:
+    """The index's latent table rows; the kind filter and pagination work on their data-kind."""
+    def cell(fid: int) -> str:
+        return f"<a href='latents/{fid}.html'>{fid}</a>" if fid in pages else str(fid)
+
+    return "".join(
+        f"<tr data-kind='{s['kind']}'><td>{cell(s['feature_id'])}</td>"
+        f"<td>{s['kind']}</td><td>{s['cross_modal_weight']:.3f}</td><td>{s['firing_rate']:.4f}</td><td>{s['firing_rate_image']:.4f}</td>"
+        f"<td>{s['firing_rate_text']:.4f}</td><td>{s['n_top_image']}/{s['n_top_text']}</td></tr>" for s in stats)
+
+
 def frontier_plot(points: list[dict]) -> str:
     """FVU vs L0 of every SAE given (held-out metrics from their training manifests)."""
     import matplotlib
@@ -309,13 +320,7 @@ def write_report(tables: str | Path, out: str | Path, dataset: str, sae_id: str,
             shown.update(sids)
         for sid in sorted(shown):
             (tmp / "samples" / f"{sid}.html").write_text(sample_page(ctx, sid, weights, set(pages)))
-        def cell(fid: int) -> str:
-            return f"<a href='latents/{fid}.html'>{fid}</a>" if fid in pages else str(fid)
-
-        rows = "".join(
-            f"<tr data-kind='{s['kind']}'><td>{cell(s['feature_id'])}</td>"
-            f"<td>{s['kind']}</td><td>{s['cross_modal_weight']:.3f}</td><td>{s['firing_rate']:.4f}</td><td>{s['firing_rate_image']:.4f}</td>"
-            f"<td>{s['firing_rate_text']:.4f}</td><td>{s['n_top_image']}/{s['n_top_text']}</td></tr>" for s in stats)
+        rows = latent_rows(stats, set(pages))
         top = "".join(f"<li><a href='samples/{s}.html'>{s}</a></li>" for s in samples[:10])
         extra = ""
         points = sae_points(store_root) if store_root else []
