@@ -48,7 +48,7 @@ def main() -> None:
                      "total_s": total, "samples_per_s": m["n_samples"] / total, "tokens_per_s": tokens / total})
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"| samples | tokens | d_sae | encode tok/s | encode samples/s | end-to-end s | end-to-end samples/s | end-to-end tok/s | peak RSS MB |")
+    print("| samples | tokens | d_sae | encode tok/s | encode samples/s | end-to-end s | end-to-end samples/s | end-to-end tok/s | peak RSS MB |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     print(f"| {m['n_samples']} | {tokens} | {m['d_sae']} | {med['encode_tokens_per_s']:,.0f} | {med['encode_samples_per_s']:,.0f} | "
           f"{med['total_s']:.2f} | {med['samples_per_s']:,.0f} | {med['tokens_per_s']:,.0f} | {peak_mb:,.0f} |")

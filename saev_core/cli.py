@@ -279,6 +279,17 @@ def filter_(
                            "load": f"datasets.load_dataset('parquet', data_files='{out}/sft/train.parquet', split='train')"}, indent=2))
 
 
+def _one_sae(con, table: str, dataset: str, sae_id: str | None, tables: str) -> str:
+    """The SAE to use for ``dataset``: the one given, or the only one with rows in ``table``."""
+    if sae_id is not None:
+        return sae_id
+    saes = [r[0] for r in con.execute(f"SELECT DISTINCT sae_id FROM {table} WHERE dataset = $d", {"d": dataset}).fetchall()]
+    if len(saes) != 1:
+        fail(f"dataset {dataset!r} has {table} from {len(saes)} SAEs ({saes}); choose one with --sae-id" if saes
+             else f"no {table} for dataset {dataset!r} under {tables}; run `saev score` first")
+    return saes[0]
+
+
 @app.command("eval-scores")
 def eval_scores(
     labels: Optional[str] = typer.Option(None, help="Parquet with sample_id, is_clean, corruption (evaluation only; default: the demo world's)."),
@@ -297,11 +308,7 @@ def eval_scores(
         labels = str(world / "labels.parquet") if world else f"{DEFAULT_DEMO_DIR}/labels.parquet"
     try:
         con = connect(tables)
-        saes = [r[0] for r in con.execute("SELECT DISTINCT sae_id FROM scores WHERE dataset = $d", {"d": dataset}).fetchall()]
-        if sae_id is None and len(saes) != 1:
-            fail(f"dataset {dataset!r} has scores from {len(saes)} SAEs ({saes}); choose one with --sae-id" if saes
-                 else f"no scores for dataset {dataset!r} under {tables}; run `saev score` first")
-        typer.echo(render_quality(scorer_quality(con, labels, dataset, sae_id or saes[0])))
+        typer.echo(render_quality(scorer_quality(con, labels, dataset, _one_sae(con, "scores", dataset, sae_id, tables))))
     except (ValueError, FileNotFoundError, OSError) as e:
         fail(str(e))
 
@@ -527,13 +534,9 @@ def report(
     from saev_core.report import write_report
 
     try:
-        saes = [r[0] for r in connect(tables).execute("SELECT DISTINCT sae_id FROM feature_stats WHERE dataset = $d",
-                                                       {"d": dataset}).fetchall()]
-        if sae_id is None and len(saes) != 1:
-            fail(f"dataset {dataset!r} has feature tables from {len(saes)} SAEs ({saes}); choose one with --sae-id" if saes
-                 else f"no feature tables for dataset {dataset!r} under {tables}; run `saev score` first")
+        sae_id = _one_sae(connect(tables), "feature_stats", dataset, sae_id, tables)
         store_root = Path(tables).parent if (Path(tables).parent / "train").is_dir() else None
-        res = write_report(tables, out, dataset, sae_id or saes[0], latents, top_samples, samples, labels, store_root, experiment)
+        res = write_report(tables, out, dataset, sae_id, latents, top_samples, samples, labels, store_root, experiment)
     except (ValueError, FileNotFoundError, OSError) as e:
         fail(str(e))
     typer.echo(json.dumps(res, indent=2))

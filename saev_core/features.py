@@ -66,23 +66,24 @@ class ShardPass:
         return {"pool_values": self.pool_values, "pool_refs": self.pool_refs, "fires": self.fires, "tokens": self.tokens}
 
 
+def _reduce(key: Tensor, cnt: Tensor, sm: Tensor, mx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Unique keys with their counts and sums added and the max of their maxima."""
+    uk, inv = torch.unique(key, return_inverse=True)
+
+    def zeros(dtype):
+        return torch.zeros(len(uk), dtype=dtype, device=key.device)
+    return (uk, zeros(torch.int64).index_add_(0, inv, cnt), zeros(torch.float64).index_add_(0, inv, sm),
+            zeros(mx.dtype).scatter_reduce_(0, inv, mx, "amax", include_self=False))
+
+
 def _aggregate(key: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Unique keys with count, sum and max of their values."""
-    uk, inv = torch.unique(key, return_inverse=True)
-    cnt = torch.zeros(len(uk), dtype=torch.int64, device=key.device).index_add_(0, inv, torch.ones_like(inv))
-    sm = torch.zeros(len(uk), dtype=torch.float64, device=key.device).index_add_(0, inv, values.double())
-    mx = torch.zeros(len(uk), dtype=values.dtype, device=key.device).scatter_reduce_(0, inv, values, "amax", include_self=False)
-    return uk, cnt, sm, mx
+    return _reduce(key, torch.ones_like(key), values.double(), values)
 
 
 def _merge(parts: list[tuple[Tensor, Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Combine per-batch aggregates whose keys may repeat (a sample spanning two batches)."""
-    key = torch.cat([p[0] for p in parts])
-    uk, inv = torch.unique(key, return_inverse=True)
-    cnt = torch.zeros(len(uk), dtype=torch.int64).index_add_(0, inv, torch.cat([p[1] for p in parts]))
-    sm = torch.zeros(len(uk), dtype=torch.float64).index_add_(0, inv, torch.cat([p[2] for p in parts]))
-    mx = torch.zeros(len(uk)).scatter_reduce_(0, inv, torch.cat([p[3] for p in parts]).float(), "amax", include_self=False)
-    return uk, cnt, sm, mx
+    return _reduce(*(torch.cat([p[i] for p in parts]) for i in range(4)))
 
 
 @torch.no_grad()

@@ -60,7 +60,7 @@ WITH s AS (
     SELECT dataset, sample_id, score,
            row_number() OVER (PARTITION BY {part} ORDER BY score DESC, sample_id) AS keep_rank,
            count(*) OVER (PARTITION BY {part}) AS n
-    FROM scores
+    FROM {source}
     WHERE scorer = $scorer AND sae_id = $sae_id AND list_contains($datasets, dataset)
 )
 SELECT dataset, sample_id, score, keep_rank AS rank FROM s
@@ -108,14 +108,14 @@ def run_filter(cfg: FilterConfig) -> dict:
     part = "dataset" if cfg.per_dataset else "scorer"
     params = {"scorer": cfg.scorer, "sae_id": sae_id, "datasets": names, "top_k": cfg.top_k, "fraction": cfg.top_fraction}
     if cfg.random_seed is None:
-        sel = pa.table(con.execute(SELECT_SQL.format(part=part), params).fetchnumpy())
+        sel = pa.table(con.execute(SELECT_SQL.format(part=part, source="scores"), params).fetchnumpy())
     else:  # re-draw the random scores with another seed, then the same selection
         drawn = con.execute("SELECT dataset, sample_id FROM scores WHERE scorer = 'random' AND sae_id = $sae_id "
                             "AND list_contains($datasets, dataset)", {"sae_id": sae_id, "datasets": names}).df()
         drawn["score"] = [random_unit(cfg.random_seed, s) for s in drawn["sample_id"]]
         con.register("redrawn", drawn)
-        sel = pa.table(con.execute(SELECT_SQL.format(part=part).replace("FROM scores", "FROM (SELECT *, 'random' AS scorer, "
-                                   "$sae_id AS sae_id FROM redrawn)"), params).fetchnumpy())
+        source = "(SELECT *, 'random' AS scorer, $sae_id AS sae_id FROM redrawn)"
+        sel = pa.table(con.execute(SELECT_SQL.format(part=part, source=source), params).fetchnumpy())
     if sel.num_rows == 0:
         raise ValueError(f"the filter kept no samples (scorer {cfg.scorer}, datasets {names}); raise --top-k or --top-fraction")
     sft_rows, dpo_rows, counts, sources = [], [], {}, {}

@@ -50,10 +50,24 @@ document.getElementById('pager').textContent=`${keep.length} latents, page ${pag
 function setKind(k){kind=k;page=0;show();}function step(d){page=Math.max(0,page+d);show();}show();"""
 
 
+def _uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
 def _png(img: Image.Image) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return _uri(buf.getvalue())
+
+
+def _figure_uri(fig) -> str:
+    """A matplotlib figure as an inline PNG (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return _uri(buf.getvalue())
 
 
 def patch_grid(values: np.ndarray) -> np.ndarray:
@@ -231,10 +245,7 @@ def score_plot(ctx: _Context, labels: str | None) -> str:
             ax.hist(g["score"], bins=30)
         ax.set_title(name, fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return _figure_uri(fig)
 
 
 def latent_rows(stats: list[dict], pages: set[int]) -> str:
@@ -266,10 +277,7 @@ def frontier_plot(points: list[dict]) -> str:
     ax.legend(fontsize=7)
     ax.set_title("FVU vs L0", fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return _figure_uri(fig)
 
 
 def sae_points(store_root: str | Path) -> list[dict]:
@@ -328,8 +336,7 @@ def write_report(tables: str | Path, out: str | Path, dataset: str, sae_id: str,
             extra += f"<h2>SAEs: FVU vs L0</h2><img class='plot' alt='FVU vs L0' src='{frontier_plot(points)}'>"
         exp_plot = Path(experiment) / "plot.png" if experiment else None
         if exp_plot is not None and exp_plot.exists():
-            uri = "data:image/png;base64," + base64.b64encode(exp_plot.read_bytes()).decode()
-            extra += f"<h2>Alignment: performance vs data kept</h2><img class='plot' alt='experiment' src='{uri}'>"
+            extra += f"<h2>Alignment: performance vs data kept</h2><img class='plot' alt='experiment' src='{_uri(exp_plot.read_bytes())}'>"
         body = (f"<p>dataset <b>{html.escape(dataset)}</b>, SAE <b>{sae_id}</b>; {len(stats)} active latents, "
                 f"{len(pages)} with pages; samples ranked by the saev score.</p>"
                 f"<h2>Score distributions</h2><img class='plot' alt='score distributions' src='{score_plot(ctx, labels)}'>{extra}"

@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from saev_core import __version__
 from saev_core.io import read_json, write_json
@@ -112,9 +112,7 @@ class ArtifactStore:
             todo.extend(records[k]["upstream"] or [])
         removed = []
         for d in sorted(p for p in self.root.glob("*/*") if p.is_dir() and p.parent.name != "tables"):
-            if d.parent.parent != self.root or d.name.startswith("."):
-                continue
-            if d.name not in alive:
+            if d.name not in alive and not d.name.startswith("."):  # dot-dirs are writes in progress
                 removed.append(str(d))
                 if not dry_run:
                     shutil.rmtree(d)
@@ -124,7 +122,3 @@ class ArtifactStore:
 def _short(config: dict, width: int = 80) -> str:
     text = ", ".join(f"{k}={v}" for k, v in config.items() if not isinstance(v, dict))
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))

@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from saev_core.cli import app
 
-from conftest import TEST_WORLD
 
 runner = CliRunner()
 

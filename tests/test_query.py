@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from saev_core.cli import app
 from saev_core.query import QueryRefused, check_sql, connect, datasets, render_table, run_query, table_names
-from saev_core.tables import FEATURE_STATS, SAMPLE_FEATURES, SAMPLES, SCORES, TABLES, part_name, partition_dir
+from saev_core.tables import SCORES, TABLES, part_name, partition_dir
 
 
 def write(root, table: str, rows: list[dict], dataset: str, sae_id: str | None = "sae0") -> None:
