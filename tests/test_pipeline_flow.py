@@ -170,10 +170,16 @@ def test_flow_killed_mid_dump_resumes_without_duplicate_or_missing_shards(world_
         assert pq.read_table(dump_dir / "activations" / name).equals(pq.read_table(ref / "activations" / name))
 
 
-def test_dump_and_score_shards_on_a_dask_cluster_match_the_sequential_run(world_dir, tmp_path, prefect_server):
+def test_dump_and_score_shards_on_a_dask_cluster_match_the_sequential_run(world_dir, tmp_path, prefect_server, monkeypatch):
+    """Two worker processes (not threads), which reach the test's Prefect server through the
+    environment as workers on other machines would, and write into the shared store."""
     import pyarrow.parquet as pq
     from prefect import flow
+    from prefect.settings import PREFECT_API_URL
     from prefect_dask import DaskTaskRunner
+
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+    monkeypatch.setenv("TQDM_DISABLE", "1")
 
     from flows.pipeline import dump_stage, score_stage
     from saev_core.train import TrainConfig, train_sae
@@ -181,7 +187,7 @@ def test_dump_and_score_shards_on_a_dask_cluster_match_the_sequential_run(world_
     conf = {"model": str(world_dir / "model"), "dataset": {"path": str(world_dir / "datasets/demo-rlaif/train.parquet"), "limit": 60},
             "layer": 2, "samples_per_shard": 15, "progress": False}
 
-    runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": False})
+    runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True})
 
     @flow(task_runner=runner)
     def dask_dump(root: str) -> dict:
@@ -206,7 +212,7 @@ def test_dump_and_score_shards_on_a_dask_cluster_match_the_sequential_run(world_
     def score_conf(dump):
         return {"activations": dump["path"], "sae": str(sae), "dataset_name": "demo", "progress": False, "top": 10, "per_side": 2}
 
-    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": False}))
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True}))
     def dask_score(root: str) -> dict:
         return score_stage(ArtifactStore.at(root), score_conf(a), ["d", "s"], 4, shard_tasks=True)
 
