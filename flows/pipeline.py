@@ -60,7 +60,7 @@ def dump_stage(store: ArtifactStore, config: dict, upstream: list[str], shard_ta
     a distributed task runner can place anywhere), then the finishing task that writes the manifest."""
     if shard_tasks and not store.current("dump", stage_key("dump", config, upstream)):
         n = plan_shards(DumpConfig.model_validate({**config, "out": "-"}))
-        dump_shard_task.map(str(store.root), unmapped(config), unmapped(upstream), list(range(n))).wait()
+        dump_shard_task.map(store.location, unmapped(config), unmapped(upstream), list(range(n))).wait()
     return run_cached(dump_activations, store, "dump", config, upstream)
 
 
@@ -68,10 +68,10 @@ def score_stage(store: ArtifactStore, config: dict, upstream: list[str], n_shard
     """Scoring, optionally as one mapped task per dump shard first, then the finishing task
     (reference pools -> weights -> scores). A partition scored under another config is replaced
     by the single finishing task, so shard tasks only run on a fresh or matching partition."""
-    valid = partition_is_current(str(store.root))
+    valid = partition_is_current(store.location)
     if shard_tasks and not store.current("score", stage_key("score", config, upstream), valid) and \
-            not partition_taken(str(store.root), config):
-        score_shard_task.map(str(store.root), unmapped(config), list(range(n_shards))).wait()
+            not partition_taken(store.location, config):
+        score_shard_task.map(store.location, unmapped(config), list(range(n_shards))).wait()
     return run_cached(score_dataset_task, store, "score", config, upstream, valid=valid)
 
 
@@ -110,7 +110,7 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
     aligned = run_cached(align_task, store, "align", align_conf, [filtered["key"]])
 
     summary = {
-        "artifacts": str(store.root),
+        "artifacts": store.location,
         "dump": dump["path"], "samples": dump["manifest"]["n_samples"], "rejected": dump["manifest"]["n_rejected"],
         "sae": str(Path(sae["path"]) / "sae"), "sae_fvu": {g: sae["manifest"]["heldout"][g]["fvu"] for g in ("all", "image", "text")},
         "sae_l0": sae["manifest"]["heldout"]["all"]["l0"],
@@ -139,7 +139,7 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
                                 "aligned": {k: aligned_eval["manifest"].get(k) for k in keys}}
     labels = cfg.labels or labels
     if labels is not None:
-        quality = scorer_quality_task(str(store.tables), labels, cfg.dataset_name, sae_id)
+        quality = scorer_quality_task(store.location, labels, cfg.dataset_name, sae_id)
         summary["scorer_auroc"] = {r["scorer"]: round(r["auroc"], 3) for r in quality}
     logger.info("saev pipeline finished: %s", summary)
     return summary

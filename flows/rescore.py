@@ -58,8 +58,9 @@ def current_sae(store: ArtifactStore, cfg: RescoreConfig) -> tuple[str, str, int
         return str(resolve_sae_dir(cfg.sae)), cfg.model, cfg.layer, []
     trains = [r for r in store.list() if r["stage"] == "train"]
     if not trains:
-        raise ValueError(f"no trained SAE in {store.root}; run the full pipeline first or pass sae/model/layer")
+        raise ValueError(f"no trained SAE in {store.location}; run the full pipeline first or pass sae/model/layer")
     train = store.record("train", trains[-1]["key"])
+    store.fetch("train", train["key"])
     dump = store.record("dump", train["upstream"][0])
     return train["path"], cfg.model or dump["config"]["model"], cfg.layer if cfg.layer is not None else dump["config"]["layer"], [train["key"]]
 
@@ -68,6 +69,7 @@ def current_sae(store: ArtifactStore, cfg: RescoreConfig) -> tuple[str, str, int
 def nightly_rescore(config: RescoreConfig = RescoreConfig()) -> dict:  # noqa: B008 (Prefect parameter default)
     logger = get_run_logger()
     store = ArtifactStore.at(config.artifacts)
+    store.pull_tables()
     sae_dir, model, layer, upstream = current_sae(store, config)
     sae_id = sae_id_of(resolve_sae_dir(sae_dir))
     done, scored = [], []
@@ -78,7 +80,7 @@ def nightly_rescore(config: RescoreConfig = RescoreConfig()) -> dict:  # noqa: B
         dump_conf = {"model": model, "dataset": spec.model_dump(), "layer": layer, **config.dump}
         dump = run_cached(dump_activations, store, "dump", dump_conf, [])
         score_conf = {"activations": dump["path"], "sae": sae_dir, "dataset_name": name, **config.score}
-        run_cached(score_dataset_task, store, "score", score_conf, [dump["key"], *upstream], valid=partition_is_current(str(store.root)))
+        run_cached(score_dataset_task, store, "score", score_conf, [dump["key"], *upstream], valid=partition_is_current(store.location))
         scored.append(name)
     logger.info("nightly re-scoring with SAE %s: scored %s, already scored %s", sae_id, scored or "none", done or "none")
     return {"sae_id": sae_id, "scored": scored, "already_scored": done, "tables": str(store.tables)}

@@ -316,7 +316,7 @@ def eval_scores(
 @app.command("query")
 def query(
     sql: str = typer.Argument(..., help="One SELECT over the views sample_features, feature_stats, scores, samples."),
-    tables: Path = typer.Option(Path(DEFAULT_TABLES), "--tables", help="Tables root written by `saev score`."),
+    tables: str = typer.Option(DEFAULT_TABLES, "--tables", help="Tables root written by `saev score`, or its fsspec URL (s3://bucket/saev/tables: mirrored locally first)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write every row to a .csv or .parquet file (atomically) instead of printing."),
     param: list[str] = typer.Option([], "--param", "-p", help="Bind $name to a value, e.g. --param dataset=rlaif-v (repeatable). Values are text; DuckDB casts them where the type is clear (LIMIT $k, col = $x), else write $k::INTEGER."),
     limit: int = typer.Option(50, "--limit", min=0, help="Rows printed (0: all); the count of the others is reported."),
@@ -351,6 +351,7 @@ def query(
 
     from saev_core.io import atomic_path
     from saev_core.query import QueryRefused, connect, render_table, run_query
+    from saev_core.remote import Mirror, is_url
 
     if format not in ("table", "csv", "json"):
         raise typer.BadParameter(f"expected table, csv or json, got {format!r}", param_hint="--format")
@@ -363,6 +364,10 @@ def query(
         if not sep or not name:
             raise typer.BadParameter(f"expected name=value, got {item!r}", param_hint="--param")
         params[name] = value
+    if is_url(tables):  # DuckDB reads a local mirror: only new or changed files are downloaded
+        mirror = Mirror(tables)
+        mirror.pull("")
+        tables = str(mirror.local)
     con = None
     try:
         con = connect(tables)

@@ -8,6 +8,10 @@ keys, the keys of everything downstream, and nothing upstream. A stage is finish
 a crash mid-stage leaves no record and the stage (which resumes its own partial files) reruns.
 Feature tables are the exception to one-directory-per-key: they are shared, hive-partitioned by
 dataset and content-addressed SAE id, under ``<root>/tables`` so one DuckDB view covers them all.
+
+The root may be an fsspec URL (``s3://bucket/saev``): the store is then a local cache
+(``saev_core.remote``) that pulls a stage's inputs before it runs and pushes its directory after,
+``store.json`` last, plus any new table files. A finished stage found remotely is pulled, not rerun.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from saev_core import __version__
 from saev_core.io import read_json, write_json
+from saev_core.remote import Mirror, is_url
 
 RECORD = "store.json"
 
@@ -35,11 +40,21 @@ def stage_key(stage: str, config: dict, upstream: list[str]) -> str:
 
 @dataclass(frozen=True)
 class ArtifactStore:
-    root: Path
+    root: Path  # local: the store itself, or the cache of a remote one
+    remote: Mirror | None = None
 
     @classmethod
-    def at(cls, root: str | Path) -> "ArtifactStore":
-        return cls(Path(root))
+    def at(cls, root: str | Path, cache: str | Path | None = None) -> "ArtifactStore":
+        """A local directory, or an fsspec URL mirrored in ``cache`` (default: ``remote.default_cache``)."""
+        if is_url(root):
+            mirror = Mirror(str(root), cache)
+            return cls(mirror.local, mirror)
+        return cls(Path(str(root).removeprefix("file://")))
+
+    @property
+    def location(self) -> str:
+        """What to hand another task or machine: the URL of a remote store, else the local root."""
+        return self.remote.url if self.remote else str(self.root)
 
     @property
     def tables(self) -> Path:
@@ -49,10 +64,70 @@ class ArtifactStore:
         return self.root / stage / key
 
     def done(self, stage: str, key: str) -> bool:
-        return (self.path(stage, key) / RECORD).exists()
+        return (self.path(stage, key) / RECORD).exists() or (
+            self.remote is not None and self.remote.exists(f"{stage}/{key}/{RECORD}"))
 
     def record(self, stage: str, key: str) -> dict:
-        return read_json(self.path(stage, key) / RECORD)
+        local = self.path(stage, key) / RECORD
+        return read_json(local) if local.exists() or self.remote is None else self.remote.read_json(f"{stage}/{key}/{RECORD}")
+
+    # -- remote mirroring (no-ops on a local store) -----------------------------------------
+    def fetch(self, stage: str, key: str) -> Path:
+        """The artifact's local directory, pulled from the remote first where it is not here."""
+        if self.remote is not None and not (self.path(stage, key) / RECORD).exists():
+            self.remote.pull(f"{stage}/{key}", last=RECORD)
+        return self.path(stage, key)
+
+    def pull_tables(self) -> None:
+        if self.remote is not None:
+            self.remote.pull("tables")
+
+    def push_tables(self) -> None:
+        if self.remote is not None:
+            self.remote.push("tables")
+
+    def push_partial(self, stage: str, key: str) -> None:
+        """Upload an unfinished stage's files (a shard done on this machine) for whoever finishes it."""
+        if self.remote is not None:
+            self.remote.push(f"{stage}/{key}")
+
+    def _paths_in(self, config) -> Iterator[tuple[str, str]]:
+        """(stage, key) of every store path in a config (the tables excepted)."""
+        prefix = str(self.root) + "/"
+        todo = [config]
+        while todo:
+            v = todo.pop()
+            if isinstance(v, dict):
+                todo.extend(v.values())
+            elif isinstance(v, (list, tuple)):
+                todo.extend(v)
+            elif isinstance(v, str) and v.startswith(prefix):
+                parts = v[len(prefix):].split("/")
+                if len(parts) >= 2 and parts[0] != "tables":
+                    yield parts[0], parts[1]
+
+    def pull_inputs(self, config: dict, upstream: list[str]) -> None:
+        """Fetch every artifact a stage may read: its upstream keys and the store paths in its config,
+        and theirs in turn (a filter reads the source dataset its dump's config names)."""
+        if self.remote is None:
+            return
+        todo = [(None, k) for k in upstream] + list(self._paths_in(config))
+        seen: set[str] = set()
+        while todo:
+            stage, key = todo.pop()
+            if key in seen:
+                continue
+            seen.add(key)
+            if stage is None:
+                found = self.remote.glob(f"*/{key}/{RECORD}") or [p.relative_to(self.root).as_posix() for p in self.root.glob(f"*/{key}/{RECORD}")]
+                if not found:
+                    continue
+                stage = found[0].split("/")[0]
+            if not self.done(stage, key):
+                continue
+            self.fetch(stage, key)
+            rec = self.record(stage, key)
+            todo += [(None, k) for k in rec.get("upstream") or []] + list(self._paths_in(rec.get("config")))
 
     def current(self, stage: str, key: str, valid: Callable[[dict], bool] | None = None) -> bool:
         """Finished, and (for stages writing into shared places) still what ``valid`` expects."""
@@ -63,8 +138,14 @@ class ArtifactStore:
         """Run ``fn(out_dir)`` unless (stage, key) is finished and valid; record and return its manifest."""
         key = stage_key(stage, config, upstream)
         out = self.path(stage, key)
+        if self.remote is not None:
+            self.pull_tables()  # shared: a partition's manifest decides whether a score artifact is current
         if self.current(stage, key, valid):
+            self.fetch(stage, key)
             return self.record(stage, key)
+        if self.remote is not None:
+            self.pull_inputs(config, upstream)
+            self.remote.pull(f"{stage}/{key}")  # partial work: shards finished elsewhere, or before a crash
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         manifest = fn(out)
@@ -72,18 +153,25 @@ class ArtifactStore:
                "seconds": round(time.time() - t0, 2), "config": config, "upstream": upstream,
                "saev_core_version": __version__, "metrics": summary(manifest) if summary else {}, "manifest": manifest}
         write_json(out / RECORD, rec)
+        if self.remote is not None:
+            self.push_tables()
+            self.remote.push(f"{stage}/{key}", last=RECORD)
         return rec
 
     def latest_world(self) -> Path | None:
         """The newest demo world the pipeline prepared (its model, datasets, labels, held-out split)."""
         worlds = [r for r in self.list() if r["stage"] == "prepare"]
-        return Path(worlds[-1]["path"]) if worlds else None
+        return self.fetch("prepare", worlds[-1]["key"]) if worlds else None
 
     def list(self) -> list[dict]:
-        """Every finished artifact, oldest first (without the full manifests)."""
+        """Every finished artifact, here or on the remote, oldest first (without the full manifests)."""
+        records = {f.parent.name: read_json(f) for f in sorted(self.root.glob(f"*/*/{RECORD}"))}
+        if self.remote is not None:
+            for rel in self.remote.glob(f"*/*/{RECORD}"):
+                if rel.split("/")[1] not in records:
+                    records[rel.split("/")[1]] = self.remote.read_json(rel)
         rows = []
-        for rec_file in sorted(self.root.glob(f"*/*/{RECORD}")):
-            rec = read_json(rec_file)
+        for rec in records.values():
             rows.append({k: rec.get(k) for k in ("stage", "key", "created", "seconds", "upstream", "metrics", "path")}
                         | {"config": _short(rec.get("config", {}))})
         return sorted(rows, key=lambda r: r["created"] or "")
@@ -116,6 +204,13 @@ class ArtifactStore:
                 removed.append(str(d))
                 if not dry_run:
                     shutil.rmtree(d)
+        if self.remote is not None:
+            dirs = {"/".join(rel.split("/")[:2]) for rel in self.remote.glob("*/*/*") if not rel.startswith("tables/")}
+            for rel in sorted(dirs):
+                if rel.split("/")[1] not in alive:
+                    removed.append(self.remote.remote(rel))
+                    if not dry_run:
+                        self.remote.remove(rel)
         return removed
 
 

@@ -44,6 +44,8 @@ def run_cached(task: Task, store: ArtifactStore, stage: str, config: dict, upstr
     stage really runs.
     """
     key = stage_key(stage, config, upstream)
+    if valid is not None:
+        store.pull_tables()
     cached = task.with_options(cache_key_fn=lambda *_: f"saev-{stage}-{key}", refresh_cache=not store.current(stage, key, valid),
                                persist_result=True)
-    return cached(str(store.root), config, upstream, *args)
+    return cached(store.location, config, upstream, *args)

@@ -25,6 +25,10 @@ def dump_activations(root: str, config: dict, upstream: list[str]) -> dict:
 def dump_shard_task(root: str, config: dict, upstream: list[str], shard: int) -> dict:
     """One shard of a dump, into the stage's store directory; mapped over shards so a Dask or Ray
     task runner spreads them over machines. ``dump_activations`` then writes the manifest."""
-    out = ArtifactStore.at(root).path("dump", stage_key("dump", config, upstream))
-    return with_smaller_batches(lambda c: run_dump(DumpConfig.model_validate({**c, "out": str(out)}), shards=[shard]),
-                                config, "batch_size")
+    store = ArtifactStore.at(root)
+    key = stage_key("dump", config, upstream)
+    store.pull_inputs(config, upstream)
+    m = with_smaller_batches(lambda c: run_dump(DumpConfig.model_validate({**c, "out": str(store.path("dump", key))}), shards=[shard]),
+                             config, "batch_size")
+    store.push_partial("dump", key)
+    return m

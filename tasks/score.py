@@ -31,7 +31,10 @@ def partition_is_current(root: str):
 def partition_taken(root: str, config: dict) -> bool:
     """True if the (dataset, SAE) partition this config writes already holds a finished scoring
     (the finishing task then returns it, or replaces it when the config differs)."""
-    cfg = ScoreConfig.model_validate({**config, "tables": str(ArtifactStore.at(root).tables)})
+    store = ArtifactStore.at(root)
+    store.pull_tables()
+    store.pull_inputs(config, [])
+    cfg = ScoreConfig.model_validate({**config, "tables": str(store.tables)})
     dataset = cfg.dataset_name or read_json(Path(cfg.activations) / "manifest.json")["dataset_name"]
     path = manifest_path(cfg.tables, dataset, sae_id_of(resolve_sae_dir(cfg.sae)))
     return path.exists()
@@ -59,9 +62,12 @@ def score_dataset_task(root: str, config: dict, upstream: list[str]) -> dict:
 def score_shard_task(root: str, config: dict, shard: int) -> dict:
     """Encode one dump shard into its sample_features part (mapped over shards on a cluster);
     ``score_dataset_task`` then reuses every finished shard and computes weights and scores."""
-    tables = ArtifactStore.at(root).tables
-    return with_smaller_batches(lambda c: run_scoring(ScoreConfig.model_validate({**c, "tables": str(tables)}), shards=[shard]),
-                                config, "batch_rows")
+    store = ArtifactStore.at(root)
+    store.pull_inputs(config, [])
+    m = with_smaller_batches(lambda c: run_scoring(ScoreConfig.model_validate({**c, "tables": str(store.tables)}), shards=[shard]),
+                             config, "batch_rows")
+    store.push_tables()
+    return m
 
 
 @task(name="filter-dataset")
@@ -75,9 +81,12 @@ def filter_dataset_task(root: str, config: dict, upstream: list[str]) -> dict:
 
 
 @task(name="scorer-quality")
-def scorer_quality_task(tables: str, labels: str, dataset: str, sae_id: str) -> list[dict]:
+def scorer_quality_task(root: str, labels: str, dataset: str, sae_id: str) -> list[dict]:
     """AUROC per scorer against evaluation-only labels (the demo world's labels.parquet)."""
-    return scorer_quality(connect(tables), labels, dataset, sae_id)
+    store = ArtifactStore.at(root)
+    store.pull_tables()
+    store.pull_inputs({"labels": labels}, [])
+    return scorer_quality(connect(store.tables), labels, dataset, sae_id)
 
 
 @task(name="report")
