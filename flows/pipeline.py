@@ -45,6 +45,8 @@ class PipelineConfig(BaseModel):
     dump: dict = Field(default_factory=dict, description="DumpConfig overrides")
     shard_tasks: bool = Field(False, description="one task per shard for dump and scoring, for a Dask/Ray task runner over machines")
     sae: dict = Field(default_factory=dict, description="TrainConfig overrides (on top of the demo SAE)")
+    frontier: list[dict] = Field(default_factory=lambda: [{"k": 4}, {"k": 32}],
+                                 description="extra SAEs (overrides on top of `sae`) trained on the same dump for the report's FVU-vs-L0 frontier")
     eval_samples: int = Field(100, ge=0, description="held-out samples for SAE cross-entropy and model evaluation")
     score: dict = Field(default_factory=dict, description="ScoreConfig overrides")
     scorer: str = "saev"
@@ -97,13 +99,16 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
     dump = dump_stage(store, dump_conf, upstream, cfg.shard_tasks)
     sae_conf = {**DEMO_SAE, **cfg.sae, "activations": dump["path"]}
     sae = run_cached(train_sae_task, store, "train", sae_conf, [dump["key"]])
+    frontier = [run_cached(train_sae_task, store, "frontier", {**sae_conf, **extra}, [dump["key"]], "frontier")
+                for extra in cfg.frontier] if cfg.report_latents else []
     sae_eval = run_cached(eval_sae_task, store, "eval-sae", {"run": sae["path"], "n_samples": cfg.eval_samples}, [sae["key"]])
     score_conf = {"activations": dump["path"], "sae": sae["path"], "dataset_name": cfg.dataset_name, **cfg.score}
     scored = score_stage(store, score_conf, [dump["key"], sae["key"]], len(dump["manifest"]["shards"]), cfg.shard_tasks)
     sae_id = scored["manifest"]["sae_id"]
     report_conf = {"dataset": cfg.dataset_name, "sae_id": scored["manifest"]["sae_id"], "n_latents": cfg.report_latents,
-                   "labels": cfg.labels or labels}
-    report = run_cached(report_task, store, "report", report_conf, [scored["key"]]) if cfg.report_latents else None
+                   "labels": cfg.labels or labels, "frontier_of": dump["path"]}
+    report = run_cached(report_task, store, "report", report_conf, [scored["key"], *(f["key"] for f in frontier)]) \
+        if cfg.report_latents else None
     filter_conf = {"scorer": cfg.scorer, "datasets": [cfg.dataset_name], "sae_id": sae_id, "top_fraction": cfg.top_fraction}
     filtered = run_cached(filter_dataset_task, store, "filter", filter_conf, [scored["key"]])
     align_conf = {"model": model, "data": str(Path(filtered["path"]) / "data"), **cfg.align}

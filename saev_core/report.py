@@ -280,15 +280,19 @@ def frontier_plot(points: list[dict]) -> str:
     return _figure_uri(fig)
 
 
-def sae_points(store_root: str | Path) -> list[dict]:
-    """(architecture, L0, FVU) of every SAE trained in an artifact store."""
+def sae_points(store_root: str | Path, activations: str | None = None) -> list[dict]:
+    """(architecture, L0, FVU) of every SAE in an artifact store (the pipeline's and its frontier
+    sweep), or only of those trained on ``activations`` (a dump path): one frontier per dump."""
     from saev_core.store import ArtifactStore
 
     store = ArtifactStore.at(store_root)
     out = []
     for r in store.list():
-        if r["stage"] == "train":
-            m = store.record("train", r["key"])["manifest"]
+        if r["stage"] in ("train", "frontier"):
+            rec = store.record(r["stage"], r["key"])
+            if activations is not None and rec["config"].get("activations") != activations:
+                continue
+            m = rec["manifest"]
             out.append({"architecture": m.get("config", {}).get("architecture", "?"), "l0": m["heldout"]["all"]["l0"],
                         "fvu": m["heldout"]["all"]["fvu"]})
     return out
@@ -296,10 +300,11 @@ def sae_points(store_root: str | Path) -> list[dict]:
 
 def write_report(tables: str | Path, out: str | Path, dataset: str, sae_id: str, n_latents: int = 100, top_samples: int = 8,
                  n_samples: int = 40, labels: str | None = None, store_root: str | Path | None = None,
-                 experiment: str | Path | None = None) -> dict:
+                 experiment: str | Path | None = None, frontier_of: str | None = None) -> dict:
     """Render the report into ``out`` (atomically); returns counts and the index path.
 
-    ``store_root`` adds the FVU-vs-L0 plot of every SAE in that artifact store; ``experiment``
+    ``store_root`` adds the FVU-vs-L0 plot of every SAE in that artifact store (or only of those
+    trained on the dump ``frontier_of``); ``experiment``
     (a `saev experiment` directory) adds its performance-vs-data-kept plot.
     """
     ctx = _Context(tables, dataset, sae_id)
@@ -330,16 +335,18 @@ def write_report(tables: str | Path, out: str | Path, dataset: str, sae_id: str,
             (tmp / "samples" / f"{sid}.html").write_text(sample_page(ctx, sid, weights, set(pages)))
         rows = latent_rows(stats, set(pages))
         top = "".join(f"<li><a href='samples/{s}.html'>{s}</a></li>" for s in samples[:10])
-        extra = ""
-        points = sae_points(store_root) if store_root else []
+        plots = {"Score distributions": score_plot(ctx, labels)}
+        points = sae_points(store_root, frontier_of) if store_root else []
         if points:
-            extra += f"<h2>SAEs: FVU vs L0</h2><img class='plot' alt='FVU vs L0' src='{frontier_plot(points)}'>"
+            plots["SAEs: FVU vs L0"] = frontier_plot(points)
         exp_plot = Path(experiment) / "plot.png" if experiment else None
         if exp_plot is not None and exp_plot.exists():
-            extra += f"<h2>Alignment: performance vs data kept</h2><img class='plot' alt='experiment' src='{_uri(exp_plot.read_bytes())}'>"
+            plots["Alignment: performance vs data kept"] = _uri(exp_plot.read_bytes())
+        figures = "".join(f"<h2>{title}</h2><img class='plot' alt='{title}' src='{uri}'>" for title, uri in plots.items())
+        # the same plots for a Prefect Markdown artifact (inline PNGs: the UI cannot reach local files)
+        (tmp / "plots.md").write_text("".join(f"#### {title}\n\n![{title}]({uri})\n\n" for title, uri in plots.items()))
         body = (f"<p>dataset <b>{html.escape(dataset)}</b>, SAE <b>{sae_id}</b>; {len(stats)} active latents, "
-                f"{len(pages)} with pages; samples ranked by the saev score.</p>"
-                f"<h2>Score distributions</h2><img class='plot' alt='score distributions' src='{score_plot(ctx, labels)}'>{extra}"
+                f"{len(pages)} with pages; samples ranked by the saev score.</p>{figures}"
                 f"<h2>Top samples by saev score</h2><ol>{top}</ol><h2>Latents</h2>"
                 "<p><button onclick=\"setKind('all')\">all</button><button onclick=\"setKind('cross-modal')\">cross-modal</button>"
                 "<button onclick=\"setKind('image-only')\">image-only</button><button onclick=\"setKind('text-only')\">text-only</button>"
@@ -347,4 +354,5 @@ def write_report(tables: str | Path, out: str | Path, dataset: str, sae_id: str,
                 "<table id='latents'><thead><tr><th>latent</th><th>kind</th><th>cross-modal weight</th><th>firing rate</th>"
                 f"<th>image</th><th>text</th><th>top img/txt</th></tr></thead><tbody>{rows}</tbody></table>")
         (tmp / "index.html").write_text(_page(f"saev feature browser: {dataset}", body, 0, INDEX_JS).replace("<p><a href='index.html'>index</a></p>", ""))
-    return {"index": str(out / "index.html"), "latent_pages": len(pages), "sample_pages": len(shown), "latents": len(stats)}
+    return {"index": str(out / "index.html"), "plots": str(out / "plots.md"), "latent_pages": len(pages), "sample_pages": len(shown),
+            "latents": len(stats)}

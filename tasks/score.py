@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 
 from saev_core.filter import FilterConfig, run_filter
 from saev_core.io import read_json, write_json
@@ -99,4 +100,7 @@ def report_task(root: str, config: dict, upstream: list[str]) -> dict:
                     lambda out: write_report(store.tables, out / "html", store_root=root, **config),
                     summary=lambda m: {"index": m["index"], "latent_pages": m["latent_pages"], "sample_pages": m["sample_pages"]})
     publish(rec)
+    plots = Path(rec["manifest"].get("plots", ""))
+    if plots.is_file():
+        create_markdown_artifact(markdown=plots.read_text(), key="saev-report-plots", description=f"saev report plots {rec['key']}")
     return rec

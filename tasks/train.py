@@ -11,10 +11,11 @@ from tasks.common import publish
 
 
 @task(name="train-sae", tags=["gpu"], retries=1, retry_delay_seconds=5)
-def train_sae_task(root: str, config: dict, upstream: list[str]) -> dict:
-    """Train (or resume from the last checkpoint: a retry continues where the crash left off)."""
+def train_sae_task(root: str, config: dict, upstream: list[str], stage: str = "train") -> dict:
+    """Train (or resume from the last checkpoint: a retry continues where the crash left off).
+    ``stage`` "frontier" keeps the report's extra sweep SAEs apart from the pipeline's SAE."""
     rec = ArtifactStore.at(root).run(
-        "train", config, upstream, lambda out: train_sae(TrainConfig.model_validate({**config, "out": str(out)})),
+        stage, config, upstream, lambda out: train_sae(TrainConfig.model_validate({**config, "out": str(out)})),
         summary=lambda m: {f"{g}_{k}": m["heldout"][g][k] for g in ("all", "image", "text") for k in ("fvu", "l0")})
     publish(rec)
     return rec

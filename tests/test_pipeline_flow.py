@@ -53,10 +53,29 @@ def test_flow_completes_and_fills_the_store(first_run):
     index = open(s["report"]).read()  # the feature browser, with the FVU-vs-L0 plot of the store's SAEs
     assert "FVU vs L0" in index and len(list((root / "report").glob("*/html/latents/*.html"))) == 3
     stages = {r["stage"] for r in ArtifactStore.at(root).list()}
-    assert stages == {"dump", "train", "eval-sae", "score", "report", "filter", "align", "evaluate"}
+    assert stages == {"dump", "train", "frontier", "eval-sae", "score", "report", "filter", "align", "evaluate"}
+    # the FVU-vs-L0 frontier: the pipeline's TopK SAE (k=16) and the sweep's k=4 and k=32, on the same dump
+    from saev_core.report import sae_points
+    points = sae_points(root, s["dump"])
+    assert sorted(p["l0"] for p in points) == [4, 16, 32] and all(0 < p["fvu"] < 1.5 for p in points)
+    by_l0 = {p["l0"]: p["fvu"] for p in points}
+    assert by_l0[4] > by_l0[32]  # more active latents reconstruct better
+    assert sae_points(root, "/elsewhere") == []
     assert list((root / "tables/scores/dataset=demo-rlaif").glob("sae_id=*/part-00000.parquet"))
     states = task_states(state)
     assert all(v == "Completed" for v in states.values()), states
+    # the report's plots as a Prefect artifact, inline PNGs the UI can show
+    import base64
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["saev-report-plots"])))
+    md = arts[0].data
+    assert "#### Score distributions" in md and "#### SAEs: FVU vs L0" in md
+    uri = md.split("](data:image/png;base64,")[1].split(")")[0]
+    assert base64.b64decode(uri).startswith(b"\x89PNG")
 
 
 def test_rerun_is_cached_and_a_changed_config_reruns_only_downstream(first_run, world_dir):

@@ -79,7 +79,7 @@ def test_pipeline_on_s3_resumes_from_the_bucket_on_an_empty_cache(bucket, world_
     store = ArtifactStore.at(url)
     assert s["artifacts"] == url and str(store.root).startswith(str(cache))
     stages = {r["stage"] for r in store.list()}
-    assert stages == {"dump", "train", "eval-sae", "score", "report", "filter", "align", "evaluate"}
+    assert stages == {"dump", "train", "frontier", "eval-sae", "score", "report", "filter", "align", "evaluate"}
     remote = Mirror(url, tmp_path / "peek")
     assert {r.split("/")[0] for r in remote.glob("*/*/store.json")} == stages
     assert remote.glob("tables/scores/dataset=demo-rlaif/sae_id=*/part-00000.parquet")
