@@ -70,11 +70,46 @@ def _figure_uri(fig) -> str:
     return _uri(buf.getvalue())
 
 
-def patch_grid(values: np.ndarray) -> np.ndarray:
-    """Image-token values as a 2-D patch grid (square when the count is a square, else one row)."""
+def _closest(pairs: list[tuple[int, int]], aspect: float) -> tuple[int, int] | None:
+    return min(pairs, key=lambda hw: abs(math.log(hw[0] / hw[1] / aspect)), default=None)
+
+
+def patch_grid(values: np.ndarray, aspect: float = 1.0, base_side: int | None = None) -> np.ndarray:
+    """Image-token values as a 2-D patch grid, ``aspect`` = image height / width.
+
+    - LLaVA-NeXT any-resolution (``base_side`` given): ``base_side``^2 tokens of the resized
+      whole image, then the unpadded high-resolution grid of H rows of W patches plus one
+      image-newline token each (n = base_side^2 + H (W + 1)); the high-resolution grid is returned,
+      H and W the factorisation closest to the image's aspect.
+    - A square count (LLaVA-1.5, CLIP/SigLIP towers): side x side.
+    - Otherwise (Qwen-VL's merged, aspect-preserving grids): the H x W = n closest to the aspect;
+      one row when n has no such factorisation.
+    """
     n = len(values)
+    if base_side and n > base_side * base_side:
+        m = n - base_side * base_side
+        hw = _closest([(h, m // h - 1) for h in range(1, m + 1) if m % h == 0 and m // h > 1], aspect)
+        if hw is not None:
+            return values[base_side * base_side:].reshape(hw[0], hw[1] + 1)[:, : hw[1]]
     side = math.isqrt(n)
-    return values.reshape(side, side) if side * side == n else values.reshape(1, n)
+    if side * side == n:
+        return values.reshape(side, side)
+    hw = _closest([(h, n // h) for h in range(2, n // 2 + 1) if n % h == 0], aspect)
+    return values.reshape(hw) if hw is not None else values.reshape(1, n)
+
+
+def base_side_of(model: str) -> int | None:
+    """Patches per side of the base image of an any-resolution model (LLaVA-NeXT), else None."""
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(model)
+    except Exception:  # offline or not a transformers model: fall back to shape-only layouts
+        return None
+    vision = getattr(cfg, "vision_config", None)
+    if getattr(cfg, "image_grid_pinpoints", None) and vision is not None:
+        return vision.image_size // vision.patch_size
+    return None
 
 
 def heat_overlay(image: Image.Image, grid: np.ndarray, lo: float, hi: float, size: int = 224, alpha: float = 0.55) -> Image.Image:
@@ -112,6 +147,7 @@ class _Context:
         self.shards = [dump / s["file"] for s in self.dump_manifest["shards"]]
         self.sae = load_sae(resolve_sae_dir(self.scoring["sae"])).eval()
         self.tok = AutoTokenizer.from_pretrained(self.dump_manifest["model"])
+        self.base_side = base_side_of(self.dump_manifest["model"])
         self.spec = DatasetSpec.model_validate(self.scoring["source_dataset"])
         self._ds = None
         self._rows: dict[str, dict] = {}
@@ -182,7 +218,7 @@ def latent_page(ctx: _Context, fid: int, stat: dict, top: int) -> tuple[str, lis
             continue
         r = rows[sid]
         a = r["codes"][:, fid]
-        grid = patch_grid(a[r["image"]])
+        grid = patch_grid(a[r["image"]], images[sid].height / images[sid].width, ctx.base_side)
         text = highlight([t for t, m in zip(r["tokens"], r["image"]) if not m], a[~r["image"]], txt_hi)
         cards.append(f"<div class='card latent-sample'><img class='heat' alt='patch heat map of latent {fid}' src='{_png(heat_overlay(images[sid], grid, lo, hi))}'>"
                      f"<p class='text'>{text}</p><p class='muted'><a href='../samples/{sid}.html'>{sid}</a> max {a.max():.3f}</p></div>")
@@ -207,7 +243,8 @@ def sample_page(ctx: _Context, sid: str, weights: dict[int, float], linked: set[
     if sid in rows and sid in images:
         r = rows[sid]
         counts = (r["codes"][r["image"]] > 0).sum(1).astype(float)
-        img = heat_overlay(images[sid], patch_grid(counts), *np.percentile(counts, [1, 99]))
+        img = heat_overlay(images[sid], patch_grid(counts, images[sid].height / images[sid].width, ctx.base_side),
+                           *np.percentile(counts, [1, 99]))
         parts.append(f"<div class='card'><img class='heat' alt='active latents per patch' src='{_png(img)}'>"
                      f"<p class='muted'>active latents per patch ({counts.min():.0f} .. {counts.max():.0f})</p></div>")
     parts.append("<h2>Scores</h2><table><tr><th>scorer</th><th>score</th><th>rank</th><th>percentile</th></tr>" +

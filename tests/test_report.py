@@ -14,7 +14,30 @@ from saev_core.report import highlight, patch_grid
 
 def test_patch_grid_and_highlight_by_hand():
     assert patch_grid(np.arange(16)).shape == (4, 4) and patch_grid(np.arange(16))[1, 0] == 4
-    assert patch_grid(np.arange(6)).shape == (1, 6)
+    assert patch_grid(np.arange(7)).shape == (1, 7)  # no 2-D factorisation
+    assert patch_grid(np.arange(6), aspect=0.5).tolist() == [[0, 1, 2], [3, 4, 5]]  # wide image: 2 rows of 3
+    assert patch_grid(np.arange(6), aspect=2.0).shape == (3, 2)
+
+
+def test_patch_grid_lays_out_llava_next_any_resolution_by_hand():
+    # base image 2x2 (tokens 0-3), then a 2 x 3 high-resolution grid with one newline token per row
+    # (7 and 11): n = 2^2 + 2 * (3 + 1) = 12, for an image 2/3 as high as it is wide
+    grid = patch_grid(np.arange(12), aspect=2 / 3, base_side=2)
+    assert grid.tolist() == [[4, 5, 6], [8, 9, 10]]
+    # a tall image: 3 rows of 1 patch + newline after the 2x2 base
+    assert patch_grid(np.arange(10), aspect=3.0, base_side=2).tolist() == [[4], [6], [8]]
+
+
+def test_base_side_comes_from_an_any_resolution_config(tmp_path, world_dir):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig
+
+    from saev_core.report import base_side_of
+
+    LlavaNextConfig(vision_config=CLIPVisionConfig(image_size=336, patch_size=14), text_config=LlamaConfig(),
+                    image_grid_pinpoints=[[336, 672], [672, 336]]).save_pretrained(tmp_path)
+    assert base_side_of(str(tmp_path)) == 24
+    assert base_side_of(str(world_dir / "model")) is None  # plain LLaVA: square grids
+    assert base_side_of(str(tmp_path / "missing")) is None
     html = highlight(["red", "circle"], np.array([0.5, 0.0]), hi=1.0)
     assert 'class="tok on" style="background:rgba(255,140,0,0.50)"' in html and '<span class="tok">circle</span>' in html
 
