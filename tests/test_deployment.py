@@ -83,7 +83,7 @@ def test_full_pipeline_deployment_runs_on_a_process_worker(server, world_dir, tm
         os.killpg(worker.pid, 15)
         worker.wait(timeout=30)
     stages = {r["stage"] for r in ArtifactStore.at(root).list()}
-    assert stages == {"dump", "train", "eval-sae", "score", "report", "filter", "align", "evaluate"}
+    assert stages == {"dump", "train", "frontier", "eval-sae", "score", "report", "filter", "align", "evaluate"}
     # the stages published Prefect artifacts with their metrics
     arts = prefect(env, "artifact", "ls").stdout
     assert "saev-score" in arts and "saev-dump" in arts
