@@ -104,3 +104,34 @@ def test_pipeline_on_s3_resumes_from_the_bucket_on_an_empty_cache(bucket, world_
     out = CliRunner().invoke(app, ["query", "--tables", f"{url}/tables", "--format", "csv",
                                    "SELECT count(DISTINCT sample_id) AS n FROM scores WHERE dataset = 'demo-rlaif'"])
     assert out.exit_code == 0 and out.output.split() == ["n", "30"], out.output
+
+
+def test_a_shard_done_on_one_machine_is_not_redone_on_another(bucket, world_dir, tmp_path):
+    """Shard tasks push their files; the machine that finishes the stage pulls them and resumes."""
+    import pyarrow.parquet as pq
+
+    from saev_core.dump import DumpConfig, run_dump
+    from saev_core.store import stage_key
+
+    url = f"{bucket}/shards"
+    conf = {"model": str(world_dir / "model"), "dataset": {"path": str(world_dir / "datasets/demo-rlaif/train.parquet"), "limit": 20},
+            "layer": 1, "samples_per_shard": 10, "progress": False}
+    key = stage_key("dump", conf, [])
+    a = ArtifactStore.at(url, cache=tmp_path / "machine-a")
+    run_dump(DumpConfig.model_validate({**conf, "out": str(a.path("dump", key))}), shards=[1])
+    a.push_partial("dump", key)
+    assert not a.done("dump", key)  # shards alone do not finish a stage
+
+    b = ArtifactStore.at(url, cache=tmp_path / "machine-b")
+    seen = {}
+
+    def finish(out):
+        seen["pulled"] = sorted(p.name for p in (out / "activations").glob("*.parquet"))
+        return run_dump(DumpConfig.model_validate({**conf, "out": str(out)}))
+
+    rec = b.run("dump", conf, [], finish)
+    assert seen["pulled"] == ["shard-00001.parquet"] and rec["manifest"]["n_samples"] == 20
+    mine = pq.read_table(b.path("dump", key) / "activations/shard-00001.parquet")
+    assert mine.equals(pq.read_table(a.path("dump", key) / "activations/shard-00001.parquet"))
+    assert a.done("dump", key) and a.fetch("dump", key) == a.path("dump", key)  # A now sees B's finished stage
+    assert (a.path("dump", key) / "activations/shard-00000.parquet").exists()
