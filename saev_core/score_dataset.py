@@ -13,6 +13,7 @@ Steps (each resumable; the manifest is written last and marks the partition comp
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import shutil
@@ -92,10 +93,19 @@ def resolve_sae_dir(path: str | Path) -> Path:
 
 
 def sae_id_of(sae_dir: Path) -> str:
-    """Content address of an SAE: the same weights always get the same id, whatever the path."""
+    """Content address of an SAE: the same weights always get the same id, whatever the path.
+
+    Hashing a 65k-latent checkpoint reads GBs, and every scoring task asks, so the hash is
+    remembered per (file, size, mtime): a rewritten checkpoint is hashed again."""
+    files = [Path(sae_dir) / name for name in ("cfg.json", "sae_weights.safetensors")]
+    return _hash_files(tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+@functools.lru_cache(maxsize=64)
+def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
     h = hashlib.sha256()
-    for name in ("cfg.json", "sae_weights.safetensors"):
-        with open(sae_dir / name, "rb") as f:
+    for path, _, _ in files:
+        with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 24), b""):
                 h.update(block)
     return h.hexdigest()[:12]

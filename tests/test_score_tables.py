@@ -221,3 +221,20 @@ def test_quality_table_and_cli(scored, world_dir, tmp_path):
     assert res.exit_code == 0 and "| saev |" in res.output and "| random |" not in res.output
     res = runner.invoke(app, ["filter", "--tables", tables, "--scorer", "random", "--top-k", "3", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "no 'random' scores" in res.output
+
+
+def test_sae_id_is_the_content_and_follows_a_rewritten_checkpoint(tmp_path):
+    import os
+
+    from saev_core.score_dataset import sae_id_of
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        (d / "cfg.json").write_text('{"d_in": 4}')
+        (d / "sae_weights.safetensors").write_bytes(b"weights-1")
+    assert sae_id_of(a) == sae_id_of(b)  # same content, another path
+    first = sae_id_of(a)
+    (a / "sae_weights.safetensors").write_bytes(b"weights-2")
+    os.utime(a / "sae_weights.safetensors", ns=(1, 1))  # same size as before; the mtime tells
+    assert sae_id_of(a) != first
