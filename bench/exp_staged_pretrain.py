@@ -7,7 +7,8 @@ B: LM frozen; vision tower + projector trained on the QA answers, plus AUX x the
    each projected patch to that target.
 C: a short joint fine-tune at a tenth of the learning rate.
 
-Usage: python bench/exp_staged_pretrain.py OUT_DIR A_STEPS B_STEPS C_STEPS AUX
+Usage: python bench/exp_staged_pretrain.py OUT_DIR A_STEPS B_STEPS C_STEPS AUX [sum|checkerboard]
+("checkerboard": each patch of an object towards its colour or its shape word, empty cells E[<pad>])
 (the builder's own pretraining is swapped for this one; everything else is `saev demo build`).
 Results and the follow-up commands are in bench/RESULTS.md."""
 import math, random, sys, time, torch
@@ -17,13 +18,14 @@ from saev_core.demo.scenes import POSITIONS
 
 A_STEPS, B_STEPS, C_STEPS = [int(x) for x in sys.argv[2:5]]
 AUX = float(sys.argv[5])
+TARGETS = sys.argv[6] if len(sys.argv) > 6 else "sum"  # or "checkerboard"
 
 def targets(model, processor, rows, ids):
     E = model.get_input_embeddings().weight
     tok = processor.tokenizer
     img_id = model.config.image_token_index
     out = torch.zeros(len(rows), 16, E.shape[1])
-    dot = E[tok.convert_tokens_to_ids(".")]
+    dot = E[tok.convert_tokens_to_ids(".")] if TARGETS == "sum" else E[tok.pad_token_id]
     for i, r in enumerate(rows):
         cells = {}
         for part in r["scene"].split("; "):
@@ -32,7 +34,13 @@ def targets(model, processor, rows, ids):
         for p in range(16):
             px, py = p % 4, p // 4
             c = cells.get((px // 2, py // 2))
-            out[i, p] = (E[c[0]] + E[c[1]]) / math.sqrt(2) if c else dot
+            q = (py % 2) * 2 + (px % 2)  # checkerboard: colour on the cell's diagonal patches, shape on the others
+            if not c:
+                out[i, p] = dot
+            elif TARGETS == "sum":
+                out[i, p] = (E[c[0]] + E[c[1]]) / math.sqrt(2)
+            else:
+                out[i, p] = E[c[0]] if q in (0, 3) else E[c[1]]
     return out
 
 def run(model, processor, rows, steps, mode, lr, bs=64, seed=0):
