@@ -125,7 +125,9 @@ class Mirror:
         if not src.exists():
             return []
         index = self._index()
-        files = [src] if src.is_file() else [p for p in src.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        # dot-names are writes in progress (saev_core.io's temporary siblings) and the index itself
+        files = [src] if src.is_file() else [p for p in src.rglob("*") if p.is_file()
+                                             and not any(part.startswith(".") for part in p.relative_to(src).parts)]
         todo = []
         for p in files:
             r = p.relative_to(self.local).as_posix()
