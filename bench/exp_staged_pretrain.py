@@ -1,14 +1,16 @@
 """Experiment (issue 7, point 5): staged demo pretraining so image patches reuse the text LM's
 word features, the way LLaVA's projector feeds a pretrained LM.
 
-A: the LM alone, on prompts whose 16 image slots hold (E[color] + E[shape]) / sqrt 2 of the object
-   in that patch's grid cell (E["."] for an empty cell).
+A: the LM alone, on prompts whose 16 image slots hold word embeddings of the object in that
+   patch's grid cell (see the target modes below).
 B: LM frozen; vision tower + projector trained on the QA answers, plus AUX x the relative MSE of
    each projected patch to that target.
 C: a short joint fine-tune at a tenth of the learning rate.
 
-Usage: python bench/exp_staged_pretrain.py OUT_DIR A_STEPS B_STEPS C_STEPS AUX [sum|checkerboard]
-("checkerboard": each patch of an object towards its colour or its shape word, empty cells E[<pad>])
+Usage: python bench/exp_staged_pretrain.py OUT_DIR A_STEPS B_STEPS C_STEPS AUX [sum|sum-dot|checkerboard]
+("sum": every patch of an object towards (E[colour] + E[shape]) / sqrt 2, empty cells towards
+E[<pad>]; "sum-dot": the same with empty cells towards E["."]; "checkerboard": each patch of an
+object towards its colour or its shape word, empty cells E[<pad>])
 (the builder's own pretraining is swapped for this one; everything else is `saev demo build`).
 Results and the follow-up commands are in bench/RESULTS.md."""
 import math, random, sys, time, torch
@@ -18,14 +20,14 @@ from saev_core.demo.scenes import POSITIONS
 
 A_STEPS, B_STEPS, C_STEPS = [int(x) for x in sys.argv[2:5]]
 AUX = float(sys.argv[5])
-TARGETS = sys.argv[6] if len(sys.argv) > 6 else "sum"  # or "checkerboard"
+TARGETS = sys.argv[6] if len(sys.argv) > 6 else "sum"  # or "sum-dot", "checkerboard"
 
 def targets(model, processor, rows, ids):
     E = model.get_input_embeddings().weight
     tok = processor.tokenizer
     img_id = model.config.image_token_index
     out = torch.zeros(len(rows), 16, E.shape[1])
-    dot = E[tok.convert_tokens_to_ids(".")] if TARGETS == "sum" else E[tok.pad_token_id]
+    dot = E[tok.convert_tokens_to_ids(".")] if TARGETS == "sum-dot" else E[tok.pad_token_id]
     for i, r in enumerate(rows):
         cells = {}
         for part in r["scene"].split("; "):
@@ -37,7 +39,7 @@ def targets(model, processor, rows, ids):
             q = (py % 2) * 2 + (px % 2)  # checkerboard: colour on the cell's diagonal patches, shape on the others
             if not c:
                 out[i, p] = dot
-            elif TARGETS == "sum":
+            elif TARGETS in ("sum", "sum-dot"):
                 out[i, p] = (E[c[0]] + E[c[1]]) / math.sqrt(2)
             else:
                 out[i, p] = E[c[0]] if q in (0, 3) else E[c[1]]
