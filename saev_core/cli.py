@@ -71,6 +71,18 @@ def validate(model: type[BaseModel], data: dict) -> BaseModel:
         fail("invalid config:\n" + "\n".join(lines))
 
 
+def newest_artifact(stage: str, root: str = "data/artifacts") -> dict | None:
+    """The newest finished ``stage`` artifact of the local store `make run` fills, if any: the
+    stand-alone commands default to what the pipeline built."""
+    from saev_core.store import ArtifactStore
+
+    store = ArtifactStore.at(root)
+    if not store.root.is_dir():
+        return None
+    found = [r for r in store.list() if r["stage"] == stage]
+    return store.record(stage, found[-1]["key"]) if found else None
+
+
 def fail(message: str, code: int = 2):
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
@@ -159,7 +171,7 @@ def dump(
 @app.command("train")
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
-    activations: Optional[str] = typer.Option(None, help="Dump directory from `saev dump` (default: data/runs/dump-demo-rlaif-L2)."),
+    activations: Optional[str] = typer.Option(None, help="Dump directory from `saev dump` (default: the newest dump `make run` made in data/artifacts; else data/runs/dump-demo-rlaif-L2)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (default: data/runs/sae-<architecture>-<modalities>)."),
     architecture: Optional[str] = typer.Option(None, help="relu (the paper's SAE-V), topk or batchtopk (default: relu)."),
     expansion_factor: Optional[int] = typer.Option(None, help="d_sae = expansion_factor * d_in (default: 16)."),
@@ -182,7 +194,9 @@ def train(
         "k": k, "modalities": modalities, "batch_size": batch_size, "total_tokens": total_tokens, "lr": lr,
         "l1_coefficient": l1_coefficient, "device": device, "seed": seed})
     apply_set(data, set_)
-    data.setdefault("activations", "data/runs/dump-demo-rlaif-L2")
+    if "activations" not in data:
+        dump = newest_artifact("dump")
+        data["activations"] = dump["path"] if dump else "data/runs/dump-demo-rlaif-L2"
     data.setdefault("out", f"data/runs/sae-{data.get('architecture', 'relu')}-{data.get('modalities', 'image+text').replace('+', '-')}")
     cfg = validate(TrainConfig, data)
     try:
@@ -217,8 +231,8 @@ def eval_sae(
 @app.command("score")
 def score(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
-    activations: Optional[str] = typer.Option(None, help="Dump directory from `saev dump` (default: data/runs/dump-demo-rlaif-L2)."),
-    sae: Optional[str] = typer.Option(None, help="`saev train` run or SAELens checkpoint directory (default: data/runs/sae-demo-rlaif-L2-topk)."),
+    activations: Optional[str] = typer.Option(None, help="Dump directory from `saev dump` (default: the SAE's own dump when the SAE is the store's; else data/runs/dump-demo-rlaif-L2)."),
+    sae: Optional[str] = typer.Option(None, help="`saev train` run or SAELens checkpoint directory (default: the newest SAE `make run` trained in data/artifacts; else data/runs/sae-relu-image-text)."),
     tables: Optional[str] = typer.Option(None, help="Feature tables root (default: data/artifacts/tables, where `make run` puts them)."),
     dataset_name: Optional[str] = typer.Option(None, help="Partition name (default: the dump's dataset name)."),
     scorer: list[str] = typer.Option([], "--scorer", help="Scorer to compute (repeatable; default: all of random, l0, cooccurrence, saev, model_cosine)."),
@@ -239,8 +253,12 @@ def score(
         "activations": activations, "sae": sae, "tables": tables, "dataset_name": dataset_name, "scorers": scorer or None,
         "tau": tau, "reference_samples": reference_samples, "device": device, "seed": seed})
     apply_set(data, set_)
+    if "sae" not in data:  # the pipeline's newest SAE with its own dump, else `saev train`'s default run
+        trained = newest_artifact("train")
+        data["sae"] = trained["path"] if trained else "data/runs/sae-relu-image-text"
+        if trained and "activations" not in data:
+            data["activations"] = trained["config"]["activations"]
     data.setdefault("activations", "data/runs/dump-demo-rlaif-L2")
-    data.setdefault("sae", "data/runs/sae-demo-rlaif-L2-topk")
     cfg = validate(ScoreConfig, data)
     try:
         m = run_scoring(cfg, overwrite=overwrite)

@@ -112,6 +112,18 @@ def test_artifacts_cli_lists_and_collects(first_run, tmp_path):
     assert len(ArtifactStore.at(root).list()) == len(rows)
 
 
+def test_standalone_commands_default_to_what_the_pipeline_built(first_run, tmp_path, monkeypatch):
+    """After `make run`, `saev score` with no paths scores the pipeline's newest SAE on its own dump."""
+    root, state = first_run
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "artifacts").symlink_to(root)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["score", "--tables", str(tmp_path / "tables"), "--dataset-name", "cli", "--set", "progress=false"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["sae_id"] == state.result()["sae_id"] and out["n_samples"] == 30
+
+
 def test_nightly_rescore_scores_only_new_datasets(first_run, world_dir, tmp_path):
     import yaml
 
