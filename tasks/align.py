@@ -17,7 +17,7 @@ def align_task(root: str, config: dict, upstream: list[str]) -> dict:
     rec = ArtifactStore.at(root).run(
         "align", config, upstream, lambda out: run_alignment(AlignConfig.model_validate({**config, "out": str(out / "aligned")})),
         summary=lambda m: {"method": m["method"], "rows": m["n_train_rows"], "steps": m["steps"], "last_loss": m["last_loss"]})
-    publish(rec)
+    publish(rec, root)
     return rec
 
 
@@ -32,7 +32,7 @@ def evaluate_model_task(root: str, config: dict, upstream: list[str]) -> dict:
 
     rec = ArtifactStore.at(root).run("evaluate", config, upstream, run,
                                      summary=lambda r: {k: r[k] for k in ("answer_accuracy", "nll", "preference_accuracy") if k in r})
-    publish(rec)
+    publish(rec, root)
     return rec
 
 

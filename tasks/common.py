@@ -9,14 +9,21 @@ import torch
 from prefect import Task
 from prefect.artifacts import create_markdown_artifact
 
+from saev_core.remote import is_url
 from saev_core.store import ArtifactStore, stage_key
 
 
-def publish(rec: dict) -> None:
-    """A Markdown artifact per finished stage: its metrics and where its files are."""
+def publish(rec: dict, root: str | None = None) -> None:
+    """A Markdown artifact per finished stage: its metrics and where its files are (the bucket's
+    URL for a store on an object store: a worker's local cache means nothing in the UI)."""
     metrics = rec.get("metrics") or {}
     rows = "\n".join(f"| {k} | {v if not isinstance(v, float) else round(v, 4)} |" for k, v in metrics.items())
-    md = (f"### saev {rec['stage']} `{rec['key']}`\n\nfiles: [{rec['path']}](file://{rec['path']})\n\n"
+    if root is not None and is_url(root):
+        url = f"{root.rstrip('/')}/{rec['stage']}/{rec['key']}"
+        files = f"`{url}` (cached on the worker at `{rec['path']}`)"
+    else:
+        files = f"[{rec['path']}](file://{rec['path']})"
+    md = (f"### saev {rec['stage']} `{rec['key']}`\n\nfiles: {files}\n\n"
           f"| metric | value |\n| --- | --- |\n{rows}\n")
     create_markdown_artifact(markdown=md, key=f"saev-{rec['stage']}", description=f"saev {rec['stage']} {rec['key']}")
 

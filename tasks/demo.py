@@ -15,5 +15,5 @@ def prepare_demo(root: str, config: dict, upstream: list[str]) -> dict:
     rec = ArtifactStore.at(root).run(
         "prepare", config, upstream, lambda out: build_world(DemoConfig.model_validate(config), out, log=get_run_logger().info),
         summary=lambda w: {"heldout_accuracy": w["pretrain"]["heldout_accuracy"], "chance": w["pretrain"]["chance"]})
-    publish(rec)
+    publish(rec, root)
     return rec

@@ -17,7 +17,7 @@ def dump_activations(root: str, config: dict, upstream: list[str]) -> dict:
 
     rec = ArtifactStore.at(root).run("dump", config, upstream, dump,
                                      summary=lambda m: {"samples": m["n_samples"], "rejected": m["n_rejected"], **m["rows"]})
-    publish(rec)
+    publish(rec, root)
     return rec
 
 

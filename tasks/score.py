@@ -55,7 +55,7 @@ def score_dataset_task(root: str, config: dict, upstream: list[str]) -> dict:
     rec = store.run("score", config, upstream, score, valid=partition_is_current(root),
                     summary=lambda m: {"dataset": m["dataset"], "sae_id": m["sae_id"], "samples": m["n_samples"],
                                        "cross_modal_latents": m["n_cross_modal"]})
-    publish(rec)
+    publish(rec, root)
     return rec
 
 
@@ -77,7 +77,7 @@ def filter_dataset_task(root: str, config: dict, upstream: list[str]) -> dict:
     rec = store.run("filter", config, upstream,
                     lambda out: run_filter(FilterConfig.model_validate({**config, "tables": str(store.tables), "out": str(out / "data")})),
                     summary=lambda m: {"kept": m["n_kept"], **{f"{k}_rows": v for k, v in m["splits"].items()}})
-    publish(rec)
+    publish(rec, root)
     return rec
 
 
@@ -99,7 +99,7 @@ def report_task(root: str, config: dict, upstream: list[str]) -> dict:
     rec = store.run("report", config, upstream,
                     lambda out: write_report(store.tables, out / "html", store_root=root, **config),
                     summary=lambda m: {"index": m["index"], "latent_pages": m["latent_pages"], "sample_pages": m["sample_pages"]})
-    publish(rec)
+    publish(rec, root)
     plots = Path(rec["manifest"].get("plots", ""))
     if plots.is_file():
         create_markdown_artifact(markdown=plots.read_text(), key="saev-report-plots", description=f"saev report plots {rec['key']}")

@@ -17,7 +17,7 @@ def train_sae_task(root: str, config: dict, upstream: list[str], stage: str = "t
     rec = ArtifactStore.at(root).run(
         stage, config, upstream, lambda out: train_sae(TrainConfig.model_validate({**config, "out": str(out)})),
         summary=lambda m: {f"{g}_{k}": m["heldout"][g][k] for g in ("all", "image", "text") for k in ("fvu", "l0")})
-    publish(rec)
+    publish(rec, root)
     return rec
 
 
@@ -31,5 +31,5 @@ def eval_sae_task(root: str, config: dict, upstream: list[str]) -> dict:
     rec = ArtifactStore.at(root).run("eval-sae", config, upstream, run,
                                      summary=lambda r: {"ce_loss_recovered": r.get("ce_with_images", {}).get("ce_loss_recovered"),
                                                         "fvu": r["reconstruction"]["all"]["fvu"]})
-    publish(rec)
+    publish(rec, root)
     return rec

@@ -83,6 +83,14 @@ def test_pipeline_on_s3_resumes_from_the_bucket_on_an_empty_cache(bucket, world_
     remote = Mirror(url, tmp_path / "peek")
     assert {r.split("/")[0] for r in remote.glob("*/*/store.json")} == stages
     assert remote.glob("tables/scores/dataset=demo-rlaif/sae_id=*/part-00000.parquet")
+    # the stage's Prefect artifact points at the bucket, not at a worker's cache
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["saev-dump"]), flow_run_id=ArtifactFilterFlowRunId(any_=[first.state_details.flow_run_id])))
+    assert len(arts) == 1 and f"`{url}/dump/" in arts[0].data, arts[0].data
 
     shutil.rmtree(cache)  # a fresh machine: nothing local, everything in the bucket
     second = saev_pipeline(PipelineConfig.model_validate(config), return_state=True)
@@ -97,6 +105,20 @@ def test_pipeline_on_s3_resumes_from_the_bucket_on_an_empty_cache(bucket, world_
     states = {n.rsplit("-", 1)[0]: v for n, v in task_states(third).items()}
     assert states["dump-activations"] == states["train-sae"] == "Cached", states
     assert states["score-dataset"] == states["filter-dataset"] == states["align"] == "Completed", states
+
+    # the nightly flow on the bucket, from an empty cache: scores a new dataset with the pipeline's SAE
+    import yaml
+
+    from flows.rescore import RescoreConfig, nightly_rescore
+
+    shutil.rmtree(cache)
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    (registry / "more.yaml").write_text(yaml.safe_dump(
+        {"name": "more", "dataset": {"path": str(world_dir / "datasets/demo-sft/train.parquet"), "limit": 12}}))
+    nightly = nightly_rescore(RescoreConfig(artifacts=url, registry=str(registry), dump={"progress": False}, score={"progress": False}))
+    assert nightly["scored"] == ["more"] and nightly["sae_id"] == s["sae_id"]
+    assert remote.glob(f"tables/scores/dataset=more/sae_id={s['sae_id']}/part-00000.parquet")
 
     listing = CliRunner().invoke(app, ["artifacts", "--root", url, "--json"])
     assert listing.exit_code == 0 and '"stage": "align"' in listing.output
