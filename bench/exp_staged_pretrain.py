@@ -7,7 +7,7 @@ B: LM frozen; vision tower + projector trained on the QA answers, plus AUX x the
    each projected patch to that target.
 C: a short joint fine-tune at a tenth of the learning rate.
 
-Usage: python bench/exp_staged_pretrain.py OUT_DIR A_STEPS B_STEPS C_STEPS AUX [sum|sum-dot|checkerboard]
+Usage: python bench/exp_staged_pretrain.py OUT_DIR A_STEPS B_STEPS C_STEPS AUX [sum|sum-dot|checkerboard] [EMB_SCALE]
 ("sum": every patch of an object towards (E[colour] + E[shape]) / sqrt 2, empty cells towards
 E[<pad>]; "sum-dot": the same with empty cells towards E["."]; "checkerboard": each patch of an
 object towards its colour or its shape word, empty cells E[<pad>])
@@ -21,6 +21,7 @@ from saev_core.demo.scenes import POSITIONS
 A_STEPS, B_STEPS, C_STEPS = [int(x) for x in sys.argv[2:5]]
 AUX = float(sys.argv[5])
 TARGETS = sys.argv[6] if len(sys.argv) > 6 else "sum"  # or "sum-dot", "checkerboard"
+EMB_SCALE = float(sys.argv[7]) if len(sys.argv) > 7 else 1.0  # token embeddings initialised this much larger
 
 def targets(model, processor, rows, ids):
     E = model.get_input_embeddings().weight
@@ -90,6 +91,8 @@ def run(model, processor, rows, steps, mode, lr, bs=64, seed=0):
 
 def staged(model, processor, rows, steps, batch_size=64, lr=3e-3, seed=0):
     torch.manual_seed(seed)
+    with torch.no_grad():  # pre-norm blocks write at a fixed scale: big embeddings keep early residuals token-like
+        model.get_input_embeddings().weight.mul_(EMB_SCALE)
     lm = [model.model.language_model, model.lm_head]
     vis = [model.model.vision_tower, model.model.multi_modal_projector]
     for m in vis:

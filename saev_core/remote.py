@@ -128,11 +128,13 @@ class Mirror:
         # dot-names are writes in progress (saev_core.io's temporary siblings) and the index itself
         files = [src] if src.is_file() else [p for p in src.rglob("*") if p.is_file()
                                              and not any(part.startswith(".") for part in p.relative_to(src).parts)]
+        self.fs.invalidate_cache()
+        there = self._remote_files(rel)  # one listing, not one request per file
         todo = []
         for p in files:
             r = p.relative_to(self.local).as_posix()
             st, seen = p.stat(), index.get(r)
-            if seen is None or seen["size"] != st.st_size or seen["mtime_ns"] != st.st_mtime_ns or not self.fs.exists(self.remote(r)):
+            if seen is None or seen["size"] != st.st_size or seen["mtime_ns"] != st.st_mtime_ns or r not in there:
                 todo.append(r)
         todo.sort(key=lambda r: Path(r).name == last)
         for r in todo:
@@ -141,7 +143,7 @@ class Mirror:
         self._note({r: self._version(self.fs.info(self.remote(r))) for r in todo})
         if delete:
             local = {p.relative_to(self.local).as_posix() for p in files}
-            for r in sorted(set(self._remote_files(rel)) - local):
+            for r in sorted(set(there) - local):
                 self.fs.rm_file(self.remote(r))
         return todo
 
