@@ -1,7 +1,7 @@
 """SAE quality on the demo world: the FVU-vs-L0 frontier for relu and topk, SAE-V vs the
 text-only SAE per modality, and CE-loss-recovered.
 
-    python bench/bench_sae_quality.py                 # needs data/runs/dump-demo-rlaif-L2 (make run)
+    python bench/bench_sae_quality.py                 # needs data/runs/dump-demo-rlaif-L0 (make run)
     python bench/bench_sae_quality.py --tokens 500000 # quicker
 
 Every SAE trains on the same dump with the same seed; metrics are on the held-out samples.
@@ -49,7 +49,7 @@ def run(name: str, work: Path, args, ce: bool, **kw) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--activations", default="data/runs/dump-demo-rlaif-L2")
+    ap.add_argument("--activations", default="data/runs/dump-demo-rlaif-L0")
     ap.add_argument("--tokens", type=int, default=1_000_000)
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--expansion", type=int, default=8)

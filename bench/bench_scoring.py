@@ -4,8 +4,8 @@ Runs the whole scoring stage (encode every shard, cross-modal weights, scores, t
 fresh temporary tables root ``--repeats`` times and reports the medians, for the encoding pass
 and end to end. Example (demo world, after `make run`):
 
-    .venv/bin/python bench/bench_scoring.py --activations data/runs/dump-demo-rlaif-L2 \
-        --sae data/runs/sae-demo-rlaif-L2-topk
+    .venv/bin/python bench/bench_scoring.py --activations data/runs/dump-demo-rlaif-L0 \
+        --sae data/runs/sae-demo-rlaif-L0-topk
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from saev_core.score_dataset import ScoreConfig, run_scoring  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--activations", default="data/runs/dump-demo-rlaif-L2")
-    ap.add_argument("--sae", default="data/runs/sae-demo-rlaif-L2-topk")
+    ap.add_argument("--activations", default="data/runs/dump-demo-rlaif-L0")
+    ap.add_argument("--sae", default="data/runs/sae-demo-rlaif-L0-topk")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-rows", type=int, default=4096)
     ap.add_argument("--device", default="auto")

@@ -337,7 +337,7 @@ def machine_info(args, worker: SAELensWorker | None, loadavg_start: list[float])
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--activations", type=Path, default=ROOT / "data/runs/dump-demo-rlaif-L2", help="dump directory (`saev dump`)")
+    p.add_argument("--activations", type=Path, default=ROOT / "data/runs/dump-demo-rlaif-L0", help="dump directory (`saev dump`)")
     p.add_argument("--steps", type=int, default=300, help="training steps per run (default 300 keeps the default run under ~5 min on 2 cores)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per library and architecture (median reported)")
     p.add_argument("--warmup-steps", type=int, default=10, help="untimed warm-up run per library/arch first (0: none)")

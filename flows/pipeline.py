@@ -40,7 +40,7 @@ class PipelineConfig(BaseModel):
     model: str | None = Field(None, description="hub id or path; default: the demo world's model")
     dataset: DatasetSpec | None = Field(None, description="default: the demo world's demo-rlaif")
     dataset_name: str = "demo-rlaif"
-    layer: int = 2
+    layer: int = Field(0, description="decoder block to hook; 0 for the demo model, whose modalities share features early (bench/RESULTS.md)")
     limit: int | None = Field(None, ge=1, description="cap on the rows used (quick runs)")
     dump: dict = Field(default_factory=dict, description="DumpConfig overrides")
     shard_tasks: bool = Field(False, description="one task per shard for dump and scoring, for a Dask/Ray task runner over machines")

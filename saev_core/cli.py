@@ -128,7 +128,7 @@ def dump(
     column: list[str] = typer.Option([], "--column", help="Map a canonical field to a source column, e.g. --column question=prompt."),
     split: Optional[str] = typer.Option(None, help="Dataset split (default: train)."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N rows."),
-    layer: Optional[int] = typer.Option(None, help="Decoder block whose residual output is captured (default: 2)."),
+    layer: Optional[int] = typer.Option(None, help="Decoder block whose residual output is captured (default: 0, the demo model's shared block; a real model wants a middle one, e.g. 16 of 32)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory (default: data/runs/dump-<dataset>-L<layer>)."),
     include_response: Optional[bool] = typer.Option(None, "--include-response/--prompt-only", help="Append the response to the prompt."),
     batch_size: Optional[int] = typer.Option(None, help="Samples per forward pass (default: 16)."),
@@ -145,7 +145,7 @@ def dump(
     data = load_config_file(config)
     data.setdefault("model", f"{DEFAULT_DEMO_DIR}/model")
     data.setdefault("dataset", {"path": f"{DEFAULT_DEMO_DIR}/datasets/demo-rlaif/train.parquet"})
-    data.setdefault("layer", 2)
+    data.setdefault("layer", 0)
     if dataset is not None:
         data["dataset"] = {"path": dataset}
     if column:
@@ -171,7 +171,7 @@ def dump(
 @app.command("train")
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
-    activations: Optional[str] = typer.Option(None, help="Dump directory from `saev dump` (default: the newest dump `make run` made in data/artifacts; else data/runs/dump-demo-rlaif-L2)."),
+    activations: Optional[str] = typer.Option(None, help="Dump directory from `saev dump` (default: the newest dump `make run` made in data/artifacts; else data/runs/dump-demo-rlaif-L0)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (default: data/runs/sae-<architecture>-<modalities>)."),
     architecture: Optional[str] = typer.Option(None, help="relu (the paper's SAE-V), topk or batchtopk (default: relu)."),
     expansion_factor: Optional[int] = typer.Option(None, help="d_sae = expansion_factor * d_in (default: 16)."),
@@ -196,7 +196,7 @@ def train(
     apply_set(data, set_)
     if "activations" not in data:
         dump = newest_artifact("dump")
-        data["activations"] = dump["path"] if dump else "data/runs/dump-demo-rlaif-L2"
+        data["activations"] = dump["path"] if dump else "data/runs/dump-demo-rlaif-L0"
     data.setdefault("out", f"data/runs/sae-{data.get('architecture', 'relu')}-{data.get('modalities', 'image+text').replace('+', '-')}")
     cfg = validate(TrainConfig, data)
     try:
@@ -231,7 +231,7 @@ def eval_sae(
 @app.command("score")
 def score(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
-    activations: Optional[str] = typer.Option(None, help="Dump directory from `saev dump` (default: the SAE's own dump when the SAE is the store's; else data/runs/dump-demo-rlaif-L2)."),
+    activations: Optional[str] = typer.Option(None, help="Dump directory from `saev dump` (default: the SAE's own dump when the SAE is the store's; else data/runs/dump-demo-rlaif-L0)."),
     sae: Optional[str] = typer.Option(None, help="`saev train` run or SAELens checkpoint directory (default: the newest SAE `make run` trained in data/artifacts; else data/runs/sae-relu-image-text)."),
     tables: Optional[str] = typer.Option(None, help="Feature tables root (default: data/artifacts/tables, where `make run` puts them)."),
     dataset_name: Optional[str] = typer.Option(None, help="Partition name (default: the dump's dataset name)."),
@@ -258,7 +258,7 @@ def score(
         data["sae"] = trained["path"] if trained else "data/runs/sae-relu-image-text"
         if trained and "activations" not in data:
             data["activations"] = trained["config"]["activations"]
-    data.setdefault("activations", "data/runs/dump-demo-rlaif-L2")
+    data.setdefault("activations", "data/runs/dump-demo-rlaif-L0")
     cfg = validate(ScoreConfig, data)
     try:
         m = run_scoring(cfg, overwrite=overwrite)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
 from saev_core.demo.build import build_world
-from saev_core.demo.scenes import CORRUPTIONS, SHAPES, make_rows
+from saev_core.demo.scenes import CORRUPTIONS, SHAPES, Scene, make_rows
 
 from conftest import TEST_WORLD
 
@@ -48,6 +49,29 @@ def test_clean_rows_agree_with_the_image_and_corrupt_rows_do_not():
         elif r["corruption"] == "mismatched_answer":
             assert r["key"] in scene  # the question is about this image ...
             assert f" {r['key']} " not in f" {r['chosen']} "  # ... but the answer is not
+
+
+def test_scene_descriptions_parse_back():
+    for r in make_rows(50, 1):
+        assert Scene.parse(r["scene"]).describe() == r["scene"]
+    with pytest.raises(ValueError, match="not a scene description"):
+        Scene.parse("red blob at the top")
+
+
+def test_slot_targets_by_hand():
+    """A 4x4 patch grid over the 2x2 scene grid: the red circle at the top right fills patches
+    2, 3, 6, 7 with (E[red] + E[circle]) / sqrt 2; every other patch is E[<pad>]."""
+    from saev_core.demo.model import build_tokenizer
+    from saev_core.demo.pretrain import slot_targets
+
+    tok = build_tokenizer()
+    embed = torch.randn(len(tok), 8)
+    out = slot_targets(embed, tok, [{"scene": "red circle at top right"}], grid=4)
+    ids = tok.convert_tokens_to_ids
+    obj = (embed[ids("red")] + embed[ids("circle")]) / 2 ** 0.5
+    for p in range(16):
+        want = obj if p in (2, 3, 6, 7) else embed[tok.pad_token_id]
+        assert torch.allclose(out[0, p], want), p
 
 
 def test_world_layout_and_eval_labels_are_separate(world_dir, world):
@@ -105,3 +129,34 @@ def test_build_is_deterministic(tmp_path):
 
     wa, wb = load_file(tmp_path / "a/model/model.safetensors"), load_file(tmp_path / "b/model/model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_patches_and_words_share_colour_directions(world_dir):
+    """The property SAE-V needs: after block 0, the patches of a red object point the way the word
+    "red" does. For each colour: the residual of the colour word in a question and the mean residual
+    of that colour's patches, each centred on the mean over colours; matching pairs must be the
+    most similar for nearly every colour."""
+    import random
+
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from saev_core.demo.scenes import COLORS, Obj, render
+    from saev_core.prompts import conversation
+
+    model = LlavaForConditionalGeneration.from_pretrained(world_dir / "model").eval()
+    processor = AutoProcessor.from_pretrained(world_dir / "model")
+    word, patch = [], []
+    for color in COLORS:
+        image = render(Scene((Obj("circle", color, "top left"),)), random.Random(0))
+        text = processor.apply_chat_template(conversation(f"where is the {color} circle ?"), add_generation_prompt=True, tokenize=False)
+        inputs = processor(images=[image], text=[text], return_tensors="pt")
+        with torch.no_grad():
+            h = model(**inputs, output_hidden_states=True).hidden_states[1][0]  # after block 0
+        ids = inputs["input_ids"][0]
+        word.append(h[ids == processor.tokenizer.convert_tokens_to_ids(color)][0])
+        img = (ids == model.config.image_token_index).nonzero().flatten()
+        patch.append(h[img[[0, 1, 4, 5]]].mean(0))  # the top-left cell's patches
+    w, p = torch.stack(word), torch.stack(patch)
+    w, p = w - w.mean(0), p - p.mean(0)
+    sim = torch.nn.functional.normalize(w, dim=-1) @ torch.nn.functional.normalize(p, dim=-1).T
+    assert (sim.argmax(1) == torch.arange(len(COLORS))).sum() >= len(COLORS) - 1, sim

@@ -34,10 +34,11 @@ class DemoConfig(BaseModel):
     n_samples: int = Field(2000, ge=10, description="rows in each alignment dataset")
     n_heldout: int = Field(500, ge=10, description="clean held-out rows for evaluation")
     n_pretrain: int = Field(4000, ge=10, description="clean rows to pretrain the model on")
-    pretrain_steps: int = Field(1200, ge=1)
+    pretrain_steps: int = Field(1200, ge=2, description="half for the LM on text, half for the vision tower")
     pretrain_batch_size: int = Field(64, ge=1)
     low_quality_fraction: float = Field(0.35, ge=0.0, le=1.0)
     image_size: int = Field(32, ge=16)
+    embedding_scale: float = Field(20.0, gt=0, description="token embeddings start this much larger (see demo.pretrain)")
 
 
 def _pref_columns(rows: list[dict], fmt: str, seed: int) -> dict[str, list]:
@@ -118,7 +119,8 @@ def build_world(cfg: DemoConfig, out: str | Path, force: bool = False, log=print
         torch.manual_seed(cfg.seed)
         processor = build_processor(spec)
         model = build_model(processor.tokenizer, spec, seed=cfg.seed)
-        losses = pretrain(model, processor, pretrain_rows, steps=cfg.pretrain_steps, batch_size=cfg.pretrain_batch_size, seed=cfg.seed)
+        losses = pretrain(model, processor, pretrain_rows, steps=cfg.pretrain_steps, batch_size=cfg.pretrain_batch_size, seed=cfg.seed,
+                          embedding_scale=cfg.embedding_scale)
         accuracy = {
             "heldout_accuracy": answer_accuracy(model, processor, heldout),
             "heldout_accuracy_shuffled_images": answer_accuracy(model, processor, heldout, shuffle_images=True),

@@ -51,6 +51,17 @@ class Scene:
     def describe(self) -> str:
         return "; ".join(f"{o.color} {o.shape} at {o.position}" for o in self.objects)
 
+    @classmethod
+    def parse(cls, text: str) -> "Scene":
+        """The inverse of ``describe`` (rows keep the shown scene as that string)."""
+        objects = []
+        for part in text.split("; "):
+            color, shape, at, *position = part.split()
+            if at != "at" or color not in COLORS or shape not in SHAPES or " ".join(position) not in POSITIONS:
+                raise ValueError(f"not a scene description: {part!r}")
+            objects.append(Obj(shape, color, " ".join(position)))
+        return cls(tuple(objects))
+
 
 @dataclass(frozen=True)
 class QA:
