@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from saev_core.experiment import ExperimentConfig
+from saev_core.experiment import ExperimentConfig, claim_out
 from tasks.align import experiment_base_task, experiment_report_task, experiment_run_task
 
 
 @flow(name="saev-experiment")
-def saev_experiment(config: dict | None = None) -> dict:
-    """``config``: ExperimentConfig fields (defaults: the demo world, five scorers, 10/25/50/75/100%)."""
+def saev_experiment(config: dict | None = None, overwrite: bool = False) -> dict:
+    """``config``: ExperimentConfig fields (defaults: the demo world, five scorers, 10/25/50/75/100%);
+    ``overwrite`` replaces runs in ``out`` made from another model, scores or training config."""
     cfg = ExperimentConfig.model_validate({"progress": False, **(config or {})}).resolved()
+    claim_out(cfg, overwrite)
     data = cfg.model_dump()
     base = experiment_base_task(data)
     rows = [experiment_run_task(data, r) for r in cfg.runs()]

@@ -480,17 +480,19 @@ def experiment(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Experiment directory (default: data/runs/experiment)."),
     method: Optional[str] = typer.Option(None, help="sft or dpo (default: sft)."),
     set_: list[str] = typer.Option([], "--set", help="Override any ExperimentConfig field, e.g. --set fractions=[0.25,0.5,1.0]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the runs in --out made from another model, scores or training config."),
 ):
     """Performance vs data kept: filter -> align -> evaluate for every scorer and fraction, with seeds.
 
-    Writes results.jsonl, table.md and plot.png; a rerun resumes, skipping finished runs.
+    Writes results.jsonl, table.md and plot.png; a rerun with the same model, scores and training
+    config resumes, skipping finished runs (the grid may grow).
     """
     from saev_core.experiment import ExperimentConfig, run_experiment
 
     data = merge(load_config_file(config), {"out": out, "method": method})
     cfg = validate(ExperimentConfig, apply_set(data, set_))
     try:
-        summary = run_experiment(cfg)
+        summary = run_experiment(cfg, overwrite=overwrite)
     except (ValueError, FileNotFoundError, OSError) as e:
         fail(str(e))
     typer.echo(summary["markdown"])

@@ -10,6 +10,7 @@ spread per scorer and fraction, absolute and relative to full data) and ``plot.p
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 from typing import Literal
@@ -174,10 +175,38 @@ def finish(cfg: ExperimentConfig, rows: list[dict], base: dict) -> dict:
     return summary
 
 
-def run_experiment(cfg: ExperimentConfig) -> dict:
+IDENTITY = "experiment.json"
+
+
+def claim_out(cfg: ExperimentConfig, overwrite: bool = False) -> None:
+    """Make ``cfg.out`` this experiment's: finished runs are reused only when they were made from the
+    same base model, held-out split, scores and training settings (the grid itself may grow).
+    Another experiment's directory is refused, or emptied with ``overwrite``."""
+    scores = sorted(
+        (str(f.relative_to(cfg.tables)), read_json(f).get("identity"))
+        for f in Path(cfg.tables).glob("manifests/dataset=*/sae_id=*.json")
+        if (cfg.dataset is None or f.parent.name == f"dataset={cfg.dataset}") and (cfg.sae_id is None or f.stem == f"sae_id={cfg.sae_id}"))
+    identity = {**cfg.model_dump(include={"tables", "model", "heldout", "dataset", "sae_id", "method", "align", "eval_samples"}),
+                "scores": scores}
+    identity = json.loads(json.dumps(identity, default=str))
+    out, f = Path(cfg.out), Path(cfg.out) / IDENTITY
+    if f.exists() and read_json(f) != identity:
+        if not overwrite:
+            raise ValueError(f"{out} holds an experiment made from another model, held-out split, scores or training config; "
+                             "pass --overwrite to replace its runs, or choose another --out")
+        shutil.rmtree(out)
+    elif not f.exists() and out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"{out} is not empty and holds no {IDENTITY}; pass --overwrite to replace it, or choose another --out")
+    elif not f.exists() and overwrite and out.is_dir():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(f, identity)
+
+
+def run_experiment(cfg: ExperimentConfig, overwrite: bool = False) -> dict:
     """Run (or resume) the whole grid in this process."""
     cfg = cfg.resolved()
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    claim_out(cfg, overwrite)
     base = evaluate_base(cfg)
     rows = [run_one(cfg, r) for r in tqdm(cfg.runs(), desc="experiment", unit="run", disable=not cfg.progress)]
     return finish(cfg, rows, base)
