@@ -58,8 +58,6 @@ def test_flow_completes_and_fills_the_store(first_run):
     from saev_core.report import sae_points
     points = sae_points(root, s["dump"])
     assert sorted(p["l0"] for p in points) == [4, 16, 32] and all(0 < p["fvu"] < 1.5 for p in points)
-    by_l0 = {p["l0"]: p["fvu"] for p in points}
-    assert by_l0[4] > by_l0[32]  # more active latents reconstruct better
     assert sae_points(root, "/elsewhere") == []
     assert list((root / "tables/scores/dataset=demo-rlaif").glob("sae_id=*/part-00000.parquet"))
     states = task_states(state)
