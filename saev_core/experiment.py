@@ -190,15 +190,14 @@ def claim_out(cfg: ExperimentConfig, overwrite: bool = False) -> None:
                 "scores": scores}
     identity = json.loads(json.dumps(identity, default=str))
     out, f = Path(cfg.out), Path(cfg.out) / IDENTITY
-    if f.exists() and read_json(f) != identity:
-        if not overwrite:
-            raise ValueError(f"{out} holds an experiment made from another model, held-out split, scores or training config; "
-                             "pass --overwrite to replace its runs, or choose another --out")
-        shutil.rmtree(out)
-    elif not f.exists() and out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"{out} is not empty and holds no {IDENTITY}; pass --overwrite to replace it, or choose another --out")
-    elif not f.exists() and overwrite and out.is_dir():
-        shutil.rmtree(out)
+    ours = [out / name for name in ("runs", "base_eval.json", "results.jsonl", "table.md", "plot.png", "summary.json", IDENTITY)]
+    stale = (f.exists() and read_json(f) != identity) or (not f.exists() and any(p.exists() for p in ours))
+    if stale and not overwrite:
+        raise ValueError(f"{out} holds experiment runs made from another model, held-out split, scores or training config "
+                         "(or from before saev recorded them); pass --overwrite to replace them, or choose another --out")
+    if stale:  # only what an experiment writes: --out may be a directory holding other things
+        for p in ours:
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     write_json(f, identity)
 

@@ -108,13 +108,15 @@ def test_minimal_experiment_grid_and_cli(tmp_path, world_dir, tables):
     assert "| l0 | 50% | 1 |" in res.output
     assert (tmp_path / "exp" / "runs" / "l0-f050-t0" / "eval.json").stat().st_mtime_ns == stamp
     # other training settings (or another model or other scores) must not reuse those runs
-    with pytest.raises(ValueError, match="another model, held-out split, scores or training config"):
+    with pytest.raises(ValueError, match="runs made from another model, held-out split, scores or training config"):
         run_experiment(cfg.model_copy(update={"align": {"max_steps": 3, "batch_size": 8}}))
     bigger = run_experiment(cfg.model_copy(update={"fractions": [0.25, 0.5, 1.0]}))  # a grown grid resumes
     assert bigger["n_runs"] == 7 and (tmp_path / "exp" / "runs" / "l0-f050-t0" / "eval.json").stat().st_mtime_ns == stamp
+    (tmp_path / "exp" / "notes.txt").write_text("mine")  # --overwrite removes only what an experiment writes
     redo = run_experiment(cfg.model_copy(update={"align": {"max_steps": 1, "batch_size": 8}, "scorers": ["l0"], "random_seeds": []}),
                           overwrite=True)
     assert redo["n_runs"] == 2 and not (tmp_path / "exp" / "runs" / "random-f050-s0-t0").exists()
+    assert (tmp_path / "exp" / "notes.txt").read_text() == "mine"
 
 
 def test_experiment_flow_with_real_prefect(tmp_path, world_dir, tables, prefect_server):
