@@ -27,6 +27,9 @@ from typing import Callable, Iterator
 from saev_core import __version__
 from saev_core.io import read_json, write_json
 from saev_core.remote import Mirror, is_url
+from saev_core.tables import PARTITIONS
+
+SAE_TABLES = [t for t, keys in PARTITIONS.items() if "sae_id" in keys]  # `samples` is per dataset, shared
 
 RECORD = "store.json"
 
@@ -177,12 +180,14 @@ class ArtifactStore:
         return sorted(rows, key=lambda r: r["created"] or "")
 
     def gc(self, keep: list[str] | None = None, dry_run: bool = False) -> list[str]:
-        """Remove unfinished directories and artifacts that no kept artifact depends on.
+        """Remove unfinished directories and artifacts that no kept artifact depends on, and the
+        feature-table partitions scored with an SAE that goes (SAEs from outside the store stay).
 
         ``keep``: keys to keep with everything upstream of them; default: every finished
         artifact that is not upstream of another is a root and kept, so only unfinished or
         orphaned directories go.
         """
+        self.pull_tables()
         records = {r["key"]: r for r in self.list()}
         if keep is None:
             upstream_of_some = {u for r in records.values() for u in r["upstream"] or []}
@@ -199,11 +204,19 @@ class ArtifactStore:
             alive.add(k)
             todo.extend(records[k]["upstream"] or [])
         removed = []
-        for d in sorted(p for p in self.root.glob("*/*") if p.is_dir() and p.parent.name != "tables"):
-            if d.name not in alive and not d.name.startswith("."):  # dot-dirs are writes in progress
-                removed.append(str(d))
-                if not dry_run:
-                    shutil.rmtree(d)
+        dead = [d for d in sorted(p for p in self.root.glob("*/*") if p.is_dir() and p.parent.name != "tables")
+                if d.name not in alive and not d.name.startswith(".")]  # dot-dirs are writes in progress
+        gone = [str(p.relative_to(self.root)) for p in self._partitions_of(dead)]
+        for d in dead:
+            removed.append(str(d))
+            if not dry_run:
+                shutil.rmtree(d)
+        for rel in gone:
+            removed.append(str(self.root / rel))
+            if not dry_run:
+                shutil.rmtree(self.root / rel) if (self.root / rel).is_dir() else (self.root / rel).unlink()
+                if self.remote is not None:
+                    self.remote.remove(rel)
         if self.remote is not None:
             dirs = {"/".join(rel.split("/")[:2]) for rel in self.remote.glob("*/*/*") if not rel.startswith("tables/")}
             for rel in sorted(dirs):
@@ -212,6 +225,19 @@ class ArtifactStore:
                     if not dry_run:
                         self.remote.remove(rel)
         return removed
+
+
+    def _partitions_of(self, dead: list[Path]) -> list[Path]:
+        """Table partitions (and their manifests) whose scoring manifest names an SAE inside ``dead``."""
+        dead_resolved = [d.resolve() for d in dead]
+        out = []
+        for f in sorted(self.tables.glob("manifests/dataset=*/sae_id=*.json")):
+            sae = read_json(f).get("sae")
+            if not sae or not any(Path(sae).resolve().is_relative_to(d) for d in dead_resolved):
+                continue
+            dataset, sae_id = f.parent.name, f.stem
+            out += [p for table in SAE_TABLES if (p := self.tables / table / dataset / sae_id).exists()] + [f]
+        return out
 
 
 def _short(config: dict, width: int = 80) -> str:

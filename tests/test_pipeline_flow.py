@@ -110,6 +110,34 @@ def test_artifacts_cli_lists_and_collects(first_run, tmp_path):
     assert len(ArtifactStore.at(root).list()) == len(rows)
 
 
+def test_gc_drops_the_table_partitions_of_the_saes_it_removes(tmp_path):
+    from saev_core.io import write_json
+    from saev_core.tables import manifest_path
+
+    store = ArtifactStore.at(tmp_path / "store")
+    old = store.run("train", {"k": 1}, [], lambda out: (out / "sae").mkdir() or {})
+    new = store.run("train", {"k": 2}, [], lambda out: (out / "sae").mkdir() or {})
+
+    def scored(sae_id, sae_path):
+        write_json(manifest_path(store.tables, "d", sae_id), {"sae": sae_path})
+        for table in ("sample_features", "feature_stats", "scores"):
+            (store.tables / table / "dataset=d" / f"sae_id={sae_id}").mkdir(parents=True)
+            (store.tables / table / "dataset=d" / f"sae_id={sae_id}" / "part-00000.parquet").write_bytes(b"x")
+
+    scored("aaa", str(store.root / "train" / old["key"] / "sae"))
+    scored("bbb", str(store.root / "train" / new["key"] / "sae"))
+    scored("ccc", str(tmp_path / "elsewhere" / "sae"))  # an SAE from outside the store: never collected
+    (store.tables / "samples" / "dataset=d").mkdir(parents=True)
+
+    assert store.gc(keep=[new["key"]], dry_run=True) and (store.tables / "scores/dataset=d/sae_id=aaa").exists()
+    removed = store.gc(keep=[new["key"]])
+    assert str(store.root / "train" / old["key"]) in removed
+    left = sorted(p.name for p in (store.tables / "scores" / "dataset=d").iterdir())
+    assert left == ["sae_id=bbb", "sae_id=ccc"]
+    assert not manifest_path(store.tables, "d", "aaa").exists() and manifest_path(store.tables, "d", "ccc").exists()
+    assert (store.tables / "samples" / "dataset=d").exists()
+
+
 def test_standalone_commands_default_to_what_the_pipeline_built(first_run, tmp_path, monkeypatch):
     """After `make run`, `saev score` with no paths scores the pipeline's newest SAE on its own dump."""
     root, state = first_run
