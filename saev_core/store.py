@@ -206,7 +206,7 @@ class ArtifactStore:
         removed = []
         dead = [d for d in sorted(p for p in self.root.glob("*/*") if p.is_dir() and p.parent.name != "tables")
                 if d.name not in alive and not d.name.startswith(".")]  # dot-dirs are writes in progress
-        gone = [str(p.relative_to(self.root)) for p in self._partitions_of(dead)]
+        gone = [str(p.relative_to(self.root)) for p in self._partitions_outside(alive)]
         for d in dead:
             removed.append(str(d))
             if not dry_run:
@@ -227,13 +227,17 @@ class ArtifactStore:
         return removed
 
 
-    def _partitions_of(self, dead: list[Path]) -> list[Path]:
-        """Table partitions (and their manifests) whose scoring manifest names an SAE inside ``dead``."""
-        dead_resolved = [d.resolve() for d in dead]
+    def _partitions_outside(self, alive: set[str]) -> list[Path]:
+        """Table partitions (and their manifests) scored with an SAE inside this store whose artifact
+        is not ``alive`` (here or only on the remote)."""
+        root = self.root.resolve()
         out = []
         for f in sorted(self.tables.glob("manifests/dataset=*/sae_id=*.json")):
-            sae = read_json(f).get("sae")
-            if not sae or not any(Path(sae).resolve().is_relative_to(d) for d in dead_resolved):
+            sae = Path(read_json(f).get("sae") or "/").resolve()
+            if not sae.is_relative_to(root) or len(sae.relative_to(root).parts) < 2:
+                continue
+            stage, key = sae.relative_to(root).parts[:2]
+            if stage == "tables" or key in alive:
                 continue
             dataset, sae_id = f.parent.name, f.stem
             out += [p for table in SAE_TABLES if (p := self.tables / table / dataset / sae_id).exists()] + [f]

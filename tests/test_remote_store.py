@@ -157,3 +157,25 @@ def test_a_shard_done_on_one_machine_is_not_redone_on_another(bucket, world_dir,
     assert mine.equals(pq.read_table(a.path("dump", key) / "activations/shard-00001.parquet"))
     assert a.done("dump", key) and a.fetch("dump", key) == a.path("dump", key)  # A now sees B's finished stage
     assert (a.path("dump", key) / "activations/shard-00000.parquet").exists()
+
+
+def test_gc_on_the_bucket_drops_a_removed_saes_partitions(bucket, tmp_path):
+    from saev_core.io import write_json
+    from saev_core.tables import manifest_path
+
+    url = f"{bucket}/gc"
+    store = ArtifactStore.at(url, cache=tmp_path / "cache")
+    old = store.run("train", {"k": 1}, [], lambda out: (out / "sae").mkdir() or {})
+    new = store.run("train", {"k": 2}, [], lambda out: (out / "sae").mkdir() or {})
+    for sae_id, rec in (("aaa", old), ("bbb", new)):
+        write_json(manifest_path(store.tables, "d", sae_id), {"sae": str(store.root / "train" / rec["key"] / "sae")})
+        (store.tables / "scores" / "dataset=d" / f"sae_id={sae_id}").mkdir(parents=True)
+        (store.tables / "scores" / "dataset=d" / f"sae_id={sae_id}" / "part-00000.parquet").write_bytes(b"x")
+    store.push_tables()
+    remote = Mirror(url, tmp_path / "peek")
+    assert len(remote.glob("tables/scores/dataset=d/*/part-00000.parquet")) == 2
+
+    shutil.rmtree(tmp_path / "cache")  # gc from a fresh machine (same cache path, as the README asks)
+    ArtifactStore.at(url, cache=tmp_path / "cache").gc(keep=[new["key"]])
+    assert remote.glob("tables/scores/dataset=d/*/part-00000.parquet") == ["tables/scores/dataset=d/sae_id=bbb/part-00000.parquet"]
+    assert not remote.glob(f"train/{old['key']}/*") and remote.glob(f"train/{new['key']}/store.json")
