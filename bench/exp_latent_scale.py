@@ -13,5 +13,7 @@ with torch.no_grad(): z = sae.encode(X)[:, j].numpy()
 img = (acts.modality == "image").values
 t = z[(~img) & (acts.token_id.values == tok.convert_tokens_to_ids(word))]
 i = z[img & (z > 0)]
-print("word", word, "n", len(t), "firing", (t > 0).mean().round(2), "median of fired", np.median(t[t > 0]).round(2), "p90", np.percentile(t[t>0], 90).round(2))
+other = z[(~img) & (acts.modality.values != "special") & (acts.token_id.values != tok.convert_tokens_to_ids(word))]
+print("word", word, "n", len(t), "firing", (t > 0).mean().round(2), "median of fired", np.median(t[t > 0]).round(2), "p90", np.percentile(t[t>0], 90).round(2),
+      "| other words firing", (other > 0).mean().round(3))
 print("image fired n", len(i), "median", np.median(i).round(2), "p90", np.percentile(i, 90).round(2))
