@@ -3,7 +3,7 @@ of that word's text tokens and of the image patches showing it, each centred on 
 mean; prints the cosine matrix (a diagonal means shared directions).
 
 Usage: python bench/exp_modality_cosine.py WORLD_DIR RUN_DIR (RUN_DIR/dump from `saev dump`)."""
-import sys, numpy as np, pyarrow.parquet as pq, glob, json
+import sys, numpy as np, pyarrow.parquet as pq, glob
 from transformers import AutoTokenizer
 W, R = sys.argv[1], sys.argv[2]
 tok = AutoTokenizer.from_pretrained(f"{W}/model")

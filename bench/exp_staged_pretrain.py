@@ -26,7 +26,6 @@ EMB_SCALE = float(sys.argv[7]) if len(sys.argv) > 7 else 1.0  # token embeddings
 def targets(model, processor, rows, ids):
     E = model.get_input_embeddings().weight
     tok = processor.tokenizer
-    img_id = model.config.image_token_index
     out = torch.zeros(len(rows), 16, E.shape[1])
     dot = E[tok.convert_tokens_to_ids(".")] if TARGETS == "sum-dot" else E[tok.pad_token_id]
     for i, r in enumerate(rows):
