@@ -105,7 +105,7 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
     score_conf = {"activations": dump["path"], "sae": sae["path"], "dataset_name": cfg.dataset_name, **cfg.score}
     scored = score_stage(store, score_conf, [dump["key"], sae["key"]], len(dump["manifest"]["shards"]), cfg.shard_tasks)
     sae_id = scored["manifest"]["sae_id"]
-    report_conf = {"dataset": cfg.dataset_name, "sae_id": scored["manifest"]["sae_id"], "n_latents": cfg.report_latents,
+    report_conf = {"dataset": cfg.dataset_name, "sae_id": sae_id, "n_latents": cfg.report_latents,
                    "labels": cfg.labels or labels, "frontier_of": dump["path"]}
     report = run_cached(report_task, store, "report", report_conf, [scored["key"], *(f["key"] for f in frontier)]) \
         if cfg.report_latents else None

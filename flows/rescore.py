@@ -56,10 +56,9 @@ def current_sae(store: ArtifactStore, cfg: RescoreConfig) -> tuple[str, str, int
         if cfg.model is None or cfg.layer is None:
             raise ValueError("with an explicit sae, also give model and layer (the ones its activations came from)")
         return str(resolve_sae_dir(cfg.sae)), cfg.model, cfg.layer, []
-    trains = [r for r in store.list() if r["stage"] == "train"]
-    if not trains:
+    train = store.newest("train")
+    if train is None:
         raise ValueError(f"no trained SAE in {store.location}; run the full pipeline first or pass sae/model/layer")
-    train = store.record("train", trains[-1]["key"])
     store.fetch("train", train["key"])
     dump = store.record("dump", train["upstream"][0])
     return train["path"], cfg.model or dump["config"]["model"], cfg.layer if cfg.layer is not None else dump["config"]["layer"], [train["key"]]

@@ -77,10 +77,7 @@ def newest_artifact(stage: str, root: str = "data/artifacts") -> dict | None:
     from saev_core.store import ArtifactStore
 
     store = ArtifactStore.at(root)
-    if not store.root.is_dir():
-        return None
-    found = [r for r in store.list() if r["stage"] == stage]
-    return store.record(stage, found[-1]["key"]) if found else None
+    return store.newest(stage) if store.root.is_dir() else None
 
 
 def fail(message: str, code: int = 2):

@@ -94,9 +94,17 @@ class ArtifactStore:
         if self.remote is not None:
             self.remote.push(f"{stage}/{key}")
 
+    def _artifact_of(self, path: str) -> tuple[str, str] | None:
+        """(stage, key) of the artifact ``path`` lies in; None outside the store or in the tables.
+        Compared as written, then resolved (a relative root against an absolute path or back)."""
+        for base, p in ((self.root, Path(path)), (self.root.resolve(), Path(path).resolve())):
+            if p.is_relative_to(base):
+                parts = p.relative_to(base).parts
+                return (parts[0], parts[1]) if len(parts) >= 2 and parts[0] != "tables" else None
+        return None
+
     def _paths_in(self, config) -> Iterator[tuple[str, str]]:
         """(stage, key) of every store path in a config (the tables excepted)."""
-        prefix = str(self.root) + "/"
         todo = [config]
         while todo:
             v = todo.pop()
@@ -104,10 +112,8 @@ class ArtifactStore:
                 todo.extend(v.values())
             elif isinstance(v, (list, tuple)):
                 todo.extend(v)
-            elif isinstance(v, str) and v.startswith(prefix):
-                parts = v[len(prefix):].split("/")
-                if len(parts) >= 2 and parts[0] != "tables":
-                    yield parts[0], parts[1]
+            elif isinstance(v, str) and "/" in v and (found := self._artifact_of(v)):
+                yield found
 
     def pull_inputs(self, config: dict, upstream: list[str]) -> None:
         """Fetch every artifact a stage may read: its upstream keys and the store paths in its config,
@@ -141,8 +147,7 @@ class ArtifactStore:
         """Run ``fn(out_dir)`` unless (stage, key) is finished and valid; record and return its manifest."""
         key = stage_key(stage, config, upstream)
         out = self.path(stage, key)
-        if self.remote is not None:
-            self.pull_tables()  # shared: a partition's manifest decides whether a score artifact is current
+        self.pull_tables()  # shared: a partition's manifest decides whether a score artifact is current
         if self.current(stage, key, valid):
             self.fetch(stage, key)
             return self.record(stage, key)
@@ -161,10 +166,15 @@ class ArtifactStore:
             self.remote.push(f"{stage}/{key}", last=RECORD)
         return rec
 
+    def newest(self, stage: str) -> dict | None:
+        """The record of the newest finished artifact of ``stage``, if any."""
+        found = [r for r in self.list() if r["stage"] == stage]
+        return self.record(stage, found[-1]["key"]) if found else None
+
     def latest_world(self) -> Path | None:
         """The newest demo world the pipeline prepared (its model, datasets, labels, held-out split)."""
-        worlds = [r for r in self.list() if r["stage"] == "prepare"]
-        return self.fetch("prepare", worlds[-1]["key"]) if worlds else None
+        world = self.newest("prepare")
+        return self.fetch("prepare", world["key"]) if world else None
 
     def list(self) -> list[dict]:
         """Every finished artifact, here or on the remote, oldest first (without the full manifests)."""
@@ -226,18 +236,14 @@ class ArtifactStore:
                         self.remote.remove(rel)
         return removed
 
-
     def _partitions_outside(self, alive: set[str]) -> list[Path]:
         """Table partitions (and their manifests) scored with an SAE inside this store whose artifact
         is not ``alive`` (here or only on the remote)."""
-        root = self.root.resolve()
         out = []
         for f in sorted(self.tables.glob("manifests/dataset=*/sae_id=*.json")):
-            sae = Path(read_json(f).get("sae") or "/").resolve()
-            if not sae.is_relative_to(root) or len(sae.relative_to(root).parts) < 2:
-                continue
-            stage, key = sae.relative_to(root).parts[:2]
-            if stage == "tables" or key in alive:
+            sae = read_json(f).get("sae")
+            found = self._artifact_of(sae) if sae else None
+            if found is None or found[1] in alive:
                 continue
             dataset, sae_id = f.parent.name, f.stem
             out += [p for table in SAE_TABLES if (p := self.tables / table / dataset / sae_id).exists()] + [f]
