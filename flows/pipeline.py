@@ -28,6 +28,9 @@ from tasks.train import eval_sae_task, train_sae_task
 
 # Sized for the demo world on 2 CPU cores (about a minute); real runs pass their own `sae` config.
 DEMO_SAE = {"architecture": "topk", "k": 16, "expansion_factor": 8, "batch_size": 1024, "total_tokens": 1_000_000}
+# The demo's alignment and scoring defaults, chosen on the validation world (seed 1000, bench/RESULTS.md).
+DEMO_ALIGN = {"method": "sft", "epochs": 4}
+DEMO_DUMP = {"include_response": True}
 
 
 class PipelineConfig(BaseModel):
@@ -51,7 +54,8 @@ class PipelineConfig(BaseModel):
     score: dict = Field(default_factory=dict, description="ScoreConfig overrides")
     scorer: str = "saev"
     top_fraction: float = Field(0.5, gt=0, le=1)
-    align: dict = Field(default_factory=lambda: {"method": "sft"}, description="AlignConfig overrides")
+    align: dict = Field(default_factory=lambda: dict(DEMO_ALIGN), description="AlignConfig overrides")
+    compare: bool = Field(True, description="with labels: also align on a random and an oracle (clean rows) subset of the same size")
     report_latents: int = Field(50, ge=0, description="latent pages in the HTML report (0: no report)")
     labels: str | None = Field(None, description="evaluation-only labels for the scorer AUROC; default: the demo world's")
     heldout: str | None = Field(None, description="held-out split for model evaluation; default: the demo world's")
@@ -95,7 +99,7 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
     if cfg.limit is not None:
         spec = spec.model_copy(update={"limit": cfg.limit})
 
-    dump_conf = {"model": model, "dataset": spec.model_dump(), "layer": cfg.layer, **cfg.dump}
+    dump_conf = {"model": model, "dataset": spec.model_dump(), "layer": cfg.layer, **(DEMO_DUMP if world else {}), **cfg.dump}
     dump = dump_stage(store, dump_conf, upstream, cfg.shard_tasks)
     sae_conf = {**DEMO_SAE, **cfg.sae, "activations": dump["path"]}
     sae = run_cached(train_sae_task, store, "train", sae_conf, [dump["key"]])
@@ -110,9 +114,18 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
     report = run_cached(report_task, store, "report", report_conf, [scored["key"], *(f["key"] for f in frontier)]) \
         if cfg.report_latents else None
     filter_conf = {"scorer": cfg.scorer, "datasets": [cfg.dataset_name], "sae_id": sae_id, "top_fraction": cfg.top_fraction}
-    filtered = run_cached(filter_dataset_task, store, "filter", filter_conf, [scored["key"]])
-    align_conf = {"model": model, "data": str(Path(filtered["path"]) / "data"), **cfg.align}
-    aligned = run_cached(align_task, store, "align", align_conf, [filtered["key"]])
+
+    def filter_and_align(conf: dict) -> tuple[dict, dict]:
+        kept = run_cached(filter_dataset_task, store, "filter", conf, [scored["key"]])
+        align_conf = {"model": model, "data": str(Path(kept["path"]) / "data"), **cfg.align}
+        return kept, run_cached(align_task, store, "align", align_conf, [kept["key"]])
+
+    filtered, aligned = filter_and_align(filter_conf)
+    labels = cfg.labels or labels
+    # The same-size baselines beside the scorer's subset: random, and the evaluation-only oracle.
+    baselines = {"random": filter_and_align({**filter_conf, "scorer": "random"}),
+                 "oracle": filter_and_align({**filter_conf, "scorer": "random", "oracle_labels": labels})} \
+        if cfg.compare and labels is not None and cfg.scorer != "random" else {}
 
     summary = {
         "artifacts": store.location,
@@ -128,21 +141,23 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
     }
     if world_dir is not None:
         summary["demo_world"] = str(world_dir)
-        summary["demo_model_accuracy"] = world["manifest"]["pretrain"]["heldout_accuracy"]
-        summary["chance"] = world["manifest"]["pretrain"]["chance"]
+        summary["demo_caption_accuracy"] = world["manifest"]["pretrain"]["caption_accuracy"]
     heldout = cfg.heldout or heldout
     if heldout is not None:
         n_eval = cfg.eval_samples or None
         method = aligned["manifest"]["method"]
-        base_eval = run_cached(evaluate_model_task, store, "evaluate", {"model": model, "heldout": heldout, "n_samples": n_eval}, upstream)
-        aligned_eval = run_cached(evaluate_model_task, store, "evaluate",
-                                  {"model": summary["aligned_model"], "heldout": heldout, "n_samples": n_eval,
-                                   "reference": model if method == "dpo" else None}, [aligned["key"]])
         keys = ("answer_accuracy", "nll", "preference_accuracy")
-        summary["alignment"] = {"method": method, "train_rows": aligned["manifest"]["n_train_rows"],
-                                "base": {k: base_eval["manifest"].get(k) for k in keys},
-                                "aligned": {k: aligned_eval["manifest"].get(k) for k in keys}}
-    labels = cfg.labels or labels
+
+        def evaluate(trained: dict) -> dict:
+            rec = run_cached(evaluate_model_task, store, "evaluate",
+                             {"model": str(Path(trained["path"]) / "aligned" / "model"), "heldout": heldout, "n_samples": n_eval,
+                              "reference": model if method == "dpo" else None}, [trained["key"]])
+            return {k: rec["manifest"].get(k) for k in keys}
+
+        base_eval = run_cached(evaluate_model_task, store, "evaluate", {"model": model, "heldout": heldout, "n_samples": n_eval}, upstream)
+        summary["alignment"] = {"method": method, "scorer": cfg.scorer, "train_rows": aligned["manifest"]["n_train_rows"],
+                                "base": {k: base_eval["manifest"].get(k) for k in keys}, "aligned": evaluate(aligned),
+                                "baselines": {name: evaluate(a) for name, (_, a) in baselines.items()}}
     if labels is not None:
         quality = scorer_quality_task(store.location, labels, cfg.dataset_name, sae_id)
         summary["scorer_auroc"] = {r["scorer"]: round(r["auroc"], 3) for r in quality}
@@ -164,6 +179,13 @@ def render_summary(s: dict) -> str:
         lines.append(f"  alignment   {a['method']} on {a['train_rows']} rows: answer accuracy {a['base']['answer_accuracy']:.3f} -> "
                      f"{a['aligned']['answer_accuracy']:.3f}, preference accuracy {a['base']['preference_accuracy']:.3f} -> "
                      f"{a['aligned']['preference_accuracy']:.3f} -> {s['aligned_model']}")
+        if a.get("baselines"):
+            lines += ["", f"  the same {a['train_rows']} rows' worth of data, chosen three ways (held-out, one seed):", "",
+                      "  | subset | answer accuracy | preference accuracy |", "  | --- | ---: | ---: |",
+                      f"  | none (base model) | {a['base']['answer_accuracy']:.3f} | {a['base']['preference_accuracy']:.3f} |",
+                      f"  | {a['scorer']} (top) | {a['aligned']['answer_accuracy']:.3f} | {a['aligned']['preference_accuracy']:.3f} |"]
+            lines += [f"  | {name}{' (clean rows, evaluation only)' if name == 'oracle' else ''} | {b['answer_accuracy']:.3f} | "
+                      f"{b['preference_accuracy']:.3f} |" for name, b in a["baselines"].items()]
     if "scorer_auroc" in s:
         lines += ["", "  scorer AUROC, clean vs low-quality (evaluation labels only):", "", "  | scorer | AUROC |", "  | --- | ---: |"]
         lines += [f"  | {k} | {v:.3f} |" for k, v in s["scorer_auroc"].items()]

@@ -1,7 +1,9 @@
 """The paper's experiment: performance vs fraction of data kept, one line per scorer.
 
 For each scorer and kept fraction: filter -> align (SFT or DPO from the base model) -> evaluate on
-the held-out split, with several seeds for the random scorer and for training. Every run lands
+the held-out split, with several seeds for the random scorer and for training. With evaluation
+labels, an ``oracle`` line (keep clean rows only, ``quality.oracle_ranking``) measures the headroom:
+at its natural fraction (every clean row) and at each smaller kept fraction. Every run lands
 in ``<out>/runs/<name>/`` with its manifests and ``eval.json``; a rerun skips finished runs, so an
 interrupted grid resumes. Outputs: ``results.jsonl`` (one row per run), ``table.md`` (mean and
 spread per scorer and fraction, absolute and relative to full data) and ``plot.png``.
@@ -24,6 +26,7 @@ from saev_core.filter import FilterConfig, run_filter
 from saev_core.tables import DEFAULT_TABLES
 from saev_core.io import atomic_path, read_json, write_json
 from saev_core.model_eval import evaluate_model
+from saev_core.quality import clean_share, oracle_ranking
 from saev_core.scoring import check_scorers
 from saev_core.store import ArtifactStore
 
@@ -38,6 +41,8 @@ class ExperimentConfig(BaseModel):
     tables: str = DEFAULT_TABLES
     model: str | None = Field(None, description="base model every run starts from; default: the demo world `make run` prepared")
     heldout: str | None = Field(None, description="evaluation split (never trained or tuned on); default: the demo world's")
+    labels: str | None = Field(None, description="evaluation-only labels for the oracle line; default: the demo world's")
+    oracle: bool = Field(True, description="add the oracle (clean rows only) at its natural fraction and each smaller one; needs labels")
     out: str = "data/runs/experiment"
     dataset: str | None = Field(None, description="scored dataset to draw from (default: the only one)")
     sae_id: str | None = None
@@ -51,18 +56,24 @@ class ExperimentConfig(BaseModel):
     progress: bool = True
 
     def resolved(self) -> "ExperimentConfig":
-        """Fill model/heldout from the newest demo world in the artifact store the tables belong to."""
-        if self.model is not None and self.heldout is not None:
+        """Fill model/heldout (and labels, when the oracle wants them) from the newest demo world in
+        the artifact store the tables belong to."""
+        if self.model is not None and self.heldout is not None and (self.labels is not None or not self.oracle):
             return self
         world = ArtifactStore.at(Path(self.tables).parent).latest_world()
         if world is None:
+            if self.model is not None and self.heldout is not None:
+                return self.model_copy(update={"oracle": False})  # no labels anywhere: no oracle line
             raise ValueError(f"no demo world in the artifact store of {self.tables}; run `make run` first or set model and heldout")
+        labels = self.labels or (str(world / "labels.parquet") if (world / "labels.parquet").exists() else None)
         return self.model_copy(update={"model": self.model or str(world / "model"),
-                                       "heldout": self.heldout or str(world / "heldout" / "clean.parquet")})
+                                       "heldout": self.heldout or str(world / "heldout" / "clean.parquet"),
+                                       "labels": labels, "oracle": self.oracle and labels is not None})
 
     def runs(self) -> list[dict]:
         """Every (scorer, fraction, scorer seed, train seed); fraction 1.0 is one shared 'full' run per train seed."""
         check_scorers(self.scorers)
+        natural = round(clean_share(self.labels, self.dataset), 4) if self.oracle and self.labels else None
         grid = []
         for ts in self.train_seeds:
             if 1.0 in self.fractions:
@@ -71,6 +82,10 @@ class ExperimentConfig(BaseModel):
                 for frac in (f for f in self.fractions if f < 1.0):
                     for seed in (self.random_seeds if scorer == "random" else [None]):
                         grid.append({"scorer": scorer, "fraction": frac, "seed": seed, "train_seed": ts})
+            if natural is not None and natural < 1.0:
+                grid.append({"scorer": "oracle", "fraction": natural, "seed": None, "train_seed": ts})
+                grid += [{"scorer": "oracle", "fraction": f, "seed": seed, "train_seed": ts}
+                         for f in self.fractions if f < natural for seed in self.random_seeds[:1]]
         return grid
 
 
@@ -86,10 +101,13 @@ def run_one(cfg: ExperimentConfig, r: dict) -> dict:
     done = run / "eval.json"
     if done.exists():
         return read_json(done)
-    scorer = "random" if r["scorer"] == "full" else r["scorer"]
+    oracle = r["scorer"] == "oracle"
+    scorer = "random" if r["scorer"] in ("full", "oracle") else r["scorer"]
     fcfg = FilterConfig(tables=cfg.tables, out=str(run / "data"), scorer=scorer, top_fraction=r["fraction"],
-                        datasets=[cfg.dataset] if cfg.dataset else None, sae_id=cfg.sae_id, random_seed=r["seed"])
-    filtered = run_filter(fcfg)
+                        datasets=[cfg.dataset] if cfg.dataset else None, sae_id=cfg.sae_id,
+                        random_seed=None if oracle else r["seed"])
+    filtered = run_filter(fcfg, ranking=oracle_ranking(cfg.labels, r["seed"] or 0) if oracle else None,
+                          ranking_name="oracle" if oracle else None)
     acfg = AlignConfig(model=cfg.model, data=str(run / "data"), out=str(run / "model"), method=cfg.method,
                        seed=r["train_seed"], **cfg.align)
     aligned = run_alignment(acfg)
@@ -186,7 +204,7 @@ def claim_out(cfg: ExperimentConfig, overwrite: bool = False) -> None:
         (str(f.relative_to(cfg.tables)), read_json(f).get("identity"))
         for f in Path(cfg.tables).glob("manifests/dataset=*/sae_id=*.json")
         if (cfg.dataset is None or f.parent.name == f"dataset={cfg.dataset}") and (cfg.sae_id is None or f.stem == f"sae_id={cfg.sae_id}"))
-    identity = {**cfg.model_dump(include={"tables", "model", "heldout", "dataset", "sae_id", "method", "align", "eval_samples"}),
+    identity = {**cfg.model_dump(include={"tables", "model", "heldout", "labels", "dataset", "sae_id", "method", "align", "eval_samples"}),
                 "scores": scores}
     identity = json.loads(json.dumps(identity, default=str))
     out, f = Path(cfg.out), Path(cfg.out) / IDENTITY

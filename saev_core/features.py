@@ -7,9 +7,10 @@ pass keeps what the later steps need and nothing more:
 
 - per sample: token counts, active (position, latent) pairs, and the cosine of its mean image
   and mean text residuals (the ``model_cosine`` baseline);
-- per latent: firing counts per modality, and its top occurrences among the reference samples
-  (Algorithm 1 step 2), as references ``(shard, row, is_image)`` packed in one int64 so the
-  residuals can be fetched afterwards instead of held.
+- per latent: firing counts per modality, its top occurrences among the reference samples
+  (Algorithm 1 step 2) and its top ``per_side`` occurrences in each modality on its own (the
+  scale-balanced weights), as references ``(shard, row, is_image)`` packed in one int64 so the
+  residuals can be fetched afterwards (``fetch_residuals``) instead of held.
 """
 
 from __future__ import annotations
@@ -51,6 +52,25 @@ def unpack_ref(ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ref >> 41, (ref >> 1) & ((1 << 40) - 1), (ref & 1).astype(bool)
 
 
+def fetch_residuals(dump: ActivationDump, refs: np.ndarray) -> dict[int, Tensor]:
+    """Residual vectors of packed refs, reading only the row groups that hold them."""
+    out: dict[int, Tensor] = {}
+    uniq = np.unique(refs[refs >= 0])
+    shards, rows, _ = unpack_ref(uniq)
+    for shard in np.unique(shards):
+        sel = shards == shard
+        pf = pq.ParquetFile(dump.files[int(shard)])
+        starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+        groups = np.searchsorted(starts, rows[sel], side="right") - 1
+        for g in np.unique(groups):
+            in_g = groups == g
+            col = pf.read_row_group(int(g), columns=["activation"]).column(0).combine_chunks()
+            take = col.take(pa.array(rows[sel][in_g] - starts[g]))
+            vecs = np.asarray(take.values.to_numpy(zero_copy_only=False), np.float32).reshape(len(take), -1)
+            for ref, vec in zip(uniq[sel][in_g], vecs):
+                out[int(ref)] = torch.from_numpy(vec)
+    return out
+
 
 @dataclass
 class ShardPass:
@@ -58,12 +78,15 @@ class ShardPass:
 
     pool_values: Tensor   # [top, d_sae] top activations among reference positions
     pool_refs: Tensor     # [top, d_sae] packed refs
+    side_values: Tensor   # [2, per_side, d_sae] top activations among reference positions, per modality (image, text)
+    side_refs: Tensor     # [2, per_side, d_sae]
     fires: Tensor         # [2, d_sae] int64: positions where each latent is > 0 (image, text)
     tokens: Tensor        # [2] int64: image and text positions seen
     samples: pa.Table     # SHARD_SAMPLES
 
     def tensors(self) -> dict[str, Tensor]:
-        return {"pool_values": self.pool_values, "pool_refs": self.pool_refs, "fires": self.fires, "tokens": self.tokens}
+        return {"pool_values": self.pool_values, "pool_refs": self.pool_refs, "side_values": self.side_values,
+                "side_refs": self.side_refs, "fires": self.fires, "tokens": self.tokens}
 
 
 def _reduce(key: Tensor, cnt: Tensor, sm: Tensor, mx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -88,7 +111,7 @@ def _merge(parts: list[tuple[Tensor, Tensor, Tensor, Tensor]]) -> tuple[Tensor, 
 
 @torch.no_grad()
 def encode_shard(dump: ActivationDump, shard: int, sae: SAE, reference_ids: frozenset[str], out_part: Path,
-                 top: int = 30, batch_rows: int = 4096, pbar=None) -> ShardPass:
+                 top: int = 30, per_side: int = 5, batch_rows: int = 4096, pbar=None) -> ShardPass:
     """Encode shard ``shard`` of ``dump``; write its sample_features part to ``out_part`` (atomically)."""
     device = sae.W_enc.device
     d_sae, d_in = sae.cfg.d_sae, sae.cfg.d_in
@@ -99,6 +122,7 @@ def encode_shard(dump: ActivationDump, shard: int, sae: SAE, reference_ids: froz
     resid = torch.zeros(0, 2, d_in, dtype=torch.float64, device=device)
     counts = torch.zeros(0, 3, dtype=torch.int64, device=device)  # n_image, n_text, n_active
     pool_values, pool_refs = empty_pool(top, d_sae, device)
+    sides = [empty_pool(per_side, d_sae, device) for _ in range(2)]  # image, text
     reference = pa.array(sorted(reference_ids), pa.string())
     offset = 0
     for batch in pf.iter_batches(batch_size=batch_rows, columns=["sample_id", "modality", "activation"]):
@@ -137,6 +161,10 @@ def encode_shard(dump: ActivationDump, shard: int, sae: SAE, reference_ids: froz
             sel = torch.from_numpy(in_ref).to(device)
             refs = pack_ref(shard, torch.from_numpy(rows[in_ref]), ~is_text[sel].cpu()).to(device)
             pool_values, pool_refs = update_pool(pool_values, pool_refs, f[sel], refs)
+            ref_text = is_text[sel]
+            for side, mask in enumerate((~ref_text, ref_text)):
+                if mask.any():
+                    sides[side] = update_pool(*sides[side], f[sel][mask], refs[mask])
         if pbar is not None:
             pbar.update(int(keep.sum()))
 
@@ -170,4 +198,5 @@ def encode_shard(dump: ActivationDump, shard: int, sae: SAE, reference_ids: froz
     }, schema=SHARD_SAMPLES)
     fires = fires.view(2, d_sae).cpu()
     tokens = torch.stack([counts[:, 0].sum(), counts[:, 1].sum()])
-    return ShardPass(pool_values.cpu(), pool_refs.cpu(), fires, tokens, samples)
+    return ShardPass(pool_values.cpu(), pool_refs.cpu(), torch.stack([v for v, _ in sides]).cpu(),
+                     torch.stack([r for _, r in sides]).cpu(), fires, tokens, samples)

@@ -15,8 +15,10 @@ PIL images back. Selection is one SQL query whose user values are bound paramete
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import datasets
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -101,20 +103,27 @@ def trl_rows(sample: Sample) -> tuple[dict | None, dict | None]:
     return sft, dpo
 
 
-def run_filter(cfg: FilterConfig) -> dict:
-    """Select, rebuild and write the kept samples; returns the artifact's manifest."""
+def run_filter(cfg: FilterConfig, ranking: Callable[[pd.DataFrame], pd.Series] | None = None, ranking_name: str | None = None) -> dict:
+    """Select, rebuild and write the kept samples; returns the artifact's manifest.
+
+    ``ranking`` replaces the stored scores: it maps the scored samples (dataset, sample_id) to
+    a score each, and the same selection runs on those (a re-drawn random seed, or the
+    evaluation-only oracle of ``quality.oracle_ranking``); ``ranking_name`` names it in the manifest.
+    """
     con = connect(cfg.tables)
     sae_id, names = _resolve(con, cfg)
     part = "dataset" if cfg.per_dataset else "scorer"
     params = {"scorer": cfg.scorer, "sae_id": sae_id, "datasets": names, "top_k": cfg.top_k, "fraction": cfg.top_fraction}
-    if cfg.random_seed is None:
+    if cfg.random_seed is not None:
+        ranking = lambda samples: samples["sample_id"].map(lambda s: random_unit(cfg.random_seed, s))  # noqa: E731
+    if ranking is None:
         sel = pa.table(con.execute(SELECT_SQL.format(part=part, source="scores"), params).fetchnumpy())
-    else:  # re-draw the random scores with another seed, then the same selection
-        drawn = con.execute("SELECT dataset, sample_id FROM scores WHERE scorer = 'random' AND sae_id = $sae_id "
-                            "AND list_contains($datasets, dataset)", {"sae_id": sae_id, "datasets": names}).df()
-        drawn["score"] = [random_unit(cfg.random_seed, s) for s in drawn["sample_id"]]
+    else:  # rank by the given scores, then the same selection
+        drawn = con.execute("SELECT dataset, sample_id FROM scores WHERE scorer = $scorer AND sae_id = $sae_id "
+                            "AND list_contains($datasets, dataset)", {"scorer": cfg.scorer, "sae_id": sae_id, "datasets": names}).df()
+        drawn["score"] = ranking(drawn).astype("float64").to_numpy()
         con.register("redrawn", drawn)
-        source = "(SELECT *, 'random' AS scorer, $sae_id AS sae_id FROM redrawn)"
+        source = "(SELECT *, $scorer AS scorer, $sae_id AS sae_id FROM redrawn)"
         sel = pa.table(con.execute(SELECT_SQL.format(part=part, source=source), params).fetchnumpy())
     if sel.num_rows == 0:
         raise ValueError(f"the filter kept no samples (scorer {cfg.scorer}, datasets {names}); raise --top-k or --top-fraction")
@@ -146,7 +155,7 @@ def run_filter(cfg: FilterConfig) -> dict:
     out = Path(cfg.out)
     manifest = {
         "kind": "saev.filtered_dataset", "format_version": 1, "saev_core_version": __version__,
-        "config": cfg.model_dump(), "sae_id": sae_id, "scorer": cfg.scorer, "top_k": cfg.top_k,
+        "config": cfg.model_dump(), "sae_id": sae_id, "scorer": ranking_name or cfg.scorer, "top_k": cfg.top_k,
         "top_fraction": cfg.top_fraction, "per_dataset": cfg.per_dataset, "sources": sources,
         "n_kept": sel.num_rows, "kept_per_dataset": counts,
         "splits": {"sft": len(sft_rows), "dpo": len(dpo_rows)},

@@ -10,7 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
+
+from saev_core.scoring import random_unit
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -40,14 +43,37 @@ def top_fraction_clean(scores: np.ndarray, clean: np.ndarray, fraction: float = 
     return float(np.asarray(clean, bool)[top].mean())
 
 
+def _labels(labels: str | Path, dataset: str | None = None) -> pd.DataFrame:
+    lab = pq.read_table(labels).to_pandas()
+    if dataset is not None and "dataset" in lab.columns:
+        lab = lab[lab["dataset"] == dataset].drop(columns="dataset")
+    return lab
+
+
+def clean_share(labels: str | Path, dataset: str | None = None) -> float:
+    """The fraction of clean rows: the oracle filter's natural kept fraction."""
+    return float(_labels(labels, dataset)["is_clean"].mean())
+
+
+def oracle_ranking(labels: str | Path, seed: int = 0):
+    """The headroom oracle: rank every clean sample above every low-quality one (random order within
+    each, from ``seed``). For ``filter.run_filter(ranking=...)``; evaluation only, like the AUROC:
+    it reads the labels no scorer may see. Unlabelled samples rank last."""
+    def rank(samples: pd.DataFrame) -> pd.Series:
+        parts = []
+        for dataset, g in samples.groupby("dataset", sort=False):
+            clean = g["sample_id"].map(_labels(labels, dataset).set_index("sample_id")["is_clean"]).fillna(False).astype(float)
+            parts.append(clean + g["sample_id"].map(lambda s: random_unit(seed, s)) * 0.5)
+        return pd.concat(parts).loc[samples.index]
+    return rank
+
+
 def scorer_quality(con, labels: str | Path, dataset: str, sae_id: str) -> list[dict]:
     """One row per scorer: AUROC clean vs all low-quality, vs each corruption kind, clean in top 50%.
 
     ``con`` is a DuckDB connection with the feature-table views (``saev_core.query.connect``).
     """
-    lab = pq.read_table(labels).to_pandas()
-    if "dataset" in lab.columns:
-        lab = lab[lab["dataset"] == dataset].drop(columns="dataset")
+    lab = _labels(labels, dataset)
     scores = con.execute("SELECT sample_id, scorer, score FROM scores WHERE dataset = $dataset AND sae_id = $sae_id",
                          {"dataset": dataset, "sae_id": sae_id}).df()
     if scores.empty:

@@ -4,9 +4,9 @@ Steps (each resumable; the manifest is written last and marks the partition comp
 
 1. encode every dump shard into its ``sample_features`` part (``features.encode_shard``),
    keeping per-shard summaries in ``<tables>/_work/...`` so a crashed run redoes one shard;
-2. merge the reference pools and compute the cross-modal weights w_i (Algorithm 1 steps 1-3),
-   fetching only the residuals of each cross-modal latent's top text and image occurrences,
-   in blocks of latents so memory stays bounded for any d_sae;
+2. merge the reference pools and compute the cross-modal weights (``scoring``: Algorithm 1's w_i
+   and the scale-balanced w'_i), fetching only the residuals of each cross-modal latent's
+   compared occurrences, in blocks of latents so memory stays bounded for any d_sae;
 3. compute every scorer per sample from its summary, with rank and percentile, and write
    ``feature_stats``, ``scores`` and ``samples``.
 """
@@ -32,17 +32,17 @@ from saev_core import __version__
 from saev_core.activations import ActivationDump
 from saev_core.checkpoint import load_sae
 from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
-from saev_core.features import SHARD_SAMPLES, encode_shard, unpack_ref
+from saev_core.features import SHARD_SAMPLES, encode_shard, fetch_residuals
 from saev_core.io import atomic_path, claim_output_dir, read_json, write_json
 from saev_core.modeling import resolve_device
-from saev_core.scoring import (SCORERS, SampleSummary, ScoringContext, check_scorers, get_scorer, mean_pair_cosine,
-                               select_occurrences)
+from saev_core.scoring import (SCORERS, SampleSummary, ScoringContext, check_scorers, get_scorer, merge_pools,
+                               reference_subset, select_balanced, select_occurrences, weights_from_occurrences)
 from saev_core.tables import (DEFAULT_TABLES, FEATURE_STATS, SAMPLES, SCORES, TABLES, check_partition_value, manifest_path,
                               part_name, partition_dir)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCORERS = ("random", "l0", "cooccurrence", "saev", "model_cosine")
+DEFAULT_SCORERS = ("random", "l0", "cooccurrence", "saev", "saev_balanced", "coverage", "model_cosine")
 _RUNTIME_FIELDS = {"tables", "device", "batch_rows", "weights_memory_mb", "progress"}
 
 
@@ -109,45 +109,6 @@ def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
             for block in iter(lambda: f.read(1 << 24), b""):
                 h.update(block)
     return h.hexdigest()[:12]
-
-
-def reference_subset(sample_ids: list[str], n: int, seed: int) -> frozenset[str]:
-    """Algorithm 1 step 1: n samples drawn at random (by id hash, so order-free and reproducible)."""
-    key = lambda s: hashlib.blake2b(f"ref:{seed}:{s}".encode(), digest_size=8).digest()  # noqa: E731
-    return frozenset(sorted(sample_ids, key=key)[:n])
-
-
-def fetch_residuals(dump: ActivationDump, refs: np.ndarray) -> dict[int, torch.Tensor]:
-    """Residual vectors of packed refs, reading only the row groups that hold them."""
-    out: dict[int, torch.Tensor] = {}
-    uniq = np.unique(refs[refs >= 0])
-    shards, rows, _ = unpack_ref(uniq)
-    for shard in np.unique(shards):
-        sel = shards == shard
-        pf = pq.ParquetFile(dump.files[int(shard)])
-        starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
-        groups = np.searchsorted(starts, rows[sel], side="right") - 1
-        for g in np.unique(groups):
-            in_g = groups == g
-            col = pf.read_row_group(int(g), columns=["activation"]).column(0).combine_chunks()
-            take = col.take(pa.array(rows[sel][in_g] - starts[g]))
-            vecs = np.asarray(take.values.to_numpy(zero_copy_only=False), np.float32).reshape(len(take), -1)
-            for ref, vec in zip(uniq[sel][in_g], vecs):
-                out[int(ref)] = torch.from_numpy(vec)
-    return out
-
-
-def cross_modal_weights_from_pool(dump: ActivationDump, occ, d_sae: int, memory_mb: int) -> np.ndarray:
-    """w_i for the cross-modal latents, in blocks sized so their residuals fit in memory_mb."""
-    weights = np.zeros(d_sae, np.float32)
-    per_latent = 2 * occ.text_refs.shape[1] * dump.d_in * 4
-    block = max(1, memory_mb * 2**20 // max(per_latent, 1))
-    for start in range(0, len(occ.cross), block):
-        tr, ir = occ.text_refs[start:start + block], occ.image_refs[start:start + block]
-        vec = fetch_residuals(dump, np.concatenate([tr.ravel(), ir.ravel()]))
-        stack = lambda refs: torch.stack([vec[int(r)] for r in refs.ravel()]).view(*refs.shape, -1)  # noqa: E731
-        weights[occ.cross[start:start + block]] = mean_pair_cosine(stack(tr), stack(ir)).numpy()
-    return weights
 
 
 def _ranks(scores: np.ndarray, sample_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -261,7 +222,7 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
                 continue
             if stop_after_shards is not None and shard >= stop_after_shards:
                 return {"stopped_after_shards": shard}
-            res = encode_shard(dump, shard, sae, reference, feat_dir / part_name(shard), cfg.top, cfg.batch_rows, pbar)
+            res = encode_shard(dump, shard, sae, reference, feat_dir / part_name(shard), cfg.top, cfg.per_side, cfg.batch_rows, pbar)
             _write(res.samples, samples_file)
             with atomic_path(state) as tmp:
                 save_file(res.tensors(), str(tmp))
@@ -273,14 +234,14 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
 
     # ---- dataset level: pools -> weights -> feature_stats ------------------------------------
     states = [load_file(str(work / f"shard-{i:05d}.safetensors")) for i in range(len(dump.files))]
-    values = torch.cat([s["pool_values"] for s in states])
-    refs = torch.cat([s["pool_refs"] for s in states])
-    values, idx = values.topk(min(cfg.top, values.shape[0]), dim=0)
-    refs = refs.gather(0, idx)
+    values, refs = merge_pools([s["pool_values"] for s in states], [s["pool_refs"] for s in states], cfg.top)
+    side_values, side_refs = merge_pools([s["side_values"] for s in states], [s["side_refs"] for s in states], cfg.per_side, dim=1)
     fires = sum(s["fires"] for s in states)
     tokens = sum(s["tokens"] for s in states)
     occ = select_occurrences(values, refs, (refs >= 0) & (refs & 1 == 1), cfg.per_side)
-    weights = cross_modal_weights_from_pool(dump, occ, d_sae, cfg.weights_memory_mb)
+    fetch = functools.partial(fetch_residuals, dump)
+    weights = weights_from_occurrences(occ, d_sae, fetch, dump.d_in, cfg.weights_memory_mb)
+    balanced = weights_from_occurrences(select_balanced(side_values, side_refs), d_sae, fetch, dump.d_in, cfg.weights_memory_mb)
     alive = np.flatnonzero(fires.sum(0).numpy() > 0)
     rates = fires.double() / tokens.clamp(min=1).double().unsqueeze(1)
     stats = pa.table({
@@ -289,13 +250,14 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
         "firing_rate_image": pa.array(rates[0].numpy()[alive]),
         "firing_rate_text": pa.array(rates[1].numpy()[alive]),
         "cross_modal_weight": pa.array(weights[alive]),
+        "balanced_weight": pa.array(balanced[alive]),
         "kind": pa.array(np.asarray(occ.kind, dtype=object)[alive], pa.string()),
         "n_top_image": pa.array(occ.n_top_image[alive].astype(np.int32)),
         "n_top_text": pa.array(occ.n_top_text[alive].astype(np.int32)),
     }, schema=FEATURE_STATS)
 
     # ---- scores ---------------------------------------------------------------------------------
-    ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=weights)
+    ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=weights, balanced_weights=balanced)
     fns = {name: get_scorer(name) for name in cfg.scorers}
     sids, per_scorer, scored = [], {n: [] for n in fns}, {}
     for shard in range(len(dump.files)):
@@ -344,6 +306,7 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
         "n_features_active": int(len(alive)),
         "feature_kinds": kinds,
         "n_cross_modal": int(len(occ.cross)),
+        "n_cross_modal_balanced": int((balanced != 0).sum()),
         "scorers": list(fns),
         "score_summary": summary,
         "throughput": {"encode_s": encode_s, "samples_per_s": encoded_samples / encode_s if encoded_samples else None,

@@ -1,4 +1,5 @@
-"""Per-sample scores from SAE latent activations (METHOD.md sec. 4), as pure functions.
+"""Per-sample scores from SAE latent activations (METHOD.md sec. 4), and the cross-modal weights
+they use (Algorithm 1 and its scale-balanced variant): the one home of both, as pure functions.
 
 A sample is scored from its ``SampleSummary``: per modality, the maximum activation of every
 latent that fired, the count of active (position, latent) pairs, token counts and the cosine
@@ -8,6 +9,9 @@ is exactly what the ``sample_features`` table stores, so scores can be recompute
 ``SampleSummary.from_acts`` builds one from the dense activations A[t, i] of one sample.
 
 Scorers are a registry: adding one is one decorated function ``(summary, context) -> float``.
+The weights come from pools of each latent's top occurrences, kept while a dump is encoded
+(``features.encode_shard``); the residual vectors they compare are fetched through a callable,
+so this module never reads files.
 Unlike the reference code, nothing keeps only each token's top-50 latents: every active latent
 counts (the defect METHOD.md sec. 4 asks to fix).
 """
@@ -66,7 +70,8 @@ class ScoringContext:
 
     seed: int = 0
     tau: float = 0.0
-    weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # w_i per latent
+    weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # w_i per latent (Algorithm 1)
+    balanced_weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # w'_i (balanced_weights)
 
 
 Scorer = Callable[[SampleSummary, ScoringContext], float]
@@ -128,13 +133,42 @@ def saev_score(s: SampleSummary, ctx: ScoringContext) -> float:
     return float(ctx.weights[c].sum(dtype=np.float64)) if len(c) else 0.0
 
 
+@scorer("saev_balanced")
+def saev_balanced_score(s: SampleSummary, ctx: ScoringContext) -> float:
+    """SAE-V with scale-balanced weights: score(s) = sum of w'_i over i in C(s), w' from per-modality top-k."""
+    c = cooccurring_latents(s, ctx.tau)
+    return float(ctx.balanced_weights[c].sum(dtype=np.float64)) if len(c) else 0.0
+
+
+@scorer("coverage")
+def coverage_score(s: SampleSummary, ctx: ScoringContext) -> float:
+    """coverage: sum_{i in C(s)} w'_i / sum_{i in T(s)} w'_i, T(s) = {i : A[t,i] > tau on a text token},
+    w' = max(balanced weight, 0): the share of the text's cross-modal content that the image also
+    shows. Normalising by the text's own content makes a short question and a long description
+    comparable, and a text naming something the image lacks lose that part of its share. 0 when
+    the text holds no cross-modal latent."""
+    w = np.clip(ctx.balanced_weights, 0.0, None)
+    text = s.text_ids[s.text_max > ctx.tau]
+    total = float(w[text].sum(dtype=np.float64)) if len(text) else 0.0
+    if total <= 0.0:
+        return 0.0
+    c = cooccurring_latents(s, ctx.tau)
+    return float(w[c].sum(dtype=np.float64)) / total
+
+
 @scorer("model_cosine")
 def model_cosine_score(s: SampleSummary, ctx: ScoringContext) -> float:
     """model_cosine: cos(mean image-token residual, mean text-token residual); no SAE involved."""
     return s.resid_cosine if s.resid_cosine is not None else 0.0
 
 
-# ---- cross-modal weights (Algorithm 1, steps 1-3) ------------------------------------------
+# ---- cross-modal weights (Algorithm 1, steps 1-3, and the scale-balanced variant) ----------
+
+
+def reference_subset(sample_ids: list[str], n: int, seed: int) -> frozenset[str]:
+    """Algorithm 1 step 1: n samples drawn at random (by id hash, so order-free and reproducible)."""
+    key = lambda s: hashlib.blake2b(f"ref:{seed}:{s}".encode(), digest_size=8).digest()  # noqa: E731
+    return frozenset(sorted(sample_ids, key=key)[:n])
 
 
 def update_pool(values: Tensor, refs: Tensor, acts: Tensor, row_refs: Tensor) -> tuple[Tensor, Tensor]:
@@ -149,6 +183,13 @@ def update_pool(values: Tensor, refs: Tensor, acts: Tensor, row_refs: Tensor) ->
 
 def empty_pool(top: int, d_sae: int, device=None) -> tuple[Tensor, Tensor]:
     return torch.zeros(top, d_sae, device=device), torch.full((top, d_sae), -1, dtype=torch.int64, device=device)
+
+
+def merge_pools(values: list[Tensor], refs: list[Tensor], top: int, dim: int = 0) -> tuple[Tensor, Tensor]:
+    """The top ``top`` occurrences of several pools (one per shard) along ``dim``."""
+    v, r = torch.cat(values, dim=dim), torch.cat(refs, dim=dim)
+    v, idx = v.topk(min(top, v.shape[dim]), dim=dim)
+    return v, r.gather(dim, idx)
 
 
 @dataclass
@@ -185,6 +226,40 @@ def select_occurrences(values: Tensor, refs: Tensor, is_image: Tensor, per_side:
     return Occurrences(kind.tolist(), img.numpy(), txt.numpy(), cross.numpy(), stack(text_refs), stack(image_refs))
 
 
+def select_balanced(side_values: Tensor, side_refs: Tensor) -> Occurrences:
+    """The scale-balanced step 3: each modality's own top ``per_side`` occurrences, so a latent
+    whose image activations are weaker (or stronger) than its text ones still gets compared.
+
+    side_values/side_refs are [2, per_side, d_sae] (image pool, text pool), sorted within each
+    column. A latent fired ``per_side`` times in both is 'cross-modal'.
+    """
+    per_side = side_values.shape[1]
+    fired = side_values > 0
+    img, txt = fired[0].sum(0), fired[1].sum(0)
+    kind = np.where((img == 0) & (txt == 0), "rare", np.where(txt == 0, "image-only", np.where(img == 0, "text-only", "mixed"))).astype(object)
+    cross = ((img >= per_side) & (txt >= per_side)).nonzero().flatten()
+    kind[cross.numpy()] = "cross-modal"
+    return Occurrences(kind.tolist(), img.numpy(), txt.numpy(), cross.numpy(),
+                       side_refs[1][:, cross].T.numpy(), side_refs[0][:, cross].T.numpy())
+
+
+def weights_from_occurrences(occ: Occurrences, d_sae: int, fetch, d_in: int, memory_mb: int = 256) -> np.ndarray:
+    """w_i = ``mean_pair_cosine`` of each cross-modal latent's compared occurrences, 0 elsewhere.
+
+    ``fetch(refs) -> {ref: residual}`` supplies the vectors (``features.fetch_residuals`` reads a
+    dump); latents go in blocks whose residuals fit in ``memory_mb``, so any d_sae fits.
+    """
+    weights = np.zeros(d_sae, np.float32)
+    per_latent = 2 * max(occ.text_refs.shape[1], 1) * d_in * 4
+    block = max(1, memory_mb * 2**20 // per_latent)
+    for start in range(0, len(occ.cross), block):
+        tr, ir = occ.text_refs[start:start + block], occ.image_refs[start:start + block]
+        vec = fetch(np.concatenate([tr.ravel(), ir.ravel()]))
+        stack = lambda refs: torch.stack([vec[int(r)] for r in refs.ravel()]).view(*refs.shape, -1)  # noqa: E731
+        weights[occ.cross[start:start + block]] = mean_pair_cosine(stack(tr), stack(ir)).numpy()
+    return weights
+
+
 def mean_pair_cosine(text_vecs: Tensor, image_vecs: Tensor) -> Tensor:
     """w_i = mean over the per_side x per_side (text, image) pairs of cos(residual_t, residual_m).
 
@@ -208,9 +283,19 @@ def cross_modal_weights(acts: Tensor, modality: Tensor, resid: Tensor, top: int 
     n, d_sae = acts.shape
     values, refs = update_pool(*empty_pool(top, d_sae), acts, torch.arange(n))
     is_image = torch.where(refs >= 0, modality.bool()[refs.clamp(min=0)], False)
-    occ = select_occurrences(values, refs, is_image, per_side)
-    weights = torch.zeros(d_sae)
-    if len(occ.cross):
-        weights[torch.from_numpy(occ.cross)] = mean_pair_cosine(resid[torch.from_numpy(occ.text_refs)],
-                                                                resid[torch.from_numpy(occ.image_refs)])
-    return weights
+    return _dense_weights(select_occurrences(values, refs, is_image, per_side), resid, d_sae)
+
+
+def balanced_weights(acts: Tensor, modality: Tensor, resid: Tensor, per_side: int = 5) -> Tensor:
+    """w'_i, the scale-balanced weights, from an in-memory pool: the mean of the per_side x per_side
+    cosines between the residuals of latent i's top ``per_side`` text and top ``per_side`` image
+    occurrences, each modality ranked on its own; 0 for a latent with fewer than per_side of either.
+    """
+    n, d_sae = acts.shape
+    image = modality.bool()
+    pools = [update_pool(*empty_pool(per_side, d_sae), acts[side], torch.arange(n)[side]) for side in (image, ~image)]
+    return _dense_weights(select_balanced(torch.stack([p[0] for p in pools]), torch.stack([p[1] for p in pools])), resid, d_sae)
+
+
+def _dense_weights(occ: Occurrences, resid: Tensor, d_sae: int) -> Tensor:
+    return torch.from_numpy(weights_from_occurrences(occ, d_sae, lambda refs: {int(r): resid[int(r)] for r in refs}, resid.shape[1]))

@@ -14,6 +14,6 @@ def prepare_demo(root: str, config: dict, upstream: list[str]) -> dict:
     """The demo world (data + model) built from ``config`` in its artifact directory."""
     rec = ArtifactStore.at(root).run(
         "prepare", config, upstream, lambda out: build_world(DemoConfig.model_validate(config), out, log=get_run_logger().info),
-        summary=lambda w: {"heldout_accuracy": w["pretrain"]["heldout_accuracy"], "chance": w["pretrain"]["chance"]})
+        summary=lambda w: {"caption_accuracy": w["pretrain"]["caption_accuracy"], "heldout_accuracy": w["pretrain"]["heldout_accuracy"]})
     publish(rec, root)
     return rec

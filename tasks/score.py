@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from saev_core.filter import FilterConfig, run_filter
 from saev_core.io import read_json, write_json
-from saev_core.quality import scorer_quality
+from saev_core.quality import oracle_ranking, scorer_quality
 from saev_core.query import connect
 from saev_core.score_dataset import ScoreConfig, resolve_sae_dir, run_scoring, sae_id_of
 from saev_core.store import ArtifactStore
@@ -73,9 +73,19 @@ def score_shard_task(root: str, config: dict, shard: int) -> dict:
 
 @task(name="filter-dataset")
 def filter_dataset_task(root: str, config: dict, upstream: list[str]) -> dict:
+    """The top fraction by ``scorer``; with ``oracle_labels`` (evaluation only) the clean rows first instead."""
     store = ArtifactStore.at(root)
-    rec = store.run("filter", config, upstream,
-                    lambda out: run_filter(FilterConfig.model_validate({**config, "tables": str(store.tables), "out": str(out / "data")})),
+    conf = {k: v for k, v in config.items() if k != "oracle_labels"}
+    if config.get("oracle_labels"):
+        store.pull_inputs({"labels": config["oracle_labels"]}, [])
+
+    def run(out):
+        fcfg = FilterConfig.model_validate({**conf, "tables": str(store.tables), "out": str(out / "data")})
+        if config.get("oracle_labels"):
+            return run_filter(fcfg, ranking=oracle_ranking(config["oracle_labels"]), ranking_name="oracle")
+        return run_filter(fcfg)
+
+    rec = store.run("filter", config, upstream, run,
                     summary=lambda m: {"kept": m["n_kept"], **{f"{k}_rows": v for k, v in m["splits"].items()}})
     publish(rec, root)
     return rec

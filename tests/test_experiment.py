@@ -131,3 +131,28 @@ def test_experiment_flow_with_real_prefect(tmp_path, world_dir, tables, prefect_
     assert state.type == StateType.COMPLETED
     summary = state.result()
     assert summary["n_runs"] == 2 and (tmp_path / "exp" / "plot.png").exists()
+
+
+def test_oracle_line_keeps_clean_rows_only(tmp_path, world_dir, tables):
+    """The evaluation-only headroom oracle: every clean row at its natural fraction, clean rows only below it."""
+    lab = pq.read_table(world_dir / "labels.parquet").to_pandas()
+    ids = pq.read_table(next((tables / "samples").rglob("*.parquet"))).column("sample_id").to_pylist()
+    lab = lab[(lab.dataset == "demo-rlaif") & lab.sample_id.isin(ids)].assign(dataset="demo")
+    pq.write_table(pa.Table.from_pandas(lab, preserve_index=False), tmp_path / "labels.parquet")
+    n_clean = int(lab.is_clean.sum())
+    assert 10 < n_clean < 40
+    cfg = ExperimentConfig(tables=str(tables), model=str(world_dir / "model"), heldout=str(world_dir / "heldout/clean.parquet"),
+                           labels=str(tmp_path / "labels.parquet"), out=str(tmp_path / "exp"), scorers=["l0"],
+                           fractions=[0.25, 1.0], random_seeds=[0], train_seeds=[0], eval_samples=8,
+                           align={"max_steps": 1, "batch_size": 8}, progress=False)
+    natural = round(n_clean / 40, 4)
+    assert [(r["scorer"], r["fraction"]) for r in cfg.runs()] == [("full", 1.0), ("l0", 0.25), ("oracle", natural), ("oracle", 0.25)]
+    s = run_experiment(cfg)
+    assert {(t["scorer"], t["fraction"]) for t in s["table"]} >= {("oracle", natural), ("oracle", 0.25)}
+    clean = set(lab.sample_id[lab.is_clean])
+    kept = {d.name: set(pq.read_table(d / "data" / "selected.parquet").column("sample_id").to_pylist())
+            for d in (tmp_path / "exp" / "runs").iterdir() if d.name.startswith("oracle")}
+    assert kept[f"oracle-f{round(natural * 100):03d}-t0"] == clean
+    assert kept["oracle-s0-f025-t0"] < clean and len(kept["oracle-s0-f025-t0"]) == 10
+    manifest = json.loads((tmp_path / "exp" / "runs" / "oracle-s0-f025-t0" / "data" / "manifest.json").read_text())
+    assert manifest["scorer"] == "oracle"

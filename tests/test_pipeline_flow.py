@@ -48,8 +48,23 @@ def test_flow_completes_and_fills_the_store(first_run):
     assert state.type == StateType.COMPLETED
     s = state.result()
     assert s["samples"] == 30 and s["sae_l0"] == 16 and 0 < s["sae_fvu"]["all"] < 1
-    assert s["filtered_kept"] == 15 and set(s["scorer_auroc"]) == {"random", "l0", "cooccurrence", "saev", "model_cosine"}
+    from saev_core.score_dataset import DEFAULT_SCORERS
+
+    assert s["filtered_kept"] == 15 and set(s["scorer_auroc"]) == set(DEFAULT_SCORERS)
     assert s["alignment"]["train_rows"] == 15 and 0 <= s["alignment"]["aligned"]["answer_accuracy"] <= 1
+    # beside the scorer's subset: a random one and the oracle's (clean rows only) of the same size
+    assert set(s["alignment"]["baselines"]) == {"random", "oracle"}
+    import pyarrow.parquet as pq
+
+    labels = pq.read_table(world_dir / "labels.parquet").to_pandas().set_index(["dataset", "sample_id"])["is_clean"]
+    kept = {}
+    for rec in ArtifactStore.at(root).list():
+        if rec["stage"] == "filter":
+            conf = ArtifactStore.at(root).record("filter", rec["key"])["config"]
+            sel = pq.read_table(root / "filter" / rec["key"] / "data" / "selected.parquet").to_pandas()
+            kept["oracle" if conf.get("oracle_labels") else conf["scorer"]] = labels.loc[list(zip(sel.dataset, sel.sample_id))]
+    assert set(kept) == {s["alignment"]["scorer"], "random", "oracle"} and all(len(v) == 15 for v in kept.values())
+    assert kept["oracle"].all() and not kept["random"].all()
     index = open(s["report"]).read()  # the feature browser, with the FVU-vs-L0 plot of the store's SAEs
     assert "FVU vs L0" in index and len(list((root / "report").glob("*/html/latents/*.html"))) == 3
     stages = {r["stage"] for r in ArtifactStore.at(root).list()}

@@ -22,7 +22,7 @@ from saev_core.quality import auroc, render_quality, scorer_quality, top_fractio
 from saev_core.query import connect
 from saev_core.sae import SAE, SAEConfig
 from saev_core.score_dataset import ScoreConfig, run_scoring
-from saev_core.scoring import SCORERS, SampleSummary, ScoringContext, cross_modal_weights
+from saev_core.scoring import SCORERS, SampleSummary, ScoringContext, balanced_weights, cross_modal_weights
 from saev_core.train import TrainConfig, train_sae
 
 
@@ -87,9 +87,15 @@ def test_tables_match_a_dense_recomputation_through_duckdb(scored):
     w_table[stats.feature_id.to_numpy()] = stats.cross_modal_weight.to_numpy()
     np.testing.assert_allclose(w_table, w_dense, atol=1e-5)
     assert (stats.kind == "cross-modal").sum() == manifest["n_cross_modal"] > 0
+    # ... and the balanced weights equal the per-modality pools recomputed in memory
+    wb_dense = balanced_weights(f, img, x, per_side=cfg.per_side).numpy()
+    wb_table = np.zeros_like(wb_dense)
+    wb_table[stats.feature_id.to_numpy()] = con.execute("SELECT balanced_weight FROM feature_stats ORDER BY feature_id").df().balanced_weight
+    np.testing.assert_allclose(wb_table, wb_dense, atol=1e-5)
+    assert (wb_dense != 0).sum() == manifest["n_cross_modal_balanced"] >= manifest["n_cross_modal"]
 
     # scores equal each scorer applied to the dense summaries; rank 1 is the top score
-    ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=w_dense)
+    ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=w_dense, balanced_weights=wb_dense)
     scores = con.execute("SELECT sample_id, scorer, score, rank, percentile FROM scores WHERE dataset = $d", {"d": "demo-rlaif"}).df()
     assert set(scores.scorer) == set(SCORERS)
     for name, fn in SCORERS.items():

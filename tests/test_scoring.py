@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from saev_core.scoring import (SCORERS, SampleSummary, ScoringContext, cooccurrence_score, cooccurring_latents,
-                               cross_modal_weights, empty_pool, get_scorer, l0_score, mean_pair_cosine, model_cosine_score,
-                               random_score, saev_score, select_occurrences, update_pool)
+from saev_core.scoring import (SCORERS, SampleSummary, ScoringContext, balanced_weights, cooccurrence_score,
+                               cooccurring_latents, coverage_score, cross_modal_weights, empty_pool, get_scorer, l0_score,
+                               mean_pair_cosine, merge_pools, model_cosine_score, random_score, reference_subset,
+                               saev_balanced_score, saev_score, select_balanced, select_occurrences, update_pool)
 
 # 4 positions (image, image, text, text) x 3 latents
 ACTS = torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 0.5], [0.5, 3.0, 0.0], [0.0, 0.0, 1.0]])
@@ -74,9 +75,10 @@ def test_cross_modal_weights_by_hand():
 
 
 def test_registry_lists_valid_scorers_on_error():
-    assert set(SCORERS) == {"random", "l0", "cooccurrence", "saev", "model_cosine"}
+    assert set(SCORERS) == {"random", "l0", "cooccurrence", "saev", "model_cosine", "saev_balanced", "coverage"}
     assert get_scorer("l0") is l0_score
-    with pytest.raises(ValueError, match=r"unknown scorer 'clip'; valid scorers: \['cooccurrence', 'l0', 'model_cosine', 'random', 'saev'\]"):
+    with pytest.raises(ValueError, match=r"unknown scorer 'clip'; valid scorers: \['cooccurrence', 'coverage', 'l0', 'model_cosine', "
+                                         r"'random', 'saev', 'saev_balanced'\]"):
         get_scorer("clip")
 
 
@@ -107,3 +109,55 @@ def test_mean_pair_cosine_by_hand():
     image = torch.tensor([[[3.0, 0.0], [1.0, 1.0]]])  # unit (1,0), (.707,.707)
     # pairs: 1, .707, 0, .707 -> mean (1 + 2 * .7071) / 4
     assert mean_pair_cosine(text, image).item() == pytest.approx((1 + 2 / math.sqrt(2)) / 4)
+
+
+def test_balanced_weights_compare_each_modalitys_own_top_occurrences():
+    """Latent 0 fires weakly on images (0.2, 0.1) and strongly on text (5, 4, 3): Algorithm 1's
+    top 4 holds three text tokens and one image token, so it is 'mixed' with weight 0; the
+    balanced pools take the top 2 of each modality on its own and compare them."""
+    acts = torch.tensor([[0.2, 1.0], [0.1, 0.0], [5.0, 0.0], [4.0, 2.0], [3.0, 0.0]])
+    image = torch.tensor([True, True, False, False, False])
+    resid = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 3.0]])
+    assert cross_modal_weights(acts, image, resid, top=4, per_side=2).tolist() == [0.0, 0.0]
+    w = balanced_weights(acts, image, resid, per_side=2)
+    # image (1,0), (0,1) vs text (1,0), (1,1)/sqrt2: cosines 1, 1/sqrt2, 0, 1/sqrt2 -> (1 + sqrt2) / 4
+    # latent 1: one image and one text occurrence, fewer than per_side=2 of each -> 0
+    assert w.tolist() == pytest.approx([(1 + math.sqrt(2)) / 4, 0.0])
+    assert balanced_weights(acts, image, resid, per_side=1).tolist() == pytest.approx([1.0, 1 / math.sqrt(2)])
+
+
+def test_select_balanced_by_hand():
+    # [2 modalities (image, text), per_side 2, 3 latents]
+    values = torch.tensor([[[2.0, 1.0, 0.0], [1.0, 0.0, 0.0]], [[3.0, 0.0, 1.0], [2.0, 0.0, 0.0]]])
+    refs = torch.tensor([[[10, 11, -1], [12, -1, -1]], [[20, -1, 21], [22, -1, -1]]])
+    occ = select_balanced(values, refs)
+    assert occ.kind == ["cross-modal", "image-only", "text-only"]
+    assert occ.cross.tolist() == [0]
+    assert occ.image_refs.tolist() == [[10, 12]] and occ.text_refs.tolist() == [[20, 22]]
+
+
+def test_merge_pools_keeps_the_top_of_every_shard():
+    v1, r1 = torch.tensor([[3.0, 1.0], [1.0, 0.0]]), torch.tensor([[0, 1], [2, -1]])
+    v2, r2 = torch.tensor([[2.0, 4.0], [0.5, 2.0]]), torch.tensor([[5, 6], [7, 8]])
+    v, r = merge_pools([v1, v2], [r1, r2], top=2)
+    assert v.tolist() == [[3.0, 4.0], [2.0, 2.0]] and r.tolist() == [[0, 6], [5, 8]]
+
+
+def test_saev_balanced_and_coverage_by_hand():
+    # S: image latents {0: 1.0, 2: 2.0}, text latents {0: 0.5, 1: 3.0, 2: 1.0}; C(S) = {0, 2}
+    ctx = ScoringContext(balanced_weights=np.array([0.5, 0.3, -0.2], np.float32))
+    assert saev_balanced_score(S, ctx) == pytest.approx(0.5 - 0.2)
+    # coverage clips w' at 0: text content 0.5 + 0.3 + 0, of which on the image too 0.5 + 0
+    assert coverage_score(S, ctx) == pytest.approx(0.5 / 0.8)
+    tight = ScoringContext(tau=0.75, balanced_weights=ctx.balanced_weights)
+    # tau 0.75: T = {1, 2} (0.3 + 0), C = {2} (0) -> 0
+    assert coverage_score(S, tight) == 0.0
+    no_text = SampleSummary.from_acts("n", ACTS[:2], IMAGE[:2])
+    assert coverage_score(no_text, ctx) == 0.0
+
+
+def test_reference_subset_is_order_free():
+    ids = [f"s{i}" for i in range(50)]
+    a = reference_subset(ids, 10, seed=0)
+    assert len(a) == 10 and a == reference_subset(ids[::-1], 10, seed=0)
+    assert a != reference_subset(ids, 10, seed=1)

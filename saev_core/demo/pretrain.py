@@ -1,11 +1,14 @@
-"""Brief supervised pretraining of the tiny LLaVA on clean rows, and its answer accuracy.
+"""The demo base model's pretraining (the modality-alignment stage, on image-caption pairs), and
+teacher-forced answer accuracy.
 
-The stages and the embedding scale are what make image patches and words share features; the
-plain one-stage version gave a model whose modalities share none (bench/RESULTS.md).
+The base model sees captions only: no chat turn, no question. So it describes images but is not
+yet good at the alignment task the datasets teach (questions in the chat format): SFT and DPO on
+clean rows have room to improve it, and low-quality rows room to hurt (bench/RESULTS.md). The
+stages and the embedding scale are what make image patches and words share features; the plain
+one-stage version gave a model whose modalities share none.
 
-Accuracy is teacher-forced: the model must put the highest logit on every word of the
-answer's key attribute (the colour, shape or position asked about). Chance is the mean over
-questions of 1 / (number of values that attribute can take).
+Accuracy is teacher-forced: the model must put the highest logit on every word of the answer's
+key (the attribute asked about, or the whole listing of a description or count).
 """
 
 from __future__ import annotations
@@ -17,10 +20,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from saev_core.demo.scenes import COLORS, POSITIONS, SHAPES, Scene
+from saev_core.demo.scenes import POSITIONS, Scene
 from saev_core.prompts import conversation
 
-_N_VALUES = {"color_of_shape": len(COLORS), "shape_at_position": len(SHAPES), "position_of_object": len(POSITIONS)}
 
 
 @dataclass
@@ -30,19 +32,31 @@ class Batch:
     key_mask: torch.Tensor  # answer positions whose token is part of the key attribute
 
 
-def encode(processor, rows: list[dict], images: list | None = None) -> Batch:
-    """Prompt + answer with labels on the answer tokens only (padding is on the left)."""
+def caption_text(processor, caption: str) -> str:
+    """The modality-alignment format: the image, then its caption; no chat turn, no question."""
     tok = processor.tokenizer
-    texts = [processor.apply_chat_template(conversation(r["question"], r["answer"]), tokenize=False) for r in rows]
+    return f"{tok.bos_token}{processor.image_token}\n{caption}{tok.eos_token}"
+
+
+def encode(processor, rows: list[dict], images: list | None = None) -> Batch:
+    """Text + answer with labels on the answer tokens only (padding is on the left).
+
+    QA rows (``question``, ``answer``, ``key``) go through the chat template; caption rows
+    (``caption``) use ``caption_text`` and their whole caption is the key.
+    """
+    tok = processor.tokenizer
+    texts = [caption_text(processor, r["caption"]) if "caption" in r else
+             processor.apply_chat_template(conversation(r["question"], r["answer"]), tokenize=False) for r in rows]
     inputs = processor(images=images or [r["image"] for r in rows], text=texts, return_tensors="pt", padding=True)
     ids = inputs["input_ids"]
     labels = torch.full_like(ids, -100)
     key_mask = torch.zeros_like(ids, dtype=torch.bool)
     for i, r in enumerate(rows):
-        answer_ids = tok(r["answer"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        target, key = (r["caption"], r["caption"]) if "caption" in r else (r["answer"], r["key"])
+        answer_ids = tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         n = len(answer_ids)
         labels[i, -n:] = ids[i, -n:]
-        key_ids = tok(r["key"], add_special_tokens=False)["input_ids"]
+        key_ids = tok(key, add_special_tokens=False)["input_ids"]
         for j in range(n - len(key_ids) + 1):
             if answer_ids[j : j + len(key_ids)] == key_ids:
                 key_mask[i, ids.shape[1] - n + j : ids.shape[1] - n + j + len(key_ids)] = True
@@ -111,13 +125,14 @@ def _answer_loss(model, data: Batch, idx: torch.Tensor, slots: torch.Tensor) -> 
 
 def pretrain(model, processor, rows: list[dict], steps: int, batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
              embedding_scale: float = 20.0, aux_weight: float = 1.0) -> list[float]:
-    """LLaVA-style pretraining in two stages, so that image patches reuse the LM's word features
-    (the premise of SAE-V) instead of a private code. Returns the loss curve of both stages.
+    """LLaVA-style pretraining in two stages on caption rows (``scenes.make_captions``), so that
+    image patches reuse the LM's word features (the premise of SAE-V) instead of a private code.
+    Returns the loss curve of both stages.
 
     1. Text (the first half of ``steps``): the LM alone, reading ``slot_targets`` in place of the
        image. Token embeddings start ``embedding_scale`` times larger: pre-norm blocks write at a
        fixed scale, so the early residual stream stays close to the tokens it holds.
-    2. Vision (the rest): LM frozen; vision tower + projector trained on the answers plus
+    2. Vision (the rest): LM frozen; vision tower + projector trained on the captions plus
        ``aux_weight`` x the relative squared error of each projected patch to its slot target.
     """
     torch.manual_seed(seed)
@@ -174,7 +189,3 @@ def answer_accuracy(model, processor, rows: list[dict], shuffle_images: bool = F
         hit = (lg.argmax(-1) == lb) | ~km
         correct += int(hit.all(dim=1).sum())
     return correct / len(rows)
-
-
-def chance_accuracy(rows: list[dict]) -> float:
-    return sum(1 / _N_VALUES[r["question_kind"]] for r in rows) / len(rows)

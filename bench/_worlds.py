@@ -1,0 +1,46 @@
+"""Shared by the validity benches: a demo world per seed, dumped, with an SAE trained and scored.
+
+Worlds live under ``data/worlds/seed<N>`` (built once per config); each (layer, dump variant) is
+dumped once under ``<out>/w<N>-L<layer>-<variant>/``, each SAE seed trains the pipeline's demo SAE
+on it and scores it with every scorer into its own tables.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flows.pipeline import DEMO_SAE  # noqa: E402
+from saev_core.data import DatasetSpec  # noqa: E402
+from saev_core.demo.build import DemoConfig, build_world  # noqa: E402
+from saev_core.dump import DumpConfig, run_dump  # noqa: E402
+from saev_core.score_dataset import ScoreConfig, run_scoring  # noqa: E402
+from saev_core.train import TrainConfig, train_sae  # noqa: E402
+
+
+def world(seed: int) -> Path:
+    out = Path("data/worlds") / f"seed{seed}"
+    build_world(DemoConfig(seed=seed), out, log=lambda m: print(m, flush=True))
+    return out
+
+
+def scored(seed: int, out: Path, layer: int = 0, variant: str = "response", sae_seed: int = 0, tau: float = 0.0,
+           dataset: str = "demo-rlaif") -> tuple[Path, Path, dict]:
+    """(world dir, tables dir, scoring manifest) of world ``seed`` scored with SAE seed ``sae_seed``."""
+    wdir = world(seed)
+    run = Path(out) / f"w{seed}-L{layer}-{variant}"
+    spec = DatasetSpec(path=str(wdir / "datasets" / dataset / "train.parquet"))
+    run_dump(DumpConfig(model=str(wdir / "model"), dataset=spec, layer=layer, out=str(run / "dump"),
+                        include_response=variant == "response", progress=False))
+    sae_dir = run / f"sae-s{sae_seed}"
+    if not (sae_dir / "sae" / "cfg.json").exists():
+        train_sae(TrainConfig.model_validate({**DEMO_SAE, "activations": str(run / "dump"), "out": str(sae_dir),
+                                              "seed": sae_seed, "progress": False}))
+    tables = run / f"tables-s{sae_seed}-tau{tau:g}"
+    manifest = run_scoring(ScoreConfig(activations=str(run / "dump"), sae=str(sae_dir), tables=str(tables),
+                                       dataset_name=dataset, tau=tau, progress=False))
+    return wdir, tables, manifest

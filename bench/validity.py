@@ -1,0 +1,81 @@
+"""Scorer validity on demo worlds: AUROC (clean vs low-quality) of every scorer, per corruption kind,
+for prompt-only and prompt+response dumps, over several SAE seeds and world seeds.
+
+Each (world seed, layer, dump variant) is dumped once; each SAE seed trains the pipeline's demo SAE
+on it and scores it with every scorer. Labels are read only through ``quality.scorer_quality``.
+Pick defaults on a validation world seed (``--worlds 1000``), report on others.
+
+    python bench/validity.py --worlds 1000 --sae-seeds 0 1 2 --variants prompt response --taus 0 0.5
+    python bench/validity.py --worlds 0 1 2 --sae-seeds 0 1 2 --variants response --out data/bench/validity-eval
+
+Writes ``<out>/results.jsonl`` (one row per world, layer, variant, tau, SAE seed and scorer) and prints
+mean ± std over the seeds; worlds are built (or reused) under ``data/worlds/seed<N>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _worlds import scored  # noqa: E402
+
+from saev_core.quality import scorer_quality  # noqa: E402
+from saev_core.query import connect  # noqa: E402
+from saev_core.score_dataset import DEFAULT_SCORERS  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--worlds", type=int, nargs="+", default=[1000])
+    ap.add_argument("--sae-seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--layers", type=int, nargs="+", default=[0])
+    ap.add_argument("--variants", nargs="+", choices=["prompt", "response"], default=["prompt", "response"])
+    ap.add_argument("--taus", type=float, nargs="+", default=[0.0])
+    ap.add_argument("--dataset", default="demo-rlaif")
+    ap.add_argument("--out", default="data/bench/validity")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for w in args.worlds:
+        for layer in args.layers:
+            for variant in args.variants:
+                t0 = time.time()
+                for seed in args.sae_seeds:
+                    for tau in args.taus:
+                        wdir, tables, m = scored(w, out, layer, variant, seed, tau, args.dataset)
+                        for q in scorer_quality(connect(str(tables)), str(wdir / "labels.parquet"), args.dataset, m["sae_id"]):
+                            rows.append({"world": w, "layer": layer, "variant": variant, "tau": tau, "sae_seed": seed,
+                                         "n_cross_modal": m["n_cross_modal"], "n_cross_modal_balanced": m["n_cross_modal_balanced"], **q})
+                print(f"world {w} layer {layer} {variant}: {time.time() - t0:.0f}s", flush=True)
+    with open(out / "results.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    report(rows)
+
+
+def report(rows: list[dict]) -> None:
+    """Mean ± population std over SAE seeds (and worlds) per (layer, variant, tau, scorer)."""
+    metrics = [k for k in rows[0] if k.startswith("auroc")] if rows else []
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["layer"], r["variant"], r["tau"], r["scorer"]), []).append(r)
+    print("| layer | dump | tau | scorer | runs | " + " | ".join(m.replace("_", " ") for m in metrics) + " |")
+    print("| ---: | --- | ---: | --- | ---: |" + " ---: |" * len(metrics))
+    order = {s: i for i, s in enumerate(DEFAULT_SCORERS)}
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], order.get(k[3], 99))):
+        g = groups[key]
+        cells = []
+        for m in metrics:
+            vals = [r[m] for r in g]
+            cells.append(f"{statistics.mean(vals):.3f} ± {statistics.pstdev(vals):.3f}")
+        print(f"| {key[0]} | {key[1]} | {key[2]:g} | {key[3]} | {len(g)} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
