@@ -29,7 +29,7 @@ def world(seed: int) -> Path:
 
 
 def scored(seed: int, out: Path, layer: int = 0, variant: str = "response", sae_seed: int = 0, tau: float = 0.0,
-           dataset: str = "demo-rlaif") -> tuple[Path, Path, dict]:
+           agreement_tau: float | None = None, dataset: str = "demo-rlaif") -> tuple[Path, Path, dict]:
     """(world dir, tables dir, scoring manifest) of world ``seed`` scored with SAE seed ``sae_seed``."""
     wdir = world(seed)
     run = Path(out) / f"w{seed}-L{layer}-{variant}"
@@ -40,7 +40,8 @@ def scored(seed: int, out: Path, layer: int = 0, variant: str = "response", sae_
     if not (sae_dir / "sae" / "cfg.json").exists():
         train_sae(TrainConfig.model_validate({**DEMO_SAE, "activations": str(run / "dump"), "out": str(sae_dir),
                                               "seed": sae_seed, "progress": False}))
-    tables = run / f"tables-s{sae_seed}-tau{tau:g}"
+    extra = {} if agreement_tau is None else {"agreement_tau": agreement_tau}
+    tables = run / (f"tables-s{sae_seed}-tau{tau:g}" + ("" if agreement_tau is None else f"-atau{agreement_tau:g}"))
     manifest = run_scoring(ScoreConfig(activations=str(run / "dump"), sae=str(sae_dir), tables=str(tables),
-                                       dataset_name=dataset, tau=tau, progress=False))
+                                       dataset_name=dataset, tau=tau, progress=False, **extra))
     return wdir, tables, manifest

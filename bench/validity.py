@@ -36,7 +36,8 @@ def main() -> None:
     ap.add_argument("--sae-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--layers", type=int, nargs="+", default=[0])
     ap.add_argument("--variants", nargs="+", choices=["prompt", "response"], default=["prompt", "response"])
-    ap.add_argument("--taus", type=float, nargs="+", default=[0.0])
+    ap.add_argument("--taus", type=float, nargs="+", default=[0.0], help="co-occurrence tau (cooccurrence, saev, coverage)")
+    ap.add_argument("--agreement-taus", type=float, nargs="+", default=[None], help="agreement_tau (default: ScoreConfig's)")
     ap.add_argument("--dataset", default="demo-rlaif")
     ap.add_argument("--out", default="data/bench/validity")
     args = ap.parse_args()
@@ -48,10 +49,11 @@ def main() -> None:
             for variant in args.variants:
                 t0 = time.time()
                 for seed in args.sae_seeds:
-                    for tau in args.taus:
-                        wdir, tables, m = scored(w, out, layer, variant, seed, tau, args.dataset)
+                    for tau, atau in ((t, a) for t in args.taus for a in args.agreement_taus):
+                        wdir, tables, m = scored(w, out, layer, variant, seed, tau, atau, args.dataset)
                         for q in scorer_quality(connect(str(tables)), str(wdir / "labels.parquet"), args.dataset, m["sae_id"]):
-                            rows.append({"world": w, "layer": layer, "variant": variant, "tau": tau, "sae_seed": seed,
+                            rows.append({"world": w, "layer": layer, "variant": variant, "tau": tau,
+                                         "agreement_tau": m["identity"]["agreement_tau"], "sae_seed": seed,
                                          "n_cross_modal": m["n_cross_modal"], "n_cross_modal_balanced": m["n_cross_modal_balanced"], **q})
                 print(f"world {w} layer {layer} {variant}: {time.time() - t0:.0f}s", flush=True)
     with open(out / "results.jsonl", "w") as f:
@@ -64,17 +66,17 @@ def report(rows: list[dict]) -> None:
     metrics = [k for k in rows[0] if k.startswith("auroc")] if rows else []
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["layer"], r["variant"], r["tau"], r["scorer"]), []).append(r)
-    print("| layer | dump | tau | scorer | runs | " + " | ".join(m.replace("_", " ") for m in metrics) + " |")
-    print("| ---: | --- | ---: | --- | ---: |" + " ---: |" * len(metrics))
+        groups.setdefault((r["layer"], r["variant"], r["tau"], r["agreement_tau"], r["scorer"]), []).append(r)
+    print("| layer | dump | tau | agreement tau | scorer | runs | " + " | ".join(m.replace("_", " ") for m in metrics) + " |")
+    print("| ---: | --- | ---: | ---: | --- | ---: |" + " ---: |" * len(metrics))
     order = {s: i for i, s in enumerate(DEFAULT_SCORERS)}
-    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], order.get(k[3], 99))):
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3], order.get(k[4], 99))):
         g = groups[key]
         cells = []
         for m in metrics:
             vals = [r[m] for r in g]
             cells.append(f"{statistics.mean(vals):.3f} ± {statistics.pstdev(vals):.3f}")
-        print(f"| {key[0]} | {key[1]} | {key[2]:g} | {key[3]} | {len(g)} | " + " | ".join(cells) + " |")
+        print(f"| {key[0]} | {key[1]} | {key[2]:g} | {key[3]:g} | {key[4]} | {len(g)} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

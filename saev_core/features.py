@@ -27,7 +27,7 @@ import torch
 from saev_core.activations import ActivationDump, to_tensor
 from saev_core.io import atomic_path
 from saev_core.sae import SAE
-from saev_core.scoring import empty_pool, update_pool
+from saev_core.scoring import empty_pool, pack_ref, unpack_ref, update_pool
 from saev_core.tables import SAMPLE_FEATURES
 
 Tensor = torch.Tensor
@@ -39,17 +39,6 @@ SHARD_SAMPLES = pa.schema([
     ("n_active", pa.int64()),
     ("resid_cosine", pa.float64()),
 ])
-
-
-def pack_ref(shard: int, row: Tensor | np.ndarray, is_image) -> Tensor:
-    """(shard, row in shard file, is_image) -> one int64 >= 0; -1 marks an empty pool slot."""
-    row = torch.as_tensor(row, dtype=torch.int64)
-    return (shard << 41) | (row << 1) | torch.as_tensor(is_image, dtype=torch.int64)
-
-
-def unpack_ref(ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    ref = np.asarray(ref, dtype=np.int64)
-    return ref >> 41, (ref >> 1) & ((1 << 40) - 1), (ref & 1).astype(bool)
 
 
 def fetch_residuals(dump: ActivationDump, refs: np.ndarray) -> dict[int, Tensor]:

@@ -35,14 +35,14 @@ from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
 from saev_core.features import SHARD_SAMPLES, encode_shard, fetch_residuals
 from saev_core.io import atomic_path, claim_output_dir, read_json, write_json
 from saev_core.modeling import resolve_device
-from saev_core.scoring import (SCORERS, SampleSummary, ScoringContext, check_scorers, get_scorer, merge_pools,
+from saev_core.scoring import (SCORERS, CoFiring, SampleSummary, ScoringContext, check_scorers, get_scorer, merge_pools,
                                reference_subset, select_balanced, select_occurrences, weights_from_occurrences)
 from saev_core.tables import (DEFAULT_TABLES, FEATURE_STATS, SAMPLES, SCORES, TABLES, check_partition_value, manifest_path,
                               part_name, partition_dir)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCORERS = ("random", "l0", "cooccurrence", "saev", "saev_balanced", "coverage", "model_cosine")
+DEFAULT_SCORERS = ("random", "l0", "cooccurrence", "saev", "saev_balanced", "coverage", "agreement", "model_cosine")
 _RUNTIME_FIELDS = {"tables", "device", "batch_rows", "weights_memory_mb", "progress"}
 
 
@@ -57,6 +57,8 @@ class ScoreConfig(BaseModel):
     dataset_name: str | None = Field(None, description="partition name; default: the dump's dataset name")
     scorers: list[str] = Field(default_factory=lambda: list(DEFAULT_SCORERS))
     tau: float = Field(0.0, ge=0, description="co-occurrence threshold: a latent counts where A[t, i] > tau")
+    agreement_tau: float = Field(0.5, ge=0, description="the agreement scorer's firing threshold (chosen on the demo's validation world; "
+                                                        "the activation scale is the SAE's, so choose it on a validation split for another SAE)")
     reference_samples: int = Field(1000, ge=1, description="reference subset size for the cross-modal weights")
     top: int = Field(30, ge=1, description="top occurrences pooled per latent")
     per_side: int = Field(5, ge=1, description="text and image occurrences compared per latent")
@@ -257,16 +259,21 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
     }, schema=FEATURE_STATS)
 
     # ---- scores ---------------------------------------------------------------------------------
-    ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=weights, balanced_weights=balanced)
+    def all_summaries():
+        for shard in range(len(dump.files)):
+            shard_samples = pq.read_table(work / f"shard-{shard:05d}.samples.parquet", schema=SHARD_SAMPLES)
+            yield from summaries(feat_dir / part_name(shard), shard_samples)
+
+    cofiring = CoFiring.count(all_summaries(), d_sae, cfg.agreement_tau) if "agreement" in cfg.scorers else None
+    ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=weights, balanced_weights=balanced,
+                         agreement_tau=cfg.agreement_tau, cofiring=cofiring)
     fns = {name: get_scorer(name) for name in cfg.scorers}
     sids, per_scorer, scored = [], {n: [] for n in fns}, {}
-    for shard in range(len(dump.files)):
-        shard_samples = pq.read_table(work / f"shard-{shard:05d}.samples.parquet", schema=SHARD_SAMPLES)
-        for s in summaries(feat_dir / part_name(shard), shard_samples):
-            sids.append(s.sample_id)
-            scored[s.sample_id] = {"n_image": s.n_image, "n_text": s.n_text}
-            for name, fn in fns.items():
-                per_scorer[name].append(fn(s, ctx))
+    for s in all_summaries():
+        sids.append(s.sample_id)
+        scored[s.sample_id] = {"n_image": s.n_image, "n_text": s.n_text}
+        for name, fn in fns.items():
+            per_scorer[name].append(fn(s, ctx))
     sid_arr = np.asarray(sids, dtype=object)
     tables, summary = [], {}
     for name, vals in per_scorer.items():

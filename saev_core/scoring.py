@@ -72,6 +72,8 @@ class ScoringContext:
     tau: float = 0.0
     weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # w_i per latent (Algorithm 1)
     balanced_weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # w'_i (balanced_weights)
+    agreement_tau: float = 0.5
+    cofiring: "CoFiring | None" = None  # the dataset's co-firing counts at agreement_tau (agreement scorer)
 
 
 Scorer = Callable[[SampleSummary, ScoringContext], float]
@@ -156,6 +158,56 @@ def coverage_score(s: SampleSummary, ctx: ScoringContext) -> float:
     return float(w[c].sum(dtype=np.float64)) / total
 
 
+@dataclass
+class CoFiring:
+    """Per latent, over one dataset's samples: in how many it fires above ``tau`` on the text
+    (T_i), on the image (I_i), and on both."""
+
+    n: int
+    text: np.ndarray
+    image: np.ndarray
+    both: np.ndarray
+    tau: float
+    alpha: float = 1.0  # add-alpha smoothing of both probabilities
+    pos: np.ndarray = field(init=False)  # log q/p, p = P(I_i), q = P(I_i | T_i)
+    neg: np.ndarray = field(init=False)  # log (1-q)/(1-p)
+
+    def __post_init__(self):
+        p = (self.image + self.alpha) / (self.n + 2 * self.alpha)
+        q = (self.both + self.alpha) / (self.text + 2 * self.alpha)
+        self.pos, self.neg = np.log(q / p), np.log((1 - q) / (1 - p))
+
+    @classmethod
+    def count(cls, summaries, d_sae: int, tau: float) -> "CoFiring":
+        text, image, both = (np.zeros(d_sae, np.int64) for _ in range(3))
+        n = 0
+        for s in summaries:
+            t, i = s.text_ids[s.text_max > tau], s.image_ids[s.image_max > tau]
+            np.add.at(text, t, 1)
+            np.add.at(image, i, 1)
+            np.add.at(both, np.intersect1d(t, i), 1)
+            n += 1
+        return cls(n, text, image, both, tau)
+
+
+@scorer("agreement")
+def agreement_score(s: SampleSummary, ctx: ScoringContext) -> float:
+    """agreement: sum over i in T(s) of log P(I_i = o_i | T_i) / P(I_i = o_i), o_i = 1[i in I(s)]
+    (T, I: latent i above agreement_tau on a text / an image token), both probabilities estimated on
+    the dataset itself (``CoFiring``, add-one smoothed): the naive-Bayes log-likelihood ratio of
+    the image's latents given the text's. A latent whose image firing the text predicts adds
+    evidence when the image has it and takes it away when the image lacks it; one that fires on
+    images regardless (P(I|T) = P(I)) adds nothing, so no weight step is needed and no label is read."""
+    if ctx.cofiring is None:
+        raise ValueError("the agreement scorer needs the dataset's co-firing counts (ScoringContext.cofiring)")
+    if ctx.cofiring.tau != ctx.agreement_tau:
+        raise ValueError(f"co-firing counted at tau={ctx.cofiring.tau}, scoring at agreement_tau={ctx.agreement_tau}")
+    c = ctx.cofiring
+    text = s.text_ids[s.text_max > ctx.agreement_tau]
+    on_image = np.isin(text, s.image_ids[s.image_max > ctx.agreement_tau])
+    return float(c.pos[text[on_image]].sum(dtype=np.float64) + c.neg[text[~on_image]].sum(dtype=np.float64))
+
+
 @scorer("model_cosine")
 def model_cosine_score(s: SampleSummary, ctx: ScoringContext) -> float:
     """model_cosine: cos(mean image-token residual, mean text-token residual); no SAE involved."""
@@ -169,6 +221,17 @@ def reference_subset(sample_ids: list[str], n: int, seed: int) -> frozenset[str]
     """Algorithm 1 step 1: n samples drawn at random (by id hash, so order-free and reproducible)."""
     key = lambda s: hashlib.blake2b(f"ref:{seed}:{s}".encode(), digest_size=8).digest()  # noqa: E731
     return frozenset(sorted(sample_ids, key=key)[:n])
+
+
+def pack_ref(shard: int, row: Tensor | np.ndarray, is_image) -> Tensor:
+    """(shard, row in shard file, is_image) -> one int64 >= 0; -1 marks an empty pool slot."""
+    row = torch.as_tensor(row, dtype=torch.int64)
+    return (shard << 41) | (row << 1) | torch.as_tensor(is_image, dtype=torch.int64)
+
+
+def unpack_ref(ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ref = np.asarray(ref, dtype=np.int64)
+    return ref >> 41, (ref >> 1) & ((1 << 40) - 1), (ref & 1).astype(bool)
 
 
 def update_pool(values: Tensor, refs: Tensor, acts: Tensor, row_refs: Tensor) -> tuple[Tensor, Tensor]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from saev_core.scoring import (SCORERS, SampleSummary, ScoringContext, balanced_weights, cooccurrence_score,
+from saev_core.scoring import (SCORERS, CoFiring, SampleSummary, ScoringContext, agreement_score, balanced_weights, cooccurrence_score,
                                cooccurring_latents, coverage_score, cross_modal_weights, empty_pool, get_scorer, l0_score,
                                mean_pair_cosine, merge_pools, model_cosine_score, random_score, reference_subset,
                                saev_balanced_score, saev_score, select_balanced, select_occurrences, update_pool)
@@ -75,10 +75,10 @@ def test_cross_modal_weights_by_hand():
 
 
 def test_registry_lists_valid_scorers_on_error():
-    assert set(SCORERS) == {"random", "l0", "cooccurrence", "saev", "model_cosine", "saev_balanced", "coverage"}
+    assert set(SCORERS) == {"random", "l0", "cooccurrence", "saev", "model_cosine", "saev_balanced", "coverage", "agreement"}
     assert get_scorer("l0") is l0_score
-    with pytest.raises(ValueError, match=r"unknown scorer 'clip'; valid scorers: \['cooccurrence', 'coverage', 'l0', 'model_cosine', "
-                                         r"'random', 'saev', 'saev_balanced'\]"):
+    with pytest.raises(ValueError, match=r"unknown scorer 'clip'; valid scorers: \['agreement', 'cooccurrence', 'coverage', 'l0', "
+                                         r"'model_cosine', 'random', 'saev', 'saev_balanced'\]"):
         get_scorer("clip")
 
 
@@ -161,3 +161,27 @@ def test_reference_subset_is_order_free():
     a = reference_subset(ids, 10, seed=0)
     assert len(a) == 10 and a == reference_subset(ids[::-1], 10, seed=0)
     assert a != reference_subset(ids, 10, seed=1)
+
+
+def _summary(sid, text: dict, image: dict) -> SampleSummary:
+    ids = lambda d: np.array(sorted(d), np.int64)  # noqa: E731
+    vals = lambda d: np.array([d[k] for k in sorted(d)], np.float32)  # noqa: E731
+    return SampleSummary(sid, 1, 1, 0, ids(image), vals(image), ids(text), vals(text))
+
+
+def test_agreement_by_hand():
+    """Four samples, two latents, agreement_tau 0.5 (s4's 0.4 on the image does not count):
+    text counts T = (3, 2), image I = (2, 1), both = (2, 0), n = 4; add-one smoothing gives
+    latent 0: p = 3/6, q = 3/5 -> +log 1.2 when on the image, log 0.8 when not;
+    latent 1: p = 2/6, q = 1/4 -> log 0.75 when on the image, +log 1.125 when not."""
+    samples = [_summary("s1", {0: 1.0, 1: 1.0}, {0: 1.0}), _summary("s2", {0: 1.0}, {0: 1.0, 1: 1.0}),
+               _summary("s3", {1: 1.0}, {}), _summary("s4", {0: 1.0}, {0: 0.4})]
+    c = CoFiring.count(samples, d_sae=2, tau=0.5)
+    assert (c.n, c.text.tolist(), c.image.tolist(), c.both.tolist()) == (4, [3, 2], [2, 1], [2, 0])
+    ctx = ScoringContext(agreement_tau=0.5, cofiring=c)
+    got = [agreement_score(s, ctx) for s in samples]
+    assert got == pytest.approx([math.log(1.2) + math.log(1.125), math.log(1.2), math.log(1.125), math.log(0.8)])
+    with pytest.raises(ValueError, match="needs the dataset's co-firing counts"):
+        agreement_score(samples[0], ScoringContext())
+    with pytest.raises(ValueError, match="co-firing counted at tau=0.5"):
+        agreement_score(samples[0], ScoringContext(agreement_tau=0.0, cofiring=c))
