@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _worlds import scored  # noqa: E402
 
-from flows.pipeline import DEMO_ALIGN  # noqa: E402
+from saev_core.demo.defaults import DEMO_ALIGN  # noqa: E402
 from saev_core.experiment import METRIC, ExperimentConfig, run_experiment  # noqa: E402
 
 
@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--eval-samples", type=int, default=300)
     ap.add_argument("--set", action="append", default=[], help="AlignConfig override, e.g. --set epochs=4 (on top of the demo's)")
     ap.add_argument("--out", default="data/bench/experiment")
+    ap.add_argument("--scored", default="data/bench/validity", help="where the dumps, SAEs and tables go (shared with bench/validity.py)")
     args = ap.parse_args()
     align = {k: v for k, v in DEMO_ALIGN.items() if k != "method"}
     for kv in args.set:
@@ -50,7 +51,7 @@ def main() -> None:
     per_world = {}
     for w in args.worlds:
         t0 = time.time()
-        wdir, tables, m = scored(w, Path(args.out) / "scored", variant=args.variant, sae_seed=args.sae_seed)
+        wdir, tables, m = scored(w, Path(args.scored), variant=args.variant, sae_seed=args.sae_seed)
         cfg = ExperimentConfig(tables=str(tables), model=str(wdir / "model"), heldout=str(wdir / "heldout/clean.parquet"),
                                labels=str(wdir / "labels.parquet"), out=str(root / f"w{w}"), dataset="demo-rlaif", sae_id=m["sae_id"],
                                method=args.method, scorers=args.scorers, fractions=args.fractions, random_seeds=args.random_seeds,

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from saev_core.data import DatasetSpec
 from saev_core.demo.build import DemoConfig
+from saev_core.demo.defaults import DEMO_ALIGN, DEMO_DUMP, DEMO_SAE, DEMO_SCORER
 from saev_core.dump import DumpConfig, plan_shards
 from saev_core.store import ArtifactStore, stage_key
 from tasks.align import align_task, evaluate_model_task
@@ -26,11 +27,6 @@ from tasks.score import (filter_dataset_task, partition_is_current, partition_ta
                          score_shard_task, scorer_quality_task)
 from tasks.train import eval_sae_task, train_sae_task
 
-# Sized for the demo world on 2 CPU cores (about a minute); real runs pass their own `sae` config.
-DEMO_SAE = {"architecture": "topk", "k": 16, "expansion_factor": 8, "batch_size": 1024, "total_tokens": 1_000_000}
-# The demo's alignment and scoring defaults, chosen on the validation world (seed 1000, bench/RESULTS.md).
-DEMO_ALIGN = {"method": "sft", "epochs": 4}
-DEMO_DUMP = {"include_response": True}
 
 
 class PipelineConfig(BaseModel):
@@ -52,7 +48,7 @@ class PipelineConfig(BaseModel):
                                  description="extra SAEs (overrides on top of `sae`) trained on the same dump for the report's FVU-vs-L0 frontier")
     eval_samples: int = Field(100, ge=0, description="held-out samples for SAE cross-entropy and model evaluation")
     score: dict = Field(default_factory=dict, description="ScoreConfig overrides")
-    scorer: str = "saev"
+    scorer: str = Field(DEMO_SCORER, description="scorer that picks the kept subset (chosen on the validation world, bench/RESULTS.md)")
     top_fraction: float = Field(0.5, gt=0, le=1)
     align: dict = Field(default_factory=lambda: dict(DEMO_ALIGN), description="AlignConfig overrides")
     compare: bool = Field(True, description="with labels: also align on a random and an oracle (clean rows) subset of the same size")

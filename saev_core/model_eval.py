@@ -54,7 +54,7 @@ def response_logps(bundle: ModelBundle, samples: list[Sample], responses: list[s
 
 
 @torch.no_grad()
-def generate_answers(bundle: ModelBundle, samples: list[Sample], max_new_tokens: int = 16, batch_size: int = 32) -> list[str]:
+def generate_answers(bundle: ModelBundle, samples: list[Sample], max_new_tokens: int = 48, batch_size: int = 32) -> list[str]:
     """Greedy answers (left padding, as generation needs)."""
     proc, tok = bundle.processor, bundle.processor.tokenizer
     tok.padding_side = "left"
@@ -72,7 +72,8 @@ def generate_answers(bundle: ModelBundle, samples: list[Sample], max_new_tokens:
 
 
 def evaluate_model(model: str | ModelBundle, heldout: DatasetSpec, n_samples: int | None = None, reference: str | ModelBundle | None = None,
-                   beta: float = 0.1, device: str = "auto", batch_size: int = 32, key_column: str = "key") -> dict:
+                   beta: float = 0.1, device: str = "auto", batch_size: int = 32, key_column: str = "key",
+                   max_new_tokens: int = 48) -> dict:
     """All four metrics on up to ``n_samples`` rows of ``heldout``; a reference model adds the reward margin."""
     bundle = model if isinstance(model, ModelBundle) else load_model(model, device=device)
     ds = open_dataset(heldout)
@@ -80,7 +81,7 @@ def evaluate_model(model: str | ModelBundle, heldout: DatasetSpec, n_samples: in
     if not samples:
         raise ValueError(f"no usable rows in {heldout.path}; the evaluation split is empty or every row was rejected")
     keys = ds[key_column] if key_column in ds.column_names else None
-    answers = generate_answers(bundle, samples, batch_size=batch_size)
+    answers = generate_answers(bundle, samples, max_new_tokens, batch_size)
     if keys is not None:
         hits = [names_key(a, keys[s.row_index]) for a, s in zip(answers, samples)]
     else:

@@ -156,3 +156,23 @@ def test_oracle_line_keeps_clean_rows_only(tmp_path, world_dir, tables):
     assert kept["oracle-s0-f025-t0"] < clean and len(kept["oracle-s0-f025-t0"]) == 10
     manifest = json.loads((tmp_path / "exp" / "runs" / "oracle-s0-f025-t0" / "data" / "manifest.json").read_text())
     assert manifest["scorer"] == "oracle"
+
+
+def test_full_data_steps_by_hand():
+    from saev_core.align import AlignConfig
+    from saev_core.experiment import full_data_steps
+
+    base = dict(model="m", data="d", out="o")
+    assert full_data_steps(AlignConfig(**base, epochs=4, batch_size=16), 2000) == 500
+    assert full_data_steps(AlignConfig(**base, epochs=4, batch_size=16, grad_accum=2), 2000) == 250
+    assert full_data_steps(AlignConfig(**base, epochs=0.5, batch_size=8), 41) == 3  # ceil(6 batches x 0.5)
+    assert full_data_steps(AlignConfig(**base, max_steps=7), 2000) == 7
+
+
+def test_match_steps_gives_a_subset_the_steps_of_full_data(tmp_path, world_dir, tables):
+    cfg = ExperimentConfig(tables=str(tables), model=str(world_dir / "model"), heldout=str(world_dir / "heldout/clean.parquet"),
+                           out=str(tmp_path / "exp"), scorers=["l0"], fractions=[0.25, 1.0], random_seeds=[], train_seeds=[0],
+                           eval_samples=4, align={"epochs": 0.5, "batch_size": 8}, match_steps=True, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "exp" / "results.jsonl").read_text().splitlines()] \
+        if run_experiment(cfg) else []
+    assert {r["scorer"]: (r["n_train"], r["steps"]) for r in rows} == {"full": (40, 3), "l0": (10, 3)}

@@ -65,6 +65,10 @@ def test_flow_completes_and_fills_the_store(first_run):
             kept["oracle" if conf.get("oracle_labels") else conf["scorer"]] = labels.loc[list(zip(sel.dataset, sel.sample_id))]
     assert set(kept) == {s["alignment"]["scorer"], "random", "oracle"} and all(len(v) == 15 for v in kept.values())
     assert kept["oracle"].all() and not kept["random"].all()
+    from flows.pipeline import render_summary
+
+    text = render_summary(s)  # what `make run` prints: the three subsets beside the base model
+    assert "| none (base model) |" in text and "| random |" in text and "| oracle (clean rows, evaluation only) |" in text
     index = open(s["report"]).read()  # the feature browser, with the FVU-vs-L0 plot of the store's SAEs
     assert "FVU vs L0" in index and len(list((root / "report").glob("*/html/latents/*.html"))) == 3
     stages = {r["stage"] for r in ArtifactStore.at(root).list()}
