@@ -46,9 +46,10 @@ def test_metrics_on_known_cases(world_dir, bundle, tmp_path):
     ids = enc["input_ids"][0]
     expect = sum(logits[t - 1, ids[t]].item() for t in range(len(ids) - n_resp, len(ids)))
     assert int(n[0]) == n_resp and lp[0].item() == pytest.approx(expect, abs=1e-4)
-    # a model that reads images answers some held-out questions right (the demo model is above chance)
+    # the demo base model captions images but is not yet good at the questions alignment teaches:
+    # some answers right (descriptions are captions), far from all (the headroom alignment fills)
     good = evaluate_model(bundle, DatasetSpec(path=str(world_dir / "heldout/clean.parquet")), n_samples=40)
-    assert good["answer_accuracy"] > 0.25 and good["preference_accuracy"] > 0.5
+    assert 0.05 < good["answer_accuracy"] < 0.6 and good["preference_accuracy"] > 0.5, good
 
 
 def test_summary_table_by_hand():

@@ -41,7 +41,7 @@ def first_run(tmp_path_factory, world_dir, prefect_server):
     return root, state
 
 
-def test_flow_completes_and_fills_the_store(first_run):
+def test_flow_completes_and_fills_the_store(first_run, world_dir):
     from prefect.client.schemas.objects import StateType
 
     root, state = first_run
@@ -237,7 +237,7 @@ def test_flow_killed_mid_dump_resumes_without_duplicate_or_missing_shards(world_
     # the resumed dump equals an uninterrupted one, shard by shard
     ref = tmp_path / "ref"
     run_dump(DumpConfig(model=str(world_dir / "model"), dataset=DatasetSpec(path=str(world_dir / "datasets/demo-rlaif/train.parquet")),
-                        layer=PipelineConfig().layer, out=str(ref), samples_per_shard=10, progress=False))
+                        layer=PipelineConfig().layer, out=str(ref), samples_per_shard=10, batch_size=1, cpu_threads=1, progress=False))
     got = sorted(p.name for p in (dump_dir / "activations").glob("*.parquet"))
     assert got == sorted(p.name for p in (ref / "activations").glob("*.parquet")) and len(got) == 12
     ids = [s for name in got for s in pq.read_table(dump_dir / "samples" / name).column("sample_id").to_pylist()]
