@@ -46,8 +46,17 @@ def server(tmp_path_factory):
         proc.kill()
         pytest.fail("the Prefect server did not start within 120 s")
     yield env
+    stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group; SIGKILL it if a loaded machine has not let it exit in 120 s."""
     os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
 
 
 def prefect(env, *args, timeout=600) -> subprocess.CompletedProcess:
@@ -80,8 +89,7 @@ def test_full_pipeline_deployment_runs_on_a_process_worker(server, world_dir, tm
                       "--watch", "--watch-timeout", "540")
         assert "Completed" in run.stdout, run.stdout[-2000:]
     finally:
-        os.killpg(worker.pid, 15)
-        worker.wait(timeout=30)
+        stop(worker)
     stages = {r["stage"] for r in ArtifactStore.at(root).list()}
     assert stages == {"dump", "train", "frontier", "eval-sae", "score", "report", "filter", "align", "evaluate"}
     # the stages published Prefect artifacts with their metrics

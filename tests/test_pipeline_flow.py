@@ -22,14 +22,24 @@ def flow_config(world_dir, root, **over) -> dict:
     }
 
 
-def task_states(flow_state) -> dict[str, str]:
-    """Task name -> state name of one flow run, read back from the Prefect API."""
+def task_states(flow_state, settle_s: float = 300) -> dict[str, str]:
+    """Task name -> state name of one flow run, read back from the Prefect API.
+
+    Task states reach the API asynchronously (as events) and may trail the flow's return on a
+    loaded machine, so this waits until no task is still Pending or Running."""
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    deadline = time.time() + settle_s
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
-    return {r.name: r.state.name for r in runs}
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
+            states = {r.name: r.state.name for r in runs}
+            if time.time() > deadline or not any(v in ("Pending", "Running") for v in states.values()):
+                return states
+            time.sleep(1)
 
 
 @pytest.fixture(scope="module")
