@@ -28,7 +28,6 @@ from tasks.score import (filter_dataset_task, partition_is_current, partition_ta
 from tasks.train import eval_sae_task, train_sae_task
 
 
-
 class PipelineConfig(BaseModel):
     """Everything the pipeline needs; the defaults run it on the demo world."""
 
