@@ -267,6 +267,15 @@ class Occurrences:
     image_refs: np.ndarray   # [len(cross), per_side]
 
 
+def _kinds(img: Tensor, txt: Tensor, per_side: int) -> tuple[np.ndarray, Tensor]:
+    """Each latent's kind from its image and text occurrence counts, and the cross-modal ones
+    (>= per_side of each)."""
+    kind = np.where((img == 0) & (txt == 0), "rare", np.where(txt == 0, "image-only", np.where(img == 0, "text-only", "mixed"))).astype(object)
+    cross = ((img >= per_side) & (txt >= per_side)).nonzero().flatten()
+    kind[cross.numpy()] = "cross-modal"
+    return kind, cross
+
+
 def select_occurrences(values: Tensor, refs: Tensor, is_image: Tensor, per_side: int = 5) -> Occurrences:
     """Step 3: latents whose top occurrences hold >= per_side text and >= per_side image tokens.
 
@@ -276,9 +285,7 @@ def select_occurrences(values: Tensor, refs: Tensor, is_image: Tensor, per_side:
     fired = values > 0
     img = (fired & is_image.bool()).sum(0)
     txt = (fired & ~is_image.bool()).sum(0)
-    kind = np.where((img == 0) & (txt == 0), "rare", np.where(txt == 0, "image-only", np.where(img == 0, "text-only", "mixed"))).astype(object)
-    cross = ((img >= per_side) & (txt >= per_side)).nonzero().flatten()
-    kind[cross.numpy()] = "cross-modal"
+    kind, cross = _kinds(img, txt, per_side)
     text_refs, image_refs = [], []
     for i in cross.tolist():
         col_img = is_image[:, i].bool() & fired[:, i]
@@ -299,9 +306,7 @@ def select_balanced(side_values: Tensor, side_refs: Tensor) -> Occurrences:
     per_side = side_values.shape[1]
     fired = side_values > 0
     img, txt = fired[0].sum(0), fired[1].sum(0)
-    kind = np.where((img == 0) & (txt == 0), "rare", np.where(txt == 0, "image-only", np.where(img == 0, "text-only", "mixed"))).astype(object)
-    cross = ((img >= per_side) & (txt >= per_side)).nonzero().flatten()
-    kind[cross.numpy()] = "cross-modal"
+    kind, cross = _kinds(img, txt, per_side)
     return Occurrences(kind.tolist(), img.numpy(), txt.numpy(), cross.numpy(),
                        side_refs[1][:, cross].T.numpy(), side_refs[0][:, cross].T.numpy())
 
