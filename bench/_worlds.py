@@ -29,8 +29,9 @@ def world(seed: int) -> Path:
 
 
 def scored(seed: int, out: Path, layer: int = 0, variant: str = "response", sae_seed: int = 0, tau: float = 0.0,
-           agreement_tau: float | None = None, dataset: str = "demo-rlaif") -> tuple[Path, Path, dict]:
-    """(world dir, tables dir, scoring manifest) of world ``seed`` scored with SAE seed ``sae_seed``."""
+           score: dict | None = None, dataset: str = "demo-rlaif") -> tuple[Path, Path, dict]:
+    """(world dir, tables dir, scoring manifest) of world ``seed`` scored with SAE seed ``sae_seed``;
+    ``score`` overrides ScoreConfig fields (each override gets its own tables directory)."""
     wdir = world(seed)
     run = Path(out) / f"w{seed}-L{layer}-{variant}"
     spec = DatasetSpec(path=str(wdir / "datasets" / dataset / "train.parquet"))
@@ -40,8 +41,8 @@ def scored(seed: int, out: Path, layer: int = 0, variant: str = "response", sae_
     if not (sae_dir / "sae" / "cfg.json").exists():
         train_sae(TrainConfig.model_validate({**DEMO_SAE, "activations": str(run / "dump"), "out": str(sae_dir),
                                               "seed": sae_seed, "progress": False}))
-    extra = {} if agreement_tau is None else {"agreement_tau": agreement_tau}
-    tables = run / (f"tables-s{sae_seed}-tau{tau:g}" + ("" if agreement_tau is None else f"-atau{agreement_tau:g}"))
+    score = {k: v for k, v in (score or {}).items() if v is not None}
+    tables = run / (f"tables-s{sae_seed}-tau{tau:g}" + "".join(f"-{k}{v:g}" for k, v in sorted(score.items())))
     manifest = run_scoring(ScoreConfig(activations=str(run / "dump"), sae=str(sae_dir), tables=str(tables),
-                                       dataset_name=dataset, tau=tau, progress=False, **extra))
+                                       dataset_name=dataset, tau=tau, progress=False, **score))
     return wdir, tables, manifest

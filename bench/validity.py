@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", choices=["prompt", "response"], default=["prompt", "response"])
     ap.add_argument("--taus", type=float, nargs="+", default=[0.0], help="co-occurrence tau (cooccurrence, saev, coverage)")
     ap.add_argument("--agreement-taus", type=float, nargs="+", default=[None], help="agreement_tau (default: ScoreConfig's)")
+    ap.add_argument("--agreement-refits", type=int, nargs="+", default=[None], help="agreement_refits (default: ScoreConfig's)")
     ap.add_argument("--dataset", default="demo-rlaif")
     ap.add_argument("--out", default="data/bench/validity")
     args = ap.parse_args()
@@ -49,11 +50,13 @@ def main() -> None:
             for variant in args.variants:
                 t0 = time.time()
                 for seed in args.sae_seeds:
-                    for tau, atau in ((t, a) for t in args.taus for a in args.agreement_taus):
-                        wdir, tables, m = scored(w, out, layer, variant, seed, tau, atau, args.dataset)
+                    for tau, atau, refits in ((t, a, r) for t in args.taus for a in args.agreement_taus for r in args.agreement_refits):
+                        wdir, tables, m = scored(w, out, layer, variant, seed, tau,
+                                                 {"agreement_tau": atau, "agreement_refits": refits}, args.dataset)
                         for q in scorer_quality(connect(str(tables)), str(wdir / "labels.parquet"), args.dataset, m["sae_id"]):
                             rows.append({"world": w, "layer": layer, "variant": variant, "tau": tau,
-                                         "agreement_tau": m["identity"]["agreement_tau"], "sae_seed": seed,
+                                         "agreement_tau": m["identity"]["agreement_tau"],
+                                         "agreement_refits": m["identity"]["agreement_refits"], "sae_seed": seed,
                                          "n_cross_modal": m["n_cross_modal"], "n_cross_modal_balanced": m["n_cross_modal_balanced"], **q})
                 print(f"world {w} layer {layer} {variant}: {time.time() - t0:.0f}s", flush=True)
     with open(out / "results.jsonl", "w") as f:
@@ -66,17 +69,17 @@ def report(rows: list[dict]) -> None:
     metrics = [k for k in rows[0] if k.startswith("auroc")] if rows else []
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["layer"], r["variant"], r["tau"], r["agreement_tau"], r["scorer"]), []).append(r)
-    print("| layer | dump | tau | agreement tau | scorer | runs | " + " | ".join(m.replace("_", " ") for m in metrics) + " |")
-    print("| ---: | --- | ---: | ---: | --- | ---: |" + " ---: |" * len(metrics))
+        groups.setdefault((r["layer"], r["variant"], r["tau"], r["agreement_tau"], r.get("agreement_refits", 0), r["scorer"]), []).append(r)
+    print("| layer | dump | tau | agreement tau | refits | scorer | runs | " + " | ".join(m.replace("_", " ") for m in metrics) + " |")
+    print("| ---: | --- | ---: | ---: | ---: | --- | ---: |" + " ---: |" * len(metrics))
     order = {s: i for i, s in enumerate(DEFAULT_SCORERS)}
-    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3], order.get(k[4], 99))):
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3], k[4], order.get(k[5], 99))):
         g = groups[key]
         cells = []
         for m in metrics:
             vals = [r[m] for r in g]
             cells.append(f"{statistics.mean(vals):.3f} ± {statistics.pstdev(vals):.3f}")
-        print(f"| {key[0]} | {key[1]} | {key[2]:g} | {key[3]:g} | {key[4]} | {len(g)} | " + " | ".join(cells) + " |")
+        print(f"| {key[0]} | {key[1]} | {key[2]:g} | {key[3]:g} | {key[4]} | {key[5]} | {len(g)} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -235,6 +235,7 @@ def score(
     scorer: list[str] = typer.Option([], "--scorer", help="Scorer to compute (repeatable; default: all of random, l0, cooccurrence, saev, saev_balanced, coverage, agreement, model_cosine)."),
     tau: Optional[float] = typer.Option(None, help="Co-occurrence threshold: a latent counts where its activation > tau (default: 0)."),
     agreement_tau: Optional[float] = typer.Option(None, "--agreement-tau", help="The agreement scorer's firing threshold (default: 0.5, chosen on the demo's validation world; choose it on a validation split for another SAE)."),
+    agreement_refits: Optional[int] = typer.Option(None, "--agreement-refits", help="Rounds of recounting the agreement scorer's co-firing on its own top half (default: 2, chosen on the demo's validation world; 0 counts once over every sample)."),
     reference_samples: Optional[int] = typer.Option(None, help="Reference subset size for the cross-modal weights (default: 1000)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: auto)."),
     seed: Optional[int] = typer.Option(None, help="Seed of the random scorer and the reference subset (default: 0)."),
@@ -249,7 +250,7 @@ def score(
 
     data = merge(load_config_file(config), {
         "activations": activations, "sae": sae, "tables": tables, "dataset_name": dataset_name, "scorers": scorer or None,
-        "tau": tau, "agreement_tau": agreement_tau, "reference_samples": reference_samples, "device": device, "seed": seed})
+        "tau": tau, "agreement_tau": agreement_tau, "agreement_refits": agreement_refits, "reference_samples": reference_samples, "device": device, "seed": seed})
     apply_set(data, set_)
     if "sae" not in data:  # the pipeline's newest SAE with its own dump, else `saev train`'s default run
         trained = newest_artifact("train")

@@ -35,7 +35,7 @@ from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
 from saev_core.features import SHARD_SAMPLES, encode_shard, fetch_residuals
 from saev_core.io import atomic_path, claim_output_dir, read_json, write_json
 from saev_core.modeling import resolve_device
-from saev_core.scoring import (SCORERS, CoFiring, SampleSummary, ScoringContext, check_scorers, get_scorer, merge_pools,
+from saev_core.scoring import (SCORERS, SampleSummary, ScoringContext, check_scorers, fit_cofiring, get_scorer, merge_pools,
                                reference_subset, select_balanced, select_occurrences, weights_from_occurrences)
 from saev_core.tables import (DEFAULT_TABLES, FEATURE_STATS, SAMPLES, SCORES, TABLES, check_partition_value, manifest_path,
                               part_name, partition_dir)
@@ -59,6 +59,9 @@ class ScoreConfig(BaseModel):
     tau: float = Field(0.0, ge=0, description="co-occurrence threshold: a latent counts where A[t, i] > tau")
     agreement_tau: float = Field(0.5, ge=0, description="the agreement scorer's firing threshold (chosen on the demo's validation world; "
                                                         "the activation scale is the SAE's, so choose it on a validation split for another SAE)")
+    agreement_refits: int = Field(2, ge=0, description="rounds of recounting the agreement scorer's co-firing on its own top "
+                                                       "`agreement_keep` fraction (0: count once over every sample)")
+    agreement_keep: float = Field(0.5, gt=0, le=1, description="fraction of samples each recount keeps")
     reference_samples: int = Field(1000, ge=1, description="reference subset size for the cross-modal weights")
     top: int = Field(30, ge=1, description="top occurrences pooled per latent")
     per_side: int = Field(5, ge=1, description="text and image occurrences compared per latent")
@@ -264,7 +267,8 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
             shard_samples = pq.read_table(work / f"shard-{shard:05d}.samples.parquet", schema=SHARD_SAMPLES)
             yield from summaries(feat_dir / part_name(shard), shard_samples)
 
-    cofiring = CoFiring.count(all_summaries(), d_sae, cfg.agreement_tau) if "agreement" in cfg.scorers else None
+    cofiring = fit_cofiring(all_summaries, d_sae, cfg.agreement_tau, cfg.agreement_refits, cfg.agreement_keep) \
+        if "agreement" in cfg.scorers else None
     ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=weights, balanced_weights=balanced,
                          agreement_tau=cfg.agreement_tau, cofiring=cofiring)
     fns = {name: get_scorer(name) for name in cfg.scorers}

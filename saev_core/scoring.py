@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -190,11 +190,29 @@ class CoFiring:
         return cls(n, text, image, both, tau)
 
 
+def fit_cofiring(summaries: Callable[[], Iterable[SampleSummary]], d_sae: int, tau: float, refits: int = 0,
+                 keep: float = 0.5) -> CoFiring:
+    """The agreement scorer's co-firing counts: first over every sample, then ``refits`` times over
+    the ``keep`` fraction of samples that the previous counts score highest (ties by stream order).
+
+    Low-quality rows dilute P(I | T) towards P(I); recounting on the rows that already agree
+    sharpens it, the way self-training does, and reads no label. ``summaries`` re-streams the
+    dataset (one pass per round), so memory holds one score per sample."""
+    cof = CoFiring.count(summaries(), d_sae, tau)
+    for _ in range(refits):
+        ctx = ScoringContext(agreement_tau=tau, cofiring=cof)
+        scores = np.fromiter((agreement_score(s, ctx) for s in summaries()), np.float64)
+        top = np.zeros(len(scores), bool)
+        top[np.argsort(-scores, kind="mergesort")[: max(1, int(keep * len(scores)))]] = True
+        cof = CoFiring.count((s for s, t in zip(summaries(), top) if t), d_sae, tau)
+    return cof
+
+
 @scorer("agreement")
 def agreement_score(s: SampleSummary, ctx: ScoringContext) -> float:
     """agreement: sum over i in T(s) of log P(I_i = o_i | T_i) / P(I_i = o_i), o_i = 1[i in I(s)]
     (T, I: latent i above agreement_tau on a text / an image token), both probabilities estimated on
-    the dataset itself (``CoFiring``, add-one smoothed): the naive-Bayes log-likelihood ratio of
+    the dataset itself (``fit_cofiring``, add-one smoothed): the naive-Bayes log-likelihood ratio of
     the image's latents given the text's. A latent whose image firing the text predicts adds
     evidence when the image has it and takes it away when the image lacks it; one that fires on
     images regardless (P(I|T) = P(I)) adds nothing, so no weight step is needed and no label is read."""

@@ -22,7 +22,7 @@ from saev_core.quality import auroc, render_quality, scorer_quality, top_fractio
 from saev_core.query import connect
 from saev_core.sae import SAE, SAEConfig
 from saev_core.score_dataset import ScoreConfig, run_scoring
-from saev_core.scoring import SCORERS, CoFiring, SampleSummary, ScoringContext, balanced_weights, cross_modal_weights
+from saev_core.scoring import SCORERS, SampleSummary, ScoringContext, balanced_weights, cross_modal_weights, fit_cofiring
 from saev_core.train import TrainConfig, train_sae
 
 
@@ -95,7 +95,7 @@ def test_tables_match_a_dense_recomputation_through_duckdb(scored):
     assert (wb_dense != 0).sum() == manifest["n_cross_modal_balanced"] >= manifest["n_cross_modal"]
 
     # scores equal each scorer applied to the dense summaries; rank 1 is the top score
-    cofiring = CoFiring.count(dense.values(), len(w_dense), cfg.agreement_tau)
+    cofiring = fit_cofiring(dense.values, len(w_dense), cfg.agreement_tau, cfg.agreement_refits, cfg.agreement_keep)
     ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=w_dense, balanced_weights=wb_dense,
                          agreement_tau=cfg.agreement_tau, cofiring=cofiring)
     scores = con.execute("SELECT sample_id, scorer, score, rank, percentile FROM scores WHERE dataset = $d", {"d": "demo-rlaif"}).df()

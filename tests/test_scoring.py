@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from saev_core.scoring import (SCORERS, CoFiring, SampleSummary, ScoringContext, agreement_score, balanced_weights, cooccurrence_score,
-                               cooccurring_latents, coverage_score, cross_modal_weights, empty_pool, get_scorer, l0_score,
+                               cooccurring_latents, coverage_score, cross_modal_weights, empty_pool, fit_cofiring, get_scorer, l0_score,
                                mean_pair_cosine, merge_pools, model_cosine_score, random_score, reference_subset,
                                saev_balanced_score, saev_score, select_balanced, select_occurrences, update_pool)
 
@@ -185,3 +185,21 @@ def test_agreement_by_hand():
         agreement_score(samples[0], ScoringContext())
     with pytest.raises(ValueError, match="co-firing counted at tau=0.5"):
         agreement_score(samples[0], ScoringContext(agreement_tau=0.0, cofiring=c))
+
+
+def test_cofiring_refit_by_hand():
+    """Eight samples, one latent: s1-s3 agree (text and image), s4's text names it but its image
+    lacks it, s5-s8 have it nowhere. Counted once: n = 8, T = 4, I = 3, both = 3, so p = 4/10,
+    q = 4/6: +log(5/3) for s1-s3, log(5/9) for s4, 0 for s5-s8. The top half (4 of 8; ties by
+    order) is s1, s2, s3, s5; recounted there: n = 4, T = 3, I = 3, both = 3, p = 4/6, q = 4/5, so
+    +log 1.2 and log 0.6."""
+    both, text_only, nothing = ({0: 1.0}, {0: 1.0}), ({0: 1.0}, {}), ({}, {})
+    samples = [_summary(f"s{i}", *kind) for i, kind in enumerate([both] * 3 + [text_only] + [nothing] * 4, 1)]
+    once = fit_cofiring(lambda: iter(samples), d_sae=1, tau=0.5)
+    assert (once.n, once.text.tolist(), once.image.tolist(), once.both.tolist()) == (8, [4], [3], [3])
+    got = [agreement_score(s, ScoringContext(agreement_tau=0.5, cofiring=once)) for s in samples[:5]]
+    assert got == pytest.approx([math.log(5 / 3)] * 3 + [math.log(5 / 9), 0.0])
+    refit = fit_cofiring(lambda: iter(samples), d_sae=1, tau=0.5, refits=1, keep=0.5)
+    assert (refit.n, refit.text.tolist(), refit.image.tolist(), refit.both.tolist()) == (4, [3], [3], [3])
+    got = [agreement_score(s, ScoringContext(agreement_tau=0.5, cofiring=refit)) for s in samples[:5]]
+    assert got == pytest.approx([math.log(1.2)] * 3 + [math.log(0.6), 0.0])
