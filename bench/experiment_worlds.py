@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--random-seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--eval-samples", type=int, default=300)
+    ap.add_argument("--no-oracle", dest="oracle", action="store_false", help="leave out the oracle runs (the headroom line)")
     ap.add_argument("--set", action="append", default=[], help="AlignConfig override, e.g. --set epochs=4 (on top of the demo's)")
     ap.add_argument("--out", default="data/bench/experiment")
     ap.add_argument("--scored", default="data/bench/validity", help="where the dumps, SAEs and tables go (shared with bench/validity.py)")
@@ -55,7 +56,8 @@ def main() -> None:
         cfg = ExperimentConfig(tables=str(tables), model=str(wdir / "model"), heldout=str(wdir / "heldout/clean.parquet"),
                                labels=str(wdir / "labels.parquet"), out=str(root / f"w{w}"), dataset="demo-rlaif", sae_id=m["sae_id"],
                                method=args.method, scorers=args.scorers, fractions=args.fractions, random_seeds=args.random_seeds,
-                               train_seeds=args.train_seeds, align=align, eval_samples=args.eval_samples, progress=False)
+                               train_seeds=args.train_seeds, align=align, eval_samples=args.eval_samples, oracle=args.oracle,
+                               progress=False)
         per_world[w] = run_experiment(cfg, overwrite=True)
         print(f"world {w}: {per_world[w]['n_runs']} runs in {time.time() - t0:.0f}s\n{per_world[w]['markdown']}\n", flush=True)
     md = pooled(per_world, root, METRIC[args.method])
