@@ -87,3 +87,31 @@ def test_a_processor_without_a_template_fails_before_any_work(name, rows, tmp_pa
     with pytest.raises(NoChatTemplate, match="--chat-template FILE"):
         run_dump(cfg)
     assert not (tmp_path / "dump").exists()
+
+
+def test_chat_template_file_makes_a_bare_processor_usable(rows, tmp_path):
+    """PaliGemma as shipped has no template; ``saev dump --chat-template FILE`` supplies one."""
+    from _families import PALIGEMMA_TEMPLATE
+    from typer.testing import CliRunner
+
+    from saev_core.cli import app
+
+    _family("paligemma")
+    build_family("paligemma", tmp_path / "model")
+    (tmp_path / "template.jinja").write_text(PALIGEMMA_TEMPLATE)
+    args = ["dump", "--model", str(tmp_path / "model"), "--dataset", rows.path, "--limit", "4", "--layer", "0",
+            "--out", str(tmp_path / "dump"), "--device", "cpu"]
+    bare = CliRunner().invoke(app, args)
+    assert bare.exit_code != 0 and "--chat-template FILE" in bare.output and not (tmp_path / "dump").exists()
+    ok = CliRunner().invoke(app, [*args, "--chat-template", str(tmp_path / "template.jinja")])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "dump" / "manifest.json").exists()
+
+
+def test_a_mapping_every_first_row_fails_stops_before_any_work(world_dir, world, bundle, tmp_path):
+    """A text field mapped to the image column: every row would be rejected, so nothing is written."""
+    spec = DatasetSpec(path=str(world_dir / world["datasets"]["demo-rlaif"]["path"]), limit=N_ROWS, columns={"question": "image"})
+    cfg = DumpConfig(model=str(world_dir / "model"), dataset=spec, layer=LAYER, out=str(tmp_path / "dump"), device="cpu", progress=False)
+    with pytest.raises(ValueError, match=r"the first \d+ rows of .* all fail, so the model or the column mapping is wrong"):
+        run_dump(cfg, bundle=bundle)
+    assert not (tmp_path / "dump").exists()
