@@ -21,6 +21,7 @@ import contextlib
 import math
 import queue
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -370,6 +371,10 @@ def run_dump(cfg: DumpConfig, bundle: ModelBundle | None = None, overwrite: bool
     resolve_columns(cfg.dataset, ds.column_names)  # a wrong mapping fails before the model loads
     bundle = bundle or load_model(cfg.model, cfg.device, cfg.dtype, chat_template=cfg.chat_template)
     layer = check_layer(bundle, cfg.layer)
+    if bundle.cross_attention:
+        warnings.warn(f"{cfg.model} reads images by cross-attention: its decoder's residual stream holds no image tokens (only "
+                      "placeholders), so SAE-V's image/text overlap measures nothing there; use a model that feeds image tokens "
+                      "to the decoder (LLaVA, Qwen-VL, Gemma3, Idefics3, ...)", UserWarning, stacklevel=2)
     preflight(cfg, bundle, ds)
     claim_output_dir(cfg.out, cfg.identity(), overwrite, "dump")
     n_shards = max(1, math.ceil(len(ds) / cfg.samples_per_shard))

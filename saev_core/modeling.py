@@ -29,6 +29,7 @@ class ModelBundle:
     max_length: int
     device: torch.device
     dtype: torch.dtype
+    cross_attention: bool = False  # images enter through cross-attention layers (Mllama), not as decoder tokens
 
     @property
     def n_layers(self) -> int:
@@ -114,7 +115,8 @@ def load_model(model_id: str, device: str = "auto", dtype: str = "auto", chat_te
     text_cfg = getattr(model.config, "text_config", None) or model.config
     max_length = int(getattr(text_cfg, "max_position_embeddings", 0) or tok.model_max_length)
     path_name, layers = find_decoder_layers(model)
-    return ModelBundle(model, processor, model_id, layers, path_name, int(image_token_id), frozenset(special), max_length, dev, dt)
+    cross = bool(getattr(text_cfg, "cross_attention_layers", None))
+    return ModelBundle(model, processor, model_id, layers, path_name, int(image_token_id), frozenset(special), max_length, dev, dt, cross)
 
 
 def check_layer(bundle: ModelBundle, layer: int) -> int:

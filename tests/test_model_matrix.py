@@ -8,6 +8,7 @@ padding, one BOS, and the model's own hidden state after the hooked block.
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -51,7 +52,12 @@ def dumped(family, rows):
     cfg = DumpConfig(model=str(out / "model"), dataset=rows, layer=LAYER, out=str(out / "dump"), act_dtype="float32",
                      device="cpu", progress=False)
     bundle = load_model(cfg.model, device="cpu")
-    return cfg, bundle, run_dump(cfg, bundle=bundle), facts
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        manifest = run_dump(cfg, bundle=bundle)
+    cross = [w for w in caught if "reads images by cross-attention" in str(w.message)]
+    assert bool(cross) == facts["cross_attention"], f"{name}: cross-attention warning {'missing' if facts['cross_attention'] else 'unexpected'}"
+    return cfg, bundle, manifest, facts
 
 
 def _table(path) -> pa.Table:
