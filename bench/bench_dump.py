@@ -34,7 +34,7 @@ from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset  # no
 from saev_core.demo.build import DemoConfig, _pref_columns, _write_dataset, build_world  # noqa: E402
 from saev_core.demo.model import TinyLlavaSpec, build_model, build_processor  # noqa: E402
 from saev_core.demo.scenes import make_rows  # noqa: E402
-from saev_core.dump import DumpConfig, _batches, encode_batch, run_dump  # noqa: E402
+from saev_core.dump import DumpConfig, _batches, encode_samples, run_dump  # noqa: E402
 from saev_core.modeling import StopForward, capture_residual, load_model  # noqa: E402
 
 
@@ -57,7 +57,7 @@ def bench_user_loop(bundle, chunks, layer: int) -> float:
     t = time.perf_counter()
     with torch.inference_mode():
         for samples in chunks:
-            inputs = encode_batch(bundle, samples, False, bundle.max_length)[0]
+            inputs = encode_samples(bundle, samples, False)
             out = bundle.model(**inputs, output_hidden_states=True, use_cache=False)
             out.hidden_states[layer + 1][inputs["attention_mask"].bool()].numpy()
     return time.perf_counter() - t
@@ -122,7 +122,7 @@ def main() -> None:
 
     samples = [s for s in iter_samples(open_dataset(spec), spec) if isinstance(s, Sample)]
     chunks = list(_batches(samples, args.batch_size))
-    batches = [dict(encode_batch(bundle, chunk, False, bundle.max_length)[0]) for chunk in chunks]
+    batches = [encode_samples(bundle, chunk, False) for chunk in chunks]
     # Variants run interleaved (A B C D E, A B C D E, ...) so drifting machine load hits all alike.
     def dump_once(stop: bool) -> tuple[float, int]:
         out = work / "dump"

@@ -133,6 +133,7 @@ def dump(
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: auto)."),
     dtype: Optional[str] = typer.Option(None, help="Model compute dtype: auto, float32, bfloat16, float16."),
     act_dtype: Optional[str] = typer.Option(None, help="Stored activation dtype: float16 or float32."),
+    chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Jinja chat template file, for a processor that ships none (e.g. PaliGemma)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output directory made with another config."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
@@ -149,7 +150,8 @@ def dump(
         data["dataset"] = {**data["dataset"], "columns": {**data["dataset"].get("columns", {}), **parse_columns(column)}}
     merge(data, {"model": model, "dataset.format": format, "dataset.split": split, "dataset.limit": limit, "layer": layer,
                  "out": out, "include_response": include_response, "batch_size": batch_size,
-                 "samples_per_shard": samples_per_shard, "device": device, "dtype": dtype, "act_dtype": act_dtype})
+                 "samples_per_shard": samples_per_shard, "device": device, "dtype": dtype, "act_dtype": act_dtype,
+                 "chat_template": chat_template})
     apply_set(data, set_)
     if "out" not in data:
         from saev_core.data import DatasetSpec

@@ -21,6 +21,7 @@ import contextlib
 import math
 import queue
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +36,9 @@ from tqdm.auto import tqdm
 
 from saev_core import __version__
 from saev_core.data import DatasetSpec, Rejection, Sample, iter_samples, open_dataset, resolve_columns
+from saev_core.inputs import encode, render, to_model
 from saev_core.io import atomic_path, claim_output_dir, write_json
 from saev_core.modeling import ModelBundle, StopForward, capture_residual, check_layer, load_model
-from saev_core.prompts import conversation
 
 MODALITIES = ("image", "text", "special")
 FP16_MAX = 65504.0
@@ -61,6 +62,7 @@ class DumpConfig(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="model compute dtype")
     act_dtype: Literal["float16", "float32"] = Field("float16", description="stored activation dtype")
     max_length: int | None = Field(None, ge=1, description="longest prompt in tokens; default: the model's context")
+    chat_template: str | None = Field(None, description="Jinja chat template file, for a processor that ships none (PaliGemma)")
     stop_at_layer: bool = Field(True, description="skip the blocks after the hooked one")
     compression: Literal["zstd", "lz4", "snappy", "none"] = "zstd"
     row_group_mb: int = Field(64, ge=1, description="target Parquet row-group size; batches are buffered up to it")
@@ -104,54 +106,48 @@ def shard_name(index: int) -> str:
 
 def prompt_text(processor, sample: Sample, include_response: bool) -> str:
     """The model's own chat template: ``USER: <image> {question} ASSISTANT:`` for LLaVA."""
-    return processor.apply_chat_template(
-        conversation(sample.question, sample.response if include_response else None),
-        add_generation_prompt=not include_response, tokenize=False
-    )
+    return render(processor, sample.question, sample.response if include_response else None)
 
 
-def _process(bundle: ModelBundle, samples: list[Sample], include_response: bool):
-    texts = [prompt_text(bundle.processor, s, include_response) for s in samples]
-    return bundle.processor(images=[s.image for s in samples], text=texts, return_tensors="pt", padding=True)
+def encode_samples(bundle: ModelBundle, samples: list[Sample], include_response: bool) -> dict:
+    """Processor inputs of one batch of samples (raises where the processor does)."""
+    return encode(bundle.processor, [prompt_text(bundle.processor, s, include_response) for s in samples], [s.image for s in samples])
 
 
-def encode_batch(bundle: ModelBundle, samples: list[Sample], include_response: bool, max_length: int):
-    """Tokenise a batch (right padding); samples the processor rejects or that exceed
-    ``max_length`` come back as rejections instead of failing the batch."""
+def encode_batch(bundle: ModelBundle, samples: list[Sample], include_response: bool,
+                 max_length: int) -> tuple[list[tuple[list[Sample], dict]], list[Rejection]]:
+    """Tokenise a batch (right padding) into groups of (samples, inputs): one group, or one per
+    sample when the processor fails on the batch. Samples the processor rejects on their own, or
+    that exceed ``max_length``, come back as rejections instead of failing the batch."""
     rejected: list[Rejection] = []
     try:
-        inputs = _process(bundle, samples, include_response)
+        groups = [(samples, encode_samples(bundle, samples, include_response))]
     except Exception:
-        ok = []
+        groups = []
         for s in samples:
             try:
-                _process(bundle, [s], include_response)
-                ok.append(s)
+                groups.append(([s], encode_samples(bundle, [s], include_response)))
             except Exception as e:
                 rejected.append(Rejection(s.sample_id, s.row_index, f"processor failed: {type(e).__name__}: {e}"))
-        samples = ok
-        if not samples:
-            return None, samples, rejected
-        inputs = _process(bundle, samples, include_response)
-    lengths = inputs["attention_mask"].sum(1).tolist()
-    too_long = [i for i, n in enumerate(lengths) if n > max_length]
-    if too_long:
-        for i in too_long:
-            s = samples[i]
-            rejected.append(Rejection(s.sample_id, s.row_index, f"prompt has {lengths[i]} tokens, more than the model's context of {max_length}"))
-        samples = [s for i, s in enumerate(samples) if i not in set(too_long)]
-        if not samples:
-            return None, samples, rejected
-        inputs = _process(bundle, samples, include_response)
-    return inputs, samples, rejected
+    kept = []
+    for group, inputs in groups:
+        lengths = inputs["attention_mask"].sum(1).tolist()
+        fits = [n <= max_length for n in lengths]
+        for s, n, ok in zip(group, lengths, fits):
+            if not ok:
+                rejected.append(Rejection(s.sample_id, s.row_index, f"prompt has {n} tokens, more than the model's context of {max_length}"))
+        if all(fits):
+            kept.append((group, inputs))
+        elif any(fits):
+            group = [s for s, ok in zip(group, fits) if ok]
+            kept.append((group, encode_samples(bundle, group, include_response)))
+    return kept, rejected
 
 
 @torch.inference_mode()
 def residual(bundle: ModelBundle, inputs, layer: int, stop: bool = True) -> torch.Tensor:
     """Residual stream after block ``layer`` for a processed batch, shape [batch, seq, d_model]."""
-    batch = {k: v.to(bundle.device) for k, v in inputs.items()}
-    if "pixel_values" in batch and batch["pixel_values"].is_floating_point():
-        batch["pixel_values"] = batch["pixel_values"].to(bundle.dtype)
+    batch = to_model(inputs, bundle.device, bundle.dtype)
     with capture_residual(bundle.layers, layer, stop=stop) as box, contextlib.suppress(StopForward):
         bundle.model(**batch, use_cache=False)
     return box["act"]
@@ -243,8 +239,7 @@ def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
 @dataclass
 class _Prepared:
     n_rows: int
-    samples: list[Sample]
-    inputs: object | None
+    groups: list[tuple[list[Sample], dict]]  # (samples, processor inputs) per forward pass
     rejected: list[Rejection]
 
 
@@ -261,11 +256,11 @@ def _prepare(cfg: DumpConfig, bundle: ModelBundle, ds, start: int, stop: int, ma
             else:
                 seen.add(item.sample_id)
                 samples.append(item)
-        inputs = None
+        groups = []
         if samples:
-            inputs, samples, bad = encode_batch(bundle, samples, cfg.include_response, max_length)
+            groups, bad = encode_batch(bundle, samples, cfg.include_response, max_length)
             rejected.extend(bad)
-        yield _Prepared(len(chunk), samples, inputs, rejected)
+        yield _Prepared(len(chunk), groups, rejected)
 
 
 def dump_shard(cfg: DumpConfig, bundle: ModelBundle, ds, index: int, layer: int, pbar=None) -> ShardResult:
@@ -304,9 +299,9 @@ def dump_shard(cfg: DumpConfig, bundle: ModelBundle, ds, index: int, layer: int,
 
             for prep in prefetch(_prepare(cfg, bundle, ds, start, stop, cfg.max_length or bundle.max_length)):
                 rejected.extend(prep.rejected)
-                if prep.samples:
-                    acts = residual(bundle, prep.inputs, layer, stop=cfg.stop_at_layer)
-                    table, stats = batch_table(bundle, prep.inputs, acts, prep.samples, schema)
+                for samples, inputs in prep.groups:
+                    acts = residual(bundle, inputs, layer, stop=cfg.stop_at_layer)
+                    table, stats = batch_table(bundle, inputs, acts, samples, schema)
                     buffered.append(table)
                     if sum(t.num_rows for t in buffered) >= row_group_rows:
                         flush()
@@ -348,12 +343,39 @@ def plan_shards(cfg: DumpConfig) -> int:
     return max(1, math.ceil(len(open_dataset(cfg.dataset)) / cfg.samples_per_shard))
 
 
+PREFLIGHT_ROWS = 8
+
+
+def preflight(cfg: DumpConfig, bundle: ModelBundle, ds) -> None:
+    """Stop before any work is written when the model or the mapping is wrong for every row:
+    no chat template, or the first rows all rejected (a bad row is recorded and skipped; a
+    configuration that fails on every row is not a bad row)."""
+    render(bundle.processor, "?")  # NoChatTemplate names the fix
+    items = list(iter_samples(ds, cfg.dataset, 0, min(len(ds), PREFLIGHT_ROWS)))
+    samples = [x for x in items if isinstance(x, Sample)]
+    rejected = [x for x in items if isinstance(x, Rejection)]
+    if samples:
+        groups, bad = encode_batch(bundle, samples, cfg.include_response, cfg.max_length or bundle.max_length)
+        if groups:
+            return
+        rejected += bad
+    if rejected:
+        reasons = sorted({r.reason for r in rejected}, key=lambda r: -sum(x.reason == r for x in rejected))
+        raise ValueError(f"the first {len(items)} rows of {cfg.dataset.display_name} all fail, so the model or the column mapping is "
+                         f"wrong, not the rows: {reasons[0]}; fix the mapping (--set dataset.columns...) or the model before dumping")
+
+
 def run_dump(cfg: DumpConfig, bundle: ModelBundle | None = None, overwrite: bool = False, shards: list[int] | None = None) -> dict:
     """Dump every shard (or only ``shards``) and write the manifest. Returns the manifest."""
     ds = open_dataset(cfg.dataset)
     resolve_columns(cfg.dataset, ds.column_names)  # a wrong mapping fails before the model loads
-    bundle = bundle or load_model(cfg.model, cfg.device, cfg.dtype)
+    bundle = bundle or load_model(cfg.model, cfg.device, cfg.dtype, chat_template=cfg.chat_template)
     layer = check_layer(bundle, cfg.layer)
+    if bundle.cross_attention:
+        warnings.warn(f"{cfg.model} reads images by cross-attention: its decoder's residual stream holds no image tokens (only "
+                      "placeholders), so SAE-V's image/text overlap measures nothing there; use a model that feeds image tokens "
+                      "to the decoder (LLaVA, Qwen-VL, Gemma3, Idefics3, ...)", UserWarning, stacklevel=2)
+    preflight(cfg, bundle, ds)
     claim_output_dir(cfg.out, cfg.identity(), overwrite, "dump")
     n_shards = max(1, math.ceil(len(ds) / cfg.samples_per_shard))
     todo = range(n_shards) if shards is None else shards

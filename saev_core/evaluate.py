@@ -16,8 +16,8 @@ import torch
 
 from saev_core.activations import ActivationDump, iter_rows
 from saev_core.data import Sample
+from saev_core.inputs import encode, render, to_model
 from saev_core.modeling import ModelBundle
-from saev_core.prompts import conversation
 
 DENSE_RATE = 0.1  # a latent firing on more than 10% of tokens counts as dense
 HIST_EDGES = list(range(-8, 1))  # log10 firing-rate bins: [-inf,-8), [-8,-7), ..., [-1, 0]
@@ -132,12 +132,9 @@ def splice(bundle: ModelBundle, layer: int, replace):
         handle.remove()
 
 
-def _encode(bundle: ModelBundle, samples: list[Sample], with_image: bool):
-    proc = bundle.processor
-    texts = [proc.apply_chat_template(conversation(s.question, s.response, with_image), tokenize=False) for s in samples]
-    if with_image:
-        return proc(images=[s.image for s in samples], text=texts, return_tensors="pt", padding=True)
-    return proc.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+def _encode(bundle: ModelBundle, samples: list[Sample], with_image: bool) -> dict:
+    texts = [render(bundle.processor, s.question, s.response, with_image=with_image) for s in samples]
+    return to_model(encode(bundle.processor, texts, [s.image for s in samples] if with_image else None), bundle.device, bundle.dtype)
 
 
 @torch.no_grad()
@@ -153,7 +150,7 @@ def cross_entropy(bundle: ModelBundle, sae, layer: int, samples: list[Sample], w
     sums = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     count = 0
     for i in range(0, len(samples), batch_size):
-        inputs = {k: v.to(bundle.device) for k, v in _encode(bundle, samples[i:i + batch_size], with_image).items()}
+        inputs = _encode(bundle, samples[i:i + batch_size], with_image)
         ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
         special = torch.isin(ids, torch.tensor(sorted(bundle.special_ids), device=ids.device))
         spliced = mask & ~special

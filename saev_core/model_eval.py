@@ -16,8 +16,8 @@ import re
 import torch
 
 from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
+from saev_core.inputs import encode, render, to_model
 from saev_core.modeling import ModelBundle, load_model
-from saev_core.prompts import conversation
 
 
 def names_key(generated: str, key: str) -> bool:
@@ -35,13 +35,13 @@ def response_logps(bundle: ModelBundle, samples: list[Sample], responses: list[s
     sums, counts = [], []
     for i in range(0, len(samples), batch_size):
         ss, rs = samples[i:i + batch_size], responses[i:i + batch_size]
-        full = [proc.apply_chat_template(conversation(s.question, r), tokenize=False) for s, r in zip(ss, rs)]
-        prompt = [proc.apply_chat_template(conversation(s.question), add_generation_prompt=True, tokenize=False) for s in ss]
+        full = [render(proc, s.question, r) for s, r in zip(ss, rs)]
+        prompt = [render(proc, s.question) for s in ss]
         images = [s.image for s in ss]
-        enc = proc(images=images, text=full, return_tensors="pt", padding=True)
-        n_prompt = proc(images=images, text=prompt, return_tensors="pt", padding=True)["attention_mask"].sum(1)
+        enc = encode(proc, full, images)
+        n_prompt = encode(proc, prompt, images)["attention_mask"].sum(1)
         n_full = enc["attention_mask"].sum(1)
-        enc = {k: v.to(bundle.device) for k, v in enc.items()}
+        enc = to_model(enc, bundle.device, bundle.dtype)
         logp = bundle.model(**enc, use_cache=False).logits.float().log_softmax(-1)[:, :-1]
         target = enc["input_ids"][:, 1:]
         tok_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).cpu()
@@ -62,8 +62,8 @@ def generate_answers(bundle: ModelBundle, samples: list[Sample], max_new_tokens:
     try:
         for i in range(0, len(samples), batch_size):
             ss = samples[i:i + batch_size]
-            prompt = [proc.apply_chat_template(conversation(s.question), add_generation_prompt=True, tokenize=False) for s in ss]
-            enc = {k: v.to(bundle.device) for k, v in proc(images=[s.image for s in ss], text=prompt, return_tensors="pt", padding=True).items()}
+            prompt = [render(proc, s.question) for s in ss]
+            enc = to_model(encode(proc, prompt, [s.image for s in ss]), bundle.device, bundle.dtype)
             gen = bundle.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
             out += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -28,6 +29,7 @@ class ModelBundle:
     max_length: int
     device: torch.device
     dtype: torch.dtype
+    cross_attention: bool = False  # images enter through cross-attention layers (Mllama), not as decoder tokens
 
     @property
     def n_layers(self) -> int:
@@ -80,8 +82,11 @@ def _is_local_path(model_id: str) -> bool:
     return model_id.startswith((".", "/", "~")) or os.path.exists(model_id)
 
 
-def load_model(model_id: str, device: str = "auto", dtype: str = "auto") -> ModelBundle:
-    """Load model + processor with the Auto classes, exactly as for a hub checkpoint."""
+def load_model(model_id: str, device: str = "auto", dtype: str = "auto", chat_template: str | None = None) -> ModelBundle:
+    """Load model + processor with the Auto classes, exactly as for a hub checkpoint.
+
+    ``chat_template`` (a Jinja file) replaces the processor's template; without it the processor's
+    own is used, else its tokenizer's (Chameleon's reloaded processor keeps it only there)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     path = os.path.expanduser(model_id)
@@ -94,6 +99,13 @@ def load_model(model_id: str, device: str = "auto", dtype: str = "auto") -> Mode
     if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
         raise ValueError(f"{model_id} has no image-text processor (got {type(processor).__name__}); saev needs a multimodal processor")
     tok = processor.tokenizer
+    if chat_template is not None:
+        template = Path(chat_template).expanduser()
+        if not template.is_file():
+            raise FileNotFoundError(f"chat template file {template} does not exist; pass a Jinja template file")
+        processor.chat_template = template.read_text()
+    elif getattr(processor, "chat_template", None) is None and getattr(tok, "chat_template", None):
+        processor.chat_template = tok.chat_template
     # Right padding keeps every real token at the position it has when run alone.
     tok.padding_side = "right"
     image_token_id = getattr(model.config, "image_token_id", None) or getattr(model.config, "image_token_index", None)
@@ -103,7 +115,8 @@ def load_model(model_id: str, device: str = "auto", dtype: str = "auto") -> Mode
     text_cfg = getattr(model.config, "text_config", None) or model.config
     max_length = int(getattr(text_cfg, "max_position_embeddings", 0) or tok.model_max_length)
     path_name, layers = find_decoder_layers(model)
-    return ModelBundle(model, processor, model_id, layers, path_name, int(image_token_id), frozenset(special), max_length, dev, dt)
+    cross = bool(getattr(text_cfg, "cross_attention_layers", None))
+    return ModelBundle(model, processor, model_id, layers, path_name, int(image_token_id), frozenset(special), max_length, dev, dt, cross)
 
 
 def check_layer(bundle: ModelBundle, layer: int) -> int:

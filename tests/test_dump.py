@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from saev_core.data import DatasetSpec, iter_samples, open_dataset
-from saev_core.dump import DumpConfig, encode_batch, residual, run_dump
+from saev_core.dump import DumpConfig, encode_batch, encode_samples, residual, run_dump
 from saev_core.modeling import load_model
 
 LAYER = 2
@@ -44,7 +44,7 @@ def dumped(tmp_path_factory, world_dir, rlaif, bundle):
 
 def test_hooked_tensor_equals_model_hidden_state(bundle, rlaif):
     samples = [s for s in iter_samples(open_dataset(rlaif), rlaif, 0, 5)]
-    inputs, kept, rejected = encode_batch(bundle, samples, include_response=False, max_length=bundle.max_length)
+    [(kept, inputs)], rejected = encode_batch(bundle, samples, include_response=False, max_length=bundle.max_length)
     assert not rejected and len(kept) == 5
     with torch.inference_mode():
         ref = bundle.model(**inputs, output_hidden_states=True).hidden_states[LAYER + 1]
@@ -68,7 +68,7 @@ def test_manifest_and_rows(dumped, bundle, rlaif):
     assert set(per) == {s.sample_id for s in samples}
     for s in samples:
         # What the processor inserts for this sample alone: no padding anywhere.
-        inputs, _, _ = encode_batch(bundle, [s], False, bundle.max_length)
+        inputs = encode_samples(bundle, [s], False)
         ids = inputs["input_ids"][0]
         n_image = int((ids == bundle.image_token_id).sum())
         assert n_image == 16
@@ -83,7 +83,7 @@ def test_dumped_activations_match_unbatched_forward(dumped, bundle, rlaif):
     table = pq.read_table(os.path.join(cfg.out, "activations", "shard-00001.parquet"))
     s = next(x for x in iter_samples(open_dataset(rlaif), rlaif, 16, 17))
     rows = table.filter(pc.equal(table.column("sample_id"), s.sample_id)).sort_by("token_pos")
-    inputs, _, _ = encode_batch(bundle, [s], False, bundle.max_length)
+    inputs = encode_samples(bundle, [s], False)
     with torch.inference_mode():
         ref = bundle.model(**inputs, output_hidden_states=True).hidden_states[LAYER + 1][0]
     got = np.stack(rows.column("activation").to_numpy(zero_copy_only=False))
