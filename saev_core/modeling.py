@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
