@@ -30,18 +30,15 @@ def chat_template(processor) -> str | None:
     return getattr(processor, "chat_template", None) or getattr(getattr(processor, "tokenizer", None), "chat_template", None)
 
 
-def render(processor, question: str, response: str | None = None, *, with_image: bool = True,
-           generation_prompt: bool | None = None) -> str:
-    """The conversation (image, question[, response]) as the model's chat template writes it.
-
-    ``generation_prompt`` defaults to True exactly when there is no response to render."""
+def render(processor, question: str, response: str | None = None, *, with_image: bool = True) -> str:
+    """The conversation (image, question[, response]) as the model's chat template writes it,
+    with the generation prompt exactly when there is no response to render."""
     tmpl = chat_template(processor)
     if tmpl is None:
         raise NoChatTemplate(f"the processor {type(processor).__name__} has no chat template; pass --chat-template FILE "
                              "(a Jinja template in the model's own format) or set chat_template in the config")
     return processor.apply_chat_template(conversation(question, response, with_image), chat_template=tmpl,
-                                         add_generation_prompt=response is None if generation_prompt is None else generation_prompt,
-                                         tokenize=False)
+                                         add_generation_prompt=response is None, tokenize=False)
 
 
 def encode(processor, texts: list[str], images: list | None = None) -> dict:

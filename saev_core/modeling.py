@@ -12,6 +12,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from saev_core.inputs import chat_template as chat_template_of
+
 
 class StopForward(Exception):
     """Raised inside the hook to skip the blocks after the hooked one (their output is unused)."""
@@ -104,8 +106,8 @@ def load_model(model_id: str, device: str = "auto", dtype: str = "auto", chat_te
         if not template.is_file():
             raise FileNotFoundError(f"chat template file {template} does not exist; pass a Jinja template file")
         processor.chat_template = template.read_text()
-    elif getattr(processor, "chat_template", None) is None and getattr(tok, "chat_template", None):
-        processor.chat_template = tok.chat_template
+    else:  # the one fallback rule (Chameleon keeps it on the tokenizer), so TRL's own rendering finds it too
+        processor.chat_template = chat_template_of(processor)
     # Right padding keeps every real token at the position it has when run alone.
     tok.padding_side = "right"
     image_token_id = getattr(model.config, "image_token_id", None) or getattr(model.config, "image_token_index", None)
