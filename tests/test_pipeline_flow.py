@@ -88,6 +88,10 @@ def test_flow_completes_and_fills_the_store(first_run, world_dir):
     points = sae_points(root, s["dump"])
     assert sorted(p["l0"] for p in points) == [4, 16, 32] and all(0 < p["fvu"] < 1.5 for p in points)
     assert sae_points(root, "/elsewhere") == []
+    store = ArtifactStore.at(root)
+    [main] = [store.record("train", r["key"])["config"] for r in store.list() if r["stage"] == "train"]
+    budgets = {store.record("frontier", r["key"])["config"]["total_tokens"] for r in store.list() if r["stage"] == "frontier"}
+    assert budgets == {max(main["total_tokens"] // 4, main["batch_size"])}  # frontier_tokens: a quarter of the SAE's
     assert list((root / "tables/scores/dataset=demo-rlaif").glob("sae_id=*/part-00000.parquet"))
     states = task_states(state)
     assert all(v == "Completed" for v in states.values()), states
