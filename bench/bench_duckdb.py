@@ -35,7 +35,8 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from saev_core.tables import SAMPLE_FEATURES, SCORES, part_name, partition_dir  # noqa: E402
+from saev_core.io import write_json  # noqa: E402
+from saev_core.tables import SAMPLE_FEATURES, SCORES, manifest_path, part_name, partition_dir  # noqa: E402
 
 SAE_ID = "bench"
 SCORERS = ("saev", "cooccurrence", "l0", "model_cosine", "random")
@@ -132,9 +133,11 @@ def generate(root: Path, args: argparse.Namespace) -> dict:
                  for i, d in enumerate(datasets)]
         scores = [pool.submit(write_scores, str(root), d, score_samples, args.scores_order, 2000 + i)
                   for i, d in enumerate(datasets)]
-        return {"datasets": datasets, "sample_features_rows": sum(f.result() for f in feats),
-                "scores_rows": sum(f.result() for f in scores),
-                "sample_features_samples": feature_samples * args.datasets, "scores_samples": score_samples * args.datasets}
+        counts = {"sample_features_rows": sum(f.result() for f in feats), "scores_rows": sum(f.result() for f in scores)}
+    for d in datasets:  # the commit marker the views require, as `saev score` writes it last
+        write_json(manifest_path(root, d, SAE_ID), {"kind": "saev.scores", "dataset": d, "sae_id": SAE_ID, "bench": True})
+    return {"datasets": datasets, **counts,
+            "sample_features_samples": feature_samples * args.datasets, "scores_samples": score_samples * args.datasets}
 
 
 def table_files(root: Path, table: str) -> dict:

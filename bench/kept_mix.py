@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from saev_core.query import connect  # noqa: E402
+from saev_core.query import open_views  # noqa: E402
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="demo-rlaif")
     args = ap.parse_args()
     for w in args.worlds:
-        con = connect(str(Path(args.scored) / f"w{w}-L0-{args.variant}" / args.tables))
+        con = open_views(str(Path(args.scored) / f"w{w}-L0-{args.variant}" / args.tables))
         scores = con.execute("SELECT sample_id, score FROM scores WHERE scorer = $s AND dataset = $d",
                              {"s": args.scorer, "d": args.dataset}).df()
         labels = pq.read_table(f"data/worlds/seed{w}/labels.parquet").to_pandas()

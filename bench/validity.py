@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _worlds import scored  # noqa: E402
 
 from saev_core.quality import scorer_quality  # noqa: E402
-from saev_core.query import connect  # noqa: E402
+from saev_core.query import open_views  # noqa: E402
 from saev_core.score_dataset import DEFAULT_SCORERS  # noqa: E402
 
 
@@ -53,7 +53,7 @@ def main() -> None:
                     for tau, atau, refits in ((t, a, r) for t in args.taus for a in args.agreement_taus for r in args.agreement_refits):
                         wdir, tables, m = scored(w, out, layer, variant, seed, tau,
                                                  {"agreement_tau": atau, "agreement_refits": refits}, args.dataset)
-                        for q in scorer_quality(connect(str(tables)), str(wdir / "labels.parquet"), args.dataset, m["sae_id"]):
+                        for q in scorer_quality(open_views(str(tables)), str(wdir / "labels.parquet"), args.dataset, m["sae_id"]):
                             rows.append({"world": w, "layer": layer, "variant": variant, "tau": tau,
                                          "agreement_tau": m["identity"]["agreement_tau"],
                                          "agreement_refits": m["identity"]["agreement_refits"], "sae_seed": seed,

@@ -318,7 +318,7 @@ def eval_scores(
 ):
     """AUROC of each scorer for clean vs low-quality samples, overall and per corruption kind."""
     from saev_core.quality import render_quality, scorer_quality
-    from saev_core.query import connect
+    from saev_core.query import open_views
 
     if labels is None:
         from saev_core.store import ArtifactStore
@@ -326,7 +326,7 @@ def eval_scores(
         world = ArtifactStore.at(Path(tables).parent).latest_world()
         labels = str(world / "labels.parquet") if world else f"{DEFAULT_DEMO_DIR}/labels.parquet"
     try:
-        con = connect(tables)
+        con = open_views(tables)
         typer.echo(render_quality(scorer_quality(con, labels, dataset, _one_sae(con, "scores", dataset, sae_id, tables))))
     except (ValueError, FileNotFoundError, OSError) as e:
         fail(str(e))
@@ -556,11 +556,11 @@ def report(
     experiment: Optional[str] = typer.Option(None, help="A `saev experiment` directory whose plot to include."),
 ):
     """Write a static, self-contained HTML feature browser (works from file://, no network)."""
-    from saev_core.query import connect
+    from saev_core.query import open_views
     from saev_core.report import write_report
 
     try:
-        sae_id = _one_sae(connect(tables), "feature_stats", dataset, sae_id, tables)
+        sae_id = _one_sae(open_views(tables), "feature_stats", dataset, sae_id, tables)
         store_root = Path(tables).parent if (Path(tables).parent / "train").is_dir() else None
         res = write_report(tables, out, dataset, sae_id, latents, top_samples, samples, labels, store_root, experiment)
     except (ValueError, FileNotFoundError, OSError) as e:

@@ -193,8 +193,9 @@ def _text(value) -> str | None:
     return str(value)
 
 
-def iter_samples(ds: datasets.Dataset, spec: DatasetSpec, start: int = 0, stop: int | None = None) -> Iterator[Sample | Rejection]:
-    """Rows ``start:stop`` as canonical samples or rejections (never raises on a bad row)."""
+def _rows(ds: datasets.Dataset, spec: DatasetSpec, start: int, stop: int | None):
+    """(row index, sample id, image bytes, image ref, error, question, response fields, preference error)
+    per row, without decoding the image."""
     fmt, mapping = resolve_columns(spec, ds.column_names)
     img_col = mapping["image"]
     if isinstance(ds.features.get(img_col), datasets.Image):
@@ -219,6 +220,21 @@ def iter_samples(ds: datasets.Dataset, spec: DatasetSpec, start: int = 0, stop: 
                 bad_pref = f"better_response_id must be 1 or 2, got {better!r}"
             fields["chosen"], fields["rejected"] = (r1, r2) if str(better) == "1" else (r2, r1)
         sid = sample_id(raw if raw is not None else ref.encode(), question or "", tuple(fields.values()))
+        yield idx, sid, raw, ref, err, question, fields, bad_pref
+
+
+def first_rows(ds: datasets.Dataset, spec: DatasetSpec) -> dict[str, int]:
+    """Each sample id's first row in the whole dataset (content hashes only, no image decoded):
+    a later row with the same id is a duplicate, whatever shard either falls in."""
+    first: dict[str, int] = {}
+    for idx, sid, *_ in _rows(ds, spec, 0, None):
+        first.setdefault(sid, idx)
+    return first
+
+
+def iter_samples(ds: datasets.Dataset, spec: DatasetSpec, start: int = 0, stop: int | None = None) -> Iterator[Sample | Rejection]:
+    """Rows ``start:stop`` as canonical samples or rejections (never raises on a bad row)."""
+    for idx, sid, raw, ref, err, question, fields, bad_pref in _rows(ds, spec, start, stop):
         if err is None:
             try:
                 image = _decode(raw)

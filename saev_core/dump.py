@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from saev_core import __version__
-from saev_core.data import DatasetSpec, Rejection, Sample, iter_samples, open_dataset, resolve_columns
+from saev_core.data import DatasetSpec, Rejection, Sample, first_rows, iter_samples, open_dataset, resolve_columns
 from saev_core.inputs import encode, render, to_model
 from saev_core.io import atomic_path, claim_output_dir, write_json
 from saev_core.modeling import ModelBundle, StopForward, capture_residual, check_layer, load_model
@@ -243,18 +243,18 @@ class _Prepared:
     rejected: list[Rejection]
 
 
-def _prepare(cfg: DumpConfig, bundle: ModelBundle, ds, start: int, stop: int, max_length: int) -> Iterator[_Prepared]:
-    """CPU side of a shard: read rows, drop bad and duplicate ones, run the processor."""
-    seen: set[str] = set()
+def _prepare(cfg: DumpConfig, bundle: ModelBundle, ds, start: int, stop: int, max_length: int,
+             first: dict[str, int]) -> Iterator[_Prepared]:
+    """CPU side of a shard: read rows, drop bad ones and duplicates (rows whose sample id first
+    occurs at an earlier row of the dataset, ``first``), run the processor."""
     for chunk in _batches(iter_samples(ds, cfg.dataset, start, stop), cfg.batch_size):
         rejected, samples = [], []
         for item in chunk:
-            if isinstance(item, Rejection):
+            if first.get(item.sample_id, item.row_index) < item.row_index:
+                rejected.append(Rejection(item.sample_id, item.row_index, f"duplicate of row {first[item.sample_id]}"))
+            elif isinstance(item, Rejection):
                 rejected.append(item)
-            elif item.sample_id in seen:
-                rejected.append(Rejection(item.sample_id, item.row_index, "duplicate of an earlier row in this shard"))
             else:
-                seen.add(item.sample_id)
                 samples.append(item)
         groups = []
         if samples:
@@ -263,7 +263,7 @@ def _prepare(cfg: DumpConfig, bundle: ModelBundle, ds, start: int, stop: int, ma
         yield _Prepared(len(chunk), groups, rejected)
 
 
-def dump_shard(cfg: DumpConfig, bundle: ModelBundle, ds, index: int, layer: int, pbar=None) -> ShardResult:
+def dump_shard(cfg: DumpConfig, bundle: ModelBundle, ds, index: int, layer: int, first: dict[str, int], pbar=None) -> ShardResult:
     """Compute shard ``index`` and write its three files atomically (activations last)."""
     out = Path(cfg.out)
     result = ShardResult(index)
@@ -297,7 +297,7 @@ def dump_shard(cfg: DumpConfig, bundle: ModelBundle, ds, index: int, layer: int,
                 pending = io_pool.submit(writer.write_table, pa.concat_tables(buffered), row_group_size=row_group_rows) if buffered else None
                 buffered = []
 
-            for prep in prefetch(_prepare(cfg, bundle, ds, start, stop, cfg.max_length or bundle.max_length)):
+            for prep in prefetch(_prepare(cfg, bundle, ds, start, stop, cfg.max_length or bundle.max_length, first)):
                 rejected.extend(prep.rejected)
                 for samples, inputs in prep.groups:
                     acts = residual(bundle, inputs, layer, stop=cfg.stop_at_layer)
@@ -383,7 +383,8 @@ def run_dump(cfg: DumpConfig, bundle: ModelBundle | None = None, overwrite: bool
         tqdm(total=len(ds), desc=f"dump {cfg.dataset.display_name} L{layer}", unit="sample", disable=not cfg.progress) as pbar,
         _torch_threads(cfg.cpu_threads, bundle.device.type == "cpu"),
     ):
-        results = [dump_shard(cfg, bundle, ds, i, layer, pbar) for i in todo]
+        first = first_rows(ds, cfg.dataset)
+        results = [dump_shard(cfg, bundle, ds, i, layer, first, pbar) for i in todo]
     if shards is not None and len(results) < n_shards:
         return {"shards": [r.__dict__ for r in results]}
     return write_manifest(cfg, bundle, layer, ds, results)

@@ -27,7 +27,7 @@ from saev_core import __version__
 from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
 from saev_core.io import atomic_dir, read_json, write_json
 from saev_core.prompts import conversation
-from saev_core.query import connect
+from saev_core.query import open_views
 from saev_core.scoring import get_scorer, random_unit
 from saev_core.tables import DEFAULT_TABLES, manifest_path
 
@@ -110,7 +110,7 @@ def run_filter(cfg: FilterConfig, ranking: Callable[[pd.DataFrame], pd.Series] |
     a score each, and the same selection runs on those (a re-drawn random seed, or the
     evaluation-only oracle of ``quality.oracle_ranking``); ``ranking_name`` names it in the manifest.
     """
-    con = connect(cfg.tables)
+    con = open_views(cfg.tables)
     sae_id, names = _resolve(con, cfg)
     part = "dataset" if cfg.per_dataset else "scorer"
     params = {"scorer": cfg.scorer, "sae_id": sae_id, "datasets": names, "top_k": cfg.top_k, "fraction": cfg.top_fraction}

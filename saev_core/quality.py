@@ -71,7 +71,7 @@ def oracle_ranking(labels: str | Path, seed: int = 0):
 def scorer_quality(con, labels: str | Path, dataset: str, sae_id: str) -> list[dict]:
     """One row per scorer: AUROC clean vs all low-quality, vs each corruption kind, clean in top 50%.
 
-    ``con`` is a DuckDB connection with the feature-table views (``saev_core.query.connect``).
+    ``con`` is a DuckDB connection with the feature-table views (``saev_core.query.open_views``).
     """
     lab = _labels(labels, dataset)
     scores = con.execute("SELECT sample_id, scorer, score FROM scores WHERE dataset = $dataset AND sae_id = $sae_id",

@@ -10,10 +10,15 @@ User SQL (``saev query``) may read the tables and nothing else, and may not chan
 * ``check_sql`` parses with DuckDB's own parser and allows one SELECT-like statement (SELECT,
   WITH, VALUES, DESCRIBE, SUMMARIZE, SHOW, EXPLAIN of those); table functions are limited to
   generators and catalog listings, and ``FROM 'file.csv'`` is refused, for a clear message.
-* The connection itself is the real guard: ``enable_external_access = false`` with
+* The connection itself is the second guard: ``enable_external_access = false`` with
   ``allowed_directories`` = the tables root (plus DuckDB's own spill directory), then
   ``lock_configuration = true`` so no statement can lift it. A file read that slips past the
-  parser check still fails, and is reported as a refusal.
+  parser check still fails, and is reported as a refusal. (DuckDB's allowed directories are
+  writable too, so the parser check is what keeps COPY TO away from the tables.)
+* ``connect`` (the Python API) holds the same contract as ``saev query``: a
+  :class:`ReadOnlyConnection` runs every SQL text through ``check_sql`` and hands back results
+  that can only be read. ``connect(root, sandbox=False)`` is the explicit opt-out: a plain
+  DuckDB connection with the views. saev's own stages use ``open_views``.
 
 User values are bound as parameters (``$dataset``, ``?``), never formatted into SQL.
 """
@@ -60,26 +65,47 @@ def _sql_str(s: str) -> str:
 
 def _view_sql(root: Path, table: str) -> str:
     """Typed empty rows UNION ALL BY NAME the files: the columns are right even with no files
-    (``allow_empty`` alone yields a lone ``empty`` column, dropped here)."""
+    (``allow_empty`` alone yields a lone ``empty`` column, dropped here).
+
+    Only committed partitions show: those whose scoring manifest exists (``saev score`` writes it
+    last, and removes it first when it replaces a partition), so a run that failed or is still
+    writing leaves nothing a query reads."""
     keys = PARTITIONS[table]
     typed = [f"NULL::{_DUCKDB_TYPES[f.type]} AS {f.name}" for f in TABLES[table]] + [f"NULL::VARCHAR AS {k}" for k in keys]
     # One glob level per partition key (not **): hidden temporary directories such as
     # '.dataset=x.tmp-123' from an atomic write in progress are not matched.
     glob = "/".join([str(root / table), *(f"{k}=*" for k in keys), "*.parquet"])
     hive_types = "{" + ", ".join(f"{_sql_str(k)}: 'VARCHAR'" for k in keys) + "}"
+    manifests = _sql_str(str(root / "manifests" / "dataset=*" / "sae_id=*.json"))
+    # A manifest's name ends in dataset=<d>/sae_id=<s>.json; anchored at the end, the root's own path never matches.
+    if "sae_id" in keys:
+        mine, pattern = "'dataset=' || dataset || '/sae_id=' || sae_id", r"'(dataset=[^/]+/sae_id=[^/]+)\.json$'"
+    else:
+        mine, pattern = "'dataset=' || dataset", r"'(dataset=[^/]+)/sae_id=[^/]+\.json$'"
+    theirs = f"regexp_extract(file, {pattern}, 1)"
+    committed = f"{mine} IN (SELECT {theirs} FROM glob({manifests}))"
     return (f"CREATE VIEW {table} AS SELECT COLUMNS(lambda c: c <> 'empty') FROM ("
             f"SELECT {', '.join(typed)} WHERE false UNION ALL BY NAME "
             f"SELECT * FROM read_parquet({_sql_str(glob)}, hive_partitioning = true, union_by_name = true, "
-            f"hive_types = {hive_types}, allow_empty = true))")
+            f"hive_types = {hive_types}, allow_empty = true)) WHERE {committed}")
 
 
 def connect(root: str | Path, memory_limit: str | None = None, threads: int | None = None, *,
-            sandbox: bool = True) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with one view per feature table under ``root``.
+            sandbox: bool = True) -> "ReadOnlyConnection | duckdb.DuckDBPyConnection":
+    """The feature tables under ``root`` as DuckDB views, for notebooks and scripts.
 
-    ``sandbox`` (default) locks the connection to reading the tables root; pass False in a
-    notebook that also wants to read or write other files (``run_query`` still refuses writes).
-    """
+    With ``sandbox`` (default) the connection is read-only the way ``saev query`` is: one
+    SELECT-like statement at a time over the views, nothing written, no settings changed, no file
+    read outside the root. ``sandbox=False`` gives a plain DuckDB connection that may also read
+    and write other files (``run_query`` on it still refuses writes)."""
+    con = open_views(root, memory_limit, threads, sandbox=sandbox)
+    return ReadOnlyConnection(con) if sandbox else con
+
+
+def open_views(root: str | Path, memory_limit: str | None = None, threads: int | None = None, *,
+               sandbox: bool = True) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with one view per feature table under ``root`` (saev's
+    stages run their own, fixed SQL on it). ``sandbox`` locks file access to the root."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"tables root {root} does not exist; run `saev score` first to write the feature tables")
@@ -103,6 +129,77 @@ def connect(root: str | Path, memory_limit: str | None = None, threads: int | No
         con.execute("SET autoload_known_extensions = false")
         con.execute("SET lock_configuration = true")
     return con
+
+
+def _refusal(e: duckdb.PermissionException) -> QueryRefused:
+    return QueryRefused(f"refused: {str(e).splitlines()[0]}; only the tables root can be read")
+
+
+class ReadOnlyResult:
+    """A query's result that can be read in every usual form and nothing else (a DuckDB
+    relation also offers ``write_csv``, ``to_parquet``, ``create_view`` and ``query``)."""
+
+    _READS = ("fetchall", "fetchone", "fetchmany", "fetchdf", "df", "to_df", "pl", "arrow", "fetch_arrow_table",
+              "to_arrow_table", "fetchnumpy", "fetch_record_batch", "record_batch", "to_arrow_reader", "show")
+    _ATTRS = ("columns", "types", "dtypes", "shape", "description")
+
+    def __init__(self, relation: duckdb.DuckDBPyRelation):
+        self._rel = relation
+
+    def __getattr__(self, name: str):
+        if name in self._ATTRS:
+            return getattr(self._rel, name)
+        if name not in self._READS:
+            raise AttributeError(f"a read-only result has no {name!r} (it offers {', '.join(self._READS)}); "
+                                 "use `saev query --out FILE` to export, or connect(root, sandbox=False)")
+        method = getattr(self._rel, name)
+
+        def read(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except duckdb.PermissionException as e:
+                raise _refusal(e) from None
+        return read
+
+    def __len__(self) -> int:
+        return len(self._rel)
+
+    def __repr__(self) -> str:
+        return repr(self._rel)
+
+
+class ReadOnlyConnection:
+    """The views of the feature tables, read-only: every SQL text passes ``check_sql`` (the
+    contract of ``saev query``) before DuckDB sees it."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self._con = con
+
+    def sql(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> ReadOnlyResult:
+        check_sql(query)
+        try:
+            return ReadOnlyResult(self._con.sql(query, params=params or None))
+        except duckdb.PermissionException as e:
+            raise _refusal(e) from None
+
+    query = sql
+
+    def execute(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> ReadOnlyResult:
+        """Like ``sql``; the result is fetched from what this returns (``.fetchall()``, ``.df()``)."""
+        return self.sql(query, params)
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> "ReadOnlyConnection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getattr__(self, name: str):
+        raise AttributeError(f"the read-only feature-tables connection has no {name!r}: it offers sql/query/execute and "
+                             "close; connect(root, sandbox=False) gives a plain DuckDB connection")
 
 
 def _walk(node: Any) -> Iterator[dict]:
@@ -167,7 +264,7 @@ def run_query(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | 
         relation = con.sql(sql, params=params or None)
         return relation.to_arrow_reader(batch_size)
     except duckdb.PermissionException as e:
-        raise QueryRefused(f"refused: {str(e).splitlines()[0]}; only the tables root can be read") from None
+        raise _refusal(e) from None
 
 
 def datasets(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -33,7 +33,7 @@ from saev_core.activations import to_tensor
 from saev_core.checkpoint import load_sae
 from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
 from saev_core.io import atomic_dir, read_json
-from saev_core.query import connect
+from saev_core.query import open_views
 from saev_core.score_dataset import resolve_sae_dir
 from saev_core.tables import manifest_path
 
@@ -139,7 +139,7 @@ class _Context:
     def __init__(self, tables: str | Path, dataset: str, sae_id: str):
         from transformers import AutoTokenizer
 
-        self.con = connect(tables)
+        self.con = open_views(tables)
         self.dataset, self.sae_id = dataset, sae_id
         self.scoring = read_json(manifest_path(tables, dataset, sae_id))
         dump = Path(self.scoring["activations"])

@@ -153,6 +153,8 @@ def _write(table: pa.Table, path: Path) -> None:
 
 
 def _remove_partitions(root: Path, dataset: str, sae_id: str) -> None:
+    """Un-commit first (the views show a partition only while its manifest exists), then delete."""
+    manifest_path(root, dataset, sae_id).unlink(missing_ok=True)
     for table in TABLES:
         if table != "samples":
             shutil.rmtree(partition_dir(root, table, dataset, sae_id), ignore_errors=True)
@@ -160,18 +162,21 @@ def _remove_partitions(root: Path, dataset: str, sae_id: str) -> None:
 
 
 def samples_table(spec: DatasetSpec, scored: dict[str, dict]) -> pa.Table:
-    """The fields needed to rebuild each scored sample, from the source dataset."""
-    ds = open_dataset(spec)
-    rows = []
-    for s in iter_samples(ds, spec):
+    """The fields needed to rebuild each scored sample: the dump's own samples (``scored``), in
+    its order, found in the source by sample_id at their first row there. Duplicate rows, and
+    rows re-ordered or appended since the dump, change nothing; a sample the source no longer
+    holds fails the run before any table is written."""
+    found: dict[str, Sample] = {}
+    for s in iter_samples(open_dataset(spec), spec):
         if isinstance(s, Sample) and s.sample_id in scored:
-            info = scored[s.sample_id]
-            rows.append({"sample_id": s.sample_id, "row_index": s.row_index, "n_image_tokens": info["n_image"],
-                         "n_text_tokens": info["n_text"], "question": s.question, "answer": s.answer,
-                         "chosen": s.chosen, "rejected": s.rejected, "image_ref": s.image_ref})
-    if len(rows) != len(scored):
-        raise ValueError(f"the source dataset {spec.path} no longer holds {len(scored) - len(rows)} of the dumped samples; "
-                         "it changed since the dump: re-dump it")
+            found.setdefault(s.sample_id, s)
+    missing = [sid for sid in scored if sid not in found]
+    if missing:
+        raise ValueError(f"the source dataset {spec.path} no longer holds {len(missing)} of the {len(scored)} dumped samples "
+                         f"(by sample_id, e.g. {missing[0]}); it changed since the dump: re-dump it")
+    rows = [{"sample_id": sid, "row_index": s.row_index, "n_image_tokens": info["n_image"], "n_text_tokens": info["n_text"],
+             "question": s.question, "answer": s.answer, "chosen": s.chosen, "rejected": s.rejected, "image_ref": s.image_ref}
+            for sid, info in scored.items() for s in (found[sid],)]
     return pa.Table.from_pylist(rows, schema=SAMPLES)
 
 

@@ -11,14 +11,20 @@ import pytest
 from typer.testing import CliRunner
 
 from saev_core.cli import app
-from saev_core.query import QueryRefused, check_sql, connect, datasets, render_table, run_query, table_names
-from saev_core.tables import SCORES, TABLES, part_name, partition_dir
+from saev_core.query import QueryRefused, check_sql, connect, datasets, open_views, render_table, run_query, table_names
+from saev_core.io import write_json
+from saev_core.tables import SCORES, TABLES, manifest_path, part_name, partition_dir
 
 
 def write(root, table: str, rows: list[dict], dataset: str, sae_id: str | None = "sae0") -> None:
     path = partition_dir(root, table, dataset, sae_id if table != "samples" else None) / part_name(0)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=TABLES[table]), path)
+
+
+def commit(root, dataset: str, sae_id: str = "sae0") -> None:
+    """The scoring manifest, which `saev score` writes last: only then do the views show the partition."""
+    write_json(manifest_path(root, dataset, sae_id), {"kind": "saev.scores", "dataset": dataset, "sae_id": sae_id})
 
 
 def scores_rows(prefix: str, values: list[float]) -> list[dict]:
@@ -44,6 +50,7 @@ def add_dataset(root, name: str, sae_id: str = "sae0") -> None:
     write(root, "samples", [{"sample_id": f"{name}-{i}", "row_index": i, "n_image_tokens": 16, "n_text_tokens": 10 + i,
                              "question": f"q{i}", "answer": "a", "chosen": None, "rejected": None, "image_ref": None}
                             for i in range(3)], name)
+    commit(root, name, sae_id)
 
 
 @pytest.fixture
@@ -90,6 +97,23 @@ def test_hidden_temporary_partition_is_ignored(root):
     hidden.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(scores_rows("b", [1.0]), schema=SCORES), hidden / part_name(0))
     assert q(connect(root), "SELECT DISTINCT dataset FROM scores ORDER BY 1") == [{"dataset": "2024"}, {"dataset": "alpha"}]
+
+
+def test_a_partition_shows_only_once_committed(root):
+    """A scoring run that failed (or is still writing) has no manifest: its files are not read."""
+    con = connect(root)
+    write(root, "scores", scores_rows("half-", [1.0, 2.0]), "half", "sae0")
+    write(root, "sample_features", [{"sample_id": "half-0", "feature_id": 1, "modality": "text", "n_active_tokens": 1,
+                                     "max_act": 1.0, "sum_act": 1.0}], "half", "sae0")
+    write(root, "samples", [{"sample_id": "half-0", "row_index": 0, "n_image_tokens": 1, "n_text_tokens": 1, "question": "q",
+                             "answer": None, "chosen": None, "rejected": None, "image_ref": None}], "half")
+    for table in TABLES:
+        assert q(con, f"SELECT count(*) AS n FROM {table} WHERE dataset = 'half'") == [{"n": 0}], table
+    assert datasets(con) == ["2024", "alpha"]
+    commit(root, "half")
+    assert q(con, "SELECT count(*) AS n FROM scores WHERE dataset = 'half'") == [{"n": 2}]
+    assert q(con, "SELECT count(*) AS n FROM samples WHERE dataset = 'half'") == [{"n": 1}]
+    assert datasets(con) == ["2024", "alpha", "half"]
 
 
 def test_empty_tables_are_typed_views(tmp_path):
@@ -149,11 +173,49 @@ def test_parameters_are_bound(root):
     ("WITH s AS (SELECT * FROM scores) SELECT * FROM s JOIN 'data.csv' USING (sample_id)", "reading the file 'data.csv'"),
     ("SELECT (SELECT count(*) FROM read_text('/etc/hostname')) AS n", "table function read_text() is not allowed"),
 ])
-def test_refused_statements(root, sql, says):
+@pytest.mark.parametrize("via", ["saev query", "connect().sql", "connect().execute"])
+def test_refused_statements(root, sql, says, via):
+    """One contract for `saev query` (run_query) and the Python connection, escape by escape."""
     con = connect(root)
+    run = {"saev query": lambda s: run_query(con, s), "connect().sql": lambda s: con.sql(s).fetchall(),
+           "connect().execute": lambda s: con.execute(s).fetchall()}[via]
     with pytest.raises(QueryRefused, match="refused: .*" + says.replace("(", r"\(").replace(")", r"\)")):
-        run_query(con, sql)
+        run(sql)
     assert q(con, "SELECT count(*) AS n FROM scores") == [{"n": 6}]  # nothing changed
+
+
+@pytest.mark.parametrize("template, says", [
+    ("COPY (SELECT * FROM scores) TO '{root}/x.csv'", "COPY statements are not allowed"),
+    ("COPY (SELECT * FROM scores LIMIT 1) TO '{part}' (FORMAT parquet)", "COPY statements are not allowed"),
+    ("CREATE OR REPLACE VIEW scores AS SELECT 1 AS sample_id", "CREATE statements are not allowed"),
+    ("CREATE TEMP TABLE t AS SELECT * FROM scores", "CREATE statements are not allowed"),
+    ("SELECT * FROM read_parquet('{part}')", "table function read_parquet() is not allowed"),
+])
+def test_the_python_connection_cannot_write_inside_the_root(root, template, says):
+    """The tables root is readable, so DuckDB's file sandbox alone would let COPY TO overwrite a part file."""
+    part = next((root / "scores").glob("dataset=alpha/sae_id=*/*.parquet"))
+    before = part.read_bytes()
+    con = connect(root)
+    with pytest.raises(QueryRefused, match=says.replace("(", r"\(").replace(")", r"\)")):
+        con.sql(template.format(root=root, part=part))
+    assert part.read_bytes() == before and not (root / "x.csv").exists()
+    assert q(con, "SELECT count(*) AS n FROM scores") == [{"n": 6}]
+
+
+def test_python_results_read_but_never_write(root, tmp_path):
+    con = connect(root)
+    result = con.sql("SELECT sample_id, score FROM scores WHERE dataset = $d ORDER BY score DESC", {"d": "alpha"})
+    assert result.columns == ["sample_id", "score"] and len(result.fetchall()) == 3
+    assert list(result.df()["sample_id"]) == ["alpha-1", "alpha-2", "alpha-0"]
+    assert result.fetch_arrow_table().num_rows == 3
+    for write in ("write_csv", "to_parquet", "create_view", "query", "insert_into"):
+        with pytest.raises(AttributeError, match="read-only result"):
+            getattr(result, write)
+    with pytest.raises(AttributeError, match="connect\\(root, sandbox=False\\)"):
+        con.register("t", pa.table({"a": [1]}))
+    with connect(root, sandbox=False) as plain:  # the explicit opt-out: a plain DuckDB connection
+        plain.execute(f"COPY (SELECT * FROM scores) TO '{tmp_path / 'out.csv'}'")
+    assert (tmp_path / "out.csv").exists()
 
 
 def test_allowed_read_only_forms(root):
@@ -166,7 +228,7 @@ def test_sandbox_holds_without_the_parser_check(root):
     """The connection itself cannot read outside the root or lift its own settings."""
     import duckdb
 
-    con = connect(root)
+    con = open_views(root)
     with pytest.raises(duckdb.PermissionException):
         con.sql("SELECT * FROM read_csv('/etc/passwd')")
     with pytest.raises(duckdb.Error, match="locked"):

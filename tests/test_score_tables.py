@@ -19,7 +19,7 @@ from saev_core.data import DatasetSpec
 from saev_core.dump import DumpConfig, run_dump
 from saev_core.filter import FilterConfig, load_filtered, run_filter
 from saev_core.quality import auroc, render_quality, scorer_quality, top_fraction_clean
-from saev_core.query import connect
+from saev_core.query import connect, open_views
 from saev_core.sae import SAE, SAEConfig
 from saev_core.score_dataset import ScoreConfig, run_scoring
 from saev_core.scoring import SCORERS, SampleSummary, ScoringContext, balanced_weights, cross_modal_weights, fit_cofiring
@@ -211,7 +211,7 @@ def test_auroc_and_top_fraction_by_hand():
 
 def test_quality_table_and_cli(scored, world_dir, tmp_path):
     base, cfg, manifest = scored
-    rows = scorer_quality(connect(cfg.tables), world_dir / "labels.parquet", "demo-rlaif", manifest["sae_id"])
+    rows = scorer_quality(open_views(cfg.tables), world_dir / "labels.parquet", "demo-rlaif", manifest["sae_id"])
     assert {r["scorer"] for r in rows} == set(SCORERS)
     assert all(0 <= r["auroc"] <= 1 and "auroc_swapped_image" in r for r in rows)
     assert render_quality(rows).startswith("| scorer | auroc |")

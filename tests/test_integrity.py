@@ -1,0 +1,146 @@
+"""Data integrity across stages: duplicates are found in the whole dataset whatever the shard
+layout, scoring reads the dump's own sample list, and a partition is visible only when complete."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from saev_core.data import DatasetSpec, iter_samples, open_dataset
+from saev_core.dump import DumpConfig, run_dump
+from saev_core.query import connect
+from saev_core.score_dataset import ScoreConfig, run_scoring
+from saev_core.tables import TABLES
+from saev_core.train import TrainConfig, train_sae
+
+UNIQUE = 24
+# Duplicates of earlier rows, some a shard or more away from their first occurrence, some repeated.
+DUPLICATES = [0, 5, 23, 1, 1, 7, 12, 0, 20, 3, 15, 22, 9, 9, 2, 18]
+
+
+@pytest.fixture(scope="module")
+def with_duplicates(tmp_path_factory, world_dir, world):
+    source = pq.read_table(world_dir / world["datasets"]["demo-rlaif"]["path"]).slice(0, UNIQUE)
+    order = list(range(12)) + DUPLICATES[:6] + list(range(12, UNIQUE)) + DUPLICATES[6:]
+    path = tmp_path_factory.mktemp("dups") / "train.parquet"
+    pq.write_table(source.take(order), path)
+    return path, order
+
+
+def _dump(path, out, bundle, world_dir, **kw) -> dict:
+    cfg = DumpConfig(model=str(world_dir / "model"), dataset=DatasetSpec(path=str(path)), layer=0, out=str(out), batch_size=4,
+                     device="cpu", progress=False, **kw)
+    return cfg, run_dump(cfg, bundle=bundle)
+
+
+def _read(out, table: str) -> pa.Table:
+    return pa.concat_tables([pq.read_table(f) for f in sorted((out / table).glob("*.parquet"))])
+
+
+@pytest.mark.parametrize("samples_per_shard", [5, 16, 64])
+def test_the_first_occurrence_is_kept_whatever_the_shards(with_duplicates, bundle, world_dir, tmp_path, samples_per_shard):
+    path, order = with_duplicates
+    first = {}
+    for row, src in enumerate(order):
+        first.setdefault(src, row)
+    _, m = _dump(path, tmp_path / "d", bundle, world_dir, samples_per_shard=samples_per_shard)
+    assert m["n_samples"] == UNIQUE and m["n_rejected"] == len(DUPLICATES)
+    kept = _read(tmp_path / "d", "samples")
+    assert sorted(kept.column("row_index").to_pylist()) == sorted(first.values())  # the first rows, not later copies
+    assert len(set(kept.column("sample_id").to_pylist())) == UNIQUE
+    rejected = _read(tmp_path / "d", "rejected").to_pylist()
+    expected = {(row, f"duplicate of row {first[src]}") for row, src in enumerate(order) if first[src] != row}
+    assert {(r["row_index"], r["reason"]) for r in rejected} == expected
+
+
+def test_a_resumed_dump_dedupes_like_a_straight_one(with_duplicates, bundle, world_dir, tmp_path):
+    path, _ = with_duplicates
+    cfg, straight = _dump(path, tmp_path / "straight", bundle, world_dir, samples_per_shard=8)
+    resumed_cfg = cfg.model_copy(update={"out": str(tmp_path / "resumed")})
+    run_dump(resumed_cfg, bundle=bundle, shards=[3, 1])  # later shards first, as a crashed or distributed run leaves them
+    resumed = run_dump(resumed_cfg, bundle=bundle)
+    assert resumed["n_samples"] == straight["n_samples"] == UNIQUE
+    for table in ("samples", "rejected"):
+        assert _read(tmp_path / "resumed", table).equals(_read(tmp_path / "straight", table))
+
+
+@pytest.fixture(scope="module")
+def dumped_with_duplicates(with_duplicates, bundle, world_dir, tmp_path_factory):
+    path, _ = with_duplicates
+    base = tmp_path_factory.mktemp("dups-scored")
+    _dump(path, base / "dump", bundle, world_dir, samples_per_shard=16)
+    train_sae(TrainConfig(activations=str(base / "dump"), out=str(base / "sae"), architecture="topk", k=4, expansion_factor=2,
+                          batch_size=128, total_tokens=128 * 10, scale_batches=2, buffer_rows=2048, eval_rows=0, device="cpu",
+                          progress=False))
+    return base
+
+
+def _score(base, tables: str, **kw) -> dict:
+    return run_scoring(ScoreConfig(activations=str(base / "dump"), sae=str(base / "sae"), tables=str(base / tables), top=10,
+                                   per_side=2, reference_samples=UNIQUE, device="cpu", progress=False, **kw))
+
+
+def _rows_by_id(path) -> dict[str, int]:
+    spec = DatasetSpec(path=str(path))
+    out = {}
+    for s in iter_samples(open_dataset(spec), spec):
+        out.setdefault(s.sample_id, s.row_index)
+    return out
+
+
+def test_a_dataset_with_duplicates_scores(dumped_with_duplicates, with_duplicates):
+    path, _ = with_duplicates
+    m = _score(dumped_with_duplicates, "tables")
+    assert m["n_samples"] == UNIQUE
+    samples = pq.read_table(next((dumped_with_duplicates / "tables" / "samples").glob("*/*.parquet")))
+    assert dict(zip(samples.column("sample_id").to_pylist(), samples.column("row_index").to_pylist())) == \
+        {sid: row for sid, row in _rows_by_id(path).items() if sid in set(samples.column("sample_id").to_pylist())}
+
+
+@pytest.mark.parametrize("change", ["reversed", "appended"])
+def test_a_reordered_or_extended_source_still_scores(dumped_with_duplicates, with_duplicates, tmp_path, change):
+    """Samples are found by id: their row indices follow the source as it is now."""
+    path, _ = with_duplicates
+    import json
+
+    table = pq.read_table(path)
+    changed = table.take(list(reversed(range(table.num_rows)))) if change == "reversed" else pa.concat_tables([table, table.slice(0, 3)])
+    moved = tmp_path / "train.parquet"
+    pq.write_table(changed, moved)
+    dump = dumped_with_duplicates / "dump"
+    manifest = json.loads((dump / "manifest.json").read_text())
+    copy = tmp_path / "dump"
+    import shutil
+
+    shutil.copytree(dump, copy)
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "dataset": {**manifest["dataset"], "path": str(moved)}}))
+    m = run_scoring(ScoreConfig(activations=str(copy), sae=str(dumped_with_duplicates / "sae"), tables=str(tmp_path / "tables"),
+                                top=10, per_side=2, reference_samples=UNIQUE, device="cpu", progress=False))
+    assert m["n_samples"] == UNIQUE
+    samples = pq.read_table(next((tmp_path / "tables" / "samples").glob("*/*.parquet")))
+    now = _rows_by_id(moved)
+    assert all(now[sid] == row for sid, row in zip(samples.column("sample_id").to_pylist(), samples.column("row_index").to_pylist()))
+
+
+def test_a_failed_scoring_run_leaves_nothing_a_view_reads(dumped_with_duplicates, with_duplicates, tmp_path):
+    """The source lost a dumped sample: scoring fails by name, and no table shows a partial partition."""
+    import json
+    import shutil
+
+    path, order = with_duplicates
+    table = pq.read_table(path)
+    lost = tmp_path / "train.parquet"
+    pq.write_table(table.filter(pc.invert(pc.equal(pa.array(range(table.num_rows)), 4))), lost)  # row 4 occurs once
+    copy = tmp_path / "dump"
+    shutil.copytree(dumped_with_duplicates / "dump", copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "dataset": {**manifest["dataset"], "path": str(lost)}}))
+    with pytest.raises(ValueError, match=f"no longer holds 1 of the {UNIQUE} dumped samples"):
+        run_scoring(ScoreConfig(activations=str(copy), sae=str(dumped_with_duplicates / "sae"), tables=str(tmp_path / "tables"),
+                                top=10, per_side=2, reference_samples=UNIQUE, device="cpu", progress=False))
+    assert any((tmp_path / "tables" / "sample_features").rglob("*.parquet"))  # per-shard work was written...
+    con = connect(tmp_path / "tables")
+    for name in TABLES:  # ...but nothing is visible
+        assert con.sql(f"SELECT count(*) FROM {name}").fetchall() == [(0,)], name
