@@ -97,19 +97,41 @@ def open_dataset(spec: DatasetSpec) -> datasets.Dataset:
                 ds = ds[spec.split]
         else:
             files = sorted(p.rglob("*")) if p.is_dir() else [p]
-            parquet = [str(f) for f in files if f.suffix == ".parquet"]
-            jsonl = [str(f) for f in files if f.suffix in {".jsonl", ".json"}]
-            if parquet:
-                ds = datasets.load_dataset("parquet", data_files=parquet, split="train")
-            elif jsonl:
-                ds = datasets.load_dataset("json", data_files=jsonl, split="train")
-            else:
-                raise ValueError(f"no .parquet, .jsonl or .json files under {p}")
+            parquet = [f for f in files if f.suffix == ".parquet"]
+            jsonl = [f for f in files if f.suffix in {".jsonl", ".json"}]
+            if not parquet and not jsonl:
+                raise ValueError(f"no .parquet, .jsonl or .json files under {p}; point --dataset at the data files or their directory")
+            kind, found = ("parquet", parquet) if parquet else ("json", jsonl)
+            data = [f for f in found if _holds_rows(f, kind)]
+            if not data:
+                raise ValueError(f"the dataset at {p} holds no rows: its {len(found)} {kind} file(s) are empty")
+            try:
+                ds = datasets.load_dataset(kind, data_files=[str(f) for f in data], split="train")
+            except Exception as e:  # datasets/pyarrow raise many types for an unreadable file
+                raise ValueError(f"cannot read the dataset at {p} as {kind} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                                 "check that the files are valid") from None
     else:
         ds = datasets.load_dataset(spec.path, name=spec.subset, split=spec.split)
     if spec.limit is not None:
         ds = ds.select(range(min(spec.limit, len(ds))))
+    if len(ds) == 0:
+        raise ValueError(f"the dataset {spec.display_name} ({spec.path}) has no rows; nothing to do")
     return ds
+
+
+def _holds_rows(path: Path, kind: str) -> bool:
+    """False for a data file with no rows: zero bytes, blank JSON Lines, a zero-row Parquet file."""
+    if path.stat().st_size == 0:
+        return False
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_metadata(path).num_rows > 0
+        except Exception:
+            return True  # unreadable: let the reader name the problem
+    with open(path, "rb") as f:
+        return any(line.strip() for line in f)
 
 
 def resolve_columns(spec: DatasetSpec, column_names: list[str]) -> tuple[str, dict[str, str]]:

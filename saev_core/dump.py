@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from saev_core import __version__
 from saev_core.data import DatasetSpec, Rejection, Sample, first_rows, iter_samples, open_dataset, resolve_columns
 from saev_core.inputs import encode, render, to_model
-from saev_core.io import atomic_path, claim_output_dir, write_json
+from saev_core.io import atomic_path, claim_output_dir, remove_stale_tmp, write_json
 from saev_core.modeling import ModelBundle, StopForward, capture_residual, check_layer, load_model
 
 MODALITIES = ("image", "text", "special")
@@ -279,6 +279,8 @@ def dump_shard(cfg: DumpConfig, bundle: ModelBundle, ds, index: int, layer: int,
         return result
     start = index * cfg.samples_per_shard
     stop = min(len(ds), start + cfg.samples_per_shard)
+    for part in ("activations", "rejected", "samples"):  # what a killed run of this shard left half-written
+        remove_stale_tmp(out / part / shard_name(index))
     schema = activation_schema(bundle.d_model, cfg.act_dtype)
     rejected: list[Rejection] = []
     sample_stats: list[dict] = []

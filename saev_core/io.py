@@ -15,6 +15,29 @@ def _tmp_sibling(path: Path) -> Path:
     return path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+def remove_stale_tmp(path: str | Path) -> int:
+    """Delete temporary siblings of ``path`` left by a killed writer (its pid is gone), before
+    ``path`` is written again; a live writer's file is left alone. Returns how many went."""
+    path = Path(path)
+    removed = 0
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit(".tmp-", 1)[1].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path to write; it replaces ``path`` only if the block succeeds."""

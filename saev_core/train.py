@@ -184,6 +184,10 @@ def train_sae(cfg: TrainConfig, overwrite: bool = False, stop_at_step: int | Non
     device = resolve_device(cfg.device)
     modalities = MODALITY_SETS[cfg.modalities]
     dump = ActivationDump.open(cfg.activations, cfg.heldout_fraction)
+    rows = dump.manifest.get("rows")
+    if rows is not None and sum(rows.get(m, 0) for m in modalities) == 0:
+        raise ValueError(f"the dump at {cfg.activations} has no {'+'.join(modalities)} rows to train on ({dump.manifest.get('n_samples', 0)} "
+                         f"samples kept, {dump.manifest.get('n_rejected', 0)} rejected; see its rejected/ files)")
     d_sae = cfg.d_sae or cfg.expansion_factor * dump.d_in
     check_memory(dump.d_in, d_sae, device, cfg.batch_size)
     out = claim_output_dir(cfg.out, cfg.identity(), overwrite, "training run")

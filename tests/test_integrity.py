@@ -144,3 +144,67 @@ def test_a_failed_scoring_run_leaves_nothing_a_view_reads(dumped_with_duplicates
     con = connect(tmp_path / "tables")
     for name in TABLES:  # ...but nothing is visible
         assert con.sql(f"SELECT count(*) FROM {name}").fetchall() == [(0,)], name
+
+
+def _empty_inputs(tmp_path, world_dir, world) -> dict:
+    good = pq.read_table(world_dir / world["datasets"]["demo-rlaif"]["path"])
+    cases = {}
+    (tmp_path / "empty.jsonl").write_text("")
+    cases["empty.jsonl"] = ("holds no rows",)
+    (tmp_path / "blank.jsonl").write_text("\n  \n")
+    cases["blank.jsonl"] = ("holds no rows",)
+    pq.write_table(good.slice(0, 0), tmp_path / "zero-rows.parquet")
+    cases["zero-rows.parquet"] = ("holds no rows",)
+    (tmp_path / "zero-bytes.parquet").write_bytes(b"")
+    cases["zero-bytes.parquet"] = ("holds no rows",)
+    (tmp_path / "no-data").mkdir()
+    (tmp_path / "no-data" / "README.txt").write_text("nothing here")
+    cases["no-data"] = ("no .parquet, .jsonl or .json files",)
+    (tmp_path / "garbage.parquet").write_bytes(b"not a parquet file at all")
+    cases["garbage.parquet"] = ("cannot read the dataset", "as parquet")
+    return cases
+
+
+def test_empty_and_unreadable_datasets_fail_in_one_line(tmp_path, world_dir, world):
+    from typer.testing import CliRunner
+
+    from saev_core.cli import app
+
+    for name, says in _empty_inputs(tmp_path, world_dir, world).items():
+        out = tmp_path / f"dump-{name}"
+        r = CliRunner().invoke(app, ["dump", "--model", str(world_dir / "model"), "--dataset", str(tmp_path / name), "--layer", "0",
+                                     "--out", str(out), "--device", "cpu"])
+        assert r.exit_code == 2, (name, r.output)
+        lines = [line for line in r.output.strip().splitlines() if line.strip()]
+        assert len(lines) == 1 and all(s in lines[0] for s in says) and "Traceback" not in r.output, (name, r.output)
+        assert not out.exists(), name
+
+
+def test_training_on_a_dump_with_no_usable_rows_says_so(tmp_path):
+    from typer.testing import CliRunner
+
+    from saev_core.cli import app
+    from saev_core.io import write_json
+
+    dump = tmp_path / "dump"
+    (dump / "activations").mkdir(parents=True)
+    write_json(dump / "manifest.json", {"kind": "saev.activations", "d_model": 8, "model": "m", "layer": 0, "hook": "h",
+                                        "dataset": {"path": "none"}, "n_samples": 0, "n_rejected": 12, "shards": [],
+                                        "rows": {"image": 0, "text": 0, "special": 0, "total": 0}})
+    r = CliRunner().invoke(app, ["train", "--activations", str(dump), "--out", str(tmp_path / "sae"), "--device", "cpu"])
+    assert r.exit_code == 2 and "has no image+text rows to train on (0 samples kept, 12 rejected" in r.output, r.output
+
+
+def test_a_killed_dumps_temporary_files_are_removed_on_rerun(with_duplicates, bundle, world_dir, tmp_path):
+    path, _ = with_duplicates
+    cfg, _ = _dump(path, tmp_path / "d", bundle, world_dir, samples_per_shard=16)
+    final = tmp_path / "d" / "activations" / "shard-00001.parquet"
+    final.unlink()  # as if the run was killed while writing shard 1...
+    dead = 2**22 + 12345  # above Linux's default pid_max: no such process
+    stale = final.parent / f".{final.name}.tmp-{dead}-0a1b2c3d"
+    stale.write_bytes(b"half a shard")
+    live = final.parent / f".{final.name}.tmp-{__import__('os').getpid()}-0a1b2c3d"  # a writer still at work
+    live.write_bytes(b"in progress")
+    run_dump(cfg, bundle=bundle)
+    assert final.exists() and not stale.exists() and live.exists()
+    live.unlink()
