@@ -20,6 +20,7 @@ from saev_core.demo.defaults import DEMO_ALIGN, DEMO_DUMP, DEMO_SAE, DEMO_SCORER
 from saev_core.dump import DumpConfig, plan_shards
 from saev_core.inputs import chat_template_digest
 from saev_core.store import ArtifactStore, stage_key
+from saev_core.train import TrainConfig
 from tasks.align import align_task, evaluate_model_task
 from tasks.common import run_cached
 from tasks.demo import prepare_demo
@@ -47,6 +48,8 @@ class PipelineConfig(BaseModel):
     sae: dict = Field(default_factory=dict, description="TrainConfig overrides (on top of the demo SAE)")
     frontier: list[dict] = Field(default_factory=lambda: [{"k": 4}, {"k": 32}],
                                  description="extra SAEs (overrides on top of `sae`) trained on the same dump for the report's FVU-vs-L0 frontier")
+    frontier_tokens: float = Field(0.25, gt=0, le=1, description="share of the SAE's training tokens each frontier SAE gets "
+                                                                 "(unless it sets total_tokens); 0.25 keeps `make run` within 8 min")
     eval_samples: int = Field(100, ge=0, description="held-out samples for SAE cross-entropy and model evaluation")
     score: dict = Field(default_factory=dict, description="ScoreConfig overrides")
     scorer: str = Field(DEMO_SCORER, description="scorer that picks the kept subset (chosen on the validation world, bench/RESULTS.md)")
@@ -103,7 +106,9 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
     dump = dump_stage(store, dump_conf, upstream, cfg.shard_tasks)
     sae_conf = {**DEMO_SAE, **cfg.sae, "activations": dump["path"]}
     sae = run_cached(train_sae_task, store, "train", sae_conf, [dump["key"]])
-    frontier = [run_cached(train_sae_task, store, "frontier", {**sae_conf, **extra}, [dump["key"]], "frontier")
+    main = TrainConfig.model_validate({**sae_conf, "out": "-"})
+    frontier_budget = {"total_tokens": max(int(main.total_tokens * cfg.frontier_tokens), main.batch_size)}
+    frontier = [run_cached(train_sae_task, store, "frontier", {**sae_conf, **frontier_budget, **extra}, [dump["key"]], "frontier")
                 for extra in cfg.frontier] if cfg.report_latents else []
     sae_eval = run_cached(eval_sae_task, store, "eval-sae", {"run": sae["path"], "n_samples": cfg.eval_samples}, [sae["key"]])
     score_conf = {"activations": dump["path"], "sae": sae["path"], "dataset_name": cfg.dataset_name, **cfg.score}
