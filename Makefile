@@ -25,8 +25,9 @@ $(VISION_STAMP): $(STAMP)
 
 # Telemetry off: its heartbeat races the ephemeral server's SQLite writes ("database is locked",
 # PrefectHQ/prefect#18934), which is harmless but noisy.
+# The ephemeral server gets 2 min to start instead of Prefect's 20 s, which a busy machine can miss.
 run: $(STAMP)
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m flows.pipeline
+	PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 $(BIN)/python -m flows.pipeline
 
 # The report's browser test needs Chromium: Debian's package where apt-get can install it, else it is skipped.
 test: $(STAMP) $(VISION_STAMP)
