@@ -3,6 +3,12 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The `vision` extra, kept off the main environment's path: with torchvision importable, transformers
+# switches every image processor (the demo's too) to its torchvision backend, whose resize differs
+# from PIL's, and the demo's recorded figures were made with PIL. The model matrix runs the
+# families that need it (Qwen2-VL, Qwen2.5-VL, SmolVLM) in a subprocess with this on PYTHONPATH.
+VISION := $(VENV)/vision
+VISION_STAMP := $(VISION)/.installed
 
 .PHONY: run test clean
 
@@ -13,15 +19,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+$(VISION_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps --target $(VISION) torchvision==0.28.0 num2words docopt
+	touch $(VISION_STAMP)
+
 # Telemetry off: its heartbeat races the ephemeral server's SQLite writes ("database is locked",
 # PrefectHQ/prefect#18934), which is harmless but noisy.
+# The ephemeral server gets 2 min to start instead of Prefect's 20 s, which a busy machine can miss.
 run: $(STAMP)
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m flows.pipeline
+	PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 $(BIN)/python -m flows.pipeline
 
 # The report's browser test needs Chromium: Debian's package where apt-get can install it, else it is skipped.
-test: $(STAMP)
+test: $(STAMP) $(VISION_STAMP)
 	command -v chromium >/dev/null 2>&1 || apt-get install -y -q chromium >/dev/null 2>&1 || echo "chromium not installed: the browser test will be skipped"
-	$(BIN)/python -m pytest
+	SAEV_VISION_PATH=$(abspath $(VISION)) $(BIN)/python -m pytest
 
 clean:
 	rm -rf $(VENV) data

@@ -18,6 +18,7 @@ from saev_core.data import DatasetSpec
 from saev_core.demo.build import DemoConfig
 from saev_core.demo.defaults import DEMO_ALIGN, DEMO_DUMP, DEMO_SAE, DEMO_SCORER
 from saev_core.dump import DumpConfig, plan_shards
+from saev_core.inputs import chat_template_digest
 from saev_core.store import ArtifactStore, stage_key
 from saev_core.train import TrainConfig
 from tasks.align import align_task, evaluate_model_task
@@ -39,6 +40,7 @@ class PipelineConfig(BaseModel):
     model: str | None = Field(None, description="hub id or path; default: the demo world's model")
     dataset: DatasetSpec | None = Field(None, description="default: the demo world's demo-rlaif")
     dataset_name: str = "demo-rlaif"
+    chat_template: str | None = Field(None, description="Jinja chat template file for a processor that ships none (PaliGemma), for every stage")
     layer: int = Field(0, description="decoder block to hook; 0 for the demo model, whose modalities share features early (bench/RESULTS.md)")
     limit: int | None = Field(None, ge=1, description="cap on the rows used (quick runs)")
     dump: dict = Field(default_factory=dict, description="DumpConfig overrides")
@@ -97,7 +99,10 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
     if cfg.limit is not None:
         spec = spec.model_copy(update={"limit": cfg.limit})
 
-    dump_conf = {"model": model, "dataset": spec.model_dump(), "layer": cfg.layer, **(DEMO_DUMP if world else {}), **cfg.dump}
+    # The template counts by its content: a changed file changes the dump's key and all below it.
+    template = {"chat_template": cfg.chat_template, "chat_template_sha256": chat_template_digest(cfg.chat_template)} \
+        if cfg.chat_template else {}
+    dump_conf = {"model": model, "dataset": spec.model_dump(), "layer": cfg.layer, **(DEMO_DUMP if world else {}), **template, **cfg.dump}
     dump = dump_stage(store, dump_conf, upstream, cfg.shard_tasks)
     sae_conf = {**DEMO_SAE, **cfg.sae, "activations": dump["path"]}
     sae = run_cached(train_sae_task, store, "train", sae_conf, [dump["key"]])
@@ -117,7 +122,8 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
 
     def filter_and_align(conf: dict) -> tuple[dict, dict]:
         kept = run_cached(filter_dataset_task, store, "filter", conf, [scored["key"]])
-        align_conf = {"model": model, "data": str(Path(kept["path"]) / "data"), **cfg.align}
+        align_conf = {"model": model, "data": str(Path(kept["path"]) / "data"),
+                      **({"chat_template": cfg.chat_template} if cfg.chat_template else {}), **cfg.align}
         return kept, run_cached(align_task, store, "align", align_conf, [kept["key"]])
 
     filtered, aligned = filter_and_align(filter_conf)
@@ -151,10 +157,11 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
         def evaluate(trained: dict) -> dict:
             rec = run_cached(evaluate_model_task, store, "evaluate",
                              {"model": str(Path(trained["path"]) / "aligned" / "model"), "heldout": heldout, "n_samples": n_eval,
-                              "reference": model if method == "dpo" else None}, [trained["key"]])
+                              "reference": model if method == "dpo" else None, **template}, [trained["key"]])
             return {k: rec["manifest"].get(k) for k in keys}
 
-        base_eval = run_cached(evaluate_model_task, store, "evaluate", {"model": model, "heldout": heldout, "n_samples": n_eval}, upstream)
+        base_eval = run_cached(evaluate_model_task, store, "evaluate", {"model": model, "heldout": heldout, "n_samples": n_eval, **template},
+                               upstream)
         summary["alignment"] = {"method": method, "scorer": cfg.scorer, "train_rows": aligned["manifest"]["n_train_rows"],
                                 "base": {k: base_eval["manifest"].get(k) for k in keys}, "aligned": evaluate(aligned),
                                 "baselines": {name: evaluate(a) for name, (_, a) in baselines.items()}}

@@ -22,7 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from saev_core import __version__
 from saev_core.filter import load_filtered
+from saev_core.inputs import encode, read_chat_template, render, use_chat_template
 from saev_core.io import atomic_dir, read_json, write_json
+from saev_core.torchvision_compat import ensure_torchvision
+
+ensure_torchvision()  # before transformers imports it for a fast image or video processor
 
 
 class AlignConfig(BaseModel):
@@ -47,10 +51,12 @@ class AlignConfig(BaseModel):
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_target_modules: list[str] | str = Field("all-linear", description="peft target_modules")
+    chat_template: str | None = Field(None, description="Jinja chat template file, for a processor that ships none (PaliGemma); "
+                                      "saved with the aligned model's processor")
 
 
 def check_inputs(cfg: AlignConfig):
-    """Fail before training on an empty or unsuitable artifact or a model without a processor."""
+    """Fail before training on an empty or unsuitable artifact or a model without a processor or template."""
     from transformers import AutoProcessor
 
     manifest = Path(cfg.data) / "manifest.json"
@@ -68,7 +74,32 @@ def check_inputs(cfg: AlignConfig):
     if not hasattr(processor, "image_processor"):
         raise ValueError(f"the processor of {cfg.model} ({type(processor).__name__}) has no image processor; "
                          "alignment needs an image-text-to-text model")
+    use_chat_template(processor, read_chat_template(cfg.chat_template) if cfg.chat_template else None)
+    check_collation(processor, cfg.method)
     return data, processor, read_json(manifest)
+
+
+def check_collation(processor, method: str) -> None:
+    """Fail before training where TRL's vision collators cannot build a batch.
+
+    They tokenise each prompt (with its image) and each completion (text only) apart and
+    concatenate the two. A processor that refuses text without images (PaliGemma) fails on the
+    completion, and a cross-attention mask (Mllama) is left at the prompt's length, so the forward
+    pass fails on a shape mismatch mid-training. Both are probed here on one tiny input."""
+    from PIL import Image
+
+    name, trainer = type(processor).__name__, f"TRL's {'SFTTrainer' if method == 'sft' else 'DPOTrainer'}"
+    prompt = render(processor, "?")  # NoChatTemplate names the fix
+    try:
+        processor(text=["?"], return_tensors="pt", add_special_tokens=False)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{name} cannot tokenise a completion without its image ({e}), and {trainer} does exactly that; "
+                         "this family cannot be aligned through TRL's prompt-completion collators") from None
+    probe = encode(processor, [prompt], [Image.new("RGB", (32, 32))])
+    if "cross_attention_mask" in probe:
+        raise ValueError(f"{name} feeds images by cross-attention and {trainer} does not extend its cross_attention_mask over the "
+                         "completion, so training would fail mid-step; this family cannot be aligned through TRL (and SAE-V's "
+                         "image/text overlap means nothing in its residual stream)")
 
 
 def run_alignment(cfg: AlignConfig) -> dict:

@@ -216,12 +216,13 @@ def eval_sae(
     n_samples: int = typer.Option(100, help="Held-out samples for the cross-entropy metrics."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Where to write eval.json and eval.md (default: the run directory)."),
+    chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Jinja chat template file (default: the one the dump used, else the processor's)."),
 ):
     """Evaluate an SAE: reconstruction per modality, firing statistics, CE-loss-recovered."""
     from saev_core.evaluate import evaluate_run
 
     try:
-        report = evaluate_run(run, activations=activations, n_samples=n_samples, device=device, out=out)
+        report = evaluate_run(run, activations=activations, n_samples=n_samples, device=device, out=out, chat_template=chat_template)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         fail(str(e))
     typer.echo(report["markdown"])
@@ -438,6 +439,7 @@ def align(
     out: str = typer.Option(..., "--out", "-o", help="Where the aligned model (save_pretrained) and manifest go."),
     model: str = typer.Option(f"{DEFAULT_DEMO_DIR}/model", help="Base model: hub id or local path."),
     method: str = typer.Option("sft", help="sft (SFTTrainer) or dpo (DPOTrainer)."),
+    chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Jinja chat template file, for a processor that ships none (e.g. PaliGemma)."),
     set_: list[str] = typer.Option([], "--set", help="Override any AlignConfig field, e.g. --set lr=1e-5 --set epochs=2."),
 ):
     """Align the base model on a filtered subset with TRL (multi-GPU: `accelerate launch -m saev_core align ...`).
@@ -446,7 +448,8 @@ def align(
     """
     from saev_core.align import AlignConfig, run_alignment
 
-    cfg = validate(AlignConfig, apply_set({"data": data, "out": out, "model": model, "method": method}, set_))
+    cfg = validate(AlignConfig, apply_set(merge({"data": data, "out": out, "model": model, "method": method},
+                                                {"chat_template": chat_template}), set_))
     try:
         m = run_alignment(cfg)
     except (ValueError, FileNotFoundError, OSError) as e:
@@ -463,13 +466,15 @@ def evaluate(
     reference: Optional[str] = typer.Option(None, help="Reference model for the DPO reward margin (e.g. the base model)."),
     beta: float = typer.Option(0.1, help="DPO beta for the reward margin."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Jinja chat template file, for a processor that ships none (e.g. PaliGemma)."),
 ):
     """Answer accuracy, response NLL, preference accuracy and reward margin of a model on a held-out split."""
     from saev_core.data import DatasetSpec
     from saev_core.model_eval import evaluate_model
 
     try:
-        report = evaluate_model(model, DatasetSpec(path=heldout), n_samples, reference=reference, beta=beta, device=device)
+        report = evaluate_model(model, DatasetSpec(path=heldout), n_samples, reference=reference, beta=beta, device=device,
+                                chat_template=chat_template)
     except (ValueError, FileNotFoundError, OSError) as e:
         fail(str(e))
     typer.echo(json.dumps(report, indent=2))

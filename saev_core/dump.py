@@ -31,19 +31,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from saev_core import __version__
 from saev_core.data import DatasetSpec, Rejection, Sample, first_rows, iter_samples, open_dataset, resolve_columns
-from saev_core.inputs import encode, render, to_model
+from saev_core.inputs import chat_template_digest, encode, read_chat_template, render, to_model
 from saev_core.io import atomic_path, claim_output_dir, remove_stale_tmp, write_json
 from saev_core.modeling import ModelBundle, StopForward, capture_residual, check_layer, load_model
 
 MODALITIES = ("image", "text", "special")
 FP16_MAX = 65504.0
-# Fields that do not change what a shard contains; a resumed run may change them.
-_RUNTIME_FIELDS = {"out", "batch_size", "progress", "cpu_threads", "row_group_mb"}
+# Fields that do not change what a shard contains; a resumed run may change them. The chat
+# template counts by its content (chat_template_sha256), not by where its file lies.
+_RUNTIME_FIELDS = {"out", "batch_size", "progress", "cpu_threads", "row_group_mb", "chat_template"}
+TEMPLATE_FILE = "chat_template.jinja"  # the dump's copy of a --chat-template, for the stages that reload the model
 
 
 class DumpConfig(BaseModel):
@@ -63,11 +65,21 @@ class DumpConfig(BaseModel):
     act_dtype: Literal["float16", "float32"] = Field("float16", description="stored activation dtype")
     max_length: int | None = Field(None, ge=1, description="longest prompt in tokens; default: the model's context")
     chat_template: str | None = Field(None, description="Jinja chat template file, for a processor that ships none (PaliGemma)")
+    chat_template_sha256: str | None = Field(None, description="sha256 of the chat_template file's content; filled in when absent")
     stop_at_layer: bool = Field(True, description="skip the blocks after the hooked one")
     compression: Literal["zstd", "lz4", "snappy", "none"] = "zstd"
     row_group_mb: int = Field(64, ge=1, description="target Parquet row-group size; batches are buffered up to it")
     cpu_threads: int | None = Field(None, ge=1, description="torch threads for a CPU forward (default: torch's own setting)")
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _template_digest(self) -> "DumpConfig":
+        digest = chat_template_digest(self.chat_template)
+        if self.chat_template_sha256 is not None and self.chat_template_sha256 != digest:
+            raise ValueError(f"the chat template {self.chat_template} changed since this config was made (its sha256 differs); "
+                             "rerun from a fresh config to dump with the new template")
+        self.chat_template_sha256 = digest
+        return self
 
     def identity(self) -> dict:
         return self.model_dump(mode="json", exclude=_RUNTIME_FIELDS)
@@ -392,6 +404,12 @@ def run_dump(cfg: DumpConfig, bundle: ModelBundle | None = None, overwrite: bool
     return write_manifest(cfg, bundle, layer, ds, results)
 
 
+def hook_description(bundle: ModelBundle, layer: int) -> str:
+    """What the dump holds, in words: block ``layer``'s output, pre-norm for the last block."""
+    last = ", before the final norm (hidden_states[-1] is after it)" if layer == bundle.n_layers - 1 else f" (= hidden_states[{layer + 1}])"
+    return f"{bundle.layers_path}.{layer} output: the residual stream after decoder block {layer}{last}"
+
+
 def write_manifest(cfg: DumpConfig, bundle: ModelBundle, layer: int, ds, results: list[ShardResult]) -> dict:
     rows = {m: sum(r.rows[m] for r in results) for m in MODALITIES}
     manifest = {
@@ -400,7 +418,7 @@ def write_manifest(cfg: DumpConfig, bundle: ModelBundle, layer: int, ds, results
         "saev_core_version": __version__,
         "model": cfg.model,
         "layer": layer,
-        "hook": f"{bundle.layers_path}.{layer} output (residual stream after decoder block {layer})",
+        "hook": hook_description(bundle, layer),
         "d_model": bundle.d_model,
         "n_layers": bundle.n_layers,
         "act_dtype": cfg.act_dtype,
@@ -414,10 +432,16 @@ def write_manifest(cfg: DumpConfig, bundle: ModelBundle, layer: int, ds, results
         "n_rejected": sum(r.n_rejected for r in results),
         "rows": {**rows, "total": sum(rows.values())},
         "image_token_id": bundle.image_token_id,
+        "chat_template": TEMPLATE_FILE if cfg.chat_template else None,
+        # transformers picks a torchvision or a PIL image processor by what is installed; they resize differently
+        "image_processor": type(bundle.processor.image_processor).__name__,
         "shards": [
             {"file": f"activations/{shard_name(r.index)}", "samples": r.n_samples, "rejected": r.n_rejected, "rows": sum(r.rows.values())}
             for r in results
         ],
     }
+    if cfg.chat_template:
+        with atomic_path(Path(cfg.out) / TEMPLATE_FILE) as tmp:
+            Path(tmp).write_text(read_chat_template(cfg.chat_template))
     write_json(Path(cfg.out) / "manifest.json", manifest)
     return manifest

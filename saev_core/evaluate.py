@@ -222,8 +222,11 @@ def render_markdown(report: dict) -> str:
 
 
 def evaluate_run(run: str, activations: str | None = None, n_samples: int = 100, device: str = "auto",
-                 out: str | None = None) -> dict:
-    """Full evaluation of a trained SAE; writes eval.json and eval.md and returns the report."""
+                 out: str | None = None, chat_template: str | None = None) -> dict:
+    """Full evaluation of a trained SAE; writes eval.json and eval.md and returns the report.
+
+    The model renders prompts with ``chat_template`` when given, else with the template the dump
+    used (its copy in the dump directory), else with its processor's own."""
     from pathlib import Path
 
     from saev_core.checkpoint import load_sae
@@ -247,7 +250,9 @@ def evaluate_run(run: str, activations: str | None = None, n_samples: int = 100,
     rec.pop("firing_rates")
     report = {"sae": str(sae_dir), "activations": str(activations), "reconstruction": rec}
     if n_samples > 0:
-        bundle = load_model(dump.manifest["model"], device=device)
+        if chat_template is None and dump.manifest.get("chat_template"):
+            chat_template = str(Path(activations) / dump.manifest["chat_template"])
+        bundle = load_model(dump.manifest["model"], device=device, chat_template=chat_template)
         samples = heldout_samples(dump, n_samples)
         layer = int(dump.manifest["layer"])
         report["ce_with_images"] = cross_entropy(bundle, sae, layer, samples, with_image=True)

@@ -15,6 +15,9 @@ one prompt with N images, pixel values left in float32 beside a bf16 model). Her
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import torch
 
 from saev_core.prompts import conversation
@@ -28,6 +31,26 @@ def chat_template(processor) -> str | None:
     """The processor's chat template, else its tokenizer's (``modeling.load_model`` puts a
     user-given one on the processor)."""
     return getattr(processor, "chat_template", None) or getattr(getattr(processor, "tokenizer", None), "chat_template", None)
+
+
+def read_chat_template(path: str) -> str:
+    """The text of a Jinja chat template file, failing clearly when it is missing."""
+    template = Path(path).expanduser()
+    if not template.is_file():
+        raise FileNotFoundError(f"chat template file {template} does not exist; pass a Jinja template file (--chat-template FILE)")
+    return template.read_text()
+
+
+def chat_template_digest(path: str | None) -> str | None:
+    """sha256 of a template file's content, so a config's identity changes when the file does."""
+    return None if path is None else hashlib.sha256(read_chat_template(path).encode()).hexdigest()
+
+
+def use_chat_template(processor, template: str | None = None) -> None:
+    """Put the one template every stage renders with on the processor (where TRL looks too): the
+    given text (a ``--chat-template`` file's), else the processor's own, else its tokenizer's
+    (Chameleon keeps it there)."""
+    processor.chat_template = template or chat_template(processor)
 
 
 def render(processor, question: str, response: str | None = None, *, with_image: bool = True) -> str:

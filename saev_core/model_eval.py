@@ -73,9 +73,10 @@ def generate_answers(bundle: ModelBundle, samples: list[Sample], max_new_tokens:
 
 def evaluate_model(model: str | ModelBundle, heldout: DatasetSpec, n_samples: int | None = None, reference: str | ModelBundle | None = None,
                    beta: float = 0.1, device: str = "auto", batch_size: int = 32, key_column: str = "key",
-                   max_new_tokens: int = 48) -> dict:
-    """All four metrics on up to ``n_samples`` rows of ``heldout``; a reference model adds the reward margin."""
-    bundle = model if isinstance(model, ModelBundle) else load_model(model, device=device)
+                   max_new_tokens: int = 48, chat_template: str | None = None) -> dict:
+    """All four metrics on up to ``n_samples`` rows of ``heldout``; a reference model adds the reward margin.
+    ``chat_template`` (a Jinja file) is for models whose processor ships none; it serves the reference too."""
+    bundle = model if isinstance(model, ModelBundle) else load_model(model, device=device, chat_template=chat_template)
     ds = open_dataset(heldout)
     samples = [s for s in iter_samples(ds, heldout, 0, n_samples) if isinstance(s, Sample)]
     if not samples:
@@ -96,7 +97,7 @@ def evaluate_model(model: str | ModelBundle, heldout: DatasetSpec, n_samples: in
         r, _ = response_logps(bundle, prefs, [s.rejected for s in prefs], batch_size)
         report.update(preference_accuracy=float((c > r).float().mean()), logp_margin=float((c - r).mean()))
         if reference is not None:
-            ref = reference if isinstance(reference, ModelBundle) else load_model(reference, device=device)
+            ref = reference if isinstance(reference, ModelBundle) else load_model(reference, device=device, chat_template=chat_template)
             c0, _ = response_logps(ref, prefs, [s.chosen for s in prefs], batch_size)
             r0, _ = response_logps(ref, prefs, [s.rejected for s in prefs], batch_size)
             report["reward_margin"] = float((beta * ((c - c0) - (r - r0))).mean())

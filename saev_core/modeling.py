@@ -6,13 +6,15 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import torch
 from torch import nn
 
-from saev_core.inputs import chat_template as chat_template_of
+from saev_core.inputs import read_chat_template, use_chat_template
+from saev_core.torchvision_compat import ensure_torchvision
+
+ensure_torchvision()  # before transformers imports it for a fast image or video processor
 
 
 class StopForward(Exception):
@@ -94,6 +96,7 @@ def load_model(model_id: str, device: str = "auto", dtype: str = "auto", chat_te
     path = os.path.expanduser(model_id)
     if _is_local_path(model_id) and not os.path.isdir(path):
         raise FileNotFoundError(f"model path {path} does not exist; pass a local save_pretrained directory or a hub id (e.g. llava-hf/llava-v1.6-mistral-7b-hf)")
+    template = read_chat_template(chat_template) if chat_template is not None else None
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     processor = AutoProcessor.from_pretrained(path)
@@ -101,13 +104,7 @@ def load_model(model_id: str, device: str = "auto", dtype: str = "auto", chat_te
     if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
         raise ValueError(f"{model_id} has no image-text processor (got {type(processor).__name__}); saev needs a multimodal processor")
     tok = processor.tokenizer
-    if chat_template is not None:
-        template = Path(chat_template).expanduser()
-        if not template.is_file():
-            raise FileNotFoundError(f"chat template file {template} does not exist; pass a Jinja template file")
-        processor.chat_template = template.read_text()
-    else:  # the one fallback rule (Chameleon keeps it on the tokenizer), so TRL's own rendering finds it too
-        processor.chat_template = chat_template_of(processor)
+    use_chat_template(processor, template)
     # Right padding keeps every real token at the position it has when run alone.
     tok.padding_side = "right"
     image_token_id = getattr(model.config, "image_token_id", None) or getattr(model.config, "image_token_index", None)
@@ -133,7 +130,9 @@ def check_layer(bundle: ModelBundle, layer: int) -> int:
 def capture_residual(layers: nn.ModuleList, layer: int, stop: bool = True) -> Iterator[dict]:
     """Capture the residual stream after decoder block ``layer`` into ``box['act']``.
 
-    This equals ``hidden_states[layer + 1]`` of ``output_hidden_states=True``. With ``stop``
+    This equals ``hidden_states[layer + 1]`` of ``output_hidden_states=True`` for every block
+    but the last: transformers puts the final norm's output in ``hidden_states[-1]``, while the
+    hook sees the last block's own output, before that norm. With ``stop``
     the hook raises :class:`StopForward` so later blocks and the LM head never run; the caller
     wraps the forward in ``with contextlib.suppress(StopForward)``.
     """

@@ -23,10 +23,10 @@ def align_task(root: str, config: dict, upstream: list[str]) -> dict:
 
 @task(name="evaluate-model", tags=["gpu"])
 def evaluate_model_task(root: str, config: dict, upstream: list[str]) -> dict:
-    """Held-out metrics of one model (config: model, heldout, n_samples, reference)."""
+    """Held-out metrics of one model (config: model, heldout, n_samples, reference, chat_template)."""
     def run(out):
         report = evaluate_model(config["model"], DatasetSpec(path=config["heldout"]), config.get("n_samples"),
-                                reference=config.get("reference"))
+                                reference=config.get("reference"), chat_template=config.get("chat_template"))
         report.pop("examples", None)
         return report
 

@@ -35,7 +35,12 @@ from pathlib import Path
 
 import torch
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+
+from saev_core.torchvision_compat import ensure_torchvision
+
+ensure_torchvision()  # before transformers' image and video modules import it
+
+from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 FAMILIES: tuple[str, ...] = (
     "llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3",

@@ -11,6 +11,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(_CACHE, "hf-datasets"))
 os.environ.setdefault("PREFECT_HOME", os.path.join(_CACHE, "prefect"))
 os.environ.setdefault("TQDM_DISABLE", "1")
+# A flow run in a subprocess starts its own ephemeral Prefect server; Prefect gives it 20 s, which a
+# loaded 2-core machine can miss ("Timed out while attempting to connect to ephemeral Prefect API server").
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
 
 import pytest  # noqa: E402
 

@@ -52,6 +52,27 @@ def test_hooked_tensor_equals_model_hidden_state(bundle, rlaif):
         assert torch.equal(residual(bundle, inputs, LAYER, stop=stop), ref)
 
 
+def test_last_block_is_hooked_before_the_final_norm(bundle, rlaif, tmp_path, world_dir):
+    """``--layer -1`` is the last block's output: the residual before the final norm, so it is not
+    ``hidden_states[-1]`` (after the norm), and the final norm of it is."""
+    samples = [s for s in iter_samples(open_dataset(rlaif), rlaif, 0, 3)]
+    [(_, inputs)], _ = encode_batch(bundle, samples, include_response=False, max_length=bundle.max_length)
+    last = bundle.n_layers - 1
+    with torch.inference_mode():
+        hidden = bundle.model(**inputs, output_hidden_states=True).hidden_states
+        got = residual(bundle, inputs, last)
+        normed = bundle.model.get_decoder().norm(got)
+    assert not torch.allclose(got, hidden[-1], atol=1e-3)
+    torch.testing.assert_close(normed, hidden[-1])
+    torch.testing.assert_close(residual(bundle, inputs, last - 1), hidden[-2], rtol=0, atol=0)
+    cfg = DumpConfig(model=str(world_dir / "model"), dataset=rlaif.model_copy(update={"limit": 3}), layer=-1, out=str(tmp_path / "d"),
+                     device="cpu", progress=False)
+    m = run_dump(cfg, bundle=bundle)
+    assert m["layer"] == last and "before the final norm" in m["hook"]
+    with pytest.raises(ValueError, match=f"layer {-bundle.n_layers - 1} is out of range"):
+        run_dump(cfg.model_copy(update={"layer": -bundle.n_layers - 1, "out": str(tmp_path / "e")}), bundle=bundle)
+
+
 def test_manifest_and_rows(dumped, bundle, rlaif):
     cfg, m = dumped
     assert m["n_samples"] == 40 and m["n_rejected"] == 0

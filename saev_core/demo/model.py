@@ -7,7 +7,12 @@ from dataclasses import dataclass
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import (
+
+from saev_core.torchvision_compat import ensure_torchvision
+
+ensure_torchvision()  # before transformers' image modules import it
+
+from transformers import (  # noqa: E402
     CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
@@ -15,9 +20,9 @@ from transformers import (
     LlavaProcessor,
     PreTrainedTokenizerFast,
 )
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil  # noqa: E402
 
-from saev_core.demo.scenes import vocabulary
+from saev_core.demo.scenes import vocabulary  # noqa: E402
 
 PAD, BOS, EOS, UNK, IMAGE = "<pad>", "<s>", "</s>", "<unk>", "<image>"
 SPECIALS = (PAD, BOS, EOS, UNK, IMAGE)
