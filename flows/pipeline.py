@@ -12,13 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flows.stages import AlignOverrides, DumpOverrides, ScoreOverrides, TrainOverrides, dump_config
+from saev_core.align import AlignConfig
 from saev_core.data import DatasetSpec
 from saev_core.demo.build import DemoConfig
 from saev_core.demo.defaults import DEMO_ALIGN, DEMO_DUMP, DEMO_SAE, DEMO_SCORER
 from saev_core.dump import DumpConfig, plan_shards
 from saev_core.inputs import chat_template_digest
+from saev_core.overrides import set_fields
+from saev_core.score_dataset import ScoreConfig
 from saev_core.store import ArtifactStore, stage_key
 from saev_core.train import TrainConfig
 from tasks.align import align_task, evaluate_model_task
@@ -43,22 +47,33 @@ class PipelineConfig(BaseModel):
     chat_template: str | None = Field(None, description="Jinja chat template file for a processor that ships none (PaliGemma), for every stage")
     layer: int = Field(0, description="decoder block to hook; 0 for the demo model, whose modalities share features early (bench/RESULTS.md)")
     limit: int | None = Field(None, ge=1, description="cap on the rows used (quick runs)")
-    dump: dict = Field(default_factory=dict, description="DumpConfig overrides")
+    dump: DumpOverrides = Field(default_factory=DumpOverrides, description="DumpConfig overrides")
     shard_tasks: bool = Field(False, description="one task per shard for dump and scoring, for a Dask/Ray task runner over machines")
-    sae: dict = Field(default_factory=dict, description="TrainConfig overrides (on top of the demo SAE)")
-    frontier: list[dict] = Field(default_factory=lambda: [{"k": 4}, {"k": 32}],
+    sae: TrainOverrides = Field(default_factory=TrainOverrides, description="TrainConfig overrides (on top of the demo SAE)")
+    frontier: list[TrainOverrides] = Field(default_factory=lambda: [TrainOverrides(k=4), TrainOverrides(k=32)],
                                  description="extra SAEs (overrides on top of `sae`) trained on the same dump for the report's FVU-vs-L0 frontier")
     frontier_tokens: float = Field(0.25, gt=0, le=1, description="share of the SAE's training tokens each frontier SAE gets "
                                                                  "(unless it sets total_tokens); 0.25 keeps `make run` within 8 min")
     eval_samples: int = Field(100, ge=0, description="held-out samples for SAE cross-entropy and model evaluation")
-    score: dict = Field(default_factory=dict, description="ScoreConfig overrides")
+    score: ScoreOverrides = Field(default_factory=ScoreOverrides, description="ScoreConfig overrides")
     scorer: str = Field(DEMO_SCORER, description="scorer that picks the kept subset (chosen on the validation world, bench/RESULTS.md)")
     top_fraction: float = Field(0.5, gt=0, le=1)
-    align: dict = Field(default_factory=lambda: dict(DEMO_ALIGN), description="AlignConfig overrides")
+    align: AlignOverrides = Field(default_factory=lambda: AlignOverrides(**DEMO_ALIGN), description="AlignConfig overrides")
     compare: bool = Field(True, description="with labels: also align on a random and an oracle (clean rows) subset of the same size")
     report_latents: int = Field(50, ge=0, description="latent pages in the HTML report (0: no report)")
     labels: str | None = Field(None, description="evaluation-only labels for the scorer AUROC; default: the demo world's")
     heldout: str | None = Field(None, description="held-out split for model evaluation; default: the demo world's")
+
+    @model_validator(mode="after")
+    def _stages_hold_together(self) -> "PipelineConfig":
+        """Each stage's whole config with placeholder paths, so a bad combination of fields (relu
+        with k, a scorer that does not exist) fails when the flow starts, not after the dump."""
+        sae = {**DEMO_SAE, **set_fields(self.sae), "activations": "-", "out": "-"}
+        for extra in [{}, *map(set_fields, self.frontier)]:
+            TrainConfig.model_validate({**sae, **extra})
+        ScoreConfig.model_validate({**set_fields(self.score), "activations": "-", "sae": "-"})
+        AlignConfig.model_validate({**set_fields(self.align), "model": "-", "data": "-", "out": "-"})
+        return self
 
 
 def dump_stage(store: ArtifactStore, config: dict, upstream: list[str], shard_tasks: bool = False) -> dict:
@@ -102,16 +117,16 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
     # The template counts by its content: a changed file changes the dump's key and all below it.
     template = {"chat_template": cfg.chat_template, "chat_template_sha256": chat_template_digest(cfg.chat_template)} \
         if cfg.chat_template else {}
-    dump_conf = {"model": model, "dataset": spec.model_dump(), "layer": cfg.layer, **(DEMO_DUMP if world else {}), **template, **cfg.dump}
+    dump_conf = dump_config(model, spec, cfg.layer, {**(DEMO_DUMP if world else {}), **template, **set_fields(cfg.dump)})
     dump = dump_stage(store, dump_conf, upstream, cfg.shard_tasks)
-    sae_conf = {**DEMO_SAE, **cfg.sae, "activations": dump["path"]}
+    sae_conf = {**DEMO_SAE, **set_fields(cfg.sae), "activations": dump["path"]}
     sae = run_cached(train_sae_task, store, "train", sae_conf, [dump["key"]])
     main = TrainConfig.model_validate({**sae_conf, "out": "-"})
     frontier_budget = {"total_tokens": max(int(main.total_tokens * cfg.frontier_tokens), main.batch_size)}
-    frontier = [run_cached(train_sae_task, store, "frontier", {**sae_conf, **frontier_budget, **extra}, [dump["key"]], "frontier")
+    frontier = [run_cached(train_sae_task, store, "frontier", {**sae_conf, **frontier_budget, **set_fields(extra)}, [dump["key"]], "frontier")
                 for extra in cfg.frontier] if cfg.report_latents else []
     sae_eval = run_cached(eval_sae_task, store, "eval-sae", {"run": sae["path"], "n_samples": cfg.eval_samples}, [sae["key"]])
-    score_conf = {"activations": dump["path"], "sae": sae["path"], "dataset_name": cfg.dataset_name, **cfg.score}
+    score_conf = {"activations": dump["path"], "sae": sae["path"], "dataset_name": cfg.dataset_name, **set_fields(cfg.score)}
     scored = score_stage(store, score_conf, [dump["key"], sae["key"]], len(dump["manifest"]["shards"]), cfg.shard_tasks)
     sae_id = scored["manifest"]["sae_id"]
     report_conf = {"dataset": cfg.dataset_name, "sae_id": sae_id, "n_latents": cfg.report_latents,
@@ -123,7 +138,7 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
     def filter_and_align(conf: dict) -> tuple[dict, dict]:
         kept = run_cached(filter_dataset_task, store, "filter", conf, [scored["key"]])
         align_conf = {"model": model, "data": str(Path(kept["path"]) / "data"),
-                      **({"chat_template": cfg.chat_template} if cfg.chat_template else {}), **cfg.align}
+                      **({"chat_template": cfg.chat_template} if cfg.chat_template else {}), **set_fields(cfg.align)}
         return kept, run_cached(align_task, store, "align", align_conf, [kept["key"]])
 
     filtered, aligned = filter_and_align(filter_conf)

@@ -16,7 +16,9 @@ import yaml
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.stages import DumpOverrides, ScoreOverrides, dump_config, dump_settings
 from saev_core.data import DatasetSpec
+from saev_core.overrides import set_fields
 from saev_core.score_dataset import resolve_sae_dir, sae_id_of
 from saev_core.store import ArtifactStore
 from saev_core.tables import check_partition_value, manifest_path
@@ -33,8 +35,8 @@ class RescoreConfig(BaseModel):
     sae: str | None = Field(None, description="SAE directory; default: the newest train artifact in the store")
     model: str | None = Field(None, description="default: the model of the SAE's dump")
     layer: int | None = Field(None, description="default: the layer of the SAE's dump")
-    dump: dict = Field(default_factory=dict, description="DumpConfig overrides")
-    score: dict = Field(default_factory=dict, description="ScoreConfig overrides")
+    dump: DumpOverrides = Field(default_factory=DumpOverrides, description="DumpConfig overrides (on top of the SAE's own dump)")
+    score: ScoreOverrides = Field(default_factory=ScoreOverrides, description="ScoreConfig overrides")
 
 
 def read_registry(path: str | Path) -> list[tuple[str, DatasetSpec]]:
@@ -50,18 +52,20 @@ def read_registry(path: str | Path) -> list[tuple[str, DatasetSpec]]:
     return out
 
 
-def current_sae(store: ArtifactStore, cfg: RescoreConfig) -> tuple[str, str, int, list[str]]:
-    """(SAE dir, model, layer, upstream keys) of the SAE to score with."""
+def current_sae(store: ArtifactStore, cfg: RescoreConfig) -> tuple[str, str, int, list[str], dict]:
+    """(SAE dir, model, layer, upstream keys, dump settings) of the SAE to score with: new datasets
+    are dumped the way the SAE's own training data was (prompt + response or not, dtypes, ...)."""
     if cfg.sae is not None:
         if cfg.model is None or cfg.layer is None:
             raise ValueError("with an explicit sae, also give model and layer (the ones its activations came from)")
-        return str(resolve_sae_dir(cfg.sae)), cfg.model, cfg.layer, []
+        return str(resolve_sae_dir(cfg.sae)), cfg.model, cfg.layer, [], {}
     train = store.newest("train")
     if train is None:
         raise ValueError(f"no trained SAE in {store.location}; run the full pipeline first or pass sae/model/layer")
     store.fetch("train", train["key"])
     dump = store.record("dump", train["upstream"][0])
-    return train["path"], cfg.model or dump["config"]["model"], cfg.layer if cfg.layer is not None else dump["config"]["layer"], [train["key"]]
+    return (train["path"], cfg.model or dump["config"]["model"], cfg.layer if cfg.layer is not None else dump["config"]["layer"],
+            [train["key"]], dump_settings(dump["config"]))
 
 
 @flow(name="nightly-rescore")
@@ -69,16 +73,16 @@ def nightly_rescore(config: RescoreConfig = RescoreConfig()) -> dict:  # noqa: B
     logger = get_run_logger()
     store = ArtifactStore.at(config.artifacts)
     store.pull_tables()
-    sae_dir, model, layer, upstream = current_sae(store, config)
+    sae_dir, model, layer, upstream, settings = current_sae(store, config)
     sae_id = sae_id_of(resolve_sae_dir(sae_dir))
     done, scored = [], []
     for name, spec in read_registry(config.registry):
         if manifest_path(store.tables, name, sae_id).exists():
             done.append(name)
             continue
-        dump_conf = {"model": model, "dataset": spec.model_dump(), "layer": layer, **config.dump}
+        dump_conf = dump_config(model, spec, layer, {**settings, **set_fields(config.dump)})
         dump = run_cached(dump_activations, store, "dump", dump_conf, [])
-        score_conf = {"activations": dump["path"], "sae": sae_dir, "dataset_name": name, **config.score}
+        score_conf = {"activations": dump["path"], "sae": sae_dir, "dataset_name": name, **set_fields(config.score)}
         run_cached(score_dataset_task, store, "score", score_conf, [dump["key"], *upstream], valid=partition_is_current(store.location))
         scored.append(name)
     logger.info("nightly re-scoring with SAE %s: scored %s, already scored %s", sae_id, scored or "none", done or "none")

@@ -183,6 +183,27 @@ def test_standalone_commands_default_to_what_the_pipeline_built(first_run, tmp_p
     assert out["sae_id"] == state.result()["sae_id"] and out["n_samples"] == 30
 
 
+@pytest.mark.parametrize("stage, typo, says", [
+    ("sae", {"totl_tokens": 5}, "sae.totl_tokens"), ("dump", {"batch_sise": 4}, "dump.batch_sise"),
+    ("score", {"scorers": ["saevv"]}, "unknown scorer 'saevv'"), ("align", {"method": "ppo"}, "align.method"),
+    ("sae", {"architecture": "relu"}, "k is for topk/batchtopk"),
+])
+def test_a_typo_in_a_stage_override_fails_at_the_door(world_dir, tmp_path, stage, typo, says):
+    """Before any stage runs (nothing is written), naming the field."""
+    from pydantic import ValidationError
+
+    from flows.pipeline import PipelineConfig
+    from flows.rescore import RescoreConfig
+
+    conf = flow_config(world_dir, tmp_path / "artifacts")
+    with pytest.raises(ValidationError, match=says.replace("(", r"\(")):
+        PipelineConfig.model_validate({**conf, stage: {**conf.get(stage, {}), **typo}})
+    if stage in ("dump", "score") and "." in says:
+        with pytest.raises(ValidationError, match=says.split(".")[1]):
+            RescoreConfig.model_validate({stage: typo})
+    assert not (tmp_path / "artifacts").exists()
+
+
 def test_nightly_rescore_scores_only_new_datasets(first_run, world_dir, tmp_path):
     import yaml
 
@@ -199,15 +220,24 @@ def test_nightly_rescore_scores_only_new_datasets(first_run, world_dir, tmp_path
     cfg = RescoreConfig(artifacts=str(root), registry=str(registry), dump={"progress": False}, score={"progress": False})
     assert nightly_rescore(cfg)["scored"] == []
 
+    # The pipeline's own dataset under another name: nightly builds the dump config the way the
+    # pipeline does (one shared function), so its key is the pipeline's and the dump is reused.
+    store = ArtifactStore.at(root)
+    dumps = {r["key"] for r in store.list() if r["stage"] == "dump"}
+    (registry / "again.yaml").write_text(yaml.safe_dump(
+        {"name": "demo-rlaif-again", "dataset": {"path": str(world_dir / "datasets/demo-rlaif/train.parquet"), "limit": 30}}))
+    assert nightly_rescore(cfg)["scored"] == ["demo-rlaif-again"]
+    assert {r["key"] for r in store.list() if r["stage"] == "dump"} == dumps
+
     (registry / "new.yaml").write_text(yaml.safe_dump(
         {"name": "demo-align", "dataset": {"path": str(world_dir / "datasets/demo-align-anything/train.parquet"), "limit": 20}}))
     res = nightly_rescore(cfg)
-    assert res["scored"] == ["demo-align"] and res["already_scored"] == ["demo-rlaif"]
+    assert res["scored"] == ["demo-align"] and res["already_scored"] == ["demo-rlaif-again", "demo-rlaif"]  # in file order
     assert old.stat().st_mtime_ns == stamp
     from saev_core.query import connect
 
     n = connect(root / "tables").execute("SELECT dataset, count(DISTINCT sample_id) FROM scores GROUP BY ALL ORDER BY ALL").fetchall()
-    assert n == [("demo-align", 20), ("demo-rlaif", 30)]
+    assert n == [("demo-align", 20), ("demo-rlaif", 30), ("demo-rlaif-again", 30)]
     assert nightly_rescore(cfg)["scored"] == []  # nothing new: nothing done
 
     (registry / "bad.yaml").write_text("dataset: [oops")

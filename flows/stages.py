@@ -1,0 +1,33 @@
+"""What the flows share about their stages: the typed overrides each flow config accepts, and
+the dump config both flows build, so the full pipeline and nightly-rescore give the same dataset
+the same dump (the same stage key, one cached artifact)."""
+
+from __future__ import annotations
+
+from saev_core.align import AlignConfig
+from saev_core.data import DatasetSpec
+from saev_core.dump import DumpConfig
+from saev_core.overrides import overrides_of
+from saev_core.score_dataset import ScoreConfig
+from saev_core.train import TrainConfig
+
+DumpOverrides = overrides_of(DumpConfig, set_by_flow=("model", "dataset", "layer", "out"))
+TrainOverrides = overrides_of(TrainConfig, set_by_flow=("activations", "out"))
+ScoreOverrides = overrides_of(ScoreConfig, set_by_flow=("activations", "sae", "tables", "dataset_name"))
+AlignOverrides = overrides_of(AlignConfig, set_by_flow=("model", "data", "out"))
+
+# What identifies the dump of one dataset apart from its settings.
+DUMP_TARGET = ("model", "dataset", "layer")
+
+
+def dump_config(model: str, spec: DatasetSpec, layer: int, settings: dict) -> dict:
+    """The dump stage's config: ``settings`` are every other DumpConfig field the flow sets."""
+    clash = set(settings) & set(DUMP_TARGET)
+    if clash:
+        raise ValueError(f"dump settings may not set {sorted(clash)}: the flow sets model, dataset and layer itself")
+    return {"model": model, "dataset": spec.model_dump(), "layer": layer, **settings}
+
+
+def dump_settings(dump_config: dict) -> dict:
+    """The settings of an existing dump config (for dumping another dataset the same way)."""
+    return {k: v for k, v in dump_config.items() if k not in DUMP_TARGET}
