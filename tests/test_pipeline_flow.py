@@ -26,7 +26,8 @@ def task_states(flow_state, settle_s: float = 300) -> dict[str, str]:
     """Task name -> state name of one flow run, read back from the Prefect API.
 
     Task states reach the API asynchronously (as events) and may trail the flow's return on a
-    loaded machine, so this waits until no task is still Pending or Running."""
+    loaded machine (a task run can even be listed before it has a state), so this waits until no
+    task is still Pending or Running."""
     import time
 
     from prefect.client.orchestration import get_client
@@ -36,7 +37,7 @@ def task_states(flow_state, settle_s: float = 300) -> dict[str, str]:
     with get_client(sync_client=True) as client:
         while True:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
-            states = {r.name: r.state.name for r in runs}
+            states = {r.name: r.state.name if r.state else "Pending" for r in runs}  # no state yet: its event is in flight
             if time.time() > deadline or not any(v in ("Pending", "Running") for v in states.values()):
                 return states
             time.sleep(1)
