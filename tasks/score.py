@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from saev_core.filter import FilterConfig, run_filter
 from saev_core.io import read_json, write_json
 from saev_core.quality import oracle_ranking, scorer_quality
-from saev_core.query import connect
+from saev_core.query import open_views
 from saev_core.score_dataset import ScoreConfig, resolve_sae_dir, run_scoring, sae_id_of
 from saev_core.store import ArtifactStore
 from saev_core.tables import manifest_path
@@ -97,7 +97,7 @@ def scorer_quality_task(root: str, labels: str, dataset: str, sae_id: str) -> li
     store = ArtifactStore.at(root)
     store.pull_tables()
     store.pull_inputs({"labels": labels}, [])
-    return scorer_quality(connect(store.tables), labels, dataset, sae_id)
+    return scorer_quality(open_views(store.tables), labels, dataset, sae_id)
 
 
 @task(name="report")
