@@ -136,8 +136,9 @@ def _refusal(e: duckdb.PermissionException) -> QueryRefused:
 
 
 class ReadOnlyResult:
-    """A query's result that can be read in every usual form and nothing else (a DuckDB
-    relation also offers ``write_csv``, ``to_parquet``, ``create_view`` and ``query``)."""
+    """A query's result (a relation from ``sql``, the executed connection from ``execute``) that
+    can be read in every usual form and nothing else (a DuckDB relation also offers
+    ``write_csv``, ``to_parquet``, ``create_view`` and ``query``; a connection everything)."""
 
     _READS = ("fetchall", "fetchone", "fetchmany", "fetchdf", "df", "to_df", "pl", "arrow", "fetch_arrow_table",
               "to_arrow_table", "fetchnumpy", "fetch_record_batch", "record_batch", "to_arrow_reader", "show")
@@ -185,8 +186,14 @@ class ReadOnlyConnection:
     query = sql
 
     def execute(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> ReadOnlyResult:
-        """Like ``sql``; the result is fetched from what this returns (``.fetchall()``, ``.df()``)."""
-        return self.sql(query, params)
+        """Run the query now, as DuckDB's ``execute`` does; fetch from what this returns
+        (``.fetchone()``, ``.fetchall()``, ``.df()``)."""
+        check_sql(query)
+        try:
+            self._con.execute(query, params or None)
+        except duckdb.PermissionException as e:
+            raise _refusal(e) from None
+        return ReadOnlyResult(self._con)
 
     def close(self) -> None:
         self._con.close()
