@@ -29,9 +29,11 @@ $(VISION_STAMP): $(STAMP)
 run: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 $(BIN)/python -m flows.pipeline
 
-# The report's browser test needs Chromium: Debian's package where apt-get can install it, else it is skipped.
+# The report's browser test needs Chromium, and the production-backend soak PostgreSQL: Debian's
+# packages where apt-get can install them, else those tests are skipped.
 test: $(STAMP) $(VISION_STAMP)
 	command -v chromium >/dev/null 2>&1 || apt-get install -y -q chromium >/dev/null 2>&1 || echo "chromium not installed: the browser test will be skipped"
+	command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt-get install -y -q postgresql >/dev/null 2>&1 || echo "postgresql not installed: the PostgreSQL soak will be skipped"
 	SAEV_VISION_PATH=$(abspath $(VISION)) $(BIN)/python -m pytest
 
 clean:

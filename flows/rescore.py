@@ -20,7 +20,7 @@ from flows.stages import DumpOverrides, ScoreOverrides, dump_config, dump_settin
 from saev_core.data import DatasetSpec
 from saev_core.overrides import set_fields
 from saev_core.score_dataset import resolve_sae_dir, sae_id_of
-from saev_core.store import ArtifactStore
+from saev_core.store import ArtifactStore, built_here
 from saev_core.tables import check_partition_value, manifest_path
 from tasks.common import run_cached
 from tasks.dump import dump_activations
@@ -83,8 +83,9 @@ def nightly_rescore(config: RescoreConfig = RescoreConfig()) -> dict:  # noqa: B
         dump_conf = dump_config(model, spec, layer, {**settings, **set_fields(config.dump)})
         dump = run_cached(dump_activations, store, "dump", dump_conf, [])
         score_conf = {"activations": dump["path"], "sae": sae_dir, "dataset_name": name, **set_fields(config.score)}
-        run_cached(score_dataset_task, store, "score", score_conf, [dump["key"], *upstream], valid=partition_is_current(store.location))
-        scored.append(name)
+        rec = run_cached(score_dataset_task, store, "score", score_conf, [dump["key"], *upstream],
+                         valid=partition_is_current(store.location))
+        (scored if built_here(rec) else done).append(name)  # a concurrent run may have scored it while this one waited
     logger.info("nightly re-scoring with SAE %s: scored %s, already scored %s", sae_id, scored or "none", done or "none")
     return {"sae_id": sae_id, "scored": scored, "already_scored": done, "tables": str(store.tables)}
 

@@ -13,6 +13,7 @@ Steps (each resumable; the manifest is written last and marks the partition comp
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -33,12 +34,12 @@ from saev_core.activations import ActivationDump
 from saev_core.checkpoint import load_sae
 from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
 from saev_core.features import SHARD_SAMPLES, encode_shard, fetch_residuals
-from saev_core.io import atomic_path, claim_output_dir, read_json, write_json
+from saev_core.io import atomic_path, claim_output_dir, file_lock, read_json, write_json
 from saev_core.modeling import resolve_device
 from saev_core.scoring import (SCORERS, SampleSummary, ScoringContext, check_scorers, fit_cofiring, get_scorer, merge_pools,
                                reference_subset, select_balanced, select_occurrences, weights_from_occurrences)
-from saev_core.tables import (DEFAULT_TABLES, FEATURE_STATS, SAMPLES, SCORES, TABLES, check_partition_value, manifest_path,
-                              part_name, partition_dir)
+from saev_core.tables import (DEFAULT_TABLES, FEATURE_STATS, SAMPLES, SCORES, TABLES, check_partition_value, lock_path,
+                              manifest_path, part_name, partition_dir)
 
 log = logging.getLogger(__name__)
 
@@ -199,135 +200,137 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
     sae_id = sae_id_of(sae_dir)
     root = Path(cfg.tables)
     identity = {**cfg.identity(), "dataset": dataset, "sae_id": sae_id, "saev_core_version": __version__}
-    mpath = manifest_path(root, dataset, sae_id)
-    if mpath.exists():
-        done = read_json(mpath)
-        if done.get("identity") == identity:
-            log.info("dataset %s is already scored with SAE %s; nothing to do", dataset, sae_id)
-            return done
-        if not overwrite:
-            raise ValueError(f"dataset {dataset} is already scored with SAE {sae_id} under another config "
-                             f"(see {mpath}); pass --overwrite to replace it or --dataset-name to score it under another name")
-        _remove_partitions(root, dataset, sae_id)
-    work = root / "_work" / f"dataset={dataset}" / f"sae_id={sae_id}"
-    if overwrite and work.exists():
-        shutil.rmtree(work)
-    claim_output_dir(work, identity, overwrite, "scoring work directory")
+    # The whole partition is one writer's at a time; shard-only calls write separate parts and run side by side.
+    with file_lock(lock_path(root, dataset, sae_id)) if shards is None else contextlib.nullcontext():
+        mpath = manifest_path(root, dataset, sae_id)
+        if mpath.exists():
+            done = read_json(mpath)
+            if done.get("identity") == identity:
+                log.info("dataset %s is already scored with SAE %s; nothing to do", dataset, sae_id)
+                return done
+            if not overwrite:
+                raise ValueError(f"dataset {dataset} is already scored with SAE {sae_id} under another config "
+                                 f"(see {mpath}); pass --overwrite to replace it or --dataset-name to score it under another name")
+            _remove_partitions(root, dataset, sae_id)
+        work = root / "_work" / f"dataset={dataset}" / f"sae_id={sae_id}"
+        if overwrite and work.exists():
+            shutil.rmtree(work)
+        claim_output_dir(work, identity, overwrite, "scoring work directory")
 
-    dump_samples = pa.concat_tables([pq.read_table(f) for f in sorted((dump.path / "samples").glob("*.parquet"))]) \
-        if any((dump.path / "samples").glob("*.parquet")) else None
-    if dump_samples is None or dump_samples.num_rows == 0:
-        raise ValueError(f"the dump {cfg.activations} holds no samples; nothing to score")
-    reference = reference_subset(dump_samples.column("sample_id").to_pylist(), cfg.reference_samples, cfg.seed)
-    d_sae = sae.cfg.d_sae
-    feat_dir = partition_dir(root, "sample_features", dataset, sae_id)
+        dump_samples = pa.concat_tables([pq.read_table(f) for f in sorted((dump.path / "samples").glob("*.parquet"))]) \
+            if any((dump.path / "samples").glob("*.parquet")) else None
+        if dump_samples is None or dump_samples.num_rows == 0:
+            raise ValueError(f"the dump {cfg.activations} holds no samples; nothing to score")
+        reference = reference_subset(dump_samples.column("sample_id").to_pylist(), cfg.reference_samples, cfg.seed)
+        d_sae = sae.cfg.d_sae
+        feat_dir = partition_dir(root, "sample_features", dataset, sae_id)
 
-    total = int(dump.manifest["rows"]["image"] + dump.manifest["rows"]["text"])
-    t0, encoded_tokens, encoded_samples = time.perf_counter(), 0, 0
-    with tqdm(total=total, desc=f"score {dataset}", unit="tok", disable=not cfg.progress) as pbar:
-        for shard in range(len(dump.files)) if shards is None else shards:
-            state, samples_file = work / f"shard-{shard:05d}.safetensors", work / f"shard-{shard:05d}.samples.parquet"
-            if state.exists() and (feat_dir / part_name(shard)).exists():
-                pbar.update(int(load_file(str(state))["tokens"].sum()))
-                continue
-            if stop_after_shards is not None and shard >= stop_after_shards:
-                return {"stopped_after_shards": shard}
-            res = encode_shard(dump, shard, sae, reference, feat_dir / part_name(shard), cfg.top, cfg.per_side, cfg.batch_rows, pbar)
-            _write(res.samples, samples_file)
-            with atomic_path(state) as tmp:
-                save_file(res.tensors(), str(tmp))
-            encoded_tokens += int(res.tokens.sum())
-            encoded_samples += res.samples.num_rows
-    encode_s = time.perf_counter() - t0
-    if shards is not None:
-        return {"shards": list(shards), "tokens": encoded_tokens, "samples": encoded_samples}
+        total = int(dump.manifest["rows"]["image"] + dump.manifest["rows"]["text"])
+        t0, encoded_tokens, encoded_samples = time.perf_counter(), 0, 0
+        with tqdm(total=total, desc=f"score {dataset}", unit="tok", disable=not cfg.progress) as pbar:
+            for shard in range(len(dump.files)) if shards is None else shards:
+                state, samples_file = work / f"shard-{shard:05d}.safetensors", work / f"shard-{shard:05d}.samples.parquet"
+                if state.exists() and (feat_dir / part_name(shard)).exists():
+                    pbar.update(int(load_file(str(state))["tokens"].sum()))
+                    continue
+                if stop_after_shards is not None and shard >= stop_after_shards:
+                    return {"stopped_after_shards": shard}
+                res = encode_shard(dump, shard, sae, reference, feat_dir / part_name(shard), cfg.top, cfg.per_side, cfg.batch_rows, pbar)
+                _write(res.samples, samples_file)
+                with atomic_path(state) as tmp:
+                    save_file(res.tensors(), str(tmp))
+                encoded_tokens += int(res.tokens.sum())
+                encoded_samples += res.samples.num_rows
+        encode_s = time.perf_counter() - t0
+        if shards is not None:
+            return {"shards": list(shards), "tokens": encoded_tokens, "samples": encoded_samples}
 
-    # ---- dataset level: pools -> weights -> feature_stats ------------------------------------
-    states = [load_file(str(work / f"shard-{i:05d}.safetensors")) for i in range(len(dump.files))]
-    values, refs = merge_pools([s["pool_values"] for s in states], [s["pool_refs"] for s in states], cfg.top)
-    side_values, side_refs = merge_pools([s["side_values"] for s in states], [s["side_refs"] for s in states], cfg.per_side, dim=1)
-    fires = sum(s["fires"] for s in states)
-    tokens = sum(s["tokens"] for s in states)
-    occ = select_occurrences(values, refs, (refs >= 0) & (refs & 1 == 1), cfg.per_side)
-    fetch = functools.partial(fetch_residuals, dump)
-    weights = weights_from_occurrences(occ, d_sae, fetch, dump.d_in, cfg.weights_memory_mb)
-    balanced = weights_from_occurrences(select_balanced(side_values, side_refs), d_sae, fetch, dump.d_in, cfg.weights_memory_mb)
-    alive = np.flatnonzero(fires.sum(0).numpy() > 0)
-    rates = fires.double() / tokens.clamp(min=1).double().unsqueeze(1)
-    stats = pa.table({
-        "feature_id": pa.array(alive.astype(np.int32)),
-        "firing_rate": pa.array((fires.sum(0).double() / max(int(tokens.sum()), 1)).numpy()[alive]),
-        "firing_rate_image": pa.array(rates[0].numpy()[alive]),
-        "firing_rate_text": pa.array(rates[1].numpy()[alive]),
-        "cross_modal_weight": pa.array(weights[alive]),
-        "balanced_weight": pa.array(balanced[alive]),
-        "kind": pa.array(np.asarray(occ.kind, dtype=object)[alive], pa.string()),
-        "n_top_image": pa.array(occ.n_top_image[alive].astype(np.int32)),
-        "n_top_text": pa.array(occ.n_top_text[alive].astype(np.int32)),
-    }, schema=FEATURE_STATS)
+        # ---- dataset level: pools -> weights -> feature_stats ------------------------------------
+        states = [load_file(str(work / f"shard-{i:05d}.safetensors")) for i in range(len(dump.files))]
+        values, refs = merge_pools([s["pool_values"] for s in states], [s["pool_refs"] for s in states], cfg.top)
+        side_values, side_refs = merge_pools([s["side_values"] for s in states], [s["side_refs"] for s in states], cfg.per_side, dim=1)
+        fires = sum(s["fires"] for s in states)
+        tokens = sum(s["tokens"] for s in states)
+        occ = select_occurrences(values, refs, (refs >= 0) & (refs & 1 == 1), cfg.per_side)
+        fetch = functools.partial(fetch_residuals, dump)
+        weights = weights_from_occurrences(occ, d_sae, fetch, dump.d_in, cfg.weights_memory_mb)
+        balanced = weights_from_occurrences(select_balanced(side_values, side_refs), d_sae, fetch, dump.d_in, cfg.weights_memory_mb)
+        alive = np.flatnonzero(fires.sum(0).numpy() > 0)
+        rates = fires.double() / tokens.clamp(min=1).double().unsqueeze(1)
+        stats = pa.table({
+            "feature_id": pa.array(alive.astype(np.int32)),
+            "firing_rate": pa.array((fires.sum(0).double() / max(int(tokens.sum()), 1)).numpy()[alive]),
+            "firing_rate_image": pa.array(rates[0].numpy()[alive]),
+            "firing_rate_text": pa.array(rates[1].numpy()[alive]),
+            "cross_modal_weight": pa.array(weights[alive]),
+            "balanced_weight": pa.array(balanced[alive]),
+            "kind": pa.array(np.asarray(occ.kind, dtype=object)[alive], pa.string()),
+            "n_top_image": pa.array(occ.n_top_image[alive].astype(np.int32)),
+            "n_top_text": pa.array(occ.n_top_text[alive].astype(np.int32)),
+        }, schema=FEATURE_STATS)
 
-    # ---- scores ---------------------------------------------------------------------------------
-    def all_summaries():
-        for shard in range(len(dump.files)):
-            shard_samples = pq.read_table(work / f"shard-{shard:05d}.samples.parquet", schema=SHARD_SAMPLES)
-            yield from summaries(feat_dir / part_name(shard), shard_samples)
+        # ---- scores ---------------------------------------------------------------------------------
+        def all_summaries():
+            for shard in range(len(dump.files)):
+                shard_samples = pq.read_table(work / f"shard-{shard:05d}.samples.parquet", schema=SHARD_SAMPLES)
+                yield from summaries(feat_dir / part_name(shard), shard_samples)
 
-    cofiring = fit_cofiring(all_summaries, d_sae, cfg.agreement_tau, cfg.agreement_refits, cfg.agreement_keep) \
-        if "agreement" in cfg.scorers else None
-    ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=weights, balanced_weights=balanced,
-                         agreement_tau=cfg.agreement_tau, cofiring=cofiring)
-    fns = {name: get_scorer(name) for name in cfg.scorers}
-    sids, per_scorer, scored = [], {n: [] for n in fns}, {}
-    for s in all_summaries():
-        sids.append(s.sample_id)
-        scored[s.sample_id] = {"n_image": s.n_image, "n_text": s.n_text}
-        for name, fn in fns.items():
-            per_scorer[name].append(fn(s, ctx))
-    sid_arr = np.asarray(sids, dtype=object)
-    tables, summary = [], {}
-    for name, vals in per_scorer.items():
-        v = np.asarray(vals, np.float64)
-        rank, pct = _ranks(v, sid_arr)
-        order = np.argsort(rank)
-        tables.append(pa.table({"sample_id": pa.array(sid_arr[order], pa.string()), "scorer": pa.array([name] * len(v), pa.string()),
-                                "score": pa.array(v[order]), "rank": pa.array(rank[order]), "percentile": pa.array(pct[order])},
-                               schema=SCORES))
-        summary[name] = {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
+        cofiring = fit_cofiring(all_summaries, d_sae, cfg.agreement_tau, cfg.agreement_refits, cfg.agreement_keep) \
+            if "agreement" in cfg.scorers else None
+        ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=weights, balanced_weights=balanced,
+                             agreement_tau=cfg.agreement_tau, cofiring=cofiring)
+        fns = {name: get_scorer(name) for name in cfg.scorers}
+        sids, per_scorer, scored = [], {n: [] for n in fns}, {}
+        for s in all_summaries():
+            sids.append(s.sample_id)
+            scored[s.sample_id] = {"n_image": s.n_image, "n_text": s.n_text}
+            for name, fn in fns.items():
+                per_scorer[name].append(fn(s, ctx))
+        sid_arr = np.asarray(sids, dtype=object)
+        tables, summary = [], {}
+        for name, vals in per_scorer.items():
+            v = np.asarray(vals, np.float64)
+            rank, pct = _ranks(v, sid_arr)
+            order = np.argsort(rank)
+            tables.append(pa.table({"sample_id": pa.array(sid_arr[order], pa.string()), "scorer": pa.array([name] * len(v), pa.string()),
+                                    "score": pa.array(v[order]), "rank": pa.array(rank[order]), "percentile": pa.array(pct[order])},
+                                   schema=SCORES))
+            summary[name] = {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
 
-    spec = DatasetSpec.model_validate(dump.manifest["dataset"])
-    if Path(spec.path).expanduser().exists():  # later stages may run from another directory
-        spec = spec.model_copy(update={"path": str(Path(spec.path).expanduser().resolve())})
-    _write(samples_table(spec, scored), partition_dir(root, "samples", dataset) / part_name(0))
-    _write(stats, partition_dir(root, "feature_stats", dataset, sae_id) / part_name(0))
-    _write(pa.concat_tables(tables), partition_dir(root, "scores", dataset, sae_id) / part_name(0))
+        spec = DatasetSpec.model_validate(dump.manifest["dataset"])
+        if Path(spec.path).expanduser().exists():  # later stages may run from another directory
+            spec = spec.model_copy(update={"path": str(Path(spec.path).expanduser().resolve())})
+        _write(samples_table(spec, scored), partition_dir(root, "samples", dataset) / part_name(0))
+        _write(stats, partition_dir(root, "feature_stats", dataset, sae_id) / part_name(0))
+        _write(pa.concat_tables(tables), partition_dir(root, "scores", dataset, sae_id) / part_name(0))
 
-    kinds = {str(k): int(n) for k, n in zip(*np.unique(np.asarray(occ.kind, dtype=object)[alive].astype(str), return_counts=True))}
-    manifest = {
-        "kind": "saev.scores",
-        "format_version": 1,
-        "saev_core_version": __version__,
-        "identity": identity,
-        "dataset": dataset,
-        "sae_id": sae_id,
-        "sae": str(sae_dir),
-        "activations": str(cfg.activations),
-        "model": dump.manifest["model"],
-        "layer": dump.manifest["layer"],
-        "include_response": dump.manifest.get("include_response", False),
-        "source_dataset": spec.model_dump(),
-        "n_samples": len(sids),
-        "n_reference_samples": len(reference),
-        "n_tokens": {"image": int(tokens[0]), "text": int(tokens[1])},
-        "d_sae": d_sae,
-        "n_features_active": int(len(alive)),
-        "feature_kinds": kinds,
-        "n_cross_modal": int(len(occ.cross)),
-        "n_cross_modal_balanced": int((balanced != 0).sum()),
-        "scorers": list(fns),
-        "score_summary": summary,
-        "throughput": {"encode_s": encode_s, "samples_per_s": encoded_samples / encode_s if encoded_samples else None,
-                       "tokens_per_s": encoded_tokens / encode_s if encoded_tokens else None, "device": str(device)},
-        "tables": str(root),
-    }
-    write_json(mpath, manifest)
-    return manifest
+        kinds = {str(k): int(n) for k, n in zip(*np.unique(np.asarray(occ.kind, dtype=object)[alive].astype(str), return_counts=True))}
+        manifest = {
+            "kind": "saev.scores",
+            "format_version": 1,
+            "saev_core_version": __version__,
+            "identity": identity,
+            "dataset": dataset,
+            "sae_id": sae_id,
+            "sae": str(sae_dir),
+            "activations": str(cfg.activations),
+            "model": dump.manifest["model"],
+            "layer": dump.manifest["layer"],
+            "include_response": dump.manifest.get("include_response", False),
+            "source_dataset": spec.model_dump(),
+            "n_samples": len(sids),
+            "n_reference_samples": len(reference),
+            "n_tokens": {"image": int(tokens[0]), "text": int(tokens[1])},
+            "d_sae": d_sae,
+            "n_features_active": int(len(alive)),
+            "feature_kinds": kinds,
+            "n_cross_modal": int(len(occ.cross)),
+            "n_cross_modal_balanced": int((balanced != 0).sum()),
+            "scorers": list(fns),
+            "score_summary": summary,
+            "throughput": {"encode_s": encode_s, "samples_per_s": encoded_samples / encode_s if encoded_samples else None,
+                           "tokens_per_s": encoded_tokens / encode_s if encoded_tokens else None, "device": str(device)},
+            "tables": str(root),
+        }
+        write_json(mpath, manifest)
+        return manifest

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from saev_core import __version__
-from saev_core.io import read_json, write_json
+from saev_core.io import file_lock, read_json, write_json
 from saev_core.remote import Mirror, is_url
 from saev_core.tables import PARTITIONS
 
@@ -39,6 +41,17 @@ def stage_key(stage: str, config: dict, upstream: list[str]) -> str:
     blob = json.dumps({"stage": stage, "config": config, "upstream": sorted(upstream), "version": __version__},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def builder() -> dict:
+    """Who built an artifact: the host and process, so a run can tell its own work from work
+    that a concurrent run (which it waited for) did."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def built_here(record: dict) -> bool:
+    """True if this process built the artifact of ``record`` (not a concurrent run or an earlier one)."""
+    return record.get("built_by") == builder()
 
 
 @dataclass(frozen=True)
@@ -144,27 +157,32 @@ class ArtifactStore:
 
     def run(self, stage: str, config: dict, upstream: list[str], fn: Callable[[Path], dict],
             summary: Callable[[dict], dict] | None = None, valid: Callable[[dict], bool] | None = None) -> dict:
-        """Run ``fn(out_dir)`` unless (stage, key) is finished and valid; record and return its manifest."""
+        """Run ``fn(out_dir)`` unless (stage, key) is finished and valid; record and return its manifest.
+
+        Concurrent runs of one (stage, key) on this machine take turns: the first builds it, the
+        others find it finished."""
         key = stage_key(stage, config, upstream)
         out = self.path(stage, key)
-        self.pull_tables()  # shared: a partition's manifest decides whether a score artifact is current
-        if self.current(stage, key, valid):
-            self.fetch(stage, key)
-            return self.record(stage, key)
-        if self.remote is not None:
-            self.pull_inputs(config, upstream)
-            self.remote.pull(f"{stage}/{key}")  # partial work: shards finished elsewhere, or before a crash
-        out.mkdir(parents=True, exist_ok=True)
-        t0 = time.time()
-        manifest = fn(out)
-        rec = {"stage": stage, "key": key, "path": str(out), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "seconds": round(time.time() - t0, 2), "config": config, "upstream": upstream,
-               "saev_core_version": __version__, "metrics": summary(manifest) if summary else {}, "manifest": manifest}
-        write_json(out / RECORD, rec)
-        if self.remote is not None:
-            self.push_tables()
-            self.remote.push(f"{stage}/{key}", last=RECORD)
-        return rec
+        with file_lock(self.root / stage / f".{key}.lock"):  # one builder per artifact; the others wait and reuse it
+            self.pull_tables()  # shared: a partition's manifest decides whether a score artifact is current
+            if self.current(stage, key, valid):
+                self.fetch(stage, key)
+                return self.record(stage, key)
+            if self.remote is not None:
+                self.pull_inputs(config, upstream)
+                self.remote.pull(f"{stage}/{key}")  # partial work: shards finished elsewhere, or before a crash
+            out.mkdir(parents=True, exist_ok=True)
+            t0 = time.time()
+            manifest = fn(out)
+            rec = {"stage": stage, "key": key, "path": str(out), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   "seconds": round(time.time() - t0, 2), "config": config, "upstream": upstream,
+                   "saev_core_version": __version__, "metrics": summary(manifest) if summary else {}, "manifest": manifest,
+                   "built_by": builder()}
+            write_json(out / RECORD, rec)
+            if self.remote is not None:
+                self.push_tables()
+                self.remote.push(f"{stage}/{key}", last=RECORD)
+            return rec
 
     def newest(self, stage: str) -> dict | None:
         """The record of the newest finished artifact of ``stage``, if any."""

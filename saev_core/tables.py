@@ -101,5 +101,10 @@ def manifest_path(root: str | Path, dataset: str, sae_id: str) -> Path:
     return Path(root) / "manifests" / f"dataset={check_partition_value('dataset name', dataset)}" / f"sae_id={check_partition_value('sae_id', sae_id)}.json"
 
 
+def lock_path(root: str | Path, dataset: str, sae_id: str) -> Path:
+    """The lock a scoring of (dataset, SAE) holds while it writes or replaces the partition."""
+    return Path(root) / "_locks" / f"dataset={dataset}" / f"sae_id={sae_id}.lock"
+
+
 def part_name(index: int) -> str:
     return f"part-{index:05d}.parquet"

@@ -208,3 +208,50 @@ def test_a_killed_dumps_temporary_files_are_removed_on_rerun(with_duplicates, bu
     run_dump(cfg, bundle=bundle)
     assert final.exists() and not stale.exists() and live.exists()
     live.unlink()
+
+
+BUILD = """
+import os, sys, time
+from pathlib import Path
+from saev_core.store import ArtifactStore
+root = Path(sys.argv[1])
+def build(out):
+    with open(root / "builds.log", "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    time.sleep(2)  # long enough that the other processes arrive while this one builds
+    return {"pid": os.getpid()}
+print(ArtifactStore.at(root).run("demo-stage", {"a": 1}, [], build)["manifest"]["pid"])
+"""
+
+
+def test_concurrent_runs_of_one_artifact_build_it_once(tmp_path):
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-c", BUILD, str(tmp_path)], stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    pids = [p.communicate()[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    builds = (tmp_path / "builds.log").read_text().split()
+    assert len(builds) == 1 and set(pids) == set(builds), (builds, pids)
+
+
+def test_concurrent_scorings_of_one_partition_commit_it_once(dumped_with_duplicates, tmp_path):
+    """Two `saev score --overwrite` processes on the same (dataset, SAE), as two flow runs' tasks
+    are: both succeed, and one complete partition is committed (without the partition lock, one
+    removed the other's work directory mid-run)."""
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "saev_core", "score", "--activations", str(dumped_with_duplicates / "dump"),
+           "--sae", str(dumped_with_duplicates / "sae"), "--tables", str(tmp_path / "tables"), "--reference-samples", str(UNIQUE),
+           "--device", "cpu", "--overwrite"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate()[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert len({json.loads(o[o.index("{"):])["n_samples"] for o in outs}) == 1, outs
+    con = connect(tmp_path / "tables")
+    rows = con.sql("SELECT scorer, count(*), count(DISTINCT sample_id) FROM scores GROUP BY scorer").fetchall()
+    assert rows and all(n == distinct == UNIQUE for _, n, distinct in rows), rows
+    assert con.sql("SELECT count(*), count(DISTINCT sample_id) FROM samples").fetchall() == [(UNIQUE, UNIQUE)]
+    assert len(list((tmp_path / "tables" / "scores").rglob("*.parquet"))) == 1
