@@ -3,6 +3,8 @@ layout, scoring reads the dump's own sample list, and a partition is visible onl
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -235,23 +237,40 @@ def test_concurrent_runs_of_one_artifact_build_it_once(tmp_path):
     assert len(builds) == 1 and set(pids) == set(builds), (builds, pids)
 
 
-def test_concurrent_scorings_of_one_partition_commit_it_once(dumped_with_duplicates, tmp_path):
-    """Two `saev score --overwrite` processes on the same (dataset, SAE), as two flow runs' tasks
-    are: both succeed, and one complete partition is committed (without the partition lock, one
-    removed the other's work directory mid-run)."""
+def _waiting_on(lock, pid: int) -> bool:
+    """True while process ``pid`` is blocked on the flock of ``lock`` (a "->" line of /proc/locks)."""
+    inode = f":{lock.stat().st_ino} "
+    return any("->" in line and f" {pid} " in line and inode in line for line in Path("/proc/locks").read_text().splitlines())
+
+
+def test_a_scoring_waits_while_another_holds_the_partition(dumped_with_duplicates, tmp_path):
+    """A `saev score --overwrite` of a (dataset, SAE) another writer holds waits for it, then
+    commits one complete partition (without the lock it removed the other's work directory)."""
     import json
     import subprocess
     import sys
+    import time
 
-    cmd = [sys.executable, "-m", "saev_core", "score", "--activations", str(dumped_with_duplicates / "dump"),
-           "--sae", str(dumped_with_duplicates / "sae"), "--tables", str(tmp_path / "tables"), "--reference-samples", str(UNIQUE),
-           "--device", "cpu", "--overwrite"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
-    outs = [p.communicate()[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
-    assert len({json.loads(o[o.index("{"):])["n_samples"] for o in outs}) == 1, outs
-    con = connect(tmp_path / "tables")
+    from saev_core.io import file_lock
+    from saev_core.score_dataset import resolve_sae_dir, sae_id_of
+    from saev_core.tables import lock_path, manifest_path
+
+    dump = dumped_with_duplicates / "dump"
+    dataset = json.loads((dump / "manifest.json").read_text())["dataset_name"]
+    sae_id = sae_id_of(resolve_sae_dir(str(dumped_with_duplicates / "sae")))
+    tables = tmp_path / "tables"
+    lock = lock_path(tables, dataset, sae_id)
+    cmd = [sys.executable, "-m", "saev_core", "score", "--activations", str(dump), "--sae", str(dumped_with_duplicates / "sae"),
+           "--tables", str(tables), "--reference-samples", str(UNIQUE), "--device", "cpu", "--overwrite"]
+    with file_lock(lock):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        while proc.poll() is None and not _waiting_on(lock, proc.pid):
+            time.sleep(0.2)
+        assert proc.poll() is None, f"the scoring did not wait for the partition lock:\n{proc.stdout.read()}"
+        assert not manifest_path(tables, dataset, sae_id).exists()
+    out = proc.communicate()[0]
+    assert proc.returncode == 0, out
+    con = connect(tables)
     rows = con.sql("SELECT scorer, count(*), count(DISTINCT sample_id) FROM scores GROUP BY scorer").fetchall()
     assert rows and all(n == distinct == UNIQUE for _, n, distinct in rows), rows
     assert con.sql("SELECT count(*), count(DISTINCT sample_id) FROM samples").fetchall() == [(UNIQUE, UNIQUE)]
-    assert len(list((tmp_path / "tables" / "scores").rglob("*.parquet"))) == 1
