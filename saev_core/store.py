@@ -163,7 +163,8 @@ class ArtifactStore:
         others find it finished."""
         key = stage_key(stage, config, upstream)
         out = self.path(stage, key)
-        with file_lock(self.root / stage / f".{key}.lock"):  # one builder per artifact; the others wait and reuse it
+        # one builder per artifact, the others wait and reuse it; outside the stage directories, which users and gc list
+        with file_lock(self.root / ".locks" / f"{stage}-{key}.lock"):
             self.pull_tables()  # shared: a partition's manifest decides whether a score artifact is current
             if self.current(stage, key, valid):
                 self.fetch(stage, key)
