@@ -23,6 +23,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
+from saev_core.sparse import ActiveLatents, batch_entries, per_token_entries, sampled_pre
+
 Architecture = Literal["relu", "topk", "batchtopk", "jumprelu"]
 TOPK_LIKE = ("topk", "batchtopk")
 _TINY = 1e-12
@@ -74,7 +76,7 @@ class SAEConfig(BaseModel):
 class SAEOutput:
     """One forward pass. Loss terms are in scaled units (s*x), as the paper measures them."""
 
-    f: Tensor  # latent activations [batch, d_sae]
+    acts: ActiveLatents | Tensor  # the kept latents (topk/batchtopk) or the dense activations (others)
     x_hat: Tensor  # reconstruction in the input's original units [batch, d_in]
     loss: Tensor  # what to backpropagate
     mse: Tensor  # sum_d (s*x - x_hat_s)^2, mean over batch
@@ -82,6 +84,11 @@ class SAEOutput:
     l1: Tensor  # mean_batch sum_i f_i ||W_dec[i]|| (relu; 0 otherwise)
     aux: Tensor  # AuxK squared error of the residual, before aux_coefficient (topk/batchtopk; 0 otherwise)
     l0: Tensor  # mean number of active latents per token (no grad)
+
+    @property
+    def f(self) -> Tensor:
+        """Latent activations [batch, d_sae], built dense on demand for topk/batchtopk."""
+        return self.acts.dense() if isinstance(self.acts, ActiveLatents) else self.acts
 
 
 def l1_coefficient_at(step: int, total_steps: int, cfg: SAEConfig) -> float:
@@ -134,15 +141,9 @@ def select_aux_latents(pre: Tensor, dead: Tensor, aux_k: int) -> Tensor:
     return torch.zeros_like(pre).scatter(-1, idx, values.relu())
 
 
-def _topk_sparse(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """(values, indices) of the k largest pre-activations per token, ReLU'd (unsorted: faster)."""
-    values, idx = pre.topk(k, dim=-1, sorted=False)
-    return values.relu(), idx
-
-
 def _topk(pre: Tensor, k: int) -> Tensor:
-    values, idx = _topk_sparse(pre, k)
-    return torch.zeros_like(pre).scatter(-1, idx, values)
+    values, idx = pre.topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(pre).scatter(-1, idx, values.relu())
 
 
 def _batch_topk(pre: Tensor, k: int) -> Tensor:
@@ -211,6 +212,8 @@ class SAE(nn.Module):
         """pre = (s*x - b_dec) @ W_enc + b_enc, with b_dec subtracted only if apply_b_dec_to_input."""
         if self.cfg.apply_b_dec_to_input:
             sx = sx - self.b_dec
+        if sx.ndim == 2:
+            return torch.addmm(self.b_enc, sx, self.W_enc)
         return sx @ self.W_enc + self.b_enc
 
     def _activate(self, pre: Tensor) -> Tensor:
@@ -247,59 +250,85 @@ class SAE(nn.Module):
         if x.ndim != 2:
             raise ValueError(f"forward expects [batch, d_in], got shape {tuple(x.shape)}: flatten leading dims first")
         sx = self._scaled(x)
-        pre = self._pre(sx)
         arch = self.cfg.architecture
-        if arch == "topk":
-            # Decode only the k active rows of W_dec: k/d_sae of the dense matmul's work.
-            values, idx = _topk_sparse(pre, self.cfg.k)
-            f = torch.zeros_like(pre).scatter(-1, idx, values)
-            x_hat_s = nn.functional.embedding_bag(idx, self.W_dec, per_sample_weights=values, mode="sum") + self.b_dec
+        aux_acts = None
+        if arch in TOPK_LIKE:
+            acts, aux_acts = self._sparse_encode(sx)
+            x_hat_s = acts.decode(self.W_dec) + self.b_dec
         else:
-            f = self._activate(pre)
-            x_hat_s = f @ self.W_dec + self.b_dec
+            acts = self._activate(self._pre(sx))
+            x_hat_s = acts @ self.W_dec + self.b_dec
         err = sx - x_hat_s
         mse = err.pow(2).sum(dim=-1).mean()  # squared error summed over d_in, mean over batch
         fvu = err.pow(2).sum() / (sx - sx.mean(dim=0)).pow(2).sum().clamp_min(_TINY)
         l1 = aux = mse.new_zeros(())
         if arch == "relu":
             # mean_batch sum_i f_i ||W_dec[i]||_2, summed over the batch first (same value, less work)
-            l1 = (f.sum(dim=0) * self.W_dec.norm(dim=1)).sum() / f.shape[0]
+            l1 = (acts.sum(dim=0) * self.W_dec.norm(dim=1)).sum() / acts.shape[0]
             lam = self.cfg.l1_coefficient if l1_coefficient is None else l1_coefficient
             loss = mse + lam * l1
         elif arch in TOPK_LIKE:
-            aux = self._aux_loss(pre, err.detach())
+            aux = self._aux_loss(aux_acts, err.detach())
             loss = mse + self.cfg.aux_coefficient * aux
         else:
             loss = mse
-        active = f.detach() > 0
+        if isinstance(acts, ActiveLatents):
+            fired, l0 = acts.fired(), acts.l0()
+            kept = acts.values.detach()[acts.active()]
+            lowest = kept.min() if kept.numel() else kept.new_full((), float("inf"))
+        else:
+            active = acts.detach() > 0
+            fired, l0 = active.any(dim=0), active.sum(dim=-1).float().mean()
+            lowest = None
         if self.training:
-            self._update_stats(f.detach(), active)
-        l0 = active.sum(dim=-1).float().mean()
-        return SAEOutput(f=f, x_hat=x_hat_s / self.cfg.input_scale, loss=loss, mse=mse, fvu=fvu, l1=l1, aux=aux, l0=l0)
+            self._update_stats(sx.shape[0], fired, lowest)
+        return SAEOutput(acts=acts, x_hat=x_hat_s / self.cfg.input_scale, loss=loss, mse=mse, fvu=fvu, l1=l1, aux=aux, l0=l0)
 
-    def _aux_loss(self, pre: Tensor, e: Tensor) -> Tensor:
+    def _sparse_encode(self, sx: Tensor) -> tuple[ActiveLatents, ActiveLatents | None]:
+        """The kept latents and the AuxK selection (None when nothing is dead), with a sparse backward.
+
+        One dense matmul ranks the latents (without gradient); ``sampled_pre`` then makes the kept
+        entries differentiable, so the encoder gradient is computed at those entries only. TopK keeps
+        the k largest pre-activations per token, BatchTopK the k*batch largest ReLU'd ones over the
+        batch; AuxK (OpenAI 2024, App. A.2) the aux_k largest dead pre-activations per token.
+        """
+        n, d_sae, k = sx.shape[0], self.cfg.d_sae, self.cfg.k
+        with torch.no_grad():
+            pre = self._pre(sx)
+            if self.cfg.architecture == "topk":
+                rows, cols = per_token_entries(pre.topk(k, dim=-1, sorted=False).indices)
+            else:
+                rows, cols = batch_entries(pre.relu().flatten().topk(k * n, sorted=False).indices, d_sae)
+            dead = self.dead_mask().nonzero().squeeze(1)
+            n_aux = min(self.cfg.aux_k or 0, dead.numel())
+            if n_aux:
+                aux_rows, aux_cols = per_token_entries(dead[pre.index_select(1, dead).topk(n_aux, dim=-1, sorted=False).indices])
+                rows, cols = torch.cat([rows, aux_rows]), torch.cat([cols, aux_cols])
+        b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else None
+        values = sampled_pre(sx, b_dec, self.W_enc, self.b_enc, pre, rows, cols).relu()
+        n_main = rows.numel() - n * n_aux
+        acts = ActiveLatents.from_entries(rows[:n_main], cols[:n_main], values[:n_main], n, d_sae)
+        if not n_aux:
+            return acts, None
+        return acts, ActiveLatents.from_entries(rows[n_main:], cols[n_main:], values[n_main:], n, d_sae)
+
+    def _aux_loss(self, aux_acts: ActiveLatents | None, e: Tensor) -> Tensor:
         """AuxK: the dead latents' top-aux_k reconstruct the residual e; mean_batch ||e - e_hat||^2.
 
         e_hat = aux_acts @ W_dec (no b_dec: it is already in the residual). In the same units as the
         main squared-error term, as in SAELens. Zero when nothing is dead.
         """
-        dead = self.dead_mask()
-        k = min(self.cfg.aux_k, int(dead.sum()))
-        if k == 0:
+        if aux_acts is None:
             return e.new_zeros(())
-        # Sparse form of select_aux_latents(pre, dead, aux_k) @ W_dec: only the k chosen rows are read.
-        values, idx = pre.masked_fill(~dead, float("-inf")).topk(k, dim=-1, sorted=False)
-        e_hat = nn.functional.embedding_bag(idx, self.W_dec, per_sample_weights=values.relu(), mode="sum")
-        return (e - e_hat).pow(2).sum(dim=-1).mean()
+        return (e - aux_acts.decode(self.W_dec)).pow(2).sum(dim=-1).mean()
 
     @torch.no_grad()
-    def _update_stats(self, f: Tensor, active: Tensor) -> None:
-        self.tokens_since_fired += f.shape[0]
-        self.tokens_since_fired[active.any(dim=0)] = 0
+    def _update_stats(self, n_tokens: int, fired: Tensor, lowest: Tensor | None) -> None:
+        self.tokens_since_fired += n_tokens
+        self.tokens_since_fired[fired] = 0
         if self.cfg.architecture == "batchtopk":
             # Threshold estimate: EMA of the smallest kept (positive) activation per batch, as in
             # SAELens/dictionary_learning; the first batch sets it directly so there is no bias to 0.
-            lowest = f.masked_fill(~active, float("inf")).min()
             r, decay = self.running_threshold, self.cfg.threshold_ema_decay
             updated = torch.where(r.isnan(), lowest, decay * r + (1 - decay) * lowest)
             r.copy_(torch.where(lowest.isinf(), r, updated))

@@ -3,7 +3,7 @@
 Output directory::
 
     config.json                     the training config (another config into this dir is refused)
-    checkpoints/step-00001000/      full training state: SAE (with buffers), Adam moments, stream position
+    checkpoints/step-00001000/      full training state: SAE (with buffers), optimizer state, stream position
     train_log.jsonl                 loss, MSE, FVU, L0, dead fraction, lr, lambda every ``log_every`` steps
     sae/                            the final SAE in SAELens format (cfg.json, sae_weights, sparsity)
     manifest.json                   config, tokens, throughput, held-out metrics
@@ -31,9 +31,11 @@ from tqdm.auto import tqdm
 from saev_core import __version__
 from saev_core.activations import MODALITY_SETS, ActivationDump, ShuffledBatches
 from saev_core.checkpoint import save_sae
+from saev_core.cpu import reuse_freed_memory
 from saev_core.evaluate import reconstruction_metrics
 from saev_core.io import atomic_dir, atomic_path, claim_output_dir, read_json, write_json
 from saev_core.modeling import resolve_device
+from saev_core.optim import Optimizer, default_lr, make_optimizer
 from saev_core.sae import SAE, TOPK_LIKE, SAEConfig, estimate_input_scale, l1_coefficient_at
 
 _RUNTIME_FIELDS = {"out", "progress", "device", "checkpoint_every", "log_every", "keep_checkpoints", "eval_rows"}
@@ -57,7 +59,8 @@ class TrainConfig(BaseModel):
     modalities: Literal["image+text", "text"] = Field("image+text", description="SAE-V trains on both; 'text' is the paper's text-only baseline")
     batch_size: int = Field(4096, ge=1, description="tokens per step")
     total_tokens: int = Field(2_000_000, ge=1)
-    lr: float | None = Field(None, gt=0, description="default: 5e-5 (relu, the paper) or 2e-4 (topk/batchtopk)")
+    optimizer: Optimizer = Field("adam", description="adam, or signum (sign of the momentum; momentum = betas[0])")
+    lr: float | None = Field(None, gt=0, description="default: 5e-5 for relu with adam (the paper), else a rule that scales with d_sae and batch_size (saev_core.optim.default_lr)")
     betas: tuple[float, float] = (0.9, 0.999)
     lr_decay_frac: float = Field(0.2, ge=0, le=1, description="linear decay to 0 over this last fraction of steps")
     l1_coefficient: float = Field(5.0, ge=0)
@@ -182,6 +185,8 @@ def _heldout_summary(sae: SAE, dump: ActivationDump, device: torch.device, max_r
 def train_sae(cfg: TrainConfig, overwrite: bool = False, stop_at_step: int | None = None) -> dict:
     """Train (or resume) and return the run manifest. ``stop_at_step`` ends early as a crash would."""
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        reuse_freed_memory()
     modalities = MODALITY_SETS[cfg.modalities]
     dump = ActivationDump.open(cfg.activations, cfg.heldout_fraction)
     rows = dump.manifest.get("rows")
@@ -205,8 +210,8 @@ def train_sae(cfg: TrainConfig, overwrite: bool = False, stop_at_step: int | Non
         start = state["step"]
     else:
         sae, opt_state, start = _new_sae(cfg, dump, modalities, d_sae, device), None, 0
-    base_lr = cfg.lr or (5e-5 if cfg.architecture == "relu" else 2e-4)
-    opt = torch.optim.Adam(sae.parameters(), lr=base_lr, betas=cfg.betas)
+    base_lr = cfg.lr or default_lr(cfg.optimizer, cfg.architecture, sae.cfg.d_sae, cfg.batch_size)
+    opt = make_optimizer(cfg.optimizer, sae.parameters(), base_lr, cfg.betas)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
     sae.train()

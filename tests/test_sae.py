@@ -8,6 +8,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from saev_core.optim import BASE_LR, Signum, default_lr
 from saev_core.sae import (
     SAE,
     SAEConfig,
@@ -238,3 +239,86 @@ def test_fold_input_scale_gives_the_same_f_and_x_hat(arch, apply_b_dec):
     assert torch.equal(f > 0, f_folded > 0)
     assert torch.allclose(f, f_folded, atol=1e-5)
     assert torch.allclose(sae.decode(f), folded.decode(f_folded), atol=1e-5)
+
+
+def _dense_reference(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """TopK/BatchTopK + AuxK written densely, as in OpenAI's and SAELens's reference code: (loss, f)."""
+    cfg = sae.cfg
+    sx = x * cfg.input_scale
+    pre = (sx - sae.b_dec if cfg.apply_b_dec_to_input else sx) @ sae.W_enc + sae.b_enc
+    if cfg.architecture == "topk":
+        values, idx = pre.topk(cfg.k, dim=-1)
+        f = torch.zeros_like(pre).scatter(-1, idx, values.relu())
+    else:
+        flat = pre.relu().flatten()
+        values, idx = flat.topk(cfg.k * x.shape[0])
+        f = torch.zeros_like(flat).scatter(0, idx, values).view_as(pre)
+    err = sx - (f @ sae.W_dec + sae.b_dec)
+    e = err.detach()
+    aux = (e - select_aux_latents(pre, sae.dead_mask(), cfg.aux_k) @ sae.W_dec).pow(2).sum(dim=-1).mean()
+    if not sae.dead_mask().any():
+        aux = aux * 0  # no dead latent: no AuxK term
+    return err.pow(2).sum(dim=-1).mean() + cfg.aux_coefficient * aux, f
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize("apply_b_dec", [True, False])
+@pytest.mark.parametrize("n_dead", [0, 3, 40])
+def test_sparse_training_step_equals_the_dense_reference(arch, apply_b_dec, n_dead):
+    """Loss, every gradient and the dead-latent counters of the sparse step match the dense formulas."""
+    torch.manual_seed(0)
+    cfg = SAEConfig(architecture=arch, d_in=6, d_sae=40, k=3, aux_k=4, apply_b_dec_to_input=apply_b_dec,
+                    input_scale=1.7, dead_window=100, seed=1)
+    x = torch.randn(9, 6, dtype=torch.float64)
+    b_enc, b_dec = torch.randn(40) * 0.3, torch.randn(6) * 0.3
+    runs = []
+    for sparse in (True, False):
+        sae = SAE(cfg).double()
+        with torch.no_grad():
+            sae.b_enc.copy_(b_enc)
+            sae.b_dec.copy_(b_dec)
+            sae.tokens_since_fired[:n_dead] = 100  # dead: AuxK selects among these
+        sae.train()
+        if sparse:
+            out = sae(x)
+            loss, f = out.loss, out.f
+        else:
+            loss, f = _dense_reference(sae, x)
+            sae._update_stats(x.shape[0], (f.detach() > 0).any(dim=0), f.detach()[f.detach() > 0].min())
+        loss.backward()
+        runs.append((loss.detach(), f.detach(), {n: p.grad for n, p in sae.named_parameters()},
+                     sae.tokens_since_fired.clone(), getattr(sae, "running_threshold", None)))
+    (loss_s, f_s, grads_s, tsf_s, thr_s), (loss_d, f_d, grads_d, tsf_d, thr_d) = runs
+    assert torch.allclose(loss_s, loss_d, rtol=1e-12, atol=0)
+    assert torch.allclose(f_s, f_d, rtol=1e-12, atol=1e-14)
+    for name, g in grads_d.items():
+        assert torch.allclose(grads_s[name], g, rtol=1e-10, atol=1e-12), name
+    assert torch.equal(tsf_s, tsf_d)
+    if arch == "batchtopk":
+        assert torch.allclose(thr_s, thr_d, rtol=1e-12, atol=0)
+    if n_dead:  # the AuxK term is live and reaches the encoder through the dead latents only
+        assert grads_s["W_enc"][:, :n_dead].abs().sum() > 0
+
+
+def test_signum_step_by_hand():
+    """Signum: m = beta*m + (1-beta)*g; p -= lr * sign(m)."""
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    opt = Signum([p], lr=0.1, momentum=0.5)
+    p.grad = torch.tensor([3.0, -0.2, 0.0])
+    opt.step()  # m = [1.5, -0.1, 0] -> p = [0.9, -1.9, 0.5]
+    assert torch.allclose(p.detach(), torch.tensor([0.9, -1.9, 0.5]))
+    p.grad = torch.tensor([-4.0, 0.1, 1.0])
+    opt.step()  # m = [-1.25, -0.0, 0.5] -> sign [-1, 0 (-0.1*0.5 + 0.05 = 0), 1] -> p = [1.0, -1.9, 0.4]
+    assert torch.allclose(p.detach(), torch.tensor([1.0, -1.9, 0.4]))
+    assert torch.allclose(opt.state[p]["momentum_buffer"], torch.tensor([-1.25, 0.0, 0.5]))
+
+
+def test_default_lr_rule_by_hand():
+    # the paper's relu recipe is kept as it is
+    assert default_lr("adam", "relu", 4096, 4096) == 5e-5
+    base = BASE_LR["signum"]
+    assert default_lr("signum", "topk", 2**14, 4096) == pytest.approx(base)
+    # 4x the latents: half the step; 4x the batch: twice the step
+    assert default_lr("signum", "topk", 2**16, 4096) == pytest.approx(base / 2)
+    assert default_lr("signum", "batchtopk", 2**14, 16384) == pytest.approx(base * 2)
+    assert default_lr("adam", "topk", 2**12, 1024) == pytest.approx(BASE_LR["adam"] * 2 / 2)

@@ -1,0 +1,66 @@
+"""Optimizers for SAE training and the learning-rate rule that picks their default step size."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Literal
+
+import torch
+from torch import Tensor
+
+Optimizer = Literal["adam", "signum"]
+
+# lr = BASE_LR[optimizer] * sqrt(REF_D_SAE / d_sae) * sqrt(batch_size / REF_BATCH), for TopK-like
+# SAEs. The constants were chosen by bench/bench_train.py's sweep on a validation split (never on
+# the reported held-out rows); bench/RESULTS.md, "Learning-rate rule", has the sweep.
+REF_D_SAE, REF_BATCH = 2**14, 4096
+BASE_LR: dict[str, float] = {"adam": 2e-4, "signum": 5e-3}
+RELU_ADAM_LR = 5e-5  # the paper's (METHOD.md sec. 2), for its L1-penalised ReLU SAE
+
+
+def default_lr(optimizer: Optimizer, architecture: str, d_sae: int, batch_size: int) -> float:
+    """The default step size: the paper's for relu+Adam, else the d_sae/batch-size rule above.
+
+    A wider dictionary gets a smaller step (each latent's gradient is estimated from fewer
+    tokens: sparsify and OpenAI scale by 1/sqrt(d_sae)), and a larger batch a larger one (its
+    gradient is less noisy: the square-root rule for adaptive optimizers).
+    """
+    if architecture == "relu" and optimizer == "adam":
+        return RELU_ADAM_LR
+    return BASE_LR[optimizer] * math.sqrt(REF_D_SAE / d_sae) * math.sqrt(batch_size / REF_BATCH)
+
+
+class Signum(torch.optim.Optimizer):
+    """Sign of the momentum (Bernstein et al. 2018): m = beta*m + (1-beta)*g; p -= lr * sign(m).
+
+    Steepest descent in the max-norm: every weight moves by exactly lr, whatever its gradient's
+    scale, which suits an SAE whose latents see very different gradient magnitudes. One buffer per
+    parameter (Adam keeps two), and gradient clipping has no effect on it.
+    """
+
+    def __init__(self, params: Iterable[Tensor], lr: float, momentum: float = 0.95):
+        if lr <= 0 or not 0 <= momentum < 1:
+            raise ValueError(f"Signum needs lr > 0 and 0 <= momentum < 1, got lr={lr}, momentum={momentum}")
+        super().__init__(params, {"lr": lr, "momentum": momentum})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            bufs = []
+            for p in params:
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                bufs.append(state["momentum_buffer"])
+            torch._foreach_lerp_(bufs, [p.grad for p in params], 1 - group["momentum"])
+            torch._foreach_add_(params, torch._foreach_sign(bufs), alpha=-group["lr"])
+
+
+def make_optimizer(name: Optimizer, params: Iterable[Tensor], lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
+    """Adam(lr, betas), or Signum(lr) with betas[0] as its momentum."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=betas)
+    return Signum(params, lr=lr, momentum=betas[0])
