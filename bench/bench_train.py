@@ -1,77 +1,58 @@
-"""SAE training throughput and final quality: saev against the ``sae-lens`` package, same
-architecture, same hyper-parameters, same activations, same machine, same run.
+"""SAE training: saev against sparsify and SAELens, same batches, same machine, same run, each
+library at its best learning rate.
 
-    .venv/bin/python bench/bench_train.py                      # topk + relu, 300 steps, 3 repeats, CPU
-    .venv/bin/python bench/bench_train.py --steps 600 --repeats 5 --device cuda
-    .venv/bin/python bench/bench_train.py --archs topk --parquet --profile 25
+    .venv/bin/python bench/bench_train.py                         # both cases, topk, 3 seeds, CPU
+    .venv/bin/python bench/bench_train.py --cases demo --seeds 1  # quick look
+    .venv/bin/python bench/bench_train.py --arch relu             # the paper's SAE: saev vs SAELens
+    .venv/bin/python bench/bench_train.py --scaling               # saev tok/s and memory, d_sae 1k..65k
 
-Prints one JSON report on stdout (progress goes to stderr).
+Prints one JSON report on stdout and a Markdown summary on stderr.
 
-What is compared
-- Data. The training stream saev itself draws (the first ``steps`` batches of
-  ``ShuffledBatches(ActivationDump.open(dump, heldout_fraction), ("image", "text"), batch, seed)``)
-  is exported to a float32 .npy, and so are the held-out rows. SAELens's own trainer
-  (``sae_lens.training.sae_trainer.SAETrainer``) gets exactly those batches, in that order, as
-  its data provider. saev's ``train_sae`` gets the same batches from memory too: the bench swaps
-  the stream object it builds for one that yields the exported array (its input-scale probe still
-  reads the shards). So both trainers are timed on the same in-memory data; ``--parquet`` adds
-  stock ``train_sae`` streaming from the Parquet shards as a third variant ("saev_parquet"),
-  which ends with bit-identical weights to "saev" (same batches), only the batch source differs.
-- Input normalisation. saev scales inputs by s = sqrt(d_in) / mean||x||, estimated on
-  ``scale_batches`` batches of a probe stream. The bench computes s the same way once and hands
-  it to SAELens (``normalize_activations="expected_average_only_in"`` with the trainer's
-  ``activation_scaler.scaling_factor`` preset, so SAELens skips its estimation pass, which would
-  otherwise eat training batches, and folds s into the weights at the end as usual). The saev
-  runs are checked to have estimated the same s.
-- Architecture / hyper-parameters (defaults: d_sae = 8 * d_in, k = 16, batch 1024, lr 2e-4, Adam
-  betas (0.9, 0.999), lr constant then linear decay to 0 over the last 20% of steps):
-  * topk: saev ``architecture="topk"`` (unit-norm decoder, parallel-gradient removal, AuxK);
-    SAELens ``TopKTrainingSAE`` with ``rescale_acts_by_decoder_norm=True`` (its way of a unit-norm
-    decoder), ``decoder_init_norm=1`` (saev's init norm), ``apply_b_dec_to_input=True``, AuxK
-    coefficient 1/32 (saev's; SAELens's default is 1), dead window = saev's in steps.
-    Both minimise summed MSE + AuxK/32 and clip the gradient norm at 1. Left as each library
-    does it: saev inits b_dec at the geometric median and keeps decoder rows at unit norm; SAELens
-    b_dec = 0 and scales its AuxK term by min(n_dead / k_aux, 1).
-  * relu: saev ``architecture="relu"`` (the paper's SAE-V) vs SAELens ``StandardTrainingSAE``.
-    Both use loss = sum_d (x - x_hat)^2 averaged over the batch + lambda * mean_batch(sum_i
-    f_i ||W_dec[i]||) on the scaled input, i.e. the L1 term is scaled the same way (SAELens's
-    ``lp_norm=1``); lambda (``--l1-coefficient``, default 5) warms up over the first 5% of steps
-    in both, W_dec rows start at norm 0.1 with W_enc = W_dec^T, no b_dec subtraction
-    (``apply_b_dec_to_input=False``). Same lr as topk unless ``--relu-lr`` is given. L0 is not
-    fixed by the architecture here, so it is reported for both: compare FVU only where L0 matches.
-- Throughput: tokens/s of the training loop only. saev: ``train_sae``'s own ``tokens_per_s``
-  (its loop: batch fetch, forward/backward, Adam, decoder renorm, a log row every 50 steps and
-  the final checkpoint write; not the scale estimation, SAE construction, held-out evaluation or
-  export). SAELens: the wall time of ``SAETrainer.fit()`` (loop + folding the scale), timed in a
-  worker process (``bench/_saelens_train.py``) that runs in SAELens's own venv, imports it once
-  and serves all jobs, so its import is never timed. Runs are interleaved (saev, SAELens, then
-  SAELens, saev, ...) because the CPU is shared; medians over ``--repeats`` are reported, after
-  one short untimed warm-up run of each.
-- Threads: ``--threads 1`` by default, for both libraries. The machine this was written on has 2
-  cores shared with other users; with 2 torch threads every parallel op waits whenever one of
-  its threads is descheduled (measured there with a neighbour busy: one 1024x128 -> 1024 topk
-  step took 23 ms on 1 thread and 177 ms on 2), which turns the timing into a count of ops times
-  scheduler slices. ``--threads 0`` keeps torch's default (all cores); use it on a quiet machine.
-- Quality: both final SAEs are saved in SAELens's inference format (scale folded in) and read back
-  by the same code here, which computes FVU = sum||x - x_hat||^2 / sum||x - mean(x)||^2 and L0
-  (mean active latents per token) on the held-out rows, in float64.
+Cases
+- ``demo``: the demo dump ``make run`` writes (d_in 128), d_sae 1024, k 16, batch 1024, 300 steps.
+- ``synthetic``: d_in 512, d_sae 8192, k 32, batch 1024, one epoch of 200k rows of
+  ``bench/_synthetic.py`` (sparse combinations of 16k ground-truth directions with Zipf
+  frequencies, an offset and 2% noise), written as a dump.
 
-SAELens lives in its own venv (it pins its own dependency versions):
+Protocol
+- Data: saev's own training stream for the case (``ShuffledBatches`` of the train split, seed 0)
+  is exported to .npy once; every library trains on exactly those batches, in that order, from
+  memory. saev runs its real trainer (``train_sae``): the bench swaps only the stream objects it
+  builds for ones that yield the exported arrays, so its input-scale probe also sees the bench's
+  probe rows and every library gets the same s = sqrt(d_in) / mean||x||.
+- Splits: the dump's held-out samples (by sample id) are split again by a salted hash of the id
+  into a *validation* half, used only to pick each library's learning rate, and a *test* half,
+  used only for the reported FVU.
+- Learning rates: each variant walks from its own default lr in factors of 2 (seed 0, the full
+  budget) while validation FVU falls; the lr with the lowest validation FVU is kept and the timed
+  runs use it. ``--lr-mults`` tries a fixed list instead.
+- Timed runs: ``--seeds`` seeds (the SAE init; the batches stay the same), interleaved and with
+  the order rotated each round since the CPU is shared; medians and ranges are reported, after
+  one untimed warm-up run of each variant. Throughput counts only each library's training loop.
+- FVU against tokens: each variant at its best lr is also trained on the first 1/4 and 1/2 of
+  the batches (seed 0), evaluated on the test half.
+- Threads: 1 torch thread for every library by default (``--threads``); see RESULTS.md for why.
+
+Variants (TopK): ``saev`` (its defaults: see ``saev_core.optim``; ``saev-adam`` and
+``saev-signum`` pick the optimizer, ``saev-noaux`` turns AuxK off, as sparsify's default has it), ``sparsify-adam`` and
+``sparsify-signum`` (``SparseCoder`` in sparsify's own loop, ``_sparsify_train.py``; signum is
+sparsify's default), ``saelens`` (``TopKTrainingSAE`` in ``SAETrainer``, ``_saelens_train.py``).
+Each keeps its own recipe (init, loss normalisation, AuxK): only the lr is tuned. For relu only
+saev and SAELens's ``StandardTrainingSAE`` (sparsify has no L1 SAE).
+
+The peers live in their own venvs (they pin their own dependency versions):
     python3 -m venv /tmp/saelens-venv && /tmp/saelens-venv/bin/pip install torch==2.13.0 sae-lens
-If ``--saelens-python`` does not exist the SAELens part is skipped with a message (saev alone is
-still measured) and the exit status is 2.
+    python3 -m venv /tmp/sparsify-venv && /tmp/sparsify-venv/bin/pip install torch==2.13.0 eai-sparsify schedulefree
+A missing venv skips that library with a message and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import cProfile
-import io
 import json
 import os
 import platform
-import pstats
 import shutil
 import statistics
 import subprocess
@@ -86,14 +67,20 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import saev_core.train as saev_train  # noqa: E402
-from saev_core.activations import ActivationDump, ShuffledBatches, iter_rows  # noqa: E402
+from _synthetic import write_synthetic_dump  # noqa: E402
+from saev_core.activations import ActivationDump, ShuffledBatches, is_heldout, iter_rows  # noqa: E402
+from saev_core.optim import default_lr  # noqa: E402
 from saev_core.sae import estimate_input_scale  # noqa: E402
 from saev_core.train import TrainConfig, train_sae  # noqa: E402
 
 MODALITIES = ("image", "text")
-SAELENS_ARCH = {"topk": "topk", "relu": "standard"}
+CASES = {
+    "demo": {"d_sae": 1024, "k": 16, "batch_size": 1024, "steps": 300, "heldout_fraction": 0.05},
+    "synthetic": {"d_in": 512, "d_sae": 8192, "k": 32, "batch_size": 1024, "train_rows": 200_000, "heldout_fraction": 0.1},
+}
 
 
 def log(msg: str) -> None:
@@ -103,49 +90,77 @@ def log(msg: str) -> None:
 # ---- data ----------------------------------------------------------------------------------
 
 
-def export_data(args, tmp: Path) -> dict:
-    """Write the first ``steps`` training batches saev would draw and the held-out rows to .npy."""
-    dump = ActivationDump.open(args.activations, args.heldout_fraction)
-    stream = iter(ShuffledBatches(dump, MODALITIES, args.batch_size, seed=args.seed))
-    train = np.concatenate([next(stream).numpy() for _ in range(args.steps)])
-    heldout = torch.cat(list(iter_rows(dump, MODALITIES, "heldout"))).numpy()
-    # The input scale exactly as saev_core.train._new_sae estimates it (probe stream, seed + 1).
+def prepare_case(name: str, args, tmp: Path) -> dict:
+    """Export the case's training batches, probe batches and the validation/test rows."""
+    case = dict(CASES[name])
+    if args.quick:  # a smoke run of the whole protocol: a tenth of the budget
+        case.update({"steps": 30} if name == "demo" else {"train_rows": 20_000})
+    if args.batch_size and name == "demo":  # same token budget in batches of another size
+        case["steps"] = case["steps"] * case["batch_size"] // args.batch_size
+    case["batch_size"] = args.batch_size or case["batch_size"]
+    if name == "demo":
+        dump_path = args.activations or newest_dump()
+    else:
+        dump_path = tmp / "synthetic-dump"
+        # 1/(1 - heldout) more rows than trained on, so one epoch of the train split is the budget
+        n_rows = int(case["train_rows"] / (1 - case["heldout_fraction"]) * 1.02)
+        write_synthetic_dump(dump_path, n_rows, d_in=case["d_in"], seed=args.data_seed)
+    dump = ActivationDump.open(dump_path, case["heldout_fraction"])
+    bs = case["batch_size"]
+    if name == "synthetic":
+        n_train = sum(dump.read_row_group(rg, MODALITIES, "train").num_rows for rg in dump.row_groups)
+        case["steps"] = min(case["train_rows"], n_train) // bs
+    stream = iter(ShuffledBatches(dump, MODALITIES, bs, seed=0))
+    train = np.concatenate([next(stream).numpy() for _ in range(case["steps"])])
     scale_batches = TrainConfig.model_fields["scale_batches"].default
-    probe = iter(ShuffledBatches(dump, MODALITIES, args.batch_size, seed=args.seed + 1))
-    scale = estimate_input_scale(next(probe) for _ in range(scale_batches))
-    paths = {"train": tmp / "train.npy", "heldout": tmp / "heldout.npy"}
+    probe_stream = iter(ShuffledBatches(dump, MODALITIES, bs, seed=1))
+    probe = np.concatenate([next(probe_stream).numpy() for _ in range(min(scale_batches, case["steps"]))])
+    scale = estimate_input_scale([torch.from_numpy(probe)])
+    val, test = [], []
+    for x, table in iter_rows(dump, MODALITIES, "heldout", columns_too=True):
+        ids = table.column("sample_id").to_pylist()
+        pick = np.array([is_heldout("bench-validation:" + s, 0.5) for s in ids])
+        val.append(x.numpy()[pick])
+        test.append(x.numpy()[~pick])
+    paths = {"train": tmp / f"{name}-train.npy"}
     np.save(paths["train"], train.astype(np.float32, copy=False))
-    np.save(paths["heldout"], heldout.astype(np.float32, copy=False))
-    return {"paths": paths, "train": train, "heldout": heldout, "input_scale": scale, "d_in": dump.d_in}
+    return {"name": name, **case, "dump": dump_path, "d_in": dump.d_in, "train": train, "probe": probe, "paths": paths,
+            "validation": np.concatenate(val), "test": np.concatenate(test), "input_scale": scale}
+
+
+def newest_dump() -> Path:
+    """The demo dump ``make run`` left in the artifact store."""
+    dumps = sorted((ROOT / "data/artifacts/dump").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
+    if not dumps:
+        raise SystemExit("no demo dump: run `make run` first, or pass --activations DIR")
+    return dumps[-1].parent
 
 
 class _MemoryBatches:
-    """Stands in for saev's ShuffledBatches of the main stream: yields the exported batches."""
+    """Stands in for saev's ShuffledBatches: yields rows of an exported array, batch by batch."""
 
-    def __init__(self, train: np.ndarray, batch_size: int):
-        self.train, self.batch_size, self.bad_files, self.i = train, batch_size, set(), 0
+    def __init__(self, rows: np.ndarray, batch_size: int):
+        self.rows, self.batch_size, self.bad_files, self.i = rows, batch_size, set(), 0
 
     def state(self) -> dict:
         return {"position": {"epoch": 0, "chunk": 0, "batch": self.i}, "bad_files": []}
 
     def __iter__(self):
-        while (self.i + 1) * self.batch_size <= len(self.train):
-            b = torch.from_numpy(self.train[self.i * self.batch_size:(self.i + 1) * self.batch_size])
+        while (self.i + 1) * self.batch_size <= len(self.rows):
+            b = torch.from_numpy(self.rows[self.i * self.batch_size:(self.i + 1) * self.batch_size])
             self.i += 1
             yield b
-        raise RuntimeError("the exported training stream ran out of batches")
+        raise RuntimeError("the exported stream ran out of batches")
 
 
 @contextlib.contextmanager
-def saev_reads_memory(train: np.ndarray, seed: int):
-    """Within the block, train_sae's main stream (seed == ``seed``) yields ``train``; the input-scale
-    probe (seed + 1) still reads the shards. Only the bench's own module reference is swapped."""
+def saev_reads_memory(train: np.ndarray, probe: np.ndarray, seed: int):
+    """Within the block, train_sae's main stream (``seed``) yields ``train`` and its input-scale
+    probe (``seed + 1``) yields ``probe``. Only the bench's own module reference is swapped."""
     real = saev_train.ShuffledBatches
 
     def factory(dump, modalities, batch_size, seed=0, **kw):
-        if seed == main_seed:
-            return _MemoryBatches(train, batch_size)
-        return real(dump, modalities, batch_size, seed=seed, **kw)
+        return _MemoryBatches(train if seed == main_seed else probe, batch_size)
 
     main_seed = seed
     saev_train.ShuffledBatches = factory
@@ -155,7 +170,7 @@ def saev_reads_memory(train: np.ndarray, seed: int):
         saev_train.ShuffledBatches = real
 
 
-# ---- metrics (shared by both libraries) ----------------------------------------------------
+# ---- the shared metric ---------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -187,50 +202,27 @@ def heldout_metrics(sae_dir: Path, x: np.ndarray, chunk: int = 4096) -> dict:
         active += int((f > 0).sum())
         fired |= (f > 0).any(dim=0)
     total_var = (xt - xt.mean(dim=0)).pow(2).sum().item()
-    return {"fvu": sq_err / total_var, "explained_variance": 1 - sq_err / total_var, "l0": active / len(xt),
-            "dead_fraction_heldout": 1 - fired.double().mean().item()}
+    return {"fvu": sq_err / total_var, "l0": active / len(xt), "dead_fraction": 1 - fired.double().mean().item()}
 
 
-# ---- the two trainers ----------------------------------------------------------------------
+# ---- the libraries -------------------------------------------------------------------------
 
 
-def saev_config(args, arch: str, out: Path, steps: int) -> TrainConfig:
-    return TrainConfig(
-        activations=str(args.activations), out=str(out), architecture=arch, expansion_factor=args.expansion,
-        k=args.k if arch == "topk" else None, batch_size=args.batch_size, total_tokens=steps * args.batch_size,
-        lr=args.relu_lr if (arch == "relu" and args.relu_lr) else args.lr, betas=(0.9, 0.999),
-        lr_decay_frac=0.2, l1_coefficient=args.l1_coefficient, l1_warmup_frac=0.05,
-        heldout_fraction=args.heldout_fraction, device=args.device, seed=args.seed, progress=False,
-    )
+class Worker:
+    """A peer library's venv python running its ``_<lib>_train.py``: one JSON job/reply per line."""
 
-
-def run_saev(args, data: dict, arch: str, out: Path, steps: int, from_parquet: bool = False) -> dict:
-    cfg = saev_config(args, arch, out, steps)
-    ctx = contextlib.nullcontext() if from_parquet else saev_reads_memory(data["train"], args.seed)
-    with ctx:
-        manifest = train_sae(cfg, overwrite=True)
-    s = manifest["sae_config"]["input_scale"]
-    if abs(s - data["input_scale"]) > 1e-6 * data["input_scale"]:
-        raise RuntimeError(f"saev estimated input scale {s}, the bench {data['input_scale']}: the runs would not match")
-    return {"tokens_per_s": manifest["tokens_per_s"], "seconds": manifest["train_seconds_this_run"],
-            "sae_dir": out / "sae", "saev_reported": manifest["heldout"]["all"], "dead_window": manifest["sae_config"]["dead_window"]}
-
-
-class SAELensWorker:
-    """The SAELens venv's python running ``_saelens_train.py``: one JSON job/reply per line."""
-
-    def __init__(self, python: str, threads: int):
-        self.proc = subprocess.Popen([python, str(Path(__file__).with_name("_saelens_train.py")), str(threads)],
+    def __init__(self, python: str, script: str, threads: int):
+        self.proc = subprocess.Popen([python, str(ROOT / "bench" / script), str(threads)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         self.info = self._reply()
 
     def _reply(self) -> dict:
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"the SAELens worker exited (status {self.proc.wait()}); see its stderr above")
+            raise RuntimeError(f"a bench worker exited (status {self.proc.wait()}); see its stderr above")
         reply = json.loads(line)
         if not reply.get("ok"):
-            raise RuntimeError(f"SAELens worker: {reply.get('error')}")
+            raise RuntimeError(f"bench worker: {reply.get('error')}")
         return reply
 
     def train(self, job: dict) -> dict:
@@ -244,206 +236,291 @@ class SAELensWorker:
             self.proc.wait(timeout=30)
 
 
-def saelens_job(args, data: dict, arch: str, out: Path, steps: int) -> dict:
-    scfg = saev_config(args, arch, out or "unused", steps)
-    # saev's dead window counts tokens (default total_tokens / 10 at this size); SAELens counts steps.
-    dead_window_tokens = max(args.batch_size, min(10_000_000, scfg.total_tokens // 10))
-    return {
-        "arch": SAELENS_ARCH[arch], "train_npy": str(data["paths"]["train"]), "steps": steps,
-        "batch_size": args.batch_size, "d_sae": args.expansion * data["d_in"], "k": args.k if arch == "topk" else None,
-        "lr": scfg.lr, "betas": list(scfg.betas), "lr_decay_steps": round(scfg.lr_decay_frac * steps),
-        "l1_coefficient": args.l1_coefficient, "l1_warm_up_steps": round(scfg.l1_warmup_frac * steps),
-        "aux_coefficient": scfg.aux_coefficient, "dead_feature_window": max(1, dead_window_tokens // args.batch_size),
-        "input_scale": data["input_scale"], "apply_b_dec_to_input": arch == "topk",
-        "decoder_init_norm": 1.0 if arch == "topk" else 0.1, "device": args.device, "seed": args.seed,
-        "out": str(out) if out else None,
-    }
+def saev_optimizer(variant: str) -> str:
+    """``saev`` and ``saev-noaux`` train with saev's default optimizer, ``saev-<name>`` with that one."""
+    name = variant.split("-", 1)[1] if "-" in variant else "noaux"
+    return TrainConfig.model_fields["optimizer"].default if name == "noaux" else name
+
+
+def saev_config(args, arch: str, case: dict, out: Path, steps: int, lr: float | None, seed: int, optimizer: str,
+                noaux: bool = False) -> TrainConfig:
+    return TrainConfig(
+        activations=str(case["dump"]), out=str(out), architecture=arch, d_sae=case["d_sae"], optimizer=optimizer,
+        aux_coefficient=0.0 if noaux else TrainConfig.model_fields["aux_coefficient"].default,
+        k=case["k"] if arch == "topk" else None, batch_size=case["batch_size"], total_tokens=steps * case["batch_size"],
+        lr=lr, l1_coefficient=args.l1_coefficient, heldout_fraction=case["heldout_fraction"], device=args.device,
+        seed=seed, progress=False, eval_rows=0, checkpoint_every=10**9, scale_batches=len(case["probe"]) // case["batch_size"],
+    )
+
+
+def default_lr_of(variant: str, arch: str, case: dict) -> float:
+    """Each library's own default for this size (saev: its rule; the peers: their trainers')."""
+    d_sae = case["d_sae"]
+    if variant.startswith("saev"):
+        return default_lr(saev_optimizer(variant), arch, d_sae, case["batch_size"])
+    if variant == "sparsify-adam":
+        return 2e-4 / (d_sae / 2**14) ** 0.5
+    if variant == "sparsify-signum":
+        return 5e-3 / (d_sae / 2**14) ** 0.5
+    return 3e-4  # SAELens's SAETrainerConfig / LanguageModelSAERunnerConfig default
+
+
+def train_variant(variant: str, arch: str, case: dict, args, workers: dict, lr: float, steps: int, seed: int, out: Path) -> dict:
+    """Train one SAE; returns throughput and the saved SAE's directory."""
+    bs = case["batch_size"]
+    if variant.startswith("saev"):
+        cfg = saev_config(args, arch, case, out, steps, lr, seed, saev_optimizer(variant), noaux=variant == "saev-noaux")
+        with saev_reads_memory(case["train"], case["probe"], seed):
+            manifest = train_sae(cfg, overwrite=True)
+        s = manifest["sae_config"]["input_scale"]
+        if abs(s - case["input_scale"]) > 1e-6 * case["input_scale"]:
+            raise RuntimeError(f"saev estimated input scale {s}, the bench {case['input_scale']}: the runs would not match")
+        return {"tokens_per_s": manifest["tokens_per_s"], "sae_dir": out / "sae"}
+    if variant.startswith("sparsify"):
+        job = {"train_npy": str(case["paths"]["train"]), "steps": steps, "batch_size": bs, "d_sae": case["d_sae"], "k": case["k"],
+               "optimizer": variant.split("-")[1], "lr": lr, "lr_warmup_steps": min(1000, steps // 10), "auxk_alpha": 0.0,
+               "dead_feature_threshold": 10_000_000, "input_scale": case["input_scale"], "device": args.device,
+               "seed": seed, "out": str(out)}
+        r = workers["sparsify"].train(job)
+    else:
+        total = steps * bs
+        dead_tokens = max(bs, min(10_000_000, total // 10))
+        job = {"arch": "topk" if arch == "topk" else "standard", "train_npy": str(case["paths"]["train"]), "steps": steps,
+               "batch_size": bs, "d_sae": case["d_sae"], "k": case["k"] if arch == "topk" else None, "lr": lr,
+               "betas": [0.9, 0.999], "lr_decay_steps": round(0.2 * steps), "l1_coefficient": args.l1_coefficient,
+               "l1_warm_up_steps": round(0.05 * steps), "aux_coefficient": 1 / 32,
+               "dead_feature_window": max(1, dead_tokens // bs), "input_scale": case["input_scale"],
+               "apply_b_dec_to_input": arch == "topk", "decoder_init_norm": 1.0 if arch == "topk" else 0.1,
+               "device": args.device, "seed": seed, "out": str(out)}
+        r = workers["saelens"].train(job)
+    return {"tokens_per_s": r["tokens_per_s"], "sae_dir": out}
+
+
+# ---- the three phases ----------------------------------------------------------------------
+
+
+def sweep(variants, arch, case, args, workers, tmp) -> dict:
+    """lr per variant by validation FVU (seed 0, the full budget).
+
+    With ``--lr-mults`` those factors on the default are tried. Otherwise the search walks: the
+    default, then x2 and x0.5, then on in factors of 2 in the better direction while validation
+    FVU keeps falling (at most ``--max-sweep`` runs), so a default far from its optimum is still
+    found at 2x resolution.
+    """
+    out = {}
+    for v in variants:
+        base = default_lr_of(v, arch, case)
+        tried: dict[float, dict] = {}
+
+        def trial(m: float) -> float:
+            if m not in tried:
+                lr = base * m
+                r = train_variant(v, arch, case, args, workers, lr, case["steps"], 0, tmp / f"sweep-{case['name']}-{v}-{m}")
+                q = heldout_metrics(Path(r["sae_dir"]), case["validation"])
+                tried[m] = {"lr": lr, "mult": m, "validation_fvu": round(q["fvu"], 5), "l0": round(q["l0"], 2)}
+                log(f"{case['name']} sweep {v:16s} lr {lr:.3g} (x{m:g}): validation FVU {q['fvu']:.4f}, L0 {q['l0']:.1f}")
+                shutil.rmtree(r["sae_dir"], ignore_errors=True)
+            return tried[m]["validation_fvu"]
+
+        if args.lr_mults:
+            for m in args.lr_mults:
+                trial(m)
+        else:
+            trial(1.0)
+            up, down = trial(2.0), trial(0.5)
+            factor = 2.0 if up < down else 0.5
+            m = factor
+            while len(tried) < args.max_sweep and trial(m * factor) < trial(m):
+                m *= factor
+        best = min(tried.values(), key=lambda t: t["validation_fvu"])
+        out[v] = {"default_lr": base, "tried": sorted(tried.values(), key=lambda t: t["mult"]), "best_lr": best["lr"], "best_mult": best["mult"]}
+    return out
+
+
+def timed(variants, arch, case, args, workers, lrs, tmp) -> dict:
+    runs = {v: [] for v in variants}
+    for v in variants:  # warm-up: first-call costs (allocator, kernels) out of the timing
+        train_variant(v, arch, case, args, workers, lrs[v], 5, 0, tmp / f"warm-{v}")
+    for i, seed in enumerate(range(args.seeds)):
+        order = variants[i % len(variants):] + variants[:i % len(variants)]
+        for v in order:
+            r = train_variant(v, arch, case, args, workers, lrs[v], case["steps"], seed, tmp / f"timed-{case['name']}-{v}-{seed}")
+            q = heldout_metrics(Path(r["sae_dir"]), case["test"])
+            runs[v].append({"seed": seed, "tokens_per_s": r["tokens_per_s"], **q})
+            log(f"{case['name']} seed {seed} {v:16s} {r['tokens_per_s']:9.0f} tok/s, test FVU {q['fvu']:.4f}, L0 {q['l0']:.1f}")
+    out = {}
+    for v, rs in runs.items():
+        tps, fvu = [r["tokens_per_s"] for r in rs], [r["fvu"] for r in rs]
+        out[v] = {"lr": lrs[v], "tokens_per_s": statistics.median(tps), "tokens_per_s_range": [min(tps), max(tps)],
+                  "test_fvu": statistics.median(fvu), "test_fvu_range": [min(fvu), max(fvu)],
+                  "l0": statistics.median(r["l0"] for r in rs), "dead_fraction": statistics.median(r["dead_fraction"] for r in rs),
+                  "runs": rs}
+    return out
+
+
+def curve(variants, arch, case, args, workers, lrs, tmp, full: dict) -> dict:
+    out = {}
+    for v in variants:
+        points = []
+        for frac in (0.25, 0.5):
+            steps = max(5, int(case["steps"] * frac))
+            r = train_variant(v, arch, case, args, workers, lrs[v], steps, 0, tmp / f"curve-{case['name']}-{v}-{frac}")
+            points.append({"tokens": steps * case["batch_size"], "test_fvu": round(heldout_metrics(Path(r["sae_dir"]), case["test"])["fvu"], 5)})
+        seed0 = next(r for r in full[v]["runs"] if r["seed"] == 0)
+        points.append({"tokens": case["steps"] * case["batch_size"], "test_fvu": round(seed0["fvu"], 5)})
+        out[v] = points
+    return out
+
+
+# ---- scaling -------------------------------------------------------------------------------
+
+
+def matmul_gflops(n: int = 1024, d: int = 512, m: int = 8192, reps: int = 5) -> float:
+    """This machine's fp32 matmul throughput at an SAE-shaped product, on the bench's threads."""
+    a, b = torch.randn(n, d), torch.randn(d, m)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n * d * m * reps / (time.perf_counter() - t0) / 1e9
+
+
+def scaling(args, tmp: Path) -> list[dict]:
+    """saev TopK at d_in 512, d_sae 1k..65k: tok/s, peak RSS, and the matmul-bound ceiling.
+
+    The ceiling counts the one dense product a TopK step cannot avoid (the encoder's ranking
+    matmul, 2*B*d_in*d_sae FLOPs) at the measured matmul rate: tok/s <= rate / (2*d_in*d_sae).
+    """
+    rows = 40 * 1024
+    dump = tmp / "scaling-dump"
+    write_synthetic_dump(dump, int(rows / 0.99 * 1.05), d_in=512, seed=args.data_seed)
+    gflops = matmul_gflops()
+    out = []
+    for d_sae in args.scaling_sizes:
+        steps = 20 if d_sae <= 16384 else 8
+        cfg = TrainConfig(activations=str(dump), out=str(tmp / f"scale-{d_sae}"), architecture="topk", d_sae=d_sae, k=32,
+                          batch_size=1024, total_tokens=steps * 1024, heldout_fraction=0.01, device=args.device,
+                          progress=False, eval_rows=0, checkpoint_every=10**9, scale_batches=5)
+        code = ("import json,sys,resource; sys.path.insert(0, %r); from saev_core.train import TrainConfig, train_sae; "
+                "import torch; torch.set_num_threads(%d); m = train_sae(TrainConfig.model_validate_json(sys.argv[1]), overwrite=True); "
+                "print(json.dumps({'tokens_per_s': m['tokens_per_s'], 'peak_rss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))"
+                ) % (str(ROOT), max(args.threads, 1))
+        res = subprocess.run([sys.executable, "-c", code, cfg.model_dump_json()], capture_output=True, text=True, check=True)
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        bound = gflops * 1e9 / (2 * 512 * d_sae)
+        out.append({"d_sae": d_sae, "steps": steps, "tokens_per_s": round(r["tokens_per_s"]), "peak_rss_mib": round(r["peak_rss_kb"] / 1024),
+                    "matmul_bound_tokens_per_s": round(bound), "fraction_of_bound": round(r["tokens_per_s"] / bound, 3)})
+        log(f"scaling d_sae {d_sae}: {out[-1]}")
+        shutil.rmtree(tmp / f"scale-{d_sae}", ignore_errors=True)
+    return [{"matmul_gflops": round(gflops, 1)}, *out]
 
 
 # ---- report --------------------------------------------------------------------------------
 
 
-def summarise(runs: list[dict], heldout: np.ndarray) -> dict:
-    tps = [r["tokens_per_s"] for r in runs]
-    quality = [heldout_metrics(Path(r["sae_dir"]), heldout) for r in runs]
-    out = {
-        "tokens_per_s": statistics.median(tps),
-        "tokens_per_s_runs": [round(t, 1) for t in tps],
-        "fvu": statistics.median(q["fvu"] for q in quality),
-        "explained_variance": statistics.median(q["explained_variance"] for q in quality),
-        "l0": statistics.median(q["l0"] for q in quality),
-        "dead_fraction_heldout": statistics.median(q["dead_fraction_heldout"] for q in quality),
-        "fvu_runs": [round(q["fvu"], 5) for q in quality],
-    }
-    if "saev_reported" in runs[-1]:  # cross-check of the shared metric code against saev's own evaluation
-        out["saev_own_eval_fvu"] = runs[-1]["saev_reported"]["fvu"]
-        out["saev_own_eval_l0"] = runs[-1]["saev_reported"]["l0"]
-    return out
+def markdown(results: dict) -> str:
+    lines = []
+    for name, r in results.items():
+        t = r["timed"]
+        lines += [f"### {name}", "", "| variant | best lr | tok/s (median, range) | test FVU (median, range) | L0 | saev speed-up |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for v, x in t.items():
+            ratio = t["saev"]["tokens_per_s"] / x["tokens_per_s"] if "saev" in t else float("nan")
+            lines.append(f"| {v} | {x['lr']:.3g} | {x['tokens_per_s']:,.0f} ({x['tokens_per_s_range'][0]:,.0f}-{x['tokens_per_s_range'][1]:,.0f}) | "
+                         f"{x['test_fvu']:.4f} ({x['test_fvu_range'][0]:.4f}-{x['test_fvu_range'][1]:.4f}) | {x['l0']:.1f} | {ratio:.2f}x |")
+        lines.append("")
+    return "\n".join(lines)
 
 
-def profile_saev(args, data: dict, arch: str, out: Path, top: int) -> dict:
-    """cProfile one saev run's training loop only (in-memory stream): on from the first batch
-    fetch until train_sae calls its held-out evaluation, right after the loop."""
-    prof = cProfile.Profile()
-    cfg = saev_config(args, arch, out, args.steps)
-    real_eval, real_iter = saev_train.reconstruction_metrics, _MemoryBatches.__iter__
-
-    def profiled_iter(self):
-        prof.enable()
-        yield from real_iter(self)
-
-    def eval_after_loop(*a, **kw):
-        prof.disable()
-        return real_eval(*a, **kw)
-
-    _MemoryBatches.__iter__, saev_train.reconstruction_metrics = profiled_iter, eval_after_loop
-    try:
-        with saev_reads_memory(data["train"], args.seed):
-            manifest = train_sae(cfg, overwrite=True)
-    finally:
-        _MemoryBatches.__iter__, saev_train.reconstruction_metrics = real_iter, real_eval
-    buf = io.StringIO()
-    stats = pstats.Stats(prof, stream=buf).sort_stats("tottime")
-    stats.print_stats(top)
-    print(buf.getvalue(), file=sys.stderr)
-    total = sum(v[2] for v in stats.stats.values())
-    rows = []
-    for (file, line, fn), (_, nc, tt, ct, _) in sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:top]:
-        where = f"{Path(file).name}:{line}({fn})" if file != "~" else fn
-        rows.append({"function": where, "calls": nc, "tottime_s": round(tt, 3), "cumtime_s": round(ct, 3),
-                     "share_of_loop": round(tt / total, 3)})
-    return {"loop_seconds_profiled": round(total, 2), "tokens_per_s_under_profiler": manifest["tokens_per_s"], "top_by_own_time": rows}
-
-
-def machine_info(args, worker: SAELensWorker | None, loadavg_start: list[float]) -> dict:
-    info = {
-        "platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_saev": torch.__version__, "torch_threads_saev": torch.get_num_threads(), "device": args.device,
-        "loadavg_start": loadavg_start,
-    }
+def machine_info(args, workers: dict) -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "threads": args.threads, "device": args.device,
+            "loadavg_start": [round(v, 2) for v in os.getloadavg()]}
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-    if args.device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
-    if worker:
-        info.update({"sae_lens_version": worker.info["sae_lens_version"], "torch_saelens": worker.info["torch_version"],
-                     "torch_threads_saelens": worker.info["torch_threads"]})
+        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                                 if line.startswith("model name"))
+    for name, w in workers.items():
+        info[name] = {k: v for k, v in w.info.items() if k != "ok"}
     return info
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--activations", type=Path, default=ROOT / "data/runs/dump-demo-rlaif-L0", help="dump directory (`saev dump`)")
-    p.add_argument("--steps", type=int, default=300, help="training steps per run (default 300 keeps the default run under ~5 min on 2 cores)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per library and architecture (median reported)")
-    p.add_argument("--warmup-steps", type=int, default=10, help="untimed warm-up run per library/arch first (0: none)")
-    p.add_argument("--archs", default="topk,relu", help="comma list of topk, relu")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:i], for both libraries")
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--expansion", type=int, default=8, help="d_sae = expansion * d_in")
-    p.add_argument("--k", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--relu-lr", type=float, default=None, help="lr for relu/standard (default: --lr)")
-    p.add_argument("--l1-coefficient", type=float, default=5.0, help="relu/standard sparsity coefficient (paper: 5)")
-    p.add_argument("--heldout-fraction", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads for both libraries (default 1; 0 = torch's default). See the docstring.")
+    p.add_argument("--cases", default="demo,synthetic", help="comma list of demo, synthetic")
+    p.add_argument("--arch", default="topk", choices=["topk", "relu"])
+    p.add_argument("--activations", type=Path, default=None, help="the demo case's dump (default: the newest in data/artifacts)")
+    p.add_argument("--seeds", type=int, default=3, help="timed runs per variant (SAE init seeds 0..N-1)")
+    p.add_argument("--lr-mults", type=float, nargs="+", default=None, help="factors on each default lr to try (default: a walk in factors of 2)")
+    p.add_argument("--max-sweep", type=int, default=6, help="most lr values the walk tries per variant")
+    p.add_argument("--variants", default="saev,sparsify-adam,sparsify-signum,saelens")
+    p.add_argument("--l1-coefficient", type=float, default=5.0, help="relu sparsity coefficient (paper: 5)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads for every library (0: torch's default)")
     p.add_argument("--saelens-python", default="/tmp/saelens-venv/bin/python")
-    p.add_argument("--parquet", action="store_true", help="also time stock train_sae streaming from the Parquet shards")
-    p.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile one saev run per arch, top N functions")
-    p.add_argument("--keep", action="store_true", help="keep the temp dir (exported data, all SAEs)")
+    p.add_argument("--sparsify-python", default="/tmp/sparsify-venv/bin/python")
+    p.add_argument("--scaling", action="store_true", help="only the saev d_sae scaling sweep")
+    p.add_argument("--scaling-sizes", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
+    p.add_argument("--batch-size", type=int, default=None, help="override every case's batch size (same token budget)")
+    p.add_argument("--sweep-only", action="store_true", help="only the lr sweep on the validation split (to choose defaults)")
+    p.add_argument("--quick", action="store_true", help="a tenth of each case's budget: checks the protocol, not for figures")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = p.parse_args(argv)
-    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
-    if bad := [a for a in archs if a not in SAELENS_ARCH]:
-        p.error(f"unknown arch(s) {bad}; choose from {list(SAELENS_ARCH)}")
-    if args.steps < 5 or args.repeats < 1:
-        p.error("need --steps >= 5 and --repeats >= 1")
-
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    worker, skipped = None, None
-    if not Path(args.saelens_python).exists():
-        skipped = (f"SAELens python {args.saelens_python} not found: SAELens part skipped. Create it with "
-                   "`python3 -m venv /tmp/saelens-venv && /tmp/saelens-venv/bin/pip install torch==2.13.0 sae-lens` "
-                   "or pass --saelens-python")
-        log(skipped)
-    else:
-        log("starting the SAELens worker")
-        worker = SAELensWorker(args.saelens_python, args.threads)
-
     tmp = Path(tempfile.mkdtemp(prefix="bench_train-"))
-    t_start, loadavg_start = time.perf_counter(), [round(v, 2) for v in os.getloadavg()]
+    t_start = time.perf_counter()
+    if args.scaling:
+        try:
+            report = {"benchmark": "saev SAE training scaling", "machine": machine_info(args, {}), "scaling": scaling(args, tmp)}
+            print(json.dumps(report, indent=2))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return 0
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if args.arch == "relu":
+        variants = [v for v in variants if not v.startswith("sparsify")]
+    workers, skipped = {}, []
+    for lib, python, script in (("saelens", args.saelens_python, "_saelens_train.py"), ("sparsify", args.sparsify_python, "_sparsify_train.py")):
+        if not any(v.startswith(lib) for v in variants):
+            continue
+        if Path(python).exists():
+            log(f"starting the {lib} worker")
+            workers[lib] = Worker(python, script, args.threads)
+        else:
+            skipped.append(f"{lib}: {python} not found (see the docstring for the venv)")
+            variants = [v for v in variants if not v.startswith(lib)]
+            log(skipped[-1])
+    results = {}
     try:
-        log(f"exporting {args.steps} x {args.batch_size} training tokens and the held-out rows to {tmp}")
-        data = export_data(args, tmp)
-        log(f"d_in={data['d_in']} train rows={len(data['train'])} held-out rows={len(data['heldout'])} input scale s={data['input_scale']:.6g}")
-        results: dict = {}
-        for arch in archs:
-            if args.warmup_steps:
-                log(f"{arch}: warm-up ({args.warmup_steps} steps each, untimed)")
-                run_saev(args, data, arch, tmp / f"warm-saev-{arch}", args.warmup_steps)
-                if worker:
-                    worker.train(saelens_job(args, data, arch, None, args.warmup_steps))
-            runs: dict[str, list] = {"saev": [], "saelens": [], "saev_parquet": []}
-            for rep in range(args.repeats):
-                order = ["saev", "saelens"] if rep % 2 == 0 else ["saelens", "saev"]
-                if args.parquet:
-                    order.append("saev_parquet")
-                for lib in order:
-                    out = tmp / f"{lib}-{arch}-{rep}"
-                    if lib == "saelens":
-                        if not worker:
-                            continue
-                        r = worker.train(saelens_job(args, data, arch, out, args.steps))
-                        r["sae_dir"] = out
-                    else:
-                        r = run_saev(args, data, arch, out, args.steps, from_parquet=lib == "saev_parquet")
-                    runs[lib].append(r)
-                    log(f"{arch} repeat {rep + 1}/{args.repeats} {lib:12s} {r['tokens_per_s']:9.0f} tokens/s")
-            res = {lib: summarise(rs, data["heldout"]) for lib, rs in runs.items() if rs}
-            if "saelens" in res:
-                res["throughput_ratio_saev_over_saelens"] = res["saev"]["tokens_per_s"] / res["saelens"]["tokens_per_s"]
-                res["fvu_diff_saev_minus_saelens"] = res["saev"]["fvu"] - res["saelens"]["fvu"]
-                res["l0_diff_saev_minus_saelens"] = res["saev"]["l0"] - res["saelens"]["l0"]
-            if args.profile:
-                log(f"{arch}: profiling one saev run")
-                res["saev_profile_top"] = profile_saev(args, data, arch, tmp / f"profile-{arch}", args.profile)
-            results[arch] = res
-        report = {
-            "benchmark": "saev vs sae-lens SAE training",
-            "machine": {**machine_info(args, worker, loadavg_start), "loadavg_end": [round(v, 2) for v in os.getloadavg()]},
-            "settings": {
-                "activations": str(args.activations), "d_in": data["d_in"], "d_sae": args.expansion * data["d_in"],
-                "k": args.k, "batch_size": args.batch_size, "steps": args.steps, "tokens_per_run": args.steps * args.batch_size,
-                "lr": args.lr, "relu_lr": args.relu_lr or args.lr, "betas": [0.9, 0.999], "lr_decay": "linear to 0 over last 20%",
-                "l1_coefficient": args.l1_coefficient, "l1_warmup": "first 5% of steps", "input_scale": data["input_scale"],
-                "input_normalisation": "s = sqrt(d_in)/mean||x|| estimated once (saev's probe); saev estimates the same s, "
-                                       "SAELens gets it as activation_scaler.scaling_factor (expected_average_only_in)",
-                "data": "same exported token stream, in memory, for saev and SAELens",
-                "heldout_rows": len(data["heldout"]), "repeats": args.repeats, "warmup_steps": args.warmup_steps,
-                "order": "interleaved, alternating which library goes first",
-                "saelens_python": args.saelens_python, "torch_threads": args.threads or "torch default",
-                "not_matched": [
-                    "AuxK scale: both add AuxK/32 in squared-error units; SAELens also scales it by min(n_dead/k_aux, 1)",
-                    "topk decoder: saev renormalises W_dec rows to 1 and removes the parallel gradient; SAELens leaves "
-                    "W_dec free and divides by its row norms (rescale_acts_by_decoder_norm)",
-                    "topk b_dec init: saev geometric median of the data, SAELens zeros",
-                    "W_dec init: saev normalised Gaussian rows, SAELens normalised kaiming-uniform rows (same norms)",
-                ],
-            },
-            "results": results,
-            "saelens_skipped": skipped,
-            "bench_wall_s": round(time.perf_counter() - t_start, 1),
-        }
+        for name in [c.strip() for c in args.cases.split(",") if c.strip()]:
+            log(f"case {name}: exporting the batches")
+            case = prepare_case(name, args, tmp)
+            log(f"case {name}: d_in {case['d_in']}, d_sae {case['d_sae']}, {case['steps']} steps of {case['batch_size']}, "
+                f"{len(case['validation'])} validation / {len(case['test'])} test rows, s = {case['input_scale']:.5g}")
+            sw = sweep(variants, args.arch, case, args, workers, tmp)
+            if args.sweep_only:
+                results[name] = {"sweep": sw}
+                continue
+            lrs = {v: sw[v]["best_lr"] for v in variants}
+            t = timed(variants, args.arch, case, args, workers, lrs, tmp)
+            results[name] = {
+                "settings": {k: case[k] for k in ("d_in", "d_sae", "k", "batch_size", "steps", "heldout_fraction", "input_scale")}
+                | {"tokens": case["steps"] * case["batch_size"], "validation_rows": len(case["validation"]), "test_rows": len(case["test"])},
+                "sweep": sw, "timed": t, "fvu_vs_tokens": curve(variants, args.arch, case, args, workers, lrs, tmp, t),
+            }
+            for v in variants:
+                if v != "saev":
+                    results[name][f"speedup_saev_over_{v}"] = t["saev"]["tokens_per_s"] / t[v]["tokens_per_s"]
+        report = {"benchmark": f"saev vs sparsify vs SAELens SAE training ({args.arch})", "machine": machine_info(args, workers)
+                  | {"loadavg_end": [round(v, 2) for v in os.getloadavg()]}, "arch": args.arch, "results": results,
+                  "skipped": skipped, "bench_wall_s": round(time.perf_counter() - t_start, 1)}
         print(json.dumps(report, indent=2, default=str))
+        if not args.sweep_only:
+            print(markdown(results), file=sys.stderr)
     finally:
-        if worker:
-            worker.close()
+        for w in workers.values():
+            w.close()
         if args.keep:
             log(f"kept {tmp}")
         else:

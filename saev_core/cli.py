@@ -85,6 +85,17 @@ def fail(message: str, code: int = 2):
     raise typer.Exit(code)
 
 
+def parse_sweep(items: list[str]) -> dict[str, list]:
+    """``k=16,32`` -> {"k": [16, 32]}; values parsed as YAML, as for --set."""
+    axes = {}
+    for item in items:
+        field, sep, raw = item.partition("=")
+        if not sep or not field or not raw:
+            raise typer.BadParameter(f"expected FIELD=V1,V2,..., got {item!r}", param_hint="--sweep")
+        axes[field] = [yaml.safe_load(v) for v in raw.split(",")]
+    return axes
+
+
 def parse_columns(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
@@ -178,19 +189,22 @@ def train(
     modalities: Optional[str] = typer.Option(None, help="image+text (SAE-V) or text (the text-only baseline)."),
     batch_size: Optional[int] = typer.Option(None, help="Tokens per step (default: 4096)."),
     total_tokens: Optional[int] = typer.Option(None, help="Training tokens (default: 2,000,000)."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate (default: 5e-5 relu, 2e-4 topk)."),
+    optimizer: Optional[str] = typer.Option(None, help="adam or signum (default: adam)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default: 5e-5 for relu with adam, the paper's; else scaled with d_sae and batch size, see saev_core/optim.py)."),
     l1_coefficient: Optional[float] = typer.Option(None, help="Sparsity penalty lambda for relu (default: 5)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: auto)."),
     seed: Optional[int] = typer.Option(None, help="Seed for init and batch order (default: 0)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run directory made with another config."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    sweep: list[str] = typer.Option([], "--sweep", help="FIELD=V1,V2,...: one SAE per value, all trained in one pass over the data, "
+                                    "each in <out>/FIELD=V (repeat for a grid: every combination). E.g. --sweep k=16,32,64."),
 ):
     """Train an SAE on dumped activations (resumes from the last checkpoint in --out)."""
-    from saev_core.train import TrainConfig, train_sae
+    from saev_core.train import TrainConfig, sweep_configs, train_sae, train_saes
 
     data = merge(load_config_file(config), {
         "activations": activations, "out": out, "architecture": architecture, "expansion_factor": expansion_factor,
-        "k": k, "modalities": modalities, "batch_size": batch_size, "total_tokens": total_tokens, "lr": lr,
+        "k": k, "modalities": modalities, "batch_size": batch_size, "total_tokens": total_tokens, "optimizer": optimizer, "lr": lr,
         "l1_coefficient": l1_coefficient, "device": device, "seed": seed})
     apply_set(data, set_)
     if "activations" not in data:
@@ -198,6 +212,17 @@ def train(
         data["activations"] = dump["path"] if dump else "data/runs/dump-demo-rlaif-L0"
     data.setdefault("out", f"data/runs/sae-{data.get('architecture', 'relu')}-{data.get('modalities', 'image+text').replace('+', '-')}")
     cfg = validate(TrainConfig, data)
+    if sweep:
+        try:
+            cfgs = sweep_configs(cfg.model_dump(), parse_sweep(sweep))
+            manifests = train_saes(cfgs, overwrite=overwrite)
+        except ValidationError as e:
+            fail("invalid sweep value: " + "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()))
+        except (ValueError, FileNotFoundError, RuntimeError, MemoryError, OSError) as e:
+            fail(str(e))
+        typer.echo(json.dumps([{"out": c.out, "all_fvu": m["heldout"]["all"]["fvu"], "all_l0": m["heldout"]["all"]["l0"],
+                                "dead_fraction": m["heldout"]["dead_fraction"]} for c, m in zip(cfgs, manifests)], indent=2))
+        return
     try:
         manifest = train_sae(cfg, overwrite=overwrite)
     except (ValueError, FileNotFoundError, RuntimeError, MemoryError, OSError) as e:

@@ -296,16 +296,21 @@ class SAE(nn.Module):
         with torch.no_grad():
             pre = self._pre(sx)
             if self.cfg.architecture == "topk":
-                rows, cols = per_token_entries(pre.topk(k, dim=-1, sorted=False).indices)
+                values, idx = pre.topk(k, dim=-1, sorted=False)
+                rows, cols = per_token_entries(idx)
+                values = values.reshape(-1)
             else:
-                rows, cols = batch_entries(pre.relu().flatten().topk(k * n, sorted=False).indices, d_sae)
+                values, idx = pre.relu().flatten().topk(k * n, sorted=False)
+                values, rows, cols = batch_entries(values, idx, d_sae)
             dead = self.dead_mask().nonzero().squeeze(1)
-            n_aux = min(self.cfg.aux_k or 0, dead.numel())
+            n_aux = min(self.cfg.aux_k or 0, dead.numel()) if self.cfg.aux_coefficient > 0 else 0
             if n_aux:
-                aux_rows, aux_cols = per_token_entries(dead[pre.index_select(1, dead).topk(n_aux, dim=-1, sorted=False).indices])
+                aux_values, top = pre.index_select(1, dead).topk(n_aux, dim=-1, sorted=False)
+                aux_rows, aux_cols = per_token_entries(dead[top])
                 rows, cols = torch.cat([rows, aux_rows]), torch.cat([cols, aux_cols])
+                values = torch.cat([values, aux_values.reshape(-1)])
         b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else None
-        values = sampled_pre(sx, b_dec, self.W_enc, self.b_enc, pre, rows, cols).relu()
+        values = sampled_pre(sx, b_dec, self.W_enc, self.b_enc, values, rows, cols).relu()
         n_main = rows.numel() - n * n_aux
         acts = ActiveLatents.from_entries(rows[:n_main], cols[:n_main], values[:n_main], n, d_sae)
         if not n_aux:

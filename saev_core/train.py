@@ -15,6 +15,7 @@ piece of state is in the checkpoint.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -36,7 +37,7 @@ from saev_core.evaluate import reconstruction_metrics
 from saev_core.io import atomic_dir, atomic_path, claim_output_dir, read_json, write_json
 from saev_core.modeling import resolve_device
 from saev_core.optim import Optimizer, default_lr, make_optimizer
-from saev_core.sae import SAE, TOPK_LIKE, SAEConfig, estimate_input_scale, l1_coefficient_at
+from saev_core.sae import SAE, TOPK_LIKE, SAEConfig, SAEOutput, estimate_input_scale, l1_coefficient_at
 
 _RUNTIME_FIELDS = {"out", "progress", "device", "checkpoint_every", "log_every", "keep_checkpoints", "eval_rows"}
 
@@ -148,16 +149,13 @@ def load_training_state(path: Path, device: torch.device) -> tuple[SAE, dict, di
     return sae, opt_state, state
 
 
-def _new_sae(cfg: TrainConfig, dump: ActivationDump, modalities: tuple[str, ...], d_sae: int, device: torch.device) -> SAE:
-    d_in = dump.d_in
-    probe = ShuffledBatches(dump, modalities, cfg.batch_size, seed=cfg.seed + 1, buffer_rows=cfg.buffer_rows)
-    sample = [x for _, x in zip(range(cfg.scale_batches), probe)]
-    scale = estimate_input_scale(sample)
+def _new_sae(cfg: TrainConfig, d_in: int, d_sae: int, sample: list[torch.Tensor], device: torch.device) -> SAE:
+    """A fresh SAE; ``sample`` (probe batches) sets the input scale and the TopK b_dec init."""
     sae_cfg = SAEConfig(
         architecture=cfg.architecture, d_in=d_in, d_sae=d_sae, k=cfg.k,
         l1_coefficient=cfg.l1_coefficient, l1_warmup_frac=cfg.l1_warmup_frac, aux_coefficient=cfg.aux_coefficient,
         dead_window=cfg.dead_window or max(cfg.batch_size, min(10_000_000, cfg.total_tokens // 10)),
-        input_scale=scale, seed=cfg.seed,
+        input_scale=estimate_input_scale(sample), seed=cfg.seed,
     )
     sae = SAE(sae_cfg).to(device)
     if cfg.architecture in TOPK_LIKE:
@@ -182,104 +180,216 @@ def _heldout_summary(sae: SAE, dump: ActivationDump, device: torch.device, max_r
     return {**out, "dead_fraction": m["dead_fraction"]}
 
 
+# Fields every SAE of one pass shares: they define the batches (and when they are checkpointed).
+SHARED_FIELDS = ("activations", "modalities", "batch_size", "total_tokens", "seed", "buffer_rows", "heldout_fraction",
+                 "scale_batches", "checkpoint_every", "device")
+
+
+def sweep_configs(base: dict, axes: dict[str, list]) -> list[TrainConfig]:
+    """One config per point of the grid ``axes`` (e.g. {"k": [16, 32]}), each in ``<out>/<k=16,...>``.
+
+    Only fields outside SHARED_FIELDS can vary: the SAEs of a sweep train on the same batches.
+    """
+    shared = [f for f in axes if f in SHARED_FIELDS or f == "out"]
+    unknown = [f for f in axes if f not in TrainConfig.model_fields]
+    if unknown or shared:
+        raise ValueError(f"cannot sweep {unknown + shared}: a sweep varies SAE fields of the train config, not "
+                         f"{', '.join(SHARED_FIELDS)} (those define the shared batches)")
+    if any(not values for values in axes.values()):
+        raise ValueError("every swept field needs at least one value, e.g. --sweep k=16,32")
+    names = list(axes)
+    return [TrainConfig.model_validate({**base, **dict(zip(names, point)),
+                                        "out": str(Path(base["out"]) / ",".join(f"{n}={v}" for n, v in zip(names, point)))})
+            for point in itertools.product(*(axes[n] for n in names))]
+
+
+class _Run:
+    """One SAE of a pass: its model, optimizer, log and checkpoints."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, sae: SAE, opt_state: dict | None, start: int, last_ckpt: Path | None):
+        self.cfg, self.out, self.sae, self.last_ckpt = cfg, out, sae, last_ckpt
+        self.base_lr = cfg.lr or default_lr(cfg.optimizer, cfg.architecture, sae.cfg.d_sae, cfg.batch_size)
+        self.opt = make_optimizer(cfg.optimizer, sae.parameters(), self.base_lr, cfg.betas)
+        if opt_state is not None:
+            self.opt.load_state_dict(opt_state)
+        sae.train()
+        log_path = out / "train_log.jsonl"
+        _truncate_log(log_path, start)
+        self.log_file = open(log_path, "a")
+
+    def log(self, row: dict) -> None:
+        self.log_file.write(json.dumps(row) + "\n")
+        self.log_file.flush()
+
+    def step(self, x: torch.Tensor, step: int, total: int) -> SAEOutput:
+        """One optimizer step on batch x; raises TrainingDiverged on a non-finite loss."""
+        cfg, sae = self.cfg, self.sae
+        lam = l1_coefficient_at(step, total, sae.cfg)
+        res = sae(x, l1_coefficient=lam)
+        if not bool(torch.isfinite(res.loss)):
+            raise TrainingDiverged(
+                f"{self.out}: loss became {res.loss.item()} at step {step}; training stopped. Last good checkpoint: "
+                f"{self.last_ckpt or 'none yet'}. Lower lr (now {self.base_lr}) or check the activations for outliers."
+            )
+        self.opt.zero_grad(set_to_none=True)
+        res.loss.backward()
+        if cfg.architecture in TOPK_LIKE:
+            sae.remove_parallel_grad_()
+        if cfg.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip_norm)
+        lr = lr_at(step, total, self.base_lr, cfg.lr_decay_frac)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.step()
+        if cfg.architecture in TOPK_LIKE:
+            sae.normalize_decoder_()
+        done = step + 1
+        if done % cfg.log_every == 0 or done == total:
+            self.log({"step": done, "tokens": done * cfg.batch_size, "loss": res.loss.item(), "mse": res.mse.item(),
+                      "fvu": res.fvu.item(), "l0": res.l0.item(), "l1": res.l1.item(), "aux": res.aux.item(),
+                      "dead_fraction": sae.dead_mask().float().mean().item(), "lr": lr, "l1_coefficient": lam})
+        return res
+
+    def checkpoint(self, done: int, stream: ShuffledBatches) -> None:
+        self.last_ckpt = self.out / "checkpoints" / f"step-{done:08d}"
+        save_training_state(self.last_ckpt, self.sae, self.opt, stream, done)
+        for old in _checkpoints(self.out)[:-self.cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def finish(self, dump: ActivationDump, device: torch.device, stream: ShuffledBatches, total: int, tokens_per_s: float,
+               elapsed: float, sweep: list[str] | None) -> dict:
+        sae, cfg = self.sae, self.cfg
+        sae.eval()
+        metrics = reconstruction_metrics(sae, dump, device=device)
+        sparsity = torch.log10(torch.tensor(metrics.pop("firing_rates")) + 1e-10)
+        save_sae(sae, self.out / "sae", sparsity=sparsity, metadata={
+            "model_name": dump.manifest["model"], "hook_name": dump.manifest["hook"], "hook_layer": dump.manifest["layer"],
+            "dataset_path": dump.manifest["dataset"]["path"], "context_size": None, "prepend_bos": True,
+        })
+        manifest = {
+            "kind": "saev.sae_run", "saev_core_version": __version__, "config": cfg.model_dump(),
+            "sae": "sae", "sae_config": sae.cfg.model_dump(), "activations": str(dump.path), "lr": self.base_lr,
+            "steps": total, "tokens": total * cfg.batch_size, "bad_shards": [str(dump.files[i]) for i in sorted(stream.bad_files)],
+            "train_seconds_this_run": elapsed, "tokens_per_s": tokens_per_s, "heldout": metrics,
+        }
+        if sweep:
+            manifest["trained_with"] = sweep  # the runs of one pass over the data
+        write_json(self.out / "manifest.json", manifest)
+        return manifest
+
+
 def train_sae(cfg: TrainConfig, overwrite: bool = False, stop_at_step: int | None = None) -> dict:
     """Train (or resume) and return the run manifest. ``stop_at_step`` ends early as a crash would."""
-    device = resolve_device(cfg.device)
+    return train_saes([cfg], overwrite=overwrite, stop_at_step=stop_at_step)[0]
+
+
+def _check_shared(cfgs: list[TrainConfig]) -> None:
+    if not cfgs:
+        raise ValueError("no training configs given")
+    for f in SHARED_FIELDS:
+        values = {json.dumps(getattr(c, f), default=str) for c in cfgs}
+        if len(values) > 1:
+            raise ValueError(f"the SAEs of one pass must share {f!r} (they train on the same batches), got {sorted(values)}")
+    outs = [str(Path(c.out).resolve()) for c in cfgs]
+    if len(set(outs)) < len(outs):
+        raise ValueError("two SAEs of one pass have the same output directory: give each its own out")
+
+
+def train_saes(cfgs: list[TrainConfig], overwrite: bool = False, stop_at_step: int | None = None) -> list[dict]:
+    """Train several SAEs (a sweep over k, lambda, lr, width...) from one read and shuffle of the data.
+
+    Each batch is read and shuffled once and every SAE takes a step on it. Each run keeps its own
+    output directory, log, checkpoints and manifest, exactly as if trained alone (same batches,
+    same weights); a stopped pass resumes from the newest checkpoint all unfinished runs have, and
+    runs that finished are left as they are. A run whose loss diverges stops with its last
+    checkpoint while the others go on; the pass then raises TrainingDiverged naming it.
+    """
+    _check_shared(cfgs)
+    lead = cfgs[0]
+    device = resolve_device(lead.device)
     if device.type == "cpu":
         reuse_freed_memory()
-    modalities = MODALITY_SETS[cfg.modalities]
-    dump = ActivationDump.open(cfg.activations, cfg.heldout_fraction)
+    modalities = MODALITY_SETS[lead.modalities]
+    dump = ActivationDump.open(lead.activations, lead.heldout_fraction)
     rows = dump.manifest.get("rows")
     if rows is not None and sum(rows.get(m, 0) for m in modalities) == 0:
-        raise ValueError(f"the dump at {cfg.activations} has no {'+'.join(modalities)} rows to train on ({dump.manifest.get('n_samples', 0)} "
+        raise ValueError(f"the dump at {lead.activations} has no {'+'.join(modalities)} rows to train on ({dump.manifest.get('n_samples', 0)} "
                          f"samples kept, {dump.manifest.get('n_rejected', 0)} rejected; see its rejected/ files)")
-    d_sae = cfg.d_sae or cfg.expansion_factor * dump.d_in
-    check_memory(dump.d_in, d_sae, device, cfg.batch_size)
-    out = claim_output_dir(cfg.out, cfg.identity(), overwrite, "training run")
-    total = cfg.steps
-    stream = ShuffledBatches(dump, modalities, cfg.batch_size, seed=cfg.seed, buffer_rows=cfg.buffer_rows)
-
-    ckpts = _checkpoints(out)
-    if ckpts and (out / "manifest.json").exists() and read_json(ckpts[-1] / "state.json")["step"] >= total:
-        return read_json(out / "manifest.json")  # finished with this config: nothing to redo
-    if ckpts:
-        sae, opt_state, state = load_training_state(ckpts[-1], device)
-        if sae.cfg.d_in != dump.d_in:
-            raise ValueError(f"checkpoint {ckpts[-1]} has d_in={sae.cfg.d_in} but the activations have d_in={dump.d_in}")
-        stream.load_state(state["stream"])
-        start = state["step"]
-    else:
-        sae, opt_state, start = _new_sae(cfg, dump, modalities, d_sae, device), None, 0
-    base_lr = cfg.lr or default_lr(cfg.optimizer, cfg.architecture, sae.cfg.d_sae, cfg.batch_size)
-    opt = make_optimizer(cfg.optimizer, sae.parameters(), base_lr, cfg.betas)
-    if opt_state is not None:
-        opt.load_state_dict(opt_state)
-    sae.train()
-    log_path = out / "train_log.jsonl"
-    _truncate_log(log_path, start)
+    for cfg in cfgs:
+        check_memory(dump.d_in, cfg.d_sae or cfg.expansion_factor * dump.d_in, device, cfg.batch_size)
+    total = lead.steps
+    manifests: dict[int, dict] = {}
+    pending: list[tuple[int, TrainConfig, Path, dict[int, Path]]] = []
+    for i, cfg in enumerate(cfgs):
+        out = claim_output_dir(cfg.out, cfg.identity(), overwrite, "training run")
+        ckpts = {int(p.name.split("-")[1]): p for p in _checkpoints(out)}
+        if ckpts and (out / "manifest.json").exists() and max(ckpts) >= total:
+            manifests[i] = read_json(out / "manifest.json")  # finished with this config: nothing to redo
+        else:
+            pending.append((i, cfg, out, ckpts))
+    if not pending:
+        return [manifests[i] for i in range(len(cfgs))]
+    common = set.intersection(*(set(c) for *_, c in pending))
+    start = max(common, default=0)
+    stream = ShuffledBatches(dump, modalities, lead.batch_size, seed=lead.seed, buffer_rows=lead.buffer_rows)
+    sample: list[torch.Tensor] = []
+    runs: dict[int, _Run] = {}
+    for i, cfg, out, ckpts in pending:
+        if start:
+            sae, opt_state, state = load_training_state(ckpts[start], device)
+            if sae.cfg.d_in != dump.d_in:
+                raise ValueError(f"checkpoint {ckpts[start]} has d_in={sae.cfg.d_in} but the activations have d_in={dump.d_in}")
+            stream.load_state(state["stream"])
+            runs[i] = _Run(cfg, out, sae, opt_state, start, ckpts[start])
+        else:
+            if not sample:
+                probe = ShuffledBatches(dump, modalities, lead.batch_size, seed=lead.seed + 1, buffer_rows=lead.buffer_rows)
+                sample = [x for _, x in zip(range(lead.scale_batches), probe)]
+            runs[i] = _Run(cfg, out, _new_sae(cfg, dump.d_in, cfg.d_sae or cfg.expansion_factor * dump.d_in, sample, device),
+                           None, 0, None)
+    failed: dict[int, str] = {}
     batches = iter(stream)
-    last_ckpt = ckpts[-1] if ckpts else None
     t0, tokens_this_run, eval_seconds = time.perf_counter(), 0, 0.0
-    with tqdm(total=total, initial=start, desc=f"train {cfg.architecture} SAE", unit="step", disable=not cfg.progress) as pbar, \
-            open(log_path, "a") as log_file:
-        for step in range(start, total):
-            if stop_at_step is not None and step >= stop_at_step:
-                return {"stopped_at_step": step, "last_checkpoint": str(last_ckpt)}
-            x = next(batches).to(device, non_blocking=True)
-            lam = l1_coefficient_at(step, total, sae.cfg)
-            res = sae(x, l1_coefficient=lam)
-            if not bool(torch.isfinite(res.loss)):
-                raise TrainingDiverged(
-                    f"loss became {res.loss.item()} at step {step}; training stopped. Last good checkpoint: "
-                    f"{last_ckpt or 'none yet'}. Lower lr (now {base_lr}) or check the activations for outliers."
-                )
-            opt.zero_grad(set_to_none=True)
-            res.loss.backward()
-            if cfg.architecture in TOPK_LIKE:
-                sae.remove_parallel_grad_()
-            if cfg.grad_clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip_norm)
-            lr = lr_at(step, total, base_lr, cfg.lr_decay_frac)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            opt.step()
-            if cfg.architecture in TOPK_LIKE:
-                sae.normalize_decoder_()
-            tokens_this_run += x.shape[0]
-            done = step + 1
-            if done % cfg.log_every == 0 or done == total:
-                row = {"step": done, "tokens": done * cfg.batch_size, "loss": res.loss.item(), "mse": res.mse.item(),
-                       "fvu": res.fvu.item(), "l0": res.l0.item(), "l1": res.l1.item(), "aux": res.aux.item(),
-                       "dead_fraction": sae.dead_mask().float().mean().item(), "lr": lr, "l1_coefficient": lam}
-                log_file.write(json.dumps(row) + "\n")
-                log_file.flush()
-                pbar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "fvu", "l0")}, refresh=False)
-            if done % cfg.checkpoint_every == 0 or done == total:
-                last_ckpt = out / "checkpoints" / f"step-{done:08d}"
-                save_training_state(last_ckpt, sae, opt, stream, done)
-                for old in _checkpoints(out)[:-cfg.keep_checkpoints]:
-                    shutil.rmtree(old, ignore_errors=True)
-                if done < total and cfg.eval_rows:
-                    t_eval = time.perf_counter()
-                    log_file.write(json.dumps({"step": done, "heldout": _heldout_summary(sae, dump, device, cfg.eval_rows)}) + "\n")
-                    log_file.flush()
-                    sae.train()
-                    eval_seconds += time.perf_counter() - t_eval
-            pbar.update(1)
+    desc = f"train {lead.architecture} SAE" if len(cfgs) == 1 else f"train {len(runs)} SAEs"
+    try:
+        with tqdm(total=total, initial=start, desc=desc, unit="step", disable=not lead.progress) as pbar:
+            for step in range(start, total):
+                if stop_at_step is not None and step >= stop_at_step:
+                    stopped = {"stopped_at_step": step}
+                    return [{**stopped, "last_checkpoint": str(runs[i].last_ckpt)} if i in runs else manifests[i] for i in range(len(cfgs))]
+                x = next(batches).to(device, non_blocking=True)
+                res = None
+                for i, run in list(runs.items()):
+                    try:
+                        res = run.step(x, step, total)
+                    except TrainingDiverged as e:
+                        failed[i] = str(e)
+                        run.log_file.close()
+                        del runs[i]
+                if not runs:
+                    break
+                tokens_this_run += x.shape[0]
+                done = step + 1
+                if res is not None and len(cfgs) == 1 and (done % lead.log_every == 0 or done == total):
+                    pbar.set_postfix({"loss": f"{res.loss.item():.3g}", "fvu": f"{res.fvu.item():.3g}", "l0": f"{res.l0.item():.3g}"}, refresh=False)
+                if done % lead.checkpoint_every == 0 or done == total:
+                    for run in runs.values():
+                        run.checkpoint(done, stream)
+                    if done < total and lead.eval_rows:
+                        t_eval = time.perf_counter()
+                        for run in runs.values():
+                            run.log({"step": done, "heldout": _heldout_summary(run.sae, dump, device, lead.eval_rows)})
+                            run.sae.train()
+                        eval_seconds += time.perf_counter() - t_eval
+                pbar.update(1)
+    finally:
+        for run in runs.values():
+            run.log_file.close()
     elapsed = time.perf_counter() - t0 - eval_seconds
-    sae.eval()
-    metrics = reconstruction_metrics(sae, dump, device=device)
-    sparsity = torch.log10(torch.tensor(metrics.pop("firing_rates")) + 1e-10)
-    save_sae(sae, out / "sae", sparsity=sparsity, metadata={
-        "model_name": dump.manifest["model"], "hook_name": dump.manifest["hook"], "hook_layer": dump.manifest["layer"],
-        "dataset_path": dump.manifest["dataset"]["path"], "context_size": None, "prepend_bos": True,
-    })
-    manifest = {
-        "kind": "saev.sae_run", "saev_core_version": __version__, "config": cfg.model_dump(),
-        "sae": "sae", "sae_config": sae.cfg.model_dump(), "activations": str(dump.path),
-        "steps": total, "tokens": total * cfg.batch_size, "bad_shards": [str(dump.files[i]) for i in sorted(stream.bad_files)],
-        "train_seconds_this_run": elapsed, "tokens_per_s": tokens_this_run / elapsed if elapsed > 0 else math.nan,
-        "heldout": metrics,
-    }
-    write_json(out / "manifest.json", manifest)
-    return manifest
+    tokens_per_s = tokens_this_run / elapsed if elapsed > 0 else math.nan
+    sweep = [str(r.out) for r in runs.values()] if len(cfgs) > 1 else None
+    for i, run in runs.items():
+        manifests[i] = run.finish(dump, device, stream, total, tokens_per_s, elapsed, sweep)
+    if failed:
+        raise TrainingDiverged("; ".join(failed[i] for i in sorted(failed)))
+    return [manifests[i] for i in range(len(cfgs))]

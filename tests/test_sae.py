@@ -318,7 +318,7 @@ def test_default_lr_rule_by_hand():
     assert default_lr("adam", "relu", 4096, 4096) == 5e-5
     base = BASE_LR["signum"]
     assert default_lr("signum", "topk", 2**14, 4096) == pytest.approx(base)
-    # 4x the latents: half the step; 4x the batch: twice the step
+    # 4x the latents: half the step; 16x the batch: twice the step
     assert default_lr("signum", "topk", 2**16, 4096) == pytest.approx(base / 2)
-    assert default_lr("signum", "batchtopk", 2**14, 16384) == pytest.approx(base * 2)
-    assert default_lr("adam", "topk", 2**12, 1024) == pytest.approx(BASE_LR["adam"] * 2 / 2)
+    assert default_lr("signum", "batchtopk", 2**14, 65536) == pytest.approx(base * 2)
+    assert default_lr("adam", "topk", 2**12, 256) == pytest.approx(BASE_LR["adam"] * 2 / 2)

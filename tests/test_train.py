@@ -17,7 +17,7 @@ from saev_core.data import DatasetSpec
 from saev_core.dump import DumpConfig, activation_schema, run_dump
 from saev_core.evaluate import ce_loss_recovered, evaluate_run, firing_histogram
 from saev_core.io import write_json
-from saev_core.train import TrainConfig, TrainingDiverged, lr_at, train_sae
+from saev_core.train import TrainConfig, TrainingDiverged, lr_at, sweep_configs, train_sae, train_saes
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +181,61 @@ def test_eval_sae_report(tmp_path, dump_dir):
     fake_dump(tmp_path / "d16", 16, [np.zeros((64, 16))])
     with pytest.raises(ValueError, match="SAE has d_in=128 but the activations .* have d_model=16"):
         evaluate_run(str(tmp_path / "run"), activations=str(tmp_path / "d16"), n_samples=0)
+
+
+def _same_weights(a_dir, b_dir) -> bool:
+    a, b = load_sae(a_dir), load_sae(b_dir)
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_one_pass_sweep_equals_separate_runs_and_resumes(tmp_path, dump_dir):
+    """SAEs trained together from one read of the data end as each trained alone, crash or not."""
+    grid = {"k": [4], "optimizer": ["adam", "signum"]}
+    base = small(dump_dir, tmp_path / "sweep").model_dump()
+    cfgs = sweep_configs(base, grid)
+    assert [c.out for c in cfgs] == [str(tmp_path / "sweep" / n) for n in ("k=4,optimizer=adam", "k=4,optimizer=signum")]
+    assert [c.out for c in sweep_configs(base, {"k": [4, 8], "lr": [1e-3]})] == [str(tmp_path / "sweep" / n) for n in ("k=4,lr=0.001", "k=8,lr=0.001")]
+    crashed = train_saes(cfgs, stop_at_step=35)
+    assert all(c["stopped_at_step"] == 35 and c["last_checkpoint"].endswith("step-00000020") for c in crashed)
+    together = train_saes(cfgs)
+    for cfg, m in zip(cfgs, together):
+        alone = train_sae(cfg.model_copy(update={"out": str(tmp_path / "alone" / cfg.out.rsplit("/", 1)[1])}))
+        assert _same_weights(tmp_path / "alone" / cfg.out.rsplit("/", 1)[1] / "sae", f"{cfg.out}/sae")
+        assert m["heldout"] == alone["heldout"] and m["trained_with"] == [c.out for c in cfgs]
+        assert m["sae_config"]["k"] == cfg.k and m["config"]["optimizer"] == cfg.optimizer
+    # finished runs are returned as they are; a new point of the grid trains alone
+    written = [(tmp_path / "sweep" / c.out / "sae/sae_weights.safetensors").stat().st_mtime_ns for c in cfgs]
+    again = train_saes(cfgs + sweep_configs(base, {"k": [2]}))
+    assert [m["heldout"] for m in again[:2]] == [m["heldout"] for m in together] and again[2]["sae_config"]["k"] == 2
+    assert [(tmp_path / "sweep" / c.out / "sae/sae_weights.safetensors").stat().st_mtime_ns for c in cfgs] == written
+
+
+def test_sweep_refuses_fields_that_define_the_batches(tmp_path, dump_dir):
+    base = small(dump_dir, tmp_path / "s").model_dump()
+    with pytest.raises(ValueError, match="cannot sweep \\['batch_size'\\]"):
+        sweep_configs(base, {"batch_size": [128, 256]})
+    with pytest.raises(ValueError, match="cannot sweep \\['kk'\\]"):
+        sweep_configs(base, {"kk": [1]})
+    a, b = small(dump_dir, tmp_path / "a"), small(dump_dir, tmp_path / "b", batch_size=128)
+    with pytest.raises(ValueError, match="must share 'batch_size'"):
+        train_saes([a, b])
+
+
+def test_cli_sweep_trains_every_point_in_one_pass(tmp_path, dump_dir):
+    from typer.testing import CliRunner
+
+    from saev_core.cli import app
+
+    args = ["train", "--activations", str(dump_dir), "--out", str(tmp_path / "sw"), "--architecture", "topk", "--batch-size", "256",
+            "--total-tokens", str(256 * 12), "--device", "cpu", "--set", "scale_batches=2", "--set", "expansion_factor=2",
+            "--set", "eval_rows=0"]
+    r = CliRunner().invoke(app, [*args, "--sweep", "k=4,8"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    assert [row["out"].rsplit("/", 1)[1] for row in rows] == ["k=4", "k=8"]
+    assert [round(row["all_l0"]) for row in rows] == [4, 8]
+    assert json.loads((tmp_path / "sw/k=8/manifest.json").read_text())["trained_with"] == [row["out"] for row in rows]
+    r = CliRunner().invoke(app, [*args, "--sweep", "batch_size=128,256"])
+    assert r.exit_code == 2 and "cannot sweep ['batch_size']" in r.output, r.output
+    r = CliRunner().invoke(app, [*args, "--sweep", "k=4,zero"])
+    assert r.exit_code == 2 and "invalid sweep value: k:" in r.output, r.output
