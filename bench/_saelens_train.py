@@ -19,7 +19,6 @@ SAELens's inference format (scale folded in, ``cfg.json`` + ``sae_weights.safete
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -29,9 +28,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 warnings.filterwarnings("ignore")
 
-_PROTOCOL = sys.stdout
-sys.stdout = sys.stderr  # keep stdout for replies only
-
+from _worker import serve  # noqa: E402  (first: it moves stdout to stderr)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import sae_lens  # noqa: E402
@@ -99,20 +96,9 @@ def main() -> None:
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     if threads > 0:
         torch.set_num_threads(threads)
-    hello = {"ok": True, "sae_lens_version": sae_lens.__version__, "torch_version": torch.__version__,
-             "torch_threads": torch.get_num_threads(),
-             "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    _PROTOCOL.write(json.dumps(hello) + "\n")
-    _PROTOCOL.flush()
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            reply = run(json.loads(line))
-        except Exception as e:  # report, keep serving
-            reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-        _PROTOCOL.write(json.dumps(reply) + "\n")
-        _PROTOCOL.flush()
+    serve(run, {"sae_lens_version": sae_lens.__version__, "torch_version": torch.__version__,
+                "torch_threads": torch.get_num_threads(),
+                "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None})
 
 
 if __name__ == "__main__":

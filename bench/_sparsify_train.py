@@ -31,9 +31,7 @@ import warnings
 os.environ.setdefault("TQDM_DISABLE", "1")
 warnings.filterwarnings("ignore")
 
-_PROTOCOL = sys.stdout
-sys.stdout = sys.stderr
-
+from _worker import serve  # noqa: E402  (first: it moves stdout to stderr)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from importlib.metadata import version  # noqa: E402
@@ -101,19 +99,8 @@ def main() -> None:
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     if threads > 0:
         torch.set_num_threads(threads)
-    hello = {"ok": True, "sparsify_version": version("eai-sparsify"), "torch_version": torch.__version__,
-             "torch_threads": torch.get_num_threads()}
-    _PROTOCOL.write(json.dumps(hello) + "\n")
-    _PROTOCOL.flush()
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            reply = run(json.loads(line))
-        except Exception as e:  # report, keep serving
-            reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-        _PROTOCOL.write(json.dumps(reply) + "\n")
-        _PROTOCOL.flush()
+    serve(run, {"sparsify_version": version("eai-sparsify"), "torch_version": torch.__version__,
+                "torch_threads": torch.get_num_threads()})
 
 
 if __name__ == "__main__":

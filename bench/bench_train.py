@@ -326,11 +326,13 @@ def sweep(variants, arch, case, args, workers, tmp) -> dict:
             for m in args.lr_mults:
                 trial(m)
         else:
-            trial(1.0)
-            up, down = trial(2.0), trial(0.5)
+            start, budget = args.start_mult.get(v, 1.0), args.max_sweep_of.get(v, args.max_sweep)
+            trial(start)
+            up = trial(2 * start) if budget > 1 else float("inf")
+            down = trial(start / 2) if budget > 2 else float("inf")
             factor = 2.0 if up < down else 0.5
-            m = factor
-            while len(tried) < args.max_sweep and trial(m * factor) < trial(m):
+            m = start * factor
+            while len(tried) < budget and trial(m * factor) < trial(m):
                 m *= factor
         best = min(tried.values(), key=lambda t: t["validation_fvu"])
         out[v] = {"default_lr": base, "tried": sorted(tried.values(), key=lambda t: t["mult"]), "best_lr": best["lr"], "best_mult": best["mult"]}
@@ -369,6 +371,7 @@ def curve(variants, arch, case, args, workers, lrs, tmp, full: dict) -> dict:
         seed0 = next(r for r in full[v]["runs"] if r["seed"] == 0)
         points.append({"tokens": case["steps"] * case["batch_size"], "test_fvu": round(seed0["fvu"], 5)})
         out[v] = points
+        log(f"{case['name']} FVU vs tokens {v:16s} " + ", ".join(f"{p['tokens']}: {p['test_fvu']:.4f}" for p in points))
     return out
 
 
@@ -444,6 +447,12 @@ def machine_info(args, workers: dict) -> dict:
     return info
 
 
+def _pairs(cast):
+    def parse(text: str) -> dict:
+        return {k: cast(v) for k, v in (item.split("=", 1) for item in text.split(",") if item)}
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="demo,synthetic", help="comma list of demo, synthetic")
@@ -452,6 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="timed runs per variant (SAE init seeds 0..N-1)")
     p.add_argument("--lr-mults", type=float, nargs="+", default=None, help="factors on each default lr to try (default: a walk in factors of 2)")
     p.add_argument("--max-sweep", type=int, default=6, help="most lr values the walk tries per variant")
+    p.add_argument("--start-mult", type=_pairs(float), default={}, metavar="VARIANT=M,...",
+                   help="start a variant's walk at M times its default (e.g. from another case's sweep)")
+    p.add_argument("--max-sweep-of", type=_pairs(int), default={}, metavar="VARIANT=N,...", help="--max-sweep for one variant")
+    p.add_argument("--no-curve", action="store_true", help="skip the FVU-vs-tokens runs")
     p.add_argument("--variants", default="saev,sparsify-adam,sparsify-signum,saelens")
     p.add_argument("--l1-coefficient", type=float, default=5.0, help="relu sparsity coefficient (paper: 5)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data")
@@ -507,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = {
                 "settings": {k: case[k] for k in ("d_in", "d_sae", "k", "batch_size", "steps", "heldout_fraction", "input_scale")}
                 | {"tokens": case["steps"] * case["batch_size"], "validation_rows": len(case["validation"]), "test_rows": len(case["test"])},
-                "sweep": sw, "timed": t, "fvu_vs_tokens": curve(variants, args.arch, case, args, workers, lrs, tmp, t),
+                "sweep": sw, "timed": t,
+                "fvu_vs_tokens": None if args.no_curve else curve(variants, args.arch, case, args, workers, lrs, tmp, t),
             }
             for v in variants:
                 if v != "saev":

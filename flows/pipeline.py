@@ -31,7 +31,7 @@ from tasks.demo import prepare_demo
 from tasks.dump import dump_activations, dump_shard_task
 from tasks.score import (filter_dataset_task, partition_is_current, partition_taken, report_task, score_dataset_task,
                          score_shard_task, scorer_quality_task)
-from tasks.train import eval_sae_task, train_sae_task
+from tasks.train import eval_sae_task, train_sae_task, train_saes_task
 
 
 class PipelineConfig(BaseModel):
@@ -123,8 +123,9 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
     sae = run_cached(train_sae_task, store, "train", sae_conf, [dump["key"]])
     main = TrainConfig.model_validate({**sae_conf, "out": "-"})
     frontier_budget = {"total_tokens": max(int(main.total_tokens * cfg.frontier_tokens), main.batch_size)}
-    frontier = [run_cached(train_sae_task, store, "frontier", {**sae_conf, **frontier_budget, **set_fields(extra)}, [dump["key"]], "frontier")
-                for extra in cfg.frontier] if cfg.report_latents else []
+    # the frontier's SAEs train together, from one pass over the dump
+    frontier = run_cached(train_saes_task, store, "frontier", [{**sae_conf, **frontier_budget, **set_fields(extra)} for extra in cfg.frontier],
+                          [dump["key"]]) if cfg.report_latents and cfg.frontier else []
     sae_eval = run_cached(eval_sae_task, store, "eval-sae", {"run": sae["path"], "n_samples": cfg.eval_samples}, [sae["key"]])
     score_conf = {"activations": dump["path"], "sae": sae["path"], "dataset_name": cfg.dataset_name, **set_fields(cfg.score)}
     scored = score_stage(store, score_conf, [dump["key"], sae["key"]], len(dump["manifest"]["shards"]), cfg.shard_tasks)

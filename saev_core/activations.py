@@ -117,12 +117,18 @@ class ShuffledBatches:
 
     Row groups holding non-finite values make their whole shard be reported and skipped from
     then on; the skipped set is part of the stream's state so a resumed run skips the same.
+    With ``world_size`` > 1 (data-parallel training) process ``rank`` reads only the shards whose
+    index is rank modulo world_size.
     """
 
     def __init__(self, dump: ActivationDump, modalities: tuple[str, ...], batch_size: int, seed: int = 0,
-                 buffer_rows: int = 1 << 20, split: str = "train"):
+                 buffer_rows: int = 1 << 20, split: str = "train", rank: int = 0, world_size: int = 1):
         self.dump, self.modalities, self.batch_size, self.seed = dump, modalities, batch_size, seed
         self.buffer_rows, self.split = buffer_rows, split
+        self.row_groups = [rg for rg in dump.row_groups if rg[0] % world_size == rank]
+        if world_size > 1 and not self.row_groups:
+            raise ValueError(f"the dump at {dump.path} has {len(dump.files)} shard(s), fewer than the {world_size} training processes: "
+                             "each process reads its own shards; dump with a smaller samples_per_shard or train on fewer processes")
         self.bad_files: set[int] = set()
         self.position = Position()
         self._cached: tuple[frozenset, frozenset, torch.Tensor] | None = None  # (row groups, bad files, rows)
@@ -135,10 +141,10 @@ class ShuffledBatches:
         self.bad_files = set(state["bad_files"])
 
     def _chunks(self, epoch: int) -> list[list[tuple[int, int, int]]]:
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dump.row_groups))
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.row_groups))
         chunks, cur, rows = [], [], 0
         for i in order:
-            rg = self.dump.row_groups[i]
+            rg = self.row_groups[i]
             cur.append(rg)
             rows += rg[2]
             if rows >= self.buffer_rows:
@@ -156,7 +162,7 @@ class ShuffledBatches:
             x = self._cached[2]
         else:
             x = self._read(rgs)
-            if len(rgs) == len(self.dump.row_groups):
+            if len(rgs) == len(self.row_groups):
                 self._cached = (key, frozenset(self.bad_files), x)
         return x[torch.from_numpy(np.random.default_rng([self.seed, epoch, chunk]).permutation(len(x)))]
 

@@ -11,6 +11,7 @@ split exists and has rows, the model has a processor. Multi-GPU runs go through
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -123,29 +124,39 @@ def run_alignment(cfg: AlignConfig) -> dict:
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                  target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
     t0 = time.perf_counter()
-    with atomic_dir(cfg.out) as tmp:
+    # Under `accelerate launch` every process trains; process 0 alone writes the result, atomically.
+    scratch = Path(cfg.out).parent / f".{Path(cfg.out).name}.trainer"
+    try:
         if cfg.method == "sft":
-            trainer = SFTTrainer(model=model, args=SFTConfig(output_dir=str(tmp / "trainer"), **common),
+            trainer = SFTTrainer(model=model, args=SFTConfig(output_dir=str(scratch), **common),
                                  train_dataset=data, processing_class=processor, peft_config=peft_config)
         else:
-            trainer = DPOTrainer(model=model, args=DPOConfig(output_dir=str(tmp / "trainer"), beta=cfg.beta, **common),
+            trainer = DPOTrainer(model=model, args=DPOConfig(output_dir=str(scratch), beta=cfg.beta, **common),
                                  train_dataset=data, processing_class=processor, peft_config=peft_config)
         trainer.remove_callback(PrinterCallback)  # losses stay in state.log_history and the manifest
         result = trainer.train()
-        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        trained = trainer.model
-        if cfg.lora:  # keep the adapter, and save a merged model every loader understands
-            trained.save_pretrained(tmp / "adapter")
-            trained = trained.merge_and_unload()
-        trained.save_pretrained(tmp / "model")
-        processor.save_pretrained(tmp / "model")
-        manifest = {
-            "kind": "saev.aligned_model", "format_version": 1, "saev_core_version": __version__,
-            "base_model": cfg.model, "filter_artifact": cfg.data, "method": cfg.method, "config": cfg.model_dump(),
-            "n_train_rows": len(data), "steps": trainer.state.global_step, "train_loss": result.training_loss,
-            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-            "seconds": time.perf_counter() - t0, "filter": {k: source.get(k) for k in ("scorer", "sae_id", "top_k", "top_fraction", "n_kept")},
-        }
-        write_json(tmp / "manifest.json", manifest)
-        shutil.rmtree(tmp / "trainer", ignore_errors=True)
-    return manifest
+        accelerator = trainer.accelerator
+        if accelerator.is_main_process:
+            losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+            with atomic_dir(cfg.out) as tmp:
+                trained = trainer.model
+                if cfg.lora:  # keep the adapter, and save a merged model every loader understands
+                    trained.save_pretrained(tmp / "adapter")
+                    trained = trained.merge_and_unload()
+                trained.save_pretrained(tmp / "model")
+                processor.save_pretrained(tmp / "model")
+                manifest = {
+                    "kind": "saev.aligned_model", "format_version": 1, "saev_core_version": __version__,
+                    "base_model": cfg.model, "filter_artifact": cfg.data, "method": cfg.method, "config": cfg.model_dump(),
+                    "n_train_rows": len(data), "steps": trainer.state.global_step, "train_loss": result.training_loss,
+                    "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+                    "seconds": time.perf_counter() - t0, "processes": accelerator.num_processes,
+                    "filter": {k: source.get(k) for k in ("scorer", "sae_id", "top_k", "top_fraction", "n_kept")},
+                }
+                write_json(tmp / "manifest.json", manifest)
+    finally:
+        if scratch.exists() and int(os.environ.get("RANK", "0")) == 0:
+            shutil.rmtree(scratch, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return read_json(Path(cfg.out) / "manifest.json")
+

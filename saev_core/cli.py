@@ -200,6 +200,7 @@ def train(
                                     "each in <out>/FIELD=V (repeat for a grid: every combination). E.g. --sweep k=16,32,64."),
 ):
     """Train an SAE on dumped activations (resumes from the last checkpoint in --out)."""
+    from saev_core.distributed import is_main_process
     from saev_core.train import TrainConfig, sweep_configs, train_sae, train_saes
 
     data = merge(load_config_file(config), {
@@ -220,6 +221,8 @@ def train(
             fail("invalid sweep value: " + "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()))
         except (ValueError, FileNotFoundError, RuntimeError, MemoryError, OSError) as e:
             fail(str(e))
+        if not is_main_process():
+            return
         typer.echo(json.dumps([{"out": c.out, "all_fvu": m["heldout"]["all"]["fvu"], "all_l0": m["heldout"]["all"]["l0"],
                                 "dead_fraction": m["heldout"]["dead_fraction"]} for c, m in zip(cfgs, manifests)], indent=2))
         return
@@ -227,6 +230,8 @@ def train(
         manifest = train_sae(cfg, overwrite=overwrite)
     except (ValueError, FileNotFoundError, RuntimeError, MemoryError, OSError) as e:
         fail(str(e))
+    if not is_main_process():  # under torchrun / accelerate launch, process 0 reports
+        return
     held = manifest["heldout"]
     typer.echo(json.dumps({"out": cfg.out, "sae": str(Path(cfg.out) / "sae"), "steps": manifest["steps"],
                            "tokens_per_s": round(manifest["tokens_per_s"]),
@@ -472,6 +477,7 @@ def align(
     Example: saev align --data data/filtered/saev-50 --method dpo --out data/aligned/saev-50-dpo
     """
     from saev_core.align import AlignConfig, run_alignment
+    from saev_core.distributed import is_main_process
 
     cfg = validate(AlignConfig, apply_set(merge({"data": data, "out": out, "model": model, "method": method},
                                                 {"chat_template": chat_template}), set_))
@@ -479,6 +485,8 @@ def align(
         m = run_alignment(cfg)
     except (ValueError, FileNotFoundError, OSError) as e:
         fail(str(e))
+    if not is_main_process():  # under accelerate launch, process 0 reports
+        return
     typer.echo(json.dumps({k: m[k] for k in ("method", "n_train_rows", "steps", "first_loss", "last_loss", "seconds")}
                           | {"model": str(Path(out) / "model")}, indent=2))
 

@@ -259,8 +259,9 @@ class SAE(nn.Module):
             acts = self._activate(self._pre(sx))
             x_hat_s = acts @ self.W_dec + self.b_dec
         err = sx - x_hat_s
-        mse = err.pow(2).sum(dim=-1).mean()  # squared error summed over d_in, mean over batch
-        fvu = err.pow(2).sum() / (sx - sx.mean(dim=0)).pow(2).sum().clamp_min(_TINY)
+        sq = err.pow(2)
+        mse = sq.sum(dim=-1).mean()  # squared error summed over d_in, mean over batch
+        fvu = sq.sum() / (sx - sx.mean(dim=0)).pow(2).sum().clamp_min(_TINY)
         l1 = aux = mse.new_zeros(())
         if arch == "relu":
             # mean_batch sum_i f_i ||W_dec[i]||_2, summed over the batch first (same value, less work)
@@ -273,9 +274,10 @@ class SAE(nn.Module):
         else:
             loss = mse
         if isinstance(acts, ActiveLatents):
-            fired, l0 = acts.fired(), acts.l0()
-            kept = acts.values.detach()[acts.active()]
-            lowest = kept.min() if kept.numel() else kept.new_full((), float("inf"))
+            fired, l0, lowest = acts.fired(), acts.l0(), None
+            if arch == "batchtopk":
+                kept = acts.values.detach()[acts.active()]
+                lowest = kept.min() if kept.numel() else kept.new_full((), float("inf"))
         else:
             active = acts.detach() > 0
             fired, l0 = active.any(dim=0), active.sum(dim=-1).float().mean()
@@ -312,10 +314,11 @@ class SAE(nn.Module):
         b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else None
         values = sampled_pre(sx, b_dec, self.W_enc, self.b_enc, values, rows, cols).relu()
         n_main = rows.numel() - n * n_aux
-        acts = ActiveLatents.from_entries(rows[:n_main], cols[:n_main], values[:n_main], n, d_sae)
+        per_row = k if self.cfg.architecture == "topk" else None
+        acts = ActiveLatents.from_entries(rows[:n_main], cols[:n_main], values[:n_main], n, d_sae, per_row)
         if not n_aux:
             return acts, None
-        return acts, ActiveLatents.from_entries(rows[n_main:], cols[n_main:], values[n_main:], n, d_sae)
+        return acts, ActiveLatents.from_entries(rows[n_main:], cols[n_main:], values[n_main:], n, d_sae, n_aux)
 
     def _aux_loss(self, aux_acts: ActiveLatents | None, e: Tensor) -> Tensor:
         """AuxK: the dead latents' top-aux_k reconstruct the residual e; mean_batch ||e - e_hat||^2.

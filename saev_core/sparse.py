@@ -38,10 +38,16 @@ class ActiveLatents:
     n_latents: int
 
     @classmethod
-    def from_entries(cls, rows: Tensor, cols: Tensor, values: Tensor, n_rows: int, n_latents: int) -> ActiveLatents:
-        """From entries already sorted by row (``per_token_entries``, ``batch_entries``)."""
-        counts = torch.bincount(rows, minlength=n_rows)
-        return cls(rows, cols, values, torch.cumsum(counts, 0) - counts, n_rows, n_latents)
+    def from_entries(cls, rows: Tensor, cols: Tensor, values: Tensor, n_rows: int, n_latents: int,
+                     per_row: int | None = None) -> ActiveLatents:
+        """From entries already sorted by row (``per_token_entries``, ``batch_entries``); ``per_row``
+        when every row has that many (TopK)."""
+        if per_row is not None:
+            offsets = torch.arange(0, n_rows * per_row, per_row, device=rows.device)
+        else:
+            counts = torch.bincount(rows, minlength=n_rows)
+            offsets = torch.cumsum(counts, 0) - counts
+        return cls(rows, cols, values, offsets, n_rows, n_latents)
 
     def decode(self, weight: Tensor) -> Tensor:
         """sum_n values[n] * weight[cols[n]] per token: f @ W_dec without building f."""
@@ -52,9 +58,7 @@ class ActiveLatents:
 
     def fired(self) -> Tensor:
         """[n_latents] bool: latents active on at least one token of the batch."""
-        out = torch.zeros(self.n_latents, dtype=torch.bool, device=self.cols.device)
-        out[self.cols[self.active()]] = True
-        return out
+        return torch.bincount(self.cols, weights=self.active().to(self.values.dtype), minlength=self.n_latents) > 0
 
     def l0(self) -> Tensor:
         return self.active().sum().float() / max(self.n_rows, 1)
@@ -102,7 +106,7 @@ class _SparseDecode(torch.autograd.Function):
 def per_token_entries(idx: Tensor) -> tuple[Tensor, Tensor]:
     """(rows, cols) of [batch, k] per-token indices, as ``topk`` returns them."""
     b, k = idx.shape
-    return torch.arange(b, device=idx.device).repeat_interleave(k), idx.reshape(-1)
+    return torch.arange(b, device=idx.device)[:, None].expand(b, k).reshape(-1), idx.reshape(-1)
 
 
 def batch_entries(values: Tensor, flat_idx: Tensor, n_latents: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -16,6 +16,7 @@ The root may be an fsspec URL (``s3://bucket/saev``): the store is then a local 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -161,29 +162,46 @@ class ArtifactStore:
 
         Concurrent runs of one (stage, key) on this machine take turns: the first builds it, the
         others find it finished."""
-        key = stage_key(stage, config, upstream)
-        out = self.path(stage, key)
-        # one builder per artifact, the others wait and reuse it; outside the stage directories, which users and gc list
-        with file_lock(self.root / ".locks" / f"{stage}-{key}.lock"):
+        return self.run_many(stage, [config], upstream, lambda todo: [fn(todo[0][1])],
+                             summary=summary, valid=valid)[0]
+
+    def run_many(self, stage: str, configs: list[dict], upstream: list[str], fn: Callable[[list[tuple[dict, Path]]], list[dict]],
+                 summary: Callable[[dict], dict] | None = None, valid: Callable[[dict], bool] | None = None) -> list[dict]:
+        """``run`` for several artifacts of one stage built together: ``fn`` gets (config, out dir) of
+        the unfinished ones and returns their manifests (e.g. SAEs trained in one pass over a dump).
+        Each is keyed, locked and recorded exactly as ``run`` would."""
+        keys = [stage_key(stage, c, upstream) for c in configs]
+        with contextlib.ExitStack() as locks:
+            # one builder per artifact, the others wait and reuse it; outside the stage directories, which users and gc list
+            for key in sorted(set(keys)):  # a fixed order: two passes over overlapping keys cannot deadlock
+                locks.enter_context(file_lock(self.root / ".locks" / f"{stage}-{key}.lock"))
             self.pull_tables()  # shared: a partition's manifest decides whether a score artifact is current
-            if self.current(stage, key, valid):
-                self.fetch(stage, key)
-                return self.record(stage, key)
-            if self.remote is not None:
-                self.pull_inputs(config, upstream)
-                self.remote.pull(f"{stage}/{key}")  # partial work: shards finished elsewhere, or before a crash
-            out.mkdir(parents=True, exist_ok=True)
-            t0 = time.time()
-            manifest = fn(out)
-            rec = {"stage": stage, "key": key, "path": str(out), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                   "seconds": round(time.time() - t0, 2), "config": config, "upstream": upstream,
-                   "saev_core_version": __version__, "metrics": summary(manifest) if summary else {}, "manifest": manifest,
-                   "built_by": builder()}
-            write_json(out / RECORD, rec)
-            if self.remote is not None:
-                self.push_tables()
-                self.remote.push(f"{stage}/{key}", last=RECORD)
-            return rec
+            todo = [i for i, key in enumerate(keys) if not self.current(stage, key, valid)]
+            for i in set(range(len(keys))) - set(todo):
+                self.fetch(stage, keys[i])
+            built: dict[int, dict] = {}
+            if todo:
+                outs = [self.path(stage, keys[i]) for i in todo]
+                for i, out in zip(todo, outs):
+                    if self.remote is not None:
+                        self.pull_inputs(configs[i], upstream)
+                        self.remote.pull(f"{stage}/{keys[i]}")  # partial work: shards finished elsewhere, or before a crash
+                    out.mkdir(parents=True, exist_ok=True)
+                t0 = time.time()
+                manifests = fn([(configs[i], out) for i, out in zip(todo, outs)])
+                seconds = round(time.time() - t0, 2)
+                for i, out, manifest in zip(todo, outs, manifests):
+                    rec = {"stage": stage, "key": keys[i], "path": str(out), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "seconds": seconds, "config": configs[i], "upstream": upstream,
+                           "saev_core_version": __version__, "metrics": summary(manifest) if summary else {}, "manifest": manifest,
+                           "built_by": builder()}
+                    write_json(out / RECORD, rec)
+                    built[i] = rec
+                if self.remote is not None:
+                    self.push_tables()
+                    for i in todo:
+                        self.remote.push(f"{stage}/{keys[i]}", last=RECORD)
+            return [built[i] if i in built else self.record(stage, key) for i, key in enumerate(keys)]
 
     def newest(self, stage: str) -> dict | None:
         """The record of the newest finished artifact of ``stage``, if any."""

@@ -27,12 +27,14 @@ import psutil
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from saev_core import __version__
 from saev_core.activations import MODALITY_SETS, ActivationDump, ShuffledBatches
 from saev_core.checkpoint import save_sae
 from saev_core.cpu import reuse_freed_memory
+from saev_core.distributed import World, all_gather, any_true, barrier, broadcast, launched_world, sync_latent_stats
 from saev_core.evaluate import reconstruction_metrics
 from saev_core.io import atomic_dir, atomic_path, claim_output_dir, read_json, write_json
 from saev_core.modeling import resolve_device
@@ -125,15 +127,18 @@ def _checkpoints(out: Path) -> list[Path]:
     return sorted((out / "checkpoints").glob("step-*"))
 
 
-def save_training_state(path: Path, sae: SAE, opt: torch.optim.Optimizer, stream: ShuffledBatches, step: int) -> None:
-    """Everything needed to continue bit-for-bit, without pickle: tensors in safetensors, the rest in JSON."""
+def save_training_state(path: Path, sae: SAE, opt: torch.optim.Optimizer, streams: list[dict], step: int) -> None:
+    """Everything needed to continue bit-for-bit, without pickle: tensors in safetensors, the rest in JSON.
+
+    ``streams`` holds each training process's stream state (one entry outside data-parallel runs).
+    """
     opt_state = opt.state_dict()
     tensors = {f"{i}.{k}": v.contiguous() for i, st in opt_state["state"].items() for k, v in st.items()}
     with atomic_dir(path) as tmp:
         save_file({k: v.contiguous() for k, v in sae.state_dict().items()}, tmp / "sae_state.safetensors")
         save_file(tensors, tmp / "optimizer.safetensors")
         write_json(tmp / "state.json", {
-            "step": step, "stream": stream.state(), "sae_config": sae.cfg.model_dump(),
+            "step": step, "stream": streams[0], **({"streams": streams} if len(streams) > 1 else {}), "sae_config": sae.cfg.model_dump(),
             "param_groups": opt_state["param_groups"], "saev_core_version": __version__,
         })
 
@@ -147,6 +152,15 @@ def load_training_state(path: Path, device: torch.device) -> tuple[SAE, dict, di
         idx, name = key.split(".", 1)
         opt_state["state"].setdefault(int(idx), {})[name] = value
     return sae, opt_state, state
+
+
+def stream_state_for(state: dict, world: World, path: Path) -> dict:
+    """This process's stream position in a checkpoint, which must come from as many processes."""
+    streams = state.get("streams", [state["stream"]])
+    if len(streams) != world.size:
+        raise ValueError(f"checkpoint {path} was written by {len(streams)} training process(es), this run has {world.size}: "
+                         f"resume with the same number of processes (or train into a new --out)")
+    return streams[world.rank]
 
 
 def _new_sae(cfg: TrainConfig, d_in: int, d_sae: int, sample: list[torch.Tensor], device: torch.device) -> SAE:
@@ -204,29 +218,39 @@ def sweep_configs(base: dict, axes: dict[str, list]) -> list[TrainConfig]:
 
 
 class _Run:
-    """One SAE of a pass: its model, optimizer, log and checkpoints."""
+    """One SAE of a pass: its model, optimizer, log and checkpoints (process 0 writes those)."""
 
-    def __init__(self, cfg: TrainConfig, out: Path, sae: SAE, opt_state: dict | None, start: int, last_ckpt: Path | None):
-        self.cfg, self.out, self.sae, self.last_ckpt = cfg, out, sae, last_ckpt
+    def __init__(self, cfg: TrainConfig, out: Path, sae: SAE, opt_state: dict | None, start: int, last_ckpt: Path | None,
+                 world: World = World()):
+        self.cfg, self.out, self.sae, self.last_ckpt, self.world = cfg, out, sae, last_ckpt, world
         self.base_lr = cfg.lr or default_lr(cfg.optimizer, cfg.architecture, sae.cfg.d_sae, cfg.batch_size)
         self.opt = make_optimizer(cfg.optimizer, sae.parameters(), self.base_lr, cfg.betas)
         if opt_state is not None:
             self.opt.load_state_dict(opt_state)
         sae.train()
-        log_path = out / "train_log.jsonl"
-        _truncate_log(log_path, start)
-        self.log_file = open(log_path, "a")
+        # DDP averages the gradients of the processes' batch slices; the latent statistics are synced after each step
+        self.model = DistributedDataParallel(sae, broadcast_buffers=False) if world.active else sae
+        self.log_file = None
+        if world.main:
+            log_path = out / "train_log.jsonl"
+            _truncate_log(log_path, start)
+            self.log_file = open(log_path, "a")
 
     def log(self, row: dict) -> None:
-        self.log_file.write(json.dumps(row) + "\n")
-        self.log_file.flush()
+        if self.log_file is not None:
+            self.log_file.write(json.dumps(row) + "\n")
+            self.log_file.flush()
+
+    def close(self) -> None:
+        if self.log_file is not None:
+            self.log_file.close()
 
     def step(self, x: torch.Tensor, step: int, total: int) -> SAEOutput:
         """One optimizer step on batch x; raises TrainingDiverged on a non-finite loss."""
         cfg, sae = self.cfg, self.sae
         lam = l1_coefficient_at(step, total, sae.cfg)
-        res = sae(x, l1_coefficient=lam)
-        if not bool(torch.isfinite(res.loss)):
+        res = self.model(x, l1_coefficient=lam)
+        if any_true(self.world, not bool(torch.isfinite(res.loss)), x.device):
             raise TrainingDiverged(
                 f"{self.out}: loss became {res.loss.item()} at step {step}; training stopped. Last good checkpoint: "
                 f"{self.last_ckpt or 'none yet'}. Lower lr (now {self.base_lr}) or check the activations for outliers."
@@ -243,6 +267,7 @@ class _Run:
         self.opt.step()
         if cfg.architecture in TOPK_LIKE:
             sae.normalize_decoder_()
+        sync_latent_stats(self.world, sae, x.shape[0], cfg.batch_size)
         done = step + 1
         if done % cfg.log_every == 0 or done == total:
             self.log({"step": done, "tokens": done * cfg.batch_size, "loss": res.loss.item(), "mse": res.mse.item(),
@@ -250,14 +275,15 @@ class _Run:
                       "dead_fraction": sae.dead_mask().float().mean().item(), "lr": lr, "l1_coefficient": lam})
         return res
 
-    def checkpoint(self, done: int, stream: ShuffledBatches) -> None:
+    def checkpoint(self, done: int, streams: list[dict]) -> None:
         self.last_ckpt = self.out / "checkpoints" / f"step-{done:08d}"
-        save_training_state(self.last_ckpt, self.sae, self.opt, stream, done)
-        for old in _checkpoints(self.out)[:-self.cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+        if self.world.main:
+            save_training_state(self.last_ckpt, self.sae, self.opt, streams, done)
+            for old in _checkpoints(self.out)[:-self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
 
     def finish(self, dump: ActivationDump, device: torch.device, stream: ShuffledBatches, total: int, tokens_per_s: float,
-               elapsed: float, sweep: list[str] | None) -> dict:
+               elapsed: float, sweep: list[str] | None, processes: int = 1) -> dict:
         sae, cfg = self.sae, self.cfg
         sae.eval()
         metrics = reconstruction_metrics(sae, dump, device=device)
@@ -274,6 +300,8 @@ class _Run:
         }
         if sweep:
             manifest["trained_with"] = sweep  # the runs of one pass over the data
+        if processes > 1:
+            manifest["processes"] = processes  # data-parallel; bad_shards above are process 0's
         write_json(self.out / "manifest.json", manifest)
         return manifest
 
@@ -303,12 +331,21 @@ def train_saes(cfgs: list[TrainConfig], overwrite: bool = False, stop_at_step: i
     same weights); a stopped pass resumes from the newest checkpoint all unfinished runs have, and
     runs that finished are left as they are. A run whose loss diverges stops with its last
     checkpoint while the others go on; the pass then raises TrainingDiverged naming it.
+
+    Started by ``torchrun`` or ``accelerate launch``, the processes train data-parallel
+    (``saev_core.distributed``): each reads its own shards and batch_size / world_size tokens
+    per step; process 0 writes, and every process returns the manifests.
     """
     _check_shared(cfgs)
     lead = cfgs[0]
+    world = launched_world()
     device = resolve_device(lead.device)
+    if device.type == "cuda" and world.active:
+        device = torch.device("cuda", world.local_rank)
     if device.type == "cpu":
         reuse_freed_memory()
+    if lead.batch_size % world.size:
+        raise ValueError(f"batch_size {lead.batch_size} does not split over {world.size} processes: use a multiple of {world.size}")
     modalities = MODALITY_SETS[lead.modalities]
     dump = ActivationDump.open(lead.activations, lead.heldout_fraction)
     rows = dump.manifest.get("rows")
@@ -316,12 +353,15 @@ def train_saes(cfgs: list[TrainConfig], overwrite: bool = False, stop_at_step: i
         raise ValueError(f"the dump at {lead.activations} has no {'+'.join(modalities)} rows to train on ({dump.manifest.get('n_samples', 0)} "
                          f"samples kept, {dump.manifest.get('n_rejected', 0)} rejected; see its rejected/ files)")
     for cfg in cfgs:
-        check_memory(dump.d_in, cfg.d_sae or cfg.expansion_factor * dump.d_in, device, cfg.batch_size)
+        check_memory(dump.d_in, cfg.d_sae or cfg.expansion_factor * dump.d_in, device, cfg.batch_size // world.size)
     total = lead.steps
+    if world.main:
+        outs = [claim_output_dir(cfg.out, cfg.identity(), overwrite, "training run") for cfg in cfgs]
+    barrier(world)  # the others read what process 0 claimed
+    outs = outs if world.main else [Path(cfg.out) for cfg in cfgs]
     manifests: dict[int, dict] = {}
     pending: list[tuple[int, TrainConfig, Path, dict[int, Path]]] = []
-    for i, cfg in enumerate(cfgs):
-        out = claim_output_dir(cfg.out, cfg.identity(), overwrite, "training run")
+    for i, (cfg, out) in enumerate(zip(cfgs, outs)):
         ckpts = {int(p.name.split("-")[1]): p for p in _checkpoints(out)}
         if ckpts and (out / "manifest.json").exists() and max(ckpts) >= total:
             manifests[i] = read_json(out / "manifest.json")  # finished with this config: nothing to redo
@@ -331,7 +371,8 @@ def train_saes(cfgs: list[TrainConfig], overwrite: bool = False, stop_at_step: i
         return [manifests[i] for i in range(len(cfgs))]
     common = set.intersection(*(set(c) for *_, c in pending))
     start = max(common, default=0)
-    stream = ShuffledBatches(dump, modalities, lead.batch_size, seed=lead.seed, buffer_rows=lead.buffer_rows)
+    stream = ShuffledBatches(dump, modalities, lead.batch_size // world.size, seed=lead.seed, buffer_rows=lead.buffer_rows,
+                             rank=world.rank, world_size=world.size)
     sample: list[torch.Tensor] = []
     runs: dict[int, _Run] = {}
     for i, cfg, out, ckpts in pending:
@@ -339,20 +380,20 @@ def train_saes(cfgs: list[TrainConfig], overwrite: bool = False, stop_at_step: i
             sae, opt_state, state = load_training_state(ckpts[start], device)
             if sae.cfg.d_in != dump.d_in:
                 raise ValueError(f"checkpoint {ckpts[start]} has d_in={sae.cfg.d_in} but the activations have d_in={dump.d_in}")
-            stream.load_state(state["stream"])
-            runs[i] = _Run(cfg, out, sae, opt_state, start, ckpts[start])
+            stream.load_state(stream_state_for(state, world, ckpts[start]))
+            runs[i] = _Run(cfg, out, sae, opt_state, start, ckpts[start], world)
         else:
-            if not sample:
+            if not sample:  # every process draws the same probe (all shards), hence the same scale and init
                 probe = ShuffledBatches(dump, modalities, lead.batch_size, seed=lead.seed + 1, buffer_rows=lead.buffer_rows)
                 sample = [x for _, x in zip(range(lead.scale_batches), probe)]
             runs[i] = _Run(cfg, out, _new_sae(cfg, dump.d_in, cfg.d_sae or cfg.expansion_factor * dump.d_in, sample, device),
-                           None, 0, None)
+                           None, 0, None, world)
     failed: dict[int, str] = {}
     batches = iter(stream)
     t0, tokens_this_run, eval_seconds = time.perf_counter(), 0, 0.0
     desc = f"train {lead.architecture} SAE" if len(cfgs) == 1 else f"train {len(runs)} SAEs"
     try:
-        with tqdm(total=total, initial=start, desc=desc, unit="step", disable=not lead.progress) as pbar:
+        with tqdm(total=total, initial=start, desc=desc, unit="step", disable=not (lead.progress and world.main)) as pbar:
             for step in range(start, total):
                 if stop_at_step is not None and step >= stop_at_step:
                     stopped = {"stopped_at_step": step}
@@ -364,32 +405,36 @@ def train_saes(cfgs: list[TrainConfig], overwrite: bool = False, stop_at_step: i
                         res = run.step(x, step, total)
                     except TrainingDiverged as e:
                         failed[i] = str(e)
-                        run.log_file.close()
+                        run.close()
                         del runs[i]
                 if not runs:
                     break
-                tokens_this_run += x.shape[0]
+                tokens_this_run += lead.batch_size
                 done = step + 1
                 if res is not None and len(cfgs) == 1 and (done % lead.log_every == 0 or done == total):
                     pbar.set_postfix({"loss": f"{res.loss.item():.3g}", "fvu": f"{res.fvu.item():.3g}", "l0": f"{res.l0.item():.3g}"}, refresh=False)
                 if done % lead.checkpoint_every == 0 or done == total:
+                    streams = all_gather(world, stream.state())
                     for run in runs.values():
-                        run.checkpoint(done, stream)
-                    if done < total and lead.eval_rows:
+                        run.checkpoint(done, streams)
+                    if done < total and lead.eval_rows and world.main:
                         t_eval = time.perf_counter()
                         for run in runs.values():
                             run.log({"step": done, "heldout": _heldout_summary(run.sae, dump, device, lead.eval_rows)})
                             run.sae.train()
                         eval_seconds += time.perf_counter() - t_eval
+                    barrier(world)
                 pbar.update(1)
     finally:
         for run in runs.values():
-            run.log_file.close()
+            run.close()
     elapsed = time.perf_counter() - t0 - eval_seconds
     tokens_per_s = tokens_this_run / elapsed if elapsed > 0 else math.nan
     sweep = [str(r.out) for r in runs.values()] if len(cfgs) > 1 else None
-    for i, run in runs.items():
-        manifests[i] = run.finish(dump, device, stream, total, tokens_per_s, elapsed, sweep)
+    if world.main:
+        for i, run in runs.items():
+            manifests[i] = run.finish(dump, device, stream, total, tokens_per_s, elapsed, sweep, world.size)
+    manifests = broadcast(world, manifests)
     if failed:
         raise TrainingDiverged("; ".join(failed[i] for i in sorted(failed)))
     return [manifests[i] for i in range(len(cfgs))]

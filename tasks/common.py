@@ -3,6 +3,7 @@ artifact, Prefect caching on the store's key, and retrying out-of-memory batches
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable
 
 import torch
@@ -42,17 +43,18 @@ def with_smaller_batches(fn: Callable[[dict], dict], config: dict, field: str, t
     raise AssertionError("unreachable")
 
 
-def run_cached(task: Task, store: ArtifactStore, stage: str, config: dict, upstream: list[str], *args,
+def run_cached(task: Task, store: ArtifactStore, stage: str, config: dict | list[dict], upstream: list[str], *args,
                valid: Callable[[dict], bool] | None = None):
     """Call ``task(root, config, upstream, *args)`` with Prefect's cache keyed like the store.
 
     A finished artifact gives a Cached task state on the next run; an artifact that is missing
     (never built, removed by `saev artifacts gc`, or no longer ``valid``) refreshes the cache so the
-    stage really runs.
+    stage really runs. A list of configs (artifacts a task builds together) is cached as one.
     """
-    key = stage_key(stage, config, upstream)
+    keys = [stage_key(stage, c, upstream) for c in (config if isinstance(config, list) else [config])]
+    key = keys[0] if len(keys) == 1 else hashlib.sha256(" ".join(keys).encode()).hexdigest()[:16]
     if valid is not None:
         store.pull_tables()
-    cached = task.with_options(cache_key_fn=lambda *_: f"saev-{stage}-{key}", refresh_cache=not store.current(stage, key, valid),
-                               persist_result=True)
+    current = all(store.current(stage, k, valid) for k in keys)
+    cached = task.with_options(cache_key_fn=lambda *_: f"saev-{stage}-{key}", refresh_cache=not current, persist_result=True)
     return cached(store.location, config, upstream, *args)

@@ -6,7 +6,7 @@ from prefect import task
 
 from saev_core.evaluate import evaluate_run
 from saev_core.store import ArtifactStore
-from saev_core.train import TrainConfig, train_sae
+from saev_core.train import TrainConfig, train_sae, train_saes
 from tasks.common import publish
 
 
@@ -19,6 +19,18 @@ def train_sae_task(root: str, config: dict, upstream: list[str], stage: str = "t
         summary=lambda m: {f"{g}_{k}": m["heldout"][g][k] for g in ("all", "image", "text") for k in ("fvu", "l0")})
     publish(rec, root)
     return rec
+
+
+@task(name="train-saes", tags=["gpu"], retries=1, retry_delay_seconds=5)
+def train_saes_task(root: str, configs: list[dict], upstream: list[str], stage: str = "frontier") -> list[dict]:
+    """Several SAEs from one pass over the dump (the report's frontier), each its own artifact."""
+    recs = ArtifactStore.at(root).run_many(
+        stage, configs, upstream,
+        lambda todo: train_saes([TrainConfig.model_validate({**c, "out": str(out)}) for c, out in todo]),
+        summary=lambda m: {f"{g}_{k}": m["heldout"][g][k] for g in ("all", "image", "text") for k in ("fvu", "l0")})
+    for rec in recs:
+        publish(rec, root)
+    return recs
 
 
 @task(name="eval-sae", tags=["gpu"])

@@ -84,3 +84,30 @@ def test_bad_alignment_input_fails_before_training(artifact, world_dir, tmp_path
         check_inputs(AlignConfig(data=str(empty), method="dpo", **base))
     with pytest.raises(ValueError, match="no processor"):
         check_inputs(AlignConfig(data=str(artifact / "f"), model=str(tmp_path), out=str(tmp_path / "o")))
+
+
+def test_alignment_under_accelerate_launch_with_two_processes(artifact, world_dir, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 -m saev_core align` on CPUs: both processes train, process 0 writes and reports."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "two"
+    # --multi_gpu is accelerate's torch.distributed launcher; without a GPU its processes train on the CPU (gloo).
+    # (--cpu starts a single process: accelerate's multi-CPU path needs mpirun.)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), "-m", "saev_core", "align",
+           "--data", str(artifact / "f"), "--out", str(out), "--model", str(world_dir / "model"), "--method", "sft",
+           "--set", "max_steps=3", "--set", "batch_size=4", "--set", "lr=1e-3"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-4000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["processes"] == 2 and m["steps"] == 3 and m["n_train_rows"] == 8
+    assert r.stdout.count('"method"') == 1, r.stdout  # one report, from process 0
+    assert not list(tmp_path.glob(".two.trainer*"))
+    from transformers import AutoModelForImageTextToText
+    assert AutoModelForImageTextToText.from_pretrained(out / "model").config.model_type == "llava"
