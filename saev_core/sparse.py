@@ -3,13 +3,15 @@
 A TopK-style SAE keeps k of d_sae latents per token, so after the one dense encoder matmul that
 ranks them, every other product only needs the kept entries:
 
-- decode: ``embedding_bag`` reads only the kept rows of W_dec (k/d_sae of the dense work);
+- decode: ``embedding_bag`` reads only the kept rows of W_dec (k/d_sae of the dense work), and
+  its weight gradient is one CSR sparse-dense matmul;
 - encoder backward: the gradient is nonzero only at the kept entries, so dL/dW_enc = x^T G with G
   a sparse [batch, d_sae] matrix: one sparse-dense matmul instead of a dense one, and dL/db_dec
   (through ``x - b_dec``) is -W_enc @ (column sums of G), a matrix-vector product.
 
 ``sampled_pre`` is that encoder piece as an autograd function; ``ActiveLatents`` carries the kept
-entries (row, latent, value) with what the decoder and the dead-latent counters need.
+entries (row, latent, value) with what the decoder and the dead-latent counters need. Both are
+checked against the dense formulas in tests/test_sae.py.
 """
 
 from __future__ import annotations
