@@ -356,9 +356,10 @@ def train_saes(cfgs: list[TrainConfig], overwrite: bool = False, stop_at_step: i
         check_memory(dump.d_in, cfg.d_sae or cfg.expansion_factor * dump.d_in, device, cfg.batch_size // world.size)
     total = lead.steps
     if world.main:
-        outs = [claim_output_dir(cfg.out, cfg.identity(), overwrite, "training run") for cfg in cfgs]
+        for cfg in cfgs:
+            claim_output_dir(cfg.out, cfg.identity(), overwrite, "training run")
     barrier(world)  # the others read what process 0 claimed
-    outs = outs if world.main else [Path(cfg.out) for cfg in cfgs]
+    outs = [Path(cfg.out) for cfg in cfgs]
     manifests: dict[int, dict] = {}
     pending: list[tuple[int, TrainConfig, Path, dict[int, Path]]] = []
     for i, (cfg, out) in enumerate(zip(cfgs, outs)):
