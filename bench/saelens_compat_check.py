@@ -1,7 +1,8 @@
 """Check, with the real ``sae-lens`` package, that saev checkpoints and SAELens agree both ways.
 
-1. saev -> SAELens: ``save_sae`` a relu/topk/batchtopk/jumprelu SAE (input scale != 1, non-zero
-   biases), ``sae_lens.SAE.load_from_disk`` it, and compare ``encode``/``decode`` with saev's.
+1. saev -> SAELens: ``save_sae`` a relu/topk/batchtopk/Matryoshka/jumprelu SAE (input scale != 1,
+   non-zero biases; the Matryoshka and one jumprelu SAE after training steps, so their learnt
+   thresholds are exported), ``sae_lens.SAE.load_from_disk`` it, and compare ``encode``/``decode``.
 2. SAELens -> saev: SAELens ``save_model`` of standard/topk (decoder-norm rescaling)/jumprelu SAEs,
    ``load_sae`` them, and compare; also that saev's metadata survives a SAELens re-save.
 
@@ -41,9 +42,9 @@ def compare(name: str, f_ref: torch.Tensor, f: torch.Tensor, x_ref: torch.Tensor
     return ok
 
 
-def saev_sae(arch: str, apply_b_dec: bool | None, x: torch.Tensor) -> tuple[SAE, SAE]:
-    cfg = SAEConfig(architecture=arch, d_in=D_IN, d_sae=D_SAE, k=None if arch == "relu" else 8,
-                    input_scale=3.7, apply_b_dec_to_input=apply_b_dec, seed=1)
+def saev_sae(arch: str, apply_b_dec: bool | None, x: torch.Tensor, trained: bool = False) -> tuple[SAE, SAE]:
+    cfg = SAEConfig(architecture=arch, d_in=D_IN, d_sae=D_SAE, k=None if arch in ("relu", "jumprelu") else 8,
+                    input_scale=3.7, apply_b_dec_to_input=apply_b_dec, seed=1, l0_coefficient=0.05, jumprelu_bandwidth=0.05)
     sae = SAE(cfg)
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
@@ -51,18 +52,27 @@ def saev_sae(arch: str, apply_b_dec: bool | None, x: torch.Tensor) -> tuple[SAE,
         sae.b_dec.copy_(torch.randn(D_IN, generator=g))
         if arch == "jumprelu":
             sae.threshold.copy_(torch.rand(D_SAE, generator=g) * 0.5)
-    if arch == "batchtopk":
+    if trained:  # a few real optimizer steps: learnt thresholds, decoder no longer at its init
+        opt = torch.optim.Adam(sae.parameters(), 1e-2)
+        for _ in range(20):
+            loss = sae(x).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sae.project_()
+    elif arch == "batchtopk":
         sae(x)  # estimate the threshold
-        return sae, sae.to_jumprelu()
-    return sae, sae
+    sae.eval()
+    return sae, sae.inference_form()
 
 
 def saev_to_saelens(tmp: Path, x: torch.Tensor) -> bool:
     ok = True
-    cases = [("relu", None), ("relu", True), ("topk", None), ("batchtopk", None), ("jumprelu", False)]
-    for arch, apply_b_dec in cases:
-        sae, reference = saev_sae(arch, apply_b_dec, x)
-        path = tmp / f"saev-{arch}-{apply_b_dec}"
+    cases = [("relu", None, False), ("relu", True, False), ("topk", None, False), ("batchtopk", None, False),
+             ("jumprelu", False, False), ("jumprelu", None, True), ("matryoshka_batchtopk", None, True)]
+    for arch, apply_b_dec, trained in cases:
+        sae, reference = saev_sae(arch, apply_b_dec, x, trained)
+        path = tmp / f"saev-{arch}-{apply_b_dec}-{trained}"
         save_sae(sae, path, metadata={"hook_name": "model.layers.1", "model_name": "demo"})
         theirs = sae_lens.SAE.load_from_disk(str(path))
         with torch.no_grad():
@@ -71,7 +81,7 @@ def saev_to_saelens(tmp: Path, x: torch.Tensor) -> bool:
                           f_ref, f, reference.decode(f_ref), theirs.decode(f))
         meta = theirs.cfg.metadata
         seen = meta.hook_name == "model.layers.1" and meta.saev["trained_config"]["input_scale"] == 3.7
-        resaved = tmp / f"resaved-{arch}-{apply_b_dec}"
+        resaved = tmp / f"resaved-{arch}-{apply_b_dec}-{trained}"
         theirs.save_model(str(resaved))
         ckpt = load_checkpoint(resaved)
         kept = seen and ckpt.trained_config == sae.cfg and ckpt.metadata["hook_name"] == "model.layers.1"

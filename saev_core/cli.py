@@ -183,7 +183,7 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
     activations: Optional[str] = typer.Option(None, help="Dump directory from `saev dump` (default: the newest dump `make run` made in data/artifacts; else data/runs/dump-demo-rlaif-L0)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (default: data/runs/sae-<architecture>-<modalities>)."),
-    architecture: Optional[str] = typer.Option(None, help="relu (the paper's SAE-V), topk or batchtopk (default: relu)."),
+    architecture: Optional[str] = typer.Option(None, help="relu (the paper's SAE-V), topk, batchtopk, matryoshka_batchtopk or jumprelu (default: relu)."),
     expansion_factor: Optional[int] = typer.Option(None, help="d_sae = expansion_factor * d_in (default: 16)."),
     k: Optional[int] = typer.Option(None, help="Active latents per token for topk/batchtopk (default: 32)."),
     modalities: Optional[str] = typer.Option(None, help="image+text (SAE-V) or text (the text-only baseline)."),

@@ -1,4 +1,4 @@
-"""Sparse autoencoders for SAE-V: the paper's ReLU SAE plus TopK, BatchTopK and JumpReLU.
+"""Sparse autoencoders for SAE-V: the paper's ReLU SAE plus TopK, BatchTopK, Matryoshka BatchTopK and JumpReLU.
 
 Pure torch, no I/O (checkpoints live in ``saev_core.checkpoint``). Conventions, chosen so that a
 checkpoint written by ``save_sae`` is computed identically by SAELens (v6):
@@ -11,6 +11,10 @@ checkpoint written by ``save_sae`` is computed identically by SAELens (v6):
 - TopK: top k pre-activations per token, then ReLU (SAELens ``TopK``). BatchTopK: ReLU, then the
   k*B largest over the batch (SAELens ``BatchTopK``). JumpReLU: ReLU(pre) * (pre > threshold)
   (SAELens ``JumpReLUSAE.encode``; equals pre * (pre > threshold) for threshold >= 0).
+- Matryoshka BatchTopK (Bussmann et al. 2025; Nabeshima 2024): BatchTopK whose nested prefixes
+  W_dec[:w_m] each reconstruct x on their own during training; it infers and exports as BatchTopK.
+- JumpReLU training (Rajamanoharan et al. 2024, the Gemma Scope recipe): per-latent thresholds
+  trained through an L0 penalty with straight-through estimators (``saev_core.jumprelu``).
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
+from saev_core.jumprelu import jumprelu, step_l0
 from saev_core.sparse import ActiveLatents, batch_entries, per_token_entries, sampled_pre
 
-Architecture = Literal["relu", "topk", "batchtopk", "jumprelu"]
-TOPK_LIKE = ("topk", "batchtopk")
+Architecture = Literal["relu", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu"]
+BATCH_TOPK = ("batchtopk", "matryoshka_batchtopk")
+TOPK_LIKE = ("topk", *BATCH_TOPK)
 _TINY = 1e-12
 
 
@@ -38,6 +44,11 @@ class SAEConfig(BaseModel):
     ``dead_window`` counts tokens (not steps), so it means the same at any batch size; 10M is
     OpenAI's and sparsify's default. ``threshold_ema_decay`` is the EMA decay of the BatchTopK
     threshold estimate (0.99 = SAELens's topk_threshold_lr 0.01).
+
+    JumpReLU training follows Gemma Scope (Lieberum et al. 2024): kernel bandwidth 0.001 and
+    thresholds initialised at 0.001, in the units of the scaled input (E||s*x|| = sqrt(d_in)).
+    ``matryoshka_widths`` are the nested prefix widths w_1 < ... < w_M = d_sae (SAELens's
+    convention; group m is latents w_{m-1}..w_m); default: halving from d_sae down to d_sae / 16.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -53,6 +64,10 @@ class SAEConfig(BaseModel):
     aux_coefficient: float = Field(default=1 / 32, ge=0, allow_inf_nan=False)
     dead_window: int = Field(default=10_000_000, gt=0)
     threshold_ema_decay: float = Field(default=0.99, ge=0, lt=1)
+    l0_coefficient: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    jumprelu_bandwidth: float = Field(default=0.001, gt=0, allow_inf_nan=False)
+    jumprelu_init_threshold: float = Field(default=0.001, ge=0, allow_inf_nan=False)
+    matryoshka_widths: list[int] | None = None
     input_scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     seed: int = 0
 
@@ -69,7 +84,24 @@ class SAEConfig(BaseModel):
             self.apply_b_dec_to_input = arch != "relu"
         if arch in TOPK_LIKE and self.aux_k is None:
             self.aux_k = max(1, min(self.d_in // 2, self.d_sae))
+        if arch != "matryoshka_batchtopk":
+            self.matryoshka_widths = None  # only a Matryoshka SAE's training reads them
+        else:
+            self.matryoshka_widths = check_matryoshka_widths(self.matryoshka_widths, self.d_sae)
         return self
+
+
+def check_matryoshka_widths(widths: list[int] | None, d_sae: int) -> list[int]:
+    """Nested prefix widths ending at d_sae; None gives d_sae/16, d_sae/8, d_sae/4, d_sae/2, d_sae."""
+    if widths is None:
+        return sorted({max(1, d_sae >> i) for i in range(5)})
+    widths = list(widths)
+    if widths and widths[-1] < d_sae:
+        widths.append(d_sae)
+    if not widths or widths[0] < 1 or any(b <= a for a, b in zip(widths, widths[1:])) or widths[-1] != d_sae:
+        raise ValueError(f"matryoshka_widths {widths} must increase strictly from >= 1 to d_sae={d_sae} "
+                         f"(nested prefixes, e.g. [{max(1, d_sae // 8)}, {max(1, d_sae // 2)}, {d_sae}])")
+    return widths
 
 
 @dataclass
@@ -82,6 +114,8 @@ class SAEOutput:
     mse: Tensor  # sum_d (s*x - x_hat_s)^2, mean over batch
     fvu: Tensor  # fraction of variance unexplained = sum ||e||^2 / sum ||s*x - mean(s*x)||^2
     l1: Tensor  # mean_batch sum_i f_i ||W_dec[i]|| (relu; 0 otherwise)
+    # (jumprelu's L0 penalty is l0 with a pseudo-gradient; Matryoshka's mse is the full dictionary's,
+    # and loss sums every prefix's)
     aux: Tensor  # AuxK squared error of the residual, before aux_coefficient (topk/batchtopk; 0 otherwise)
     l0: Tensor  # mean number of active latents per token (no grad)
 
@@ -91,14 +125,18 @@ class SAEOutput:
         return self.acts.dense() if isinstance(self.acts, ActiveLatents) else self.acts
 
 
-def l1_coefficient_at(step: int, total_steps: int, cfg: SAEConfig) -> float:
-    """lambda_t: linear warm-up from 0 to lambda over the first l1_warmup_frac of steps (METHOD.md sec. 2)."""
+def sparsity_coefficient_at(step: int, total_steps: int, cfg: SAEConfig) -> float:
+    """lambda_t: linear warm-up from 0 to lambda over the first l1_warmup_frac of steps (METHOD.md sec. 2).
+
+    lambda is relu's l1_coefficient, or jumprelu's l0_coefficient (Gemma Scope warms it up too).
+    """
     if total_steps <= 0 or step < 0:
         raise ValueError(f"need step >= 0 and total_steps > 0, got step={step}, total_steps={total_steps}")
+    lam = cfg.l0_coefficient if cfg.architecture == "jumprelu" else cfg.l1_coefficient
     warmup = cfg.l1_warmup_frac * total_steps
     if warmup == 0:
-        return cfg.l1_coefficient
-    return cfg.l1_coefficient * min(1.0, step / warmup)
+        return lam
+    return lam * min(1.0, step / warmup)
 
 
 def estimate_input_scale(batches: Iterable[Tensor]) -> float:
@@ -157,8 +195,8 @@ class SAE(nn.Module):
     """x -> f -> x_hat with W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in].
 
     Buffers: ``tokens_since_fired`` [d_sae] (updated in training mode; drives AuxK and the dead
-    fraction), ``threshold`` [d_sae] for jumprelu, ``running_threshold`` [] for batchtopk (NaN until
-    the first training step). ``state_dict()`` therefore holds everything needed to resume.
+    fraction), ``running_threshold`` [] for (Matryoshka) BatchTopK (NaN until the first training
+    step). A jumprelu SAE also has the parameter ``threshold`` [d_sae]. ``state_dict()`` therefore holds everything needed to resume.
     """
 
     tokens_since_fired: Tensor
@@ -174,9 +212,9 @@ class SAE(nn.Module):
         self.W_dec = nn.Parameter(torch.empty(d_sae, d_in, device=device))
         self.b_dec = nn.Parameter(torch.zeros(d_in, device=device))
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long, device=device))
-        if cfg.architecture == "jumprelu":
-            self.register_buffer("threshold", torch.zeros(d_sae, device=device))
-        if cfg.architecture == "batchtopk":
+        if cfg.architecture == "jumprelu":  # trained through the L0 penalty's pseudo-gradient
+            self.threshold = nn.Parameter(torch.full((d_sae,), cfg.jumprelu_init_threshold, device=device))
+        if cfg.architecture in BATCH_TOPK:
             self.register_buffer("running_threshold", torch.full((), float("nan"), device=device))
         if self.W_dec.device.type != "meta":
             self._init_weights()
@@ -222,7 +260,7 @@ class SAE(nn.Module):
             return pre.relu()  # f = ReLU(s*x @ W_enc + b_enc)  (METHOD.md sec. 2)
         if arch == "topk":
             return _topk(pre, self.cfg.k)
-        if arch == "batchtopk":
+        if arch in BATCH_TOPK:
             return _batch_topk(pre, self.cfg.k)
         return pre.relu() * (pre > self.threshold)  # JumpReLU, SAELens form
 
@@ -238,23 +276,34 @@ class SAE(nn.Module):
         """x_hat = (f @ W_dec + b_dec) / s: the reconstruction in original units (METHOD.md sec. 2)."""
         return (f @ self.W_dec + self.b_dec) / self.cfg.input_scale
 
-    def forward(self, x: Tensor, l1_coefficient: float | None = None) -> SAEOutput:
+    def forward(self, x: Tensor, sparsity_coefficient: float | None = None) -> SAEOutput:
         """Encode, decode and compute the loss for x [batch, d_in].
 
-        relu: loss = mse + lambda_t * l1, the paper's loss (pass lambda_t from ``l1_coefficient_at``;
-        default cfg.l1_coefficient). topk/batchtopk: loss = mse + aux_coefficient * aux (SAELens's
-        objective; with gradient clipping in the trainer it reached a lower FVU than the normalised
-        MSE of OpenAI/sparsify on the demo world, see bench/RESULTS.md). jumprelu: loss = mse.
-        In training mode, also updates the dead-latent counters and the BatchTopK threshold.
+        relu: loss = mse + lambda_t * l1, the paper's loss (pass lambda_t from
+        ``sparsity_coefficient_at``; default cfg.l1_coefficient). topk/batchtopk: loss = mse +
+        aux_coefficient * aux (SAELens's objective; with gradient clipping in the trainer it reached
+        a lower FVU than the normalised MSE of OpenAI/sparsify on the demo world, see
+        bench/RESULTS.md). Matryoshka: loss = sum_m mse_m + aux_coefficient * aux, mse_m the
+        squared error of the reconstruction from latents [0, w_m) alone. jumprelu: loss = mse +
+        lambda_t * L0 (default cfg.l0_coefficient), L0 = sum_i H(pre_i - theta_i) with Gemma
+        Scope's pseudo-gradients. In training mode, also updates the dead-latent counters and the
+        BatchTopK threshold.
         """
         if x.ndim != 2:
             raise ValueError(f"forward expects [batch, d_in], got shape {tuple(x.shape)}: flatten leading dims first")
         sx = self._scaled(x)
         arch = self.cfg.architecture
-        aux_acts = None
+        aux_acts, prefix_mse = None, None
         if arch in TOPK_LIKE:
             acts, aux_acts = self._sparse_encode(sx)
-            x_hat_s = acts.decode(self.W_dec) + self.b_dec
+            if arch == "matryoshka_batchtopk":
+                x_hat_s, prefix_mse = self._matryoshka_decode(acts, sx)
+            else:
+                x_hat_s = acts.decode(self.W_dec) + self.b_dec
+        elif arch == "jumprelu":
+            pre = self._pre(sx)
+            acts = jumprelu(pre, self.threshold, self.cfg.jumprelu_bandwidth)
+            x_hat_s = acts @ self.W_dec + self.b_dec
         else:
             acts = self._activate(self._pre(sx))
             x_hat_s = acts @ self.W_dec + self.b_dec
@@ -266,16 +315,17 @@ class SAE(nn.Module):
         if arch == "relu":
             # mean_batch sum_i f_i ||W_dec[i]||_2, summed over the batch first (same value, less work)
             l1 = (acts.sum(dim=0) * self.W_dec.norm(dim=1)).sum() / acts.shape[0]
-            lam = self.cfg.l1_coefficient if l1_coefficient is None else l1_coefficient
+            lam = self.cfg.l1_coefficient if sparsity_coefficient is None else sparsity_coefficient
             loss = mse + lam * l1
         elif arch in TOPK_LIKE:
             aux = self._aux_loss(aux_acts, err.detach())
-            loss = mse + self.cfg.aux_coefficient * aux
+            loss = (mse if prefix_mse is None else prefix_mse) + self.cfg.aux_coefficient * aux
         else:
-            loss = mse
+            lam = self.cfg.l0_coefficient if sparsity_coefficient is None else sparsity_coefficient
+            loss = mse + lam * step_l0(pre, self.threshold, self.cfg.jumprelu_bandwidth).mean()
         if isinstance(acts, ActiveLatents):
             fired, l0, lowest = acts.fired(), acts.l0(), None
-            if arch == "batchtopk":
+            if arch in BATCH_TOPK:
                 kept = acts.values.detach()[acts.active()]
                 lowest = kept.min() if kept.numel() else kept.new_full((), float("inf"))
         else:
@@ -320,6 +370,22 @@ class SAE(nn.Module):
             return acts, None
         return acts, ActiveLatents.from_entries(rows[n_main:], cols[n_main:], values[n_main:], n, d_sae, n_aux)
 
+    def _matryoshka_decode(self, acts: ActiveLatents, sx: Tensor) -> tuple[Tensor, Tensor]:
+        """The full reconstruction and sum_m mse_m over the nested prefixes [0, w_m).
+
+        Each group's latents are decoded once; prefix m's reconstruction is b_dec plus the running
+        sum of groups 1..m, so the work is one decode of the kept entries however many levels.
+        """
+        widths = torch.tensor(self.cfg.matryoshka_widths, device=acts.cols.device)
+        group = torch.bucketize(acts.cols, widths, right=True)
+        recon, total = self.b_dec.expand_as(sx), sx.new_zeros(())
+        for g in range(len(widths)):
+            sel = (group == g).nonzero().squeeze(1)
+            part = ActiveLatents.from_entries(acts.rows[sel], acts.cols[sel], acts.values[sel], acts.n_rows, acts.n_latents)
+            recon = recon + part.decode(self.W_dec)
+            total = total + (sx - recon).pow(2).sum(dim=-1).mean()
+        return recon, total
+
     def _aux_loss(self, aux_acts: ActiveLatents | None, e: Tensor) -> Tensor:
         """AuxK: the dead latents' top-aux_k reconstruct the residual e; mean_batch ||e - e_hat||^2.
 
@@ -334,7 +400,7 @@ class SAE(nn.Module):
     def _update_stats(self, n_tokens: int, fired: Tensor, lowest: Tensor | None) -> None:
         self.tokens_since_fired += n_tokens
         self.tokens_since_fired[fired] = 0
-        if self.cfg.architecture == "batchtopk":
+        if self.cfg.architecture in BATCH_TOPK:
             # Threshold estimate: EMA of the smallest kept (positive) activation per batch, as in
             # SAELens/dictionary_learning; the first batch sets it directly so there is no bias to 0.
             r, decay = self.running_threshold, self.cfg.threshold_ema_decay
@@ -371,6 +437,16 @@ class SAE(nn.Module):
         grad -= (grad * w).sum(dim=1, keepdim=True) / w.pow(2).sum(dim=1, keepdim=True).clamp_min(_TINY) * w
 
     @torch.no_grad()
+    def project_(self) -> None:
+        """The constraints to restore after each optimizer step: unit-norm decoder rows (topk-like)
+        and non-negative thresholds (jumprelu; projected, as SAELens does, rather than clamped in
+        the graph, which would zero the gradient of a threshold at 0 for good)."""
+        if self.cfg.architecture in TOPK_LIKE:
+            self.normalize_decoder_()
+        elif self.cfg.architecture == "jumprelu":
+            self.threshold.clamp_(min=0.0)
+
+    @torch.no_grad()
     def init_b_dec_(self, sample: Tensor) -> None:
         """b_dec = geometric median of s*sample [n, d_in] (OpenAI's TopK init; the paper's relu keeps 0)."""
         if sample.ndim != 2 or sample.shape[0] == 0:
@@ -383,8 +459,8 @@ class SAE(nn.Module):
         return {name: t.detach().clone() for name, t in self.state_dict().items()}
 
     def inference_form(self) -> SAE:
-        """The SAE to encode tokens one at a time with: BatchTopK as its JumpReLU export, others as they are."""
-        return self.to_jumprelu() if self.cfg.architecture == "batchtopk" else self
+        """The SAE to encode tokens one at a time with: (Matryoshka) BatchTopK as its JumpReLU export, others as they are."""
+        return self.to_jumprelu() if self.cfg.architecture in BATCH_TOPK else self
 
     def to_jumprelu(self) -> SAE:
         """BatchTopK -> JumpReLU for inference: one global threshold, f = ReLU(pre) * (pre > threshold).
@@ -392,7 +468,7 @@ class SAE(nn.Module):
         Uses the running estimate of the smallest kept activation, so per-token inference keeps about
         k latents on average without depending on the rest of the batch.
         """
-        if self.cfg.architecture != "batchtopk":
+        if self.cfg.architecture not in BATCH_TOPK:
             raise ValueError(f"to_jumprelu converts batchtopk SAEs, this one is {self.cfg.architecture!r}")
         if bool(self.running_threshold.isnan()):
             raise ValueError("the BatchTopK threshold has not been estimated: run at least one training-mode forward pass")

@@ -39,7 +39,7 @@ from saev_core.evaluate import reconstruction_metrics
 from saev_core.io import atomic_dir, atomic_path, claim_output_dir, read_json, write_json
 from saev_core.modeling import resolve_device
 from saev_core.optim import Optimizer, default_lr, make_optimizer
-from saev_core.sae import SAE, TOPK_LIKE, SAEConfig, SAEOutput, estimate_input_scale, l1_coefficient_at
+from saev_core.sae import SAE, TOPK_LIKE, SAEConfig, SAEOutput, check_matryoshka_widths, estimate_input_scale, sparsity_coefficient_at
 
 _RUNTIME_FIELDS = {"out", "progress", "device", "checkpoint_every", "log_every", "keep_checkpoints", "eval_rows"}
 
@@ -55,10 +55,11 @@ class TrainConfig(BaseModel):
 
     activations: str = Field(description="dump directory written by `saev dump`")
     out: str = Field(description="run directory")
-    architecture: Literal["relu", "topk", "batchtopk"] = "relu"
+    architecture: Literal["relu", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu"] = Field(
+        "relu", description="relu (the paper's), topk, batchtopk, matryoshka_batchtopk (nested prefixes) or jumprelu (Gemma Scope's)")
     expansion_factor: int = Field(16, ge=1, description="d_sae = expansion_factor * d_in (ignored if d_sae is set)")
     d_sae: int | None = Field(None, ge=1)
-    k: int | None = Field(None, ge=1, description="active latents per token (topk/batchtopk); default 32")
+    k: int | None = Field(None, ge=1, description="active latents per token (topk/batchtopk/matryoshka_batchtopk); default 32")
     modalities: Literal["image+text", "text"] = Field("image+text", description="SAE-V trains on both; 'text' is the paper's text-only baseline")
     batch_size: int = Field(4096, ge=1, description="tokens per step")
     total_tokens: int = Field(2_000_000, ge=1)
@@ -66,8 +67,13 @@ class TrainConfig(BaseModel):
     lr: float | None = Field(None, gt=0, description="default: 5e-5 for relu with adam (the paper), else a rule that scales with d_sae and batch_size (saev_core.optim.default_lr)")
     betas: tuple[float, float] = (0.9, 0.999)
     lr_decay_frac: float = Field(0.2, ge=0, le=1, description="linear decay to 0 over this last fraction of steps")
-    l1_coefficient: float = Field(5.0, ge=0)
-    l1_warmup_frac: float = Field(0.05, ge=0, le=1)
+    l1_coefficient: float = Field(5.0, ge=0, description="relu: lambda of the L1 penalty (METHOD.md sec. 2)")
+    l1_warmup_frac: float = Field(0.05, ge=0, le=1, description="linear warm-up of the sparsity penalty (relu's L1, jumprelu's L0) over this first fraction of steps")
+    l0_coefficient: float = Field(1.0, ge=0, description="jumprelu: lambda of the L0 penalty")
+    jumprelu_bandwidth: float = Field(0.001, gt=0, description="jumprelu: kernel bandwidth of the threshold pseudo-gradient (Gemma Scope's)")
+    jumprelu_init_threshold: float = Field(0.001, ge=0, description="jumprelu: initial threshold of every latent (Gemma Scope's)")
+    matryoshka_widths: list[int] | None = Field(None, description="matryoshka_batchtopk: nested prefix widths ending at d_sae "
+                                                "(default: d_sae/16, d_sae/8, d_sae/4, d_sae/2, d_sae)")
     aux_coefficient: float = Field(1 / 32, ge=0)
     grad_clip_norm: float | None = Field(1.0, gt=0, description="clip the gradient norm each step (SAELens's default); None turns it off")
     dead_window: int | None = Field(None, ge=1, description="tokens without firing before a latent is dead; default min(10M, total_tokens / 10)")
@@ -86,8 +92,14 @@ class TrainConfig(BaseModel):
     def _check(self) -> "TrainConfig":
         if self.architecture in TOPK_LIKE and self.k is None:
             self.k = 32
-        if self.architecture == "relu" and self.k is not None:
-            raise ValueError("k is for topk/batchtopk; a relu SAE's sparsity is set by l1_coefficient")
+        if self.architecture in ("relu", "jumprelu") and self.k is not None:
+            raise ValueError(f"k is for topk/batchtopk; a {self.architecture} SAE's sparsity is set by "
+                             f"{'l1' if self.architecture == 'relu' else 'l0'}_coefficient")
+        if self.matryoshka_widths is not None:
+            if self.architecture != "matryoshka_batchtopk":
+                raise ValueError("matryoshka_widths is for architecture matryoshka_batchtopk")
+            if self.d_sae is not None:
+                check_matryoshka_widths(self.matryoshka_widths, self.d_sae)
         if self.total_tokens < self.batch_size:
             raise ValueError(f"total_tokens ({self.total_tokens}) must be at least one batch ({self.batch_size})")
         return self
@@ -164,15 +176,17 @@ def stream_state_for(state: dict, world: World, path: Path) -> dict:
 
 
 def _new_sae(cfg: TrainConfig, d_in: int, d_sae: int, sample: list[torch.Tensor], device: torch.device) -> SAE:
-    """A fresh SAE; ``sample`` (probe batches) sets the input scale and the TopK b_dec init."""
+    """A fresh SAE; ``sample`` (probe batches) sets the input scale and, for SAEs that subtract b_dec, its init."""
     sae_cfg = SAEConfig(
         architecture=cfg.architecture, d_in=d_in, d_sae=d_sae, k=cfg.k,
         l1_coefficient=cfg.l1_coefficient, l1_warmup_frac=cfg.l1_warmup_frac, aux_coefficient=cfg.aux_coefficient,
+        l0_coefficient=cfg.l0_coefficient, jumprelu_bandwidth=cfg.jumprelu_bandwidth,
+        jumprelu_init_threshold=cfg.jumprelu_init_threshold, matryoshka_widths=cfg.matryoshka_widths,
         dead_window=cfg.dead_window or max(cfg.batch_size, min(10_000_000, cfg.total_tokens // 10)),
         input_scale=estimate_input_scale(sample), seed=cfg.seed,
     )
     sae = SAE(sae_cfg).to(device)
-    if cfg.architecture in TOPK_LIKE:
+    if sae_cfg.apply_b_dec_to_input:
         sae.init_b_dec_(torch.cat(sample)[: 1 << 15].to(device))
     return sae
 
@@ -248,8 +262,8 @@ class _Run:
     def step(self, x: torch.Tensor, step: int, total: int) -> SAEOutput:
         """One optimizer step on batch x; raises TrainingDiverged on a non-finite loss."""
         cfg, sae = self.cfg, self.sae
-        lam = l1_coefficient_at(step, total, sae.cfg)
-        res = self.model(x, l1_coefficient=lam)
+        lam = sparsity_coefficient_at(step, total, sae.cfg)
+        res = self.model(x, sparsity_coefficient=lam)
         if any_true(self.world, not bool(torch.isfinite(res.loss)), x.device):
             raise TrainingDiverged(
                 f"{self.out}: loss became {res.loss.item()} at step {step}; training stopped. Last good checkpoint: "
@@ -265,14 +279,13 @@ class _Run:
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.step()
-        if cfg.architecture in TOPK_LIKE:
-            sae.normalize_decoder_()
+        sae.project_()
         sync_latent_stats(self.world, sae, x.shape[0], cfg.batch_size)
         done = step + 1
         if done % cfg.log_every == 0 or done == total:
             self.log({"step": done, "tokens": done * cfg.batch_size, "loss": res.loss.item(), "mse": res.mse.item(),
                       "fvu": res.fvu.item(), "l0": res.l0.item(), "l1": res.l1.item(), "aux": res.aux.item(),
-                      "dead_fraction": sae.dead_mask().float().mean().item(), "lr": lr, "l1_coefficient": lam})
+                      "dead_fraction": sae.dead_mask().float().mean().item(), "lr": lr, "sparsity_coefficient": lam})
         return res
 
     def checkpoint(self, done: int, streams: list[dict]) -> None:

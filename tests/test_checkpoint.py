@@ -28,18 +28,18 @@ def make_sae(arch: str, input_scale: float = 3.7) -> SAE:
         sae.b_dec.copy_(torch.randn(8, generator=g))
         if arch == "jumprelu":
             sae.threshold.copy_(torch.rand(32, generator=g))
-    if arch == "batchtopk":
+    if arch in ("batchtopk", "matryoshka_batchtopk"):
         sae(X)  # one training-mode pass estimates the threshold
     return sae
 
 
-@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu"])
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu"])
 def test_round_trip_gives_the_same_activations(tmp_path, arch):
     sae = make_sae(arch)
     sparsity = torch.linspace(-10, 0, 32)
     save_sae(sae, tmp_path / "ckpt", sparsity=sparsity, metadata={"hook_name": "layers.1", "extra": {"a": [1, 2]}})
     ckpt = load_checkpoint(tmp_path / "ckpt")
-    reference = sae.to_jumprelu() if arch == "batchtopk" else sae
+    reference = sae.inference_form()
     f, f_loaded = reference.encode(X), ckpt.sae.encode(X)
     assert torch.equal(f > 0, f_loaded > 0)
     assert torch.allclose(f, f_loaded, atol=1e-5)
@@ -57,6 +57,7 @@ def test_round_trip_gives_the_same_activations(tmp_path, arch):
     ("relu", "standard", set()),
     ("topk", "topk", {"k", "rescale_acts_by_decoder_norm"}),
     ("batchtopk", "jumprelu", set()),
+    ("matryoshka_batchtopk", "jumprelu", set()),
 ])
 def test_files_are_plain_saelens_form(tmp_path, arch, saelens_arch, extra_keys):
     sae = make_sae(arch)

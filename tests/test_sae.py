@@ -1,4 +1,4 @@
-"""SAE formulas on small hand-computed cases (METHOD.md sec. 2, OpenAI TopK/AuxK, BatchTopK)."""
+"""SAE formulas on small hand-computed cases (METHOD.md sec. 2, OpenAI TopK/AuxK, BatchTopK, Matryoshka, JumpReLU)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from saev_core.sae import (
     SAEConfig,
     estimate_input_scale,
     geometric_median,
-    l1_coefficient_at,
     select_aux_latents,
+    sparsity_coefficient_at,
 )
+from saev_core.jumprelu import jumprelu, step_l0
 
 
 def set_weights(sae: SAE, **tensors: list) -> SAE:
@@ -61,7 +62,7 @@ def test_relu_encode_decode_and_loss_terms_by_hand():
     assert out.fvu.item() == pytest.approx(5.5)
     assert out.l0.item() == pytest.approx(1.5)
     assert out.aux.item() == 0
-    assert sae(X2, l1_coefficient=0.0).loss.item() == pytest.approx(2.75)
+    assert sae(X2, sparsity_coefficient=0.0).loss.item() == pytest.approx(2.75)
 
 
 def test_relu_with_input_scale_measures_error_in_scaled_units():
@@ -84,14 +85,14 @@ def test_relu_init_follows_the_paper():
 
 def test_l1_warmup_is_linear_over_first_fraction():
     cfg = SAEConfig(d_in=2, d_sae=3, l1_coefficient=5.0, l1_warmup_frac=0.05)
-    assert l1_coefficient_at(0, 1000, cfg) == 0.0
-    assert l1_coefficient_at(25, 1000, cfg) == pytest.approx(2.5)
-    assert l1_coefficient_at(50, 1000, cfg) == pytest.approx(5.0)
-    assert l1_coefficient_at(900, 1000, cfg) == pytest.approx(5.0)
+    assert sparsity_coefficient_at(0, 1000, cfg) == 0.0
+    assert sparsity_coefficient_at(25, 1000, cfg) == pytest.approx(2.5)
+    assert sparsity_coefficient_at(50, 1000, cfg) == pytest.approx(5.0)
+    assert sparsity_coefficient_at(900, 1000, cfg) == pytest.approx(5.0)
     no_warmup = SAEConfig(d_in=2, d_sae=3, l1_warmup_frac=0.0)
-    assert l1_coefficient_at(0, 1000, no_warmup) == 5.0
+    assert sparsity_coefficient_at(0, 1000, no_warmup) == 5.0
     with pytest.raises(ValueError, match="total_steps"):
-        l1_coefficient_at(0, 0, cfg)
+        sparsity_coefficient_at(0, 0, cfg)
 
 
 def test_estimate_input_scale_by_hand():
@@ -258,17 +259,21 @@ def _dense_reference(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     aux = (e - select_aux_latents(pre, sae.dead_mask(), cfg.aux_k) @ sae.W_dec).pow(2).sum(dim=-1).mean()
     if not sae.dead_mask().any():
         aux = aux * 0  # no dead latent: no AuxK term
-    return err.pow(2).sum(dim=-1).mean() + cfg.aux_coefficient * aux, f
+    if cfg.architecture == "matryoshka_batchtopk":  # every prefix [0, w) reconstructs on its own
+        mse = sum((sx - (f[:, :w] @ sae.W_dec[:w] + sae.b_dec)).pow(2).sum(dim=-1).mean() for w in cfg.matryoshka_widths)
+    else:
+        mse = err.pow(2).sum(dim=-1).mean()
+    return mse + cfg.aux_coefficient * aux, f
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka_batchtopk"])
 @pytest.mark.parametrize("apply_b_dec", [True, False])
 @pytest.mark.parametrize("n_dead", [0, 3, 40])
 def test_sparse_training_step_equals_the_dense_reference(arch, apply_b_dec, n_dead):
     """Loss, every gradient and the dead-latent counters of the sparse step match the dense formulas."""
     torch.manual_seed(0)
     cfg = SAEConfig(architecture=arch, d_in=6, d_sae=40, k=3, aux_k=4, apply_b_dec_to_input=apply_b_dec,
-                    input_scale=1.7, dead_window=100, seed=1)
+                    input_scale=1.7, dead_window=100, seed=1, matryoshka_widths=[5, 12])
     x = torch.randn(9, 6, dtype=torch.float64)
     b_enc, b_dec = torch.randn(40) * 0.3, torch.randn(6) * 0.3
     runs = []
@@ -294,7 +299,7 @@ def test_sparse_training_step_equals_the_dense_reference(arch, apply_b_dec, n_de
     for name, g in grads_d.items():
         assert torch.allclose(grads_s[name], g, rtol=1e-10, atol=1e-12), name
     assert torch.equal(tsf_s, tsf_d)
-    if arch == "batchtopk":
+    if arch != "topk":
         assert torch.allclose(thr_s, thr_d, rtol=1e-12, atol=0)
     if n_dead:  # the AuxK term is live and reaches the encoder through the dead latents only
         assert grads_s["W_enc"][:, :n_dead].abs().sum() > 0
@@ -322,3 +327,94 @@ def test_default_lr_rule_by_hand():
     assert default_lr("signum", "topk", 2**16, 4096) == pytest.approx(base / 2)
     assert default_lr("signum", "batchtopk", 2**14, 65536) == pytest.approx(base * 2)
     assert default_lr("adam", "topk", 2**12, 256) == pytest.approx(BASE_LR["adam"] * 2 / 2)
+
+
+def test_jumprelu_forward_and_pseudo_gradients_by_hand():
+    z = torch.tensor([[0.15, 0.5, 0.05]], requires_grad=True)
+    theta = torch.tensor([0.1, 0.1, 0.1], requires_grad=True)
+    f = jumprelu(z, theta, 0.2)
+    assert torch.allclose(f, torch.tensor([[0.15, 0.5, 0.0]]))
+    f.sum().backward()
+    # K((z - theta) / 0.2) = 1 where |z - theta| < 0.1: latents 0 and 2; d/dtheta = -(theta / eps) K = -0.5
+    assert torch.allclose(theta.grad, torch.tensor([-0.5, 0.0, -0.5]))
+    assert torch.equal(z.grad, torch.tensor([[1.0, 1.0, 0.0]]))  # H(z - theta)
+    z.grad = theta.grad = None
+    l0 = step_l0(z, theta, 0.2)
+    assert torch.equal(l0, torch.tensor([2.0]))
+    l0.sum().backward()
+    assert torch.allclose(theta.grad, torch.tensor([-5.0, 0.0, -5.0]))  # -(1 / eps) K
+    assert z.grad is None or not z.grad.any()  # the L0 penalty does not reach the encoder
+
+
+def test_jumprelu_l0_penalty_and_threshold_gradient_by_hand():
+    sae = SAE(SAEConfig(architecture="jumprelu", d_in=2, d_sae=2, apply_b_dec_to_input=False, jumprelu_bandwidth=0.2,
+                        jumprelu_init_threshold=0.1))
+    set_weights(sae, W_enc=[[1, 0], [0, 1]], W_dec=[[1, 0], [0, 1]])
+    assert torch.equal(sae.threshold.detach(), torch.tensor([0.1, 0.1]))
+    out = sae(torch.tensor([[0.15, 0.5], [0.05, 0.12]]), sparsity_coefficient=0.1)
+    assert torch.allclose(out.f, torch.tensor([[0.15, 0.5], [0.0, 0.12]]))
+    # only token 1's latent 0 is cut: error 0.05 -> mse 0.0025 / 2; L0 = (2 + 1) / 2
+    assert out.mse.item() == pytest.approx(0.00125)
+    assert out.l0.item() == pytest.approx(1.5)
+    assert out.loss.item() == pytest.approx(0.00125 + 0.1 * 1.5)
+    out.loss.backward()
+    # mse: d/df[1,0] = -0.05, through -(theta/eps) K = -0.5 -> +0.025 (latent 1's window has no error)
+    # L0: -(lambda / eps) * tokens in the window / batch = -0.5 * 2/2 and -0.5 * 1/2
+    assert torch.allclose(sae.threshold.grad, torch.tensor([0.025 - 0.5, -0.25]))
+    with torch.no_grad():
+        sae.threshold.fill_(-0.3)
+    sae.project_()
+    assert torch.equal(sae.threshold.detach(), torch.zeros(2))  # thresholds stay >= 0
+
+
+def test_matryoshka_sums_the_prefix_losses_by_hand():
+    sae = SAE(SAEConfig(architecture="matryoshka_batchtopk", d_in=2, d_sae=3, k=3, matryoshka_widths=[1], aux_coefficient=0))
+    assert sae.cfg.matryoshka_widths == [1, 3]  # d_sae is appended
+    set_weights(sae, W_enc=[[1, 0, 1], [0, 1, 0]], W_dec=[[1, 0], [0, 1], [0.25, 0]])
+    out = sae(torch.tensor([[2.0, 1.0]]))
+    # f = [2, 1, 2]: full x_hat = [2.5, 1] (error 0.25); prefix [0, 1) gives [2, 0] (error 1)
+    assert torch.allclose(out.f, torch.tensor([[2.0, 1.0, 2.0]]))
+    assert torch.allclose(out.x_hat, torch.tensor([[2.5, 1.0]]))
+    assert out.mse.item() == pytest.approx(0.25)
+    assert out.loss.item() == pytest.approx(1.25)
+    assert sae.inference_form().cfg.architecture == "jumprelu"  # exported as BatchTopK is
+    with pytest.raises(ValidationError, match="increase strictly"):
+        SAEConfig(architecture="matryoshka_batchtopk", d_in=2, d_sae=8, k=1, matryoshka_widths=[4, 2])
+    assert SAEConfig(architecture="matryoshka_batchtopk", d_in=2, d_sae=64, k=1).matryoshka_widths == [4, 8, 16, 32, 64]
+
+
+def _prefix_fvu(sae: SAE, x: torch.Tensor, width: int) -> float:
+    with torch.no_grad():
+        f = sae.inference_form().encode(x) * 1.0
+        sx = x * sae.cfg.input_scale
+        rec = f[:, :width] @ sae.W_dec[:width] + sae.b_dec
+        return float((sx - rec).pow(2).sum() / (sx - sx.mean(0)).pow(2).sum())
+
+
+def test_a_matryoshka_prefix_reconstructs_better_than_a_plain_batchtopk_prefix():
+    """Trained identically (same data, init, steps), the first 16 of 128 latents of a Matryoshka SAE
+    explain the data better than the first 16 of a plain BatchTopK SAE, whose order is arbitrary.
+    (Measured: prefix FVU 0.29 vs 0.46, full 0.15 vs 0.18.)"""
+    g = torch.Generator().manual_seed(0)
+    dirs = torch.randn(64, 16, generator=g)
+    freq = (torch.arange(64) + 1.0) ** -1.0
+
+    def batch(n):  # a few features per token, Zipf-frequent, on random directions
+        active = torch.rand(n, 64, generator=g) < 4 * freq / freq.sum()
+        return (active * (torch.rand(n, 64, generator=g) + 0.5)) @ dirs
+    x, heldout = batch(4096), batch(2048)
+    fvu = {}
+    for arch in ("batchtopk", "matryoshka_batchtopk"):
+        sae = SAE(SAEConfig(architecture=arch, d_in=16, d_sae=128, k=4, matryoshka_widths=[16, 64], seed=0))
+        sae.init_b_dec_(x[:1024])
+        opt = torch.optim.Adam(sae.parameters(), 3e-3)
+        for step in range(400):
+            out = sae(x[(step % 8) * 512:(step % 8 + 1) * 512])
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+            sae.project_()
+        sae.eval()
+        fvu[arch] = (_prefix_fvu(sae, heldout, 16), _prefix_fvu(sae, heldout, 128))
+    assert fvu["matryoshka_batchtopk"][0] < 0.8 * fvu["batchtopk"][0], fvu
+    assert fvu["matryoshka_batchtopk"][1] < 1.2 * fvu["batchtopk"][1], fvu  # the full dictionary still reconstructs

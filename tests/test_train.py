@@ -102,9 +102,10 @@ def test_training_lowers_fvu_and_writes_a_saelens_checkpoint(tmp_path, dump_dir)
     assert len(list((tmp_path / "run/checkpoints").iterdir())) == 2  # keep_checkpoints
 
 
-@pytest.mark.parametrize("arch,optimizer", [("relu", "adam"), ("topk", "adam"), ("batchtopk", "signum")])
+@pytest.mark.parametrize("arch,optimizer", [("relu", "adam"), ("topk", "adam"), ("batchtopk", "signum"), ("jumprelu", "adam"),
+                                             ("matryoshka_batchtopk", "adam")])
 def test_crash_resume_matches_uninterrupted(tmp_path, dump_dir, arch, optimizer):
-    extra = {"k": None, "lr": 1e-3, "l1_coefficient": 0.5} if arch == "relu" else {}
+    extra = {"k": None, "lr": 1e-3, "l1_coefficient": 0.5} if arch == "relu" else {"k": None} if arch == "jumprelu" else {}
     extra["optimizer"] = optimizer
     full = train_sae(small(dump_dir, tmp_path / "full", architecture=arch, **extra))
     # Stopped between a log row (30) and the next checkpoint (40): rows 21-35 are redone on resume.
