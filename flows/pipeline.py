@@ -155,6 +155,7 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
         "sae": str(Path(sae["path"]) / "sae"), "sae_fvu": {g: sae["manifest"]["heldout"][g]["fvu"] for g in ("all", "image", "text")},
         "sae_l0": sae["manifest"]["heldout"]["all"]["l0"],
         "ce_loss_recovered": sae_eval["manifest"].get("ce_with_images", {}).get("ce_loss_recovered"),
+        "kl_score": {g: r["kl_score"] for g, r in sae_eval["manifest"].get("ce_with_images", {}).get("kl", {}).items()},
         "tables": str(store.tables), "sae_id": sae_id, "cross_modal_latents": scored["manifest"]["n_cross_modal"],
         "filtered": str(Path(filtered["path"]) / "data"), "filtered_kept": filtered["manifest"]["n_kept"],
         "aligned_model": str(Path(aligned["path"]) / "aligned" / "model"),
@@ -193,7 +194,8 @@ def render_summary(s: dict) -> str:
     lines = ["", "saev pipeline finished", "",
              f"  dump        {s['samples']} samples ({s['rejected']} rejected) -> {s['dump']}",
              f"  SAE         FVU {s['sae_fvu']['all']:.4f} (image {s['sae_fvu']['image']:.4f}, text {s['sae_fvu']['text']:.4f}), "
-             f"L0 {s['sae_l0']:.1f}, CE-loss-recovered {s['ce_loss_recovered'] if s['ce_loss_recovered'] is None else round(s['ce_loss_recovered'], 3)}"
+             f"L0 {s['sae_l0']:.1f}, CE-loss-recovered {s['ce_loss_recovered'] if s['ce_loss_recovered'] is None else round(s['ce_loss_recovered'], 3)}, "
+             f"KL score {', '.join(f'{g} {v:.3f}' for g, v in s.get('kl_score', {}).items()) or '-'}"
              f" -> {s['sae']}",
              f"  scores      SAE {s['sae_id']}, {s['cross_modal_latents']} cross-modal latents -> {s['tables']}",
              f"  filter      kept {s['filtered_kept']} -> {s['filtered']}"]

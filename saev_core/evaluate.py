@@ -4,6 +4,9 @@ statistics, and next-token cross-entropy with the SAE spliced into the model.
 - FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2; explained variance = 1 - FVU.
 - L0 = mean number of active latents per token (special tokens such as BOS excluded).
 - CE-loss-recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean) (METHOD.md sec. 3).
+- KL score = (KL_zero - KL_sae) / KL_zero (SAEBench's), KL_x the mean over positions of
+  KL(p_clean || p_x) between the next-token distributions of the clean and the spliced model;
+  overall and at image and at text positions.
 """
 
 from __future__ import annotations
@@ -116,6 +119,24 @@ def ce_loss_recovered(ce_clean: float, ce_sae: float, ce_zero: float) -> float:
     return (ce_zero - ce_sae) / (ce_zero - ce_clean)
 
 
+def kl_score(kl_sae: float, kl_zero: float) -> float:
+    """KL score = (KL_zero - KL_sae) / KL_zero (SAEBench): 1 when splicing the SAE changes nothing."""
+    if kl_zero == 0:
+        return float("nan")
+    return (kl_zero - kl_sae) / kl_zero
+
+
+def kl_per_position(clean_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(p_clean || p) at every position [batch, seq], from logits [batch, seq, vocab].
+
+    Row by row in float32, so at most one row of log-probabilities per input is held at a time."""
+    out = torch.empty(clean_logits.shape[:2], dtype=torch.float32, device=clean_logits.device)
+    for b in range(clean_logits.shape[0]):
+        ref = torch.log_softmax(clean_logits[b].float(), dim=-1)
+        out[b] = (ref.exp() * (ref - torch.log_softmax(logits[b].float(), dim=-1))).sum(dim=-1)
+    return out
+
+
 @contextlib.contextmanager
 def splice(bundle: ModelBundle, layer: int, replace):
     """Replace the residual after block ``layer`` by ``replace(hidden)`` for the forward passes inside."""
@@ -140,14 +161,17 @@ def _encode(bundle: ModelBundle, samples: list[Sample], with_image: bool) -> dic
 @torch.no_grad()
 def cross_entropy(bundle: ModelBundle, sae, layer: int, samples: list[Sample], with_image: bool = True,
                   batch_size: int = 16) -> dict:
-    """Mean next-token CE (clean, SAE spliced, layer zero-ablated) and CE-loss-recovered.
+    """Mean next-token CE (clean, SAE spliced, layer zero-ablated), CE-loss-recovered, and the KL
+    of the spliced models' next-token distributions from the clean one, with the KL score.
 
     Prompt + response go through the model; the SAE reconstruction (or zeros) replaces the
     residual at image and text positions (special tokens and padding keep the clean value);
-    CE is averaged over every predicted non-image, non-padding token.
+    CE is averaged over every predicted non-image, non-padding token. KL is averaged over every
+    non-padding position ("all"), and over the image positions and the spliced text positions.
     """
     model = sae.inference_form().to(bundle.device).eval()
     sums = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+    kl = {g: {"sae": 0.0, "zero": 0.0, "n": 0} for g in ("all", "image", "text")}
     count = 0
     for i in range(0, len(samples), batch_size):
         inputs = _encode(bundle, samples[i:i + batch_size], with_image)
@@ -171,14 +195,28 @@ def cross_entropy(bundle: ModelBundle, sae, layer: int, samples: list[Sample], w
             out[spliced] = 0
             return out
 
-        sums["clean"] += ce(bundle.model(**inputs, use_cache=False).logits)
-        with splice(bundle, layer, with_sae):
-            sums["sae"] += ce(bundle.model(**inputs, use_cache=False).logits)
-        with splice(bundle, layer, zeroed):
-            sums["zero"] += ce(bundle.model(**inputs, use_cache=False).logits)
+        image = ids == bundle.image_token_id
+        groups = {"all": mask, "image": mask & image, "text": spliced & ~image}
+        clean = bundle.model(**inputs, use_cache=False).logits
+        sums["clean"] += ce(clean)
+        for name, fn in (("sae", with_sae), ("zero", zeroed)):
+            with splice(bundle, layer, fn):
+                logits = bundle.model(**inputs, use_cache=False).logits
+            sums[name] += ce(logits)
+            per_pos = kl_per_position(clean, logits)
+            del logits
+            for g, sel in groups.items():
+                kl[g][name] += per_pos[sel].double().sum().item()
+        for g, sel in groups.items():
+            kl[g]["n"] += int(sel.sum())
         count += int(scored.sum())
     res = {f"ce_{k}": v / max(count, 1) for k, v in sums.items()}
     res["ce_loss_recovered"] = ce_loss_recovered(res["ce_clean"], res["ce_sae"], res["ce_zero"])
+    res["kl"] = {}
+    for g, acc in kl.items():
+        if acc["n"]:
+            k_sae, k_zero = acc["sae"] / acc["n"], acc["zero"] / acc["n"]
+            res["kl"][g] = {"kl_sae": k_sae, "kl_zero": k_zero, "kl_score": kl_score(k_sae, k_zero), "n_positions": acc["n"]}
     res["n_tokens"] = count
     res["n_samples"] = len(samples)
     return res
@@ -218,6 +256,13 @@ def render_markdown(report: dict) -> str:
         if c:
             lines.append(f"| {name.removeprefix('ce_').replace('_', ' ')} | {c['n_samples']} | {c['ce_clean']:.4f} | "
                          f"{c['ce_sae']:.4f} | {c['ce_zero']:.4f} | {c['ce_loss_recovered']:.4f} |")
+    kl_rows = [(name, g, r) for name in ("ce_with_images", "ce_text_only") for g, r in (report.get(name) or {}).get("kl", {}).items()]
+    if kl_rows:
+        lines += ["", "KL of the next-token distribution from the clean model's (KL score = (KL_zero - KL_sae) / KL_zero, SAEBench's):", "",
+                  "| inputs | positions | n | KL with SAE | KL zero-ablated | KL score |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+        for name, g, r in kl_rows:
+            lines.append(f"| {name.removeprefix('ce_').replace('_', ' ')} | {g} | {r['n_positions']} | {r['kl_sae']:.4g} | "
+                         f"{r['kl_zero']:.4g} | {r['kl_score']:.4f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -42,6 +42,7 @@ def eval_sae_task(root: str, config: dict, upstream: list[str]) -> dict:
 
     rec = ArtifactStore.at(root).run("eval-sae", config, upstream, run,
                                      summary=lambda r: {"ce_loss_recovered": r.get("ce_with_images", {}).get("ce_loss_recovered"),
+                                                        "kl_score": r.get("ce_with_images", {}).get("kl", {}).get("all", {}).get("kl_score"),
                                                         "fvu": r["reconstruction"]["all"]["fvu"]})
     publish(rec, root)
     return rec

@@ -3,6 +3,8 @@ bad input, and its evaluation metrics follow their formulas."""
 
 from __future__ import annotations
 
+import math
+
 import json
 import shutil
 
@@ -16,7 +18,7 @@ from saev_core.activations import ActivationDump, ShuffledBatches, is_heldout
 from saev_core.checkpoint import load_sae
 from saev_core.data import DatasetSpec
 from saev_core.dump import DumpConfig, activation_schema, run_dump
-from saev_core.evaluate import ce_loss_recovered, evaluate_run, firing_histogram
+from saev_core.evaluate import ce_loss_recovered, evaluate_run, firing_histogram, kl_per_position, kl_score
 from saev_core.io import write_json
 from saev_core.train import TrainConfig, TrainingDiverged, lr_at, sweep_configs, train_sae, train_saes
 
@@ -61,6 +63,15 @@ def test_lr_schedule_hand_computed():
 def test_ce_recovered_and_histogram_hand_computed():
     assert ce_loss_recovered(ce_clean=2.5, ce_sae=2.64, ce_zero=10.37) == pytest.approx((10.37 - 2.64) / (10.37 - 2.5))
     assert ce_loss_recovered(2.0, 2.0, 4.0) == 1.0 and ce_loss_recovered(2.0, 4.0, 4.0) == 0.0
+
+
+def test_kl_by_hand():
+    # p = (1/2, 1/2), q = (1/4, 3/4): KL(p || q) = 1/2 ln 2 + 1/2 ln(2/3) = 1/2 ln(4/3)
+    clean = torch.log(torch.tensor([[[0.5, 0.5], [0.1, 0.9]]]))
+    other = torch.log(torch.tensor([[[0.25, 0.75], [0.1, 0.9]]])) + 3.0  # logits: a shift changes nothing
+    assert torch.allclose(kl_per_position(clean, other), torch.tensor([[0.5 * math.log(4 / 3), 0.0]]), atol=1e-6)
+    assert kl_score(kl_sae=0.05, kl_zero=2.0) == pytest.approx(0.975)
+    assert kl_score(0.0, 1.0) == 1.0 and math.isnan(kl_score(0.0, 0.0))
     h = firing_histogram(np.array([0.0, 0.5, 0.05, 0.05, 1e-9, 1.0]))
     assert h["never"] == 1 and h["[1e-1, 1e0)"] == 1 and h["[1e-2, 1e-1)"] == 2 and h["< 1e-8"] == 1 and h["1"] == 1
 
@@ -177,10 +188,16 @@ def test_eval_sae_report(tmp_path, dump_dir):
         assert ce["ce_clean"] < ce["ce_zero"]
         assert ce["ce_loss_recovered"] == pytest.approx(ce_loss_recovered(ce["ce_clean"], ce["ce_sae"], ce["ce_zero"]))
     assert report["ce_with_images"]["ce_loss_recovered"] > 0.5
+    kl = report["ce_with_images"]["kl"]
+    assert set(kl) == {"all", "image", "text"} and set(report["ce_text_only"]["kl"]) == {"all", "text"}
+    assert kl["all"]["n_positions"] > kl["image"]["n_positions"] + kl["text"]["n_positions"] > 0  # + special positions
+    for g in kl.values():
+        assert 0 <= g["kl_sae"] < g["kl_zero"] and g["kl_score"] == pytest.approx(kl_score(g["kl_sae"], g["kl_zero"]))
+    assert kl["all"]["kl_score"] > 0.5
     saved = json.loads((tmp_path / "run/eval.json").read_text())
     assert saved["reconstruction"]["all"]["fvu"] == report["reconstruction"]["all"]["fvu"]
     md = (tmp_path / "run/eval.md").read_text()
-    assert "CE-loss-recovered" in md and "| image |" in md and "| text |" in md
+    assert "CE-loss-recovered" in md and "| image |" in md and "| text |" in md and "KL score" in md
     fake_dump(tmp_path / "d16", 16, [np.zeros((64, 16))])
     with pytest.raises(ValueError, match="SAE has d_in=128 but the activations .* have d_model=16"):
         evaluate_run(str(tmp_path / "run"), activations=str(tmp_path / "d16"), n_samples=0)
