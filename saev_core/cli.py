@@ -258,6 +258,27 @@ def eval_sae(
     typer.echo(report["markdown"])
 
 
+@app.command("export-sae")
+def export_sae(
+    runs: list[str] = typer.Argument(..., help="`saev train` run directories (several: one multi-layer release)."),
+    out: str = typer.Option(..., "--out", "-o", help="Folder to write (replaced if it exists)."),
+    repo_id: Optional[str] = typer.Option(None, help="Hub repo the folder is for, e.g. my-org/llava-saes (named in the card)."),
+    release: Optional[str] = typer.Option(None, help="SAELens release name for pretrained_saes.yaml (default: from --repo-id)."),
+):
+    """Write a hub-ready SAE folder: SAELens files, a model card, and for several SAEs a pretrained_saes.yaml entry.
+
+    Push it with huggingface_hub.upload_folder(folder_path=OUT, repo_id=...); `saev score --sae OUT` and
+    sae_lens.SAE.load_from_disk(OUT) read it back.
+    """
+    from saev_core.export import export_saes
+
+    try:
+        res = export_saes(runs, out, repo_id=repo_id, release=release)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        fail(str(e))
+    typer.echo(json.dumps(res, indent=2))
+
+
 @app.command("score")
 def score(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
@@ -270,6 +291,7 @@ def score(
     agreement_tau: Optional[float] = typer.Option(None, "--agreement-tau", help="The agreement scorer's firing threshold (default: 0.5, chosen on the demo's validation world; choose it on a validation split for another SAE)."),
     agreement_refits: Optional[int] = typer.Option(None, "--agreement-refits", help="Rounds of recounting the agreement scorer's co-firing on its own top half (default: 2, chosen on the demo's validation world; 0 counts once over every sample)."),
     reference_samples: Optional[int] = typer.Option(None, help="Reference subset size for the cross-modal weights (default: 1000)."),
+    clip_model: Optional[str] = typer.Option(None, "--clip-model", help="CLIP/SigLIP hub id or path: adds the clip_score baseline (e.g. openai/clip-vit-base-patch32)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: auto)."),
     seed: Optional[int] = typer.Option(None, help="Seed of the random scorer and the reference subset (default: 0)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a partition scored under another config."),
@@ -283,7 +305,7 @@ def score(
 
     data = merge(load_config_file(config), {
         "activations": activations, "sae": sae, "tables": tables, "dataset_name": dataset_name, "scorers": scorer or None,
-        "tau": tau, "agreement_tau": agreement_tau, "agreement_refits": agreement_refits, "reference_samples": reference_samples, "device": device, "seed": seed})
+        "tau": tau, "agreement_tau": agreement_tau, "agreement_refits": agreement_refits, "reference_samples": reference_samples, "clip_model": clip_model, "device": device, "seed": seed})
     apply_set(data, set_)
     if "sae" not in data:  # the pipeline's newest SAE with its own dump, else `saev train`'s default run
         trained = newest_artifact("train")

@@ -20,6 +20,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 from saev_core import __version__
 from saev_core.activations import ActivationDump
 from saev_core.checkpoint import load_sae
+from saev_core.clip_score import clip_scores
 from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
 from saev_core.features import SHARD_SAMPLES, encode_shard, fetch_residuals
 from saev_core.io import atomic_path, claim_output_dir, file_lock, read_json, write_json
@@ -44,7 +46,7 @@ from saev_core.tables import (DEFAULT_TABLES, FEATURE_STATS, SAMPLES, SCORES, TA
 log = logging.getLogger(__name__)
 
 DEFAULT_SCORERS = ("random", "l0", "cooccurrence", "saev", "saev_balanced", "coverage", "agreement", "model_cosine")
-_RUNTIME_FIELDS = {"tables", "device", "batch_rows", "weights_memory_mb", "progress"}
+_RUNTIME_FIELDS = {"tables", "device", "batch_rows", "weights_memory_mb", "progress", "clip_batch_size"}
 
 
 class ScoreConfig(BaseModel):
@@ -70,7 +72,17 @@ class ScoreConfig(BaseModel):
     batch_rows: int = Field(4096, ge=1, description="positions encoded per batch")
     device: str = "auto"
     weights_memory_mb: int = Field(256, ge=1, description="bound on residuals held while computing weights")
+    clip_model: str | None = Field(None, description="CLIP/SigLIP model (hub id or path) of the clip_score scorer")
+    clip_batch_size: int = Field(64, ge=1, description="samples per clip_score batch")
     progress: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clip_by_default(cls, data):
+        """A clip_model with no scorer list given scores clip_score beside the defaults."""
+        if isinstance(data, dict) and data.get("clip_model") and data.get("scorers") is None:
+            data = {**data, "scorers": [*DEFAULT_SCORERS, "clip_score"]}
+        return data
 
     @field_validator("scorers")
     @classmethod
@@ -83,6 +95,9 @@ class ScoreConfig(BaseModel):
     def _sides(self) -> "ScoreConfig":
         if 2 * self.per_side > self.top:
             raise ValueError(f"per_side={self.per_side} text + image occurrences cannot fit in top={self.top}")
+        if ("clip_score" in self.scorers) != (self.clip_model is not None):
+            raise ValueError("the clip_score scorer needs clip_model (a CLIP/SigLIP hub id or path, e.g. openai/clip-vit-base-patch32)"
+                             if self.clip_model is None else "clip_model is set but clip_score is not among the scorers: add it or drop clip_model")
         return self
 
     def identity(self) -> dict:
@@ -162,15 +177,21 @@ def _remove_partitions(root: Path, dataset: str, sae_id: str) -> None:
     manifest_path(root, dataset, sae_id).unlink(missing_ok=True)
 
 
+def source_samples(spec: DatasetSpec, sample_ids: set[str]) -> Iterator[Sample]:
+    """The source dataset's valid rows whose sample_id is in ``sample_ids``, in source order."""
+    for s in iter_samples(open_dataset(spec), spec):
+        if isinstance(s, Sample) and s.sample_id in sample_ids:
+            yield s
+
+
 def samples_table(spec: DatasetSpec, scored: dict[str, dict]) -> pa.Table:
     """The fields needed to rebuild each scored sample: the dump's own samples (``scored``), in
     its order, found in the source by sample_id at their first row there. Duplicate rows, and
     rows re-ordered or appended since the dump, change nothing; a sample the source no longer
     holds fails the run before any table is written."""
     found: dict[str, Sample] = {}
-    for s in iter_samples(open_dataset(spec), spec):
-        if isinstance(s, Sample) and s.sample_id in scored:
-            found.setdefault(s.sample_id, s)
+    for s in source_samples(spec, set(scored)):
+        found.setdefault(s.sample_id, s)
     missing = [sid for sid in scored if sid not in found]
     if missing:
         raise ValueError(f"the source dataset {spec.path} no longer holds {len(missing)} of the {len(scored)} dumped samples "
@@ -277,8 +298,15 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
 
         cofiring = fit_cofiring(all_summaries, d_sae, cfg.agreement_tau, cfg.agreement_refits, cfg.agreement_keep) \
             if "agreement" in cfg.scorers else None
+        spec = DatasetSpec.model_validate(dump.manifest["dataset"])
+        if Path(spec.path).expanduser().exists():  # later stages may run from another directory
+            spec = spec.model_copy(update={"path": str(Path(spec.path).expanduser().resolve())})
+        external = {}
+        if cfg.clip_model is not None:
+            wanted = set(dump_samples.column("sample_id").to_pylist())
+            external["clip_score"] = clip_scores(cfg.clip_model, source_samples(spec, wanted), cfg.clip_batch_size, str(device), cfg.progress)
         ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=weights, balanced_weights=balanced,
-                             agreement_tau=cfg.agreement_tau, cofiring=cofiring)
+                             agreement_tau=cfg.agreement_tau, cofiring=cofiring, external=external)
         fns = {name: get_scorer(name) for name in cfg.scorers}
         sids, per_scorer, scored = [], {n: [] for n in fns}, {}
         for s in all_summaries():
@@ -297,9 +325,6 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
                                    schema=SCORES))
             summary[name] = {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
 
-        spec = DatasetSpec.model_validate(dump.manifest["dataset"])
-        if Path(spec.path).expanduser().exists():  # later stages may run from another directory
-            spec = spec.model_copy(update={"path": str(Path(spec.path).expanduser().resolve())})
         _write(samples_table(spec, scored), partition_dir(root, "samples", dataset) / part_name(0))
         _write(stats, partition_dir(root, "feature_stats", dataset, sae_id) / part_name(0))
         _write(pa.concat_tables(tables), partition_dir(root, "scores", dataset, sae_id) / part_name(0))

@@ -74,6 +74,7 @@ class ScoringContext:
     balanced_weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # w'_i (balanced_weights)
     agreement_tau: float = 0.5
     cofiring: "CoFiring | None" = None  # the dataset's co-firing counts at agreement_tau (agreement scorer)
+    external: dict[str, dict[str, float]] = field(default_factory=dict)  # per-sample scores of external models, by scorer
 
 
 Scorer = Callable[[SampleSummary, ScoringContext], float]
@@ -230,6 +231,19 @@ def agreement_score(s: SampleSummary, ctx: ScoringContext) -> float:
 def model_cosine_score(s: SampleSummary, ctx: ScoringContext) -> float:
     """model_cosine: cos(mean image-token residual, mean text-token residual); no SAE involved."""
     return s.resid_cosine if s.resid_cosine is not None else 0.0
+
+
+@scorer("clip_score")
+def clip_score(s: SampleSummary, ctx: ScoringContext) -> float:
+    """clip_score: cos(E_img(image), E_txt(question + response)) of a CLIP/SigLIP model (DataComp's
+    filter; ``saev_core.clip_score``), the external-model baseline; computed before scoring."""
+    scores = ctx.external.get("clip_score")
+    if scores is None:
+        raise ValueError("clip_score needs its CLIP/SigLIP scores computed first: set clip_model in the score config")
+    return scores[s.sample_id]
+
+
+EXTERNAL_SCORERS = ("clip_score",)  # scorers that read a model other than the SAE's
 
 
 # ---- cross-modal weights (Algorithm 1, steps 1-3, and the scale-balanced variant) ----------

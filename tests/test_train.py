@@ -3,9 +3,8 @@ bad input, and its evaluation metrics follow their formulas."""
 
 from __future__ import annotations
 
-import math
-
 import json
+import math
 import shutil
 
 import numpy as np
@@ -13,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
-from saev_core.activations import ActivationDump, ShuffledBatches, is_heldout
+from saev_core.activations import ActivationDump, ShuffledBatches, is_heldout, iter_rows
 from saev_core.checkpoint import load_sae
 from saev_core.data import DatasetSpec
 from saev_core.dump import DumpConfig, activation_schema, run_dump
@@ -312,3 +312,43 @@ def test_data_parallel_training_on_two_processes(tmp_path, dump_dir):
         shutil.rmtree(tmp_path / "crash/sae")
         (tmp_path / "crash/manifest.json").unlink()
         train_sae(small(dump_dir, tmp_path / "crash"))
+
+
+def test_export_sae_writes_a_hub_folder_that_loads_back(tmp_path, dump_dir):
+    from typer.testing import CliRunner
+
+    from saev_core.cli import app
+    from saev_core.export import read_front_matter
+
+    train_sae(small(dump_dir, tmp_path / "topk"))
+    train_sae(small(dump_dir, tmp_path / "jump", architecture="jumprelu", k=None, l0_coefficient=0.01))
+    evaluate_run(str(tmp_path / "topk"), n_samples=2, device="cpu")
+    res = CliRunner().invoke(app, ["export-sae", str(tmp_path / "topk"), "--out", str(tmp_path / "hub"), "--repo-id", "me/demo-sae"])
+    assert res.exit_code == 0, res.output
+    hub = tmp_path / "hub"
+    assert sorted(p.name for p in hub.iterdir()) == ["README.md", "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"]
+    x = next(iter_rows(ActivationDump.open(dump_dir), ("image", "text"), "all", 512))
+    assert torch.equal(load_sae(hub).encode(x), load_sae(tmp_path / "topk/sae").encode(x))
+    card = (hub / "README.md").read_text()
+    front = read_front_matter(card)
+    manifest = json.loads((tmp_path / "topk/manifest.json").read_text())
+    dump = json.loads((dump_dir / "manifest.json").read_text())
+    assert front["library_name"] == "saelens" and front["base_model"] == dump["model"]
+    assert (front["layer"], front["hook_name"], front["d_sae"], front["architecture"]) == (0, dump["hook"], 512, "topk")
+    assert front["training_tokens"] == manifest["tokens"] == 256 * 60 and front["dataset_fingerprint"] == dump["dataset_fingerprint"]
+    assert "# me/demo-sae" in card and f"{manifest['heldout']['image']['fvu']:.4f}" in card  # the metrics table
+    ev = json.loads((tmp_path / "topk/eval.json").read_text())
+    assert f"{ev['ce_with_images']['kl']['all']['kl_score']:.4f}" in card
+    # A multi-layer release: one folder per SAE, and SAELens's registry entry.
+    res = CliRunner().invoke(app, ["export-sae", str(tmp_path / "topk"), str(tmp_path / "jump"), "--out", str(tmp_path / "rel"),
+                                   "--repo-id", "me/demo-saes"])
+    assert res.exit_code == 0, res.output
+    entry = yaml.safe_load((tmp_path / "rel/pretrained_saes.yaml").read_text())["me-demo-saes"]
+    assert entry["repo_id"] == "me/demo-saes" and [s["id"] for s in entry["saes"]] == ["layer_0_topk_512", "layer_0_jumprelu_512"]
+    for s in entry["saes"]:
+        assert load_sae(tmp_path / "rel" / s["path"]).cfg.d_sae == 512
+    assert [s["architecture"] for s in read_front_matter((tmp_path / "rel/README.md").read_text())["saes"]] == ["topk", "jumprelu"]
+    jump = load_sae(tmp_path / "rel/layer_0_jumprelu_512")
+    assert torch.equal(jump.encode(x), load_sae(tmp_path / "jump/sae").encode(x))
+    bad = CliRunner().invoke(app, ["export-sae", str(dump_dir), "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "not a finished `saev train` run directory" in bad.output and not (tmp_path / "bad").exists()

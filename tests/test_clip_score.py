@@ -1,0 +1,75 @@
+"""The clip_score baseline: a real (tiny, random-weight) SigLIP and CLIP loaded by path, scored
+against the formula, and the scorer's config rules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from saev_core.clip_score import ClipScorer, clip_scores, sample_text
+from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
+from saev_core.score_dataset import DEFAULT_SCORERS, ScoreConfig
+from saev_core.scoring import ScoringContext, SampleSummary, get_scorer
+
+
+def tiny_dual_encoder(path, tokenizer, kind: str):
+    """A random-weight SigLIP or CLIP with the demo's tokenizer and a 32-pixel image processor."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    torch.manual_seed(0)
+    if kind == "siglip":
+        model, proc = SiglipModel(SiglipConfig(text_config=text, vision_config=vision)), SiglipImageProcessor(size={"height": 32, "width": 32})
+    else:
+        model = CLIPModel(CLIPConfig(text_config={**text, "bos_token_id": tokenizer.bos_token_id}, vision_config=vision, projection_dim=16))
+        proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    proc.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def samples(world_dir, world):
+    spec = DatasetSpec(path=str(world_dir / world["datasets"]["demo-rlaif"]["path"]), limit=12)
+    return [s for s in iter_samples(open_dataset(spec), spec) if isinstance(s, Sample)]
+
+
+@pytest.mark.parametrize("kind", ["siglip", "clip"])
+def test_clip_score_is_the_cosine_of_the_two_towers(tmp_path, bundle, samples, kind):
+    path = tiny_dual_encoder(tmp_path / kind, bundle.processor.tokenizer, kind)
+    scores = clip_scores(str(path), samples, batch_size=5, device="cpu")  # batches of 5, 5 and 2
+    assert list(scores) == [s.sample_id for s in samples]
+    scorer = ClipScorer(str(path), device="cpu")
+    with torch.no_grad():  # the formula, one sample at a time, straight from the towers
+        s = samples[3]
+        tok = scorer.tokenizer([sample_text(s)], padding="max_length" if kind == "siglip" else True, truncation=True,
+                               max_length=64, return_tensors="pt")
+        img = scorer._features(scorer.model.get_image_features(pixel_values=scorer.image_processor(images=[s.image.convert("RGB")],
+                                                                                                      return_tensors="pt")["pixel_values"]))
+        txt = scorer._features(scorer.model.get_text_features(**{k: v for k, v in tok.items() if k != "token_type_ids"}))
+        expected = torch.nn.functional.cosine_similarity(img, txt).item()
+    assert scores[s.sample_id] == pytest.approx(expected, abs=1e-5)
+    assert all(-1 <= v <= 1 for v in scores.values()) and len(set(scores.values())) > 1
+    assert sample_text(s) == f"{s.question} {s.response}"
+
+
+def test_clip_score_config_and_errors(tmp_path, world_dir):
+    base = {"activations": "a", "sae": "b"}
+    assert ScoreConfig(**base, clip_model="m").scorers == [*DEFAULT_SCORERS, "clip_score"]
+    with pytest.raises(ValidationError, match="clip_score scorer needs clip_model"):
+        ScoreConfig(**base, scorers=["saev", "clip_score"])
+    with pytest.raises(ValidationError, match="clip_model is set but clip_score is not among the scorers"):
+        ScoreConfig(**base, scorers=["saev"], clip_model="m")
+    assert "clip_model" in ScoreConfig(**base, clip_model="m").identity()  # another CLIP is another partition
+    with pytest.raises(ValueError, match="not a dual image-text encoder"):
+        ClipScorer(str(world_dir / "model"), device="cpu")  # the demo LLaVA is not one
+    with pytest.raises(ValueError, match="cannot load a CLIP/SigLIP model"):
+        ClipScorer(str(tmp_path / "nothing"), device="cpu")
+    summary = SampleSummary("s1", 1, 1, 0, *([torch.zeros(0).numpy()] * 4), None)
+    assert get_scorer("clip_score")(summary, ScoringContext(external={"clip_score": {"s1": 0.25}})) == 0.25
+    with pytest.raises(ValueError, match="set clip_model"):
+        get_scorer("clip_score")(summary, ScoringContext())
