@@ -14,11 +14,11 @@ that padding; CLIP pools at the end-of-text token and gets the batch's longest.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
 
-from saev_core.data import Sample
+from saev_core.data import Sample, batched
 
 
 def sample_text(s: Sample) -> str:
@@ -73,18 +73,7 @@ def clip_scores(model: str, samples: Iterable[Sample], batch_size: int = 64, dev
     scorer = ClipScorer(model, device)
     out: dict[str, float] = {}
     with tqdm(desc="clip_score", unit="sample", disable=not progress) as bar:
-        for batch in _batches(samples, batch_size):
+        for batch in batched(samples, batch_size):
             out.update(zip((s.sample_id for s in batch), scorer.score(batch)))
             bar.update(len(batch))
     return out
-
-
-def _batches(items: Iterable[Sample], n: int) -> Iterator[list[Sample]]:
-    batch: list[Sample] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -279,3 +279,15 @@ def _default_image_root(spec: DatasetSpec) -> Path | None:
     if p.is_dir():
         return p
     return None
+
+
+def batched(items, size: int) -> Iterator[list]:
+    """Lists of ``size`` consecutive items (the last may be shorter): itertools.batched before 3.12."""
+    buf = []
+    for it in items:
+        buf.append(it)
+        if len(buf) == size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf

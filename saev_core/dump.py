@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from saev_core import __version__
-from saev_core.data import DatasetSpec, Rejection, Sample, first_rows, iter_samples, open_dataset, resolve_columns
+from saev_core.data import DatasetSpec, Rejection, Sample, batched, first_rows, iter_samples, open_dataset, resolve_columns
 from saev_core.inputs import chat_template_digest, encode, read_chat_template, render, to_model
 from saev_core.io import atomic_path, claim_output_dir, remove_stale_tmp, write_json
 from saev_core.modeling import ModelBundle, StopForward, capture_residual, check_layer, load_model
@@ -201,16 +201,6 @@ def batch_table(bundle: ModelBundle, inputs, acts: torch.Tensor, samples: list[S
     return table, stats
 
 
-def _batches(items, size):
-    buf = []
-    for it in items:
-        buf.append(it)
-        if len(buf) == size:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
-
 
 def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
     """Run ``iterator`` in a background thread, ``depth`` items ahead, re-raising its errors.
@@ -259,7 +249,7 @@ def _prepare(cfg: DumpConfig, bundle: ModelBundle, ds, start: int, stop: int, ma
              first: dict[str, int]) -> Iterator[_Prepared]:
     """CPU side of a shard: read rows, drop bad ones and duplicates (rows whose sample id first
     occurs at an earlier row of the dataset, ``first``), run the processor."""
-    for chunk in _batches(iter_samples(ds, cfg.dataset, start, stop), cfg.batch_size):
+    for chunk in batched(iter_samples(ds, cfg.dataset, start, stop), cfg.batch_size):
         rejected, samples = [], []
         for item in chunk:
             if first.get(item.sample_id, item.row_index) < item.row_index:
