@@ -22,7 +22,7 @@ from saev_core.quality import auroc, render_quality, scorer_quality, top_fractio
 from saev_core.query import connect, open_views
 from saev_core.sae import SAE, SAEConfig
 from saev_core.score_dataset import ScoreConfig, run_scoring
-from saev_core.scoring import SCORERS, SampleSummary, ScoringContext, balanced_weights, cross_modal_weights, fit_cofiring
+from saev_core.scoring import EXTERNAL_SCORERS, SCORERS, SampleSummary, ScoringContext, balanced_weights, cross_modal_weights, fit_cofiring
 from saev_core.train import TrainConfig, train_sae
 
 
@@ -99,8 +99,8 @@ def test_tables_match_a_dense_recomputation_through_duckdb(scored):
     ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=w_dense, balanced_weights=wb_dense,
                          agreement_tau=cfg.agreement_tau, cofiring=cofiring)
     scores = con.execute("SELECT sample_id, scorer, score, rank, percentile FROM scores WHERE dataset = $d", {"d": "demo-rlaif"}).df()
-    assert set(scores.scorer) == set(SCORERS)
-    for name, fn in SCORERS.items():
+    assert set(scores.scorer) == set(SCORERS) - set(EXTERNAL_SCORERS)  # every scorer but the external models'
+    for name, fn in ((n, f) for n, f in SCORERS.items() if n not in EXTERNAL_SCORERS):
         g = scores[scores.scorer == name].set_index("sample_id")
         expect = np.array([fn(dense[s], ctx) for s in g.index])
         np.testing.assert_allclose(g.score.to_numpy(), expect, rtol=1e-5, atol=1e-5)
@@ -212,7 +212,7 @@ def test_auroc_and_top_fraction_by_hand():
 def test_quality_table_and_cli(scored, world_dir, tmp_path):
     base, cfg, manifest = scored
     rows = scorer_quality(open_views(cfg.tables), world_dir / "labels.parquet", "demo-rlaif", manifest["sae_id"])
-    assert {r["scorer"] for r in rows} == set(SCORERS)
+    assert {r["scorer"] for r in rows} == set(SCORERS) - set(EXTERNAL_SCORERS)
     assert all(0 <= r["auroc"] <= 1 and "auroc_swapped_image" in r for r in rows)
     assert render_quality(rows).startswith("| scorer | auroc |")
 

@@ -75,9 +75,9 @@ def test_cross_modal_weights_by_hand():
 
 
 def test_registry_lists_valid_scorers_on_error():
-    assert set(SCORERS) == {"random", "l0", "cooccurrence", "saev", "model_cosine", "saev_balanced", "coverage", "agreement"}
+    assert set(SCORERS) == {"random", "l0", "cooccurrence", "saev", "model_cosine", "saev_balanced", "coverage", "agreement", "clip_score"}
     assert get_scorer("l0") is l0_score
-    with pytest.raises(ValueError, match=r"unknown scorer 'clip'; valid scorers: \['agreement', 'cooccurrence', 'coverage', 'l0', "
+    with pytest.raises(ValueError, match=r"unknown scorer 'clip'; valid scorers: \['agreement', 'clip_score', 'cooccurrence', 'coverage', 'l0', "
                                          r"'model_cosine', 'random', 'saev', 'saev_balanced'\]"):
         get_scorer("clip")
 
