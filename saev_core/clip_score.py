@@ -21,6 +21,12 @@ import torch
 from saev_core.data import Sample, batched
 
 
+def features(out) -> torch.Tensor:
+    """The projected embeddings of ``get_image_features`` / ``get_text_features``: a tensor, or in
+    transformers >= 5 a model output holding them in ``pooler_output``."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
 def sample_text(s: Sample) -> str:
     """What the text tower reads for a sample: the question, then the response if there is one."""
     return s.question if not s.response else f"{s.question} {s.response}"
@@ -50,18 +56,13 @@ class ClipScorer:
         self.max_length = int(getattr(text_cfg, "max_position_embeddings", 77))
         self.pad_to_max = self.model.config.model_type.startswith("siglip")
 
-    @staticmethod
-    def _features(out) -> torch.Tensor:
-        # transformers >= 5 returns a model output whose pooler_output holds the projected features
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
-
     @torch.inference_mode()
     def score(self, samples: list[Sample]) -> list[float]:
         text = self.tokenizer([sample_text(s) for s in samples], padding="max_length" if self.pad_to_max else True,
                               truncation=True, max_length=self.max_length, return_tensors="pt").to(self.device)
         pixels = self.image_processor(images=[s.image.convert("RGB") for s in samples], return_tensors="pt")["pixel_values"]
-        img = self._features(self.model.get_image_features(pixel_values=pixels.to(self.device, self.model.dtype)))
-        txt = self._features(self.model.get_text_features(**{k: v for k, v in text.items() if k != "token_type_ids"}))
+        img = features(self.model.get_image_features(pixel_values=pixels.to(self.device, self.model.dtype)))
+        txt = features(self.model.get_text_features(**{k: v for k, v in text.items() if k != "token_type_ids"}))
         return torch.nn.functional.cosine_similarity(img.float(), txt.float(), dim=-1).tolist()
 
 

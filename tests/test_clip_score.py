@@ -7,7 +7,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from saev_core.clip_score import ClipScorer, clip_scores, sample_text
+from saev_core.clip_score import ClipScorer, clip_scores, features, sample_text
 from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
 from saev_core.score_dataset import DEFAULT_SCORERS, ScoreConfig
 from saev_core.scoring import ScoringContext, SampleSummary, get_scorer
@@ -48,9 +48,9 @@ def test_clip_score_is_the_cosine_of_the_two_towers(tmp_path, bundle, samples, k
         s = samples[3]
         tok = scorer.tokenizer([sample_text(s)], padding="max_length" if kind == "siglip" else True, truncation=True,
                                max_length=64, return_tensors="pt")
-        img = scorer._features(scorer.model.get_image_features(pixel_values=scorer.image_processor(images=[s.image.convert("RGB")],
+        img = features(scorer.model.get_image_features(pixel_values=scorer.image_processor(images=[s.image.convert("RGB")],
                                                                                                       return_tensors="pt")["pixel_values"]))
-        txt = scorer._features(scorer.model.get_text_features(**{k: v for k, v in tok.items() if k != "token_type_ids"}))
+        txt = features(scorer.model.get_text_features(**{k: v for k, v in tok.items() if k != "token_type_ids"}))
         expected = torch.nn.functional.cosine_similarity(img, txt).item()
     assert scores[s.sample_id] == pytest.approx(expected, abs=1e-5)
     assert all(-1 <= v <= 1 for v in scores.values()) and len(set(scores.values())) > 1

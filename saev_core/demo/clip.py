@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from saev_core.clip_score import features
 from saev_core.demo.build import WORLD_FILE
 from saev_core.demo.model import TinyLlavaSpec
 from saev_core.demo.scenes import make_captions
@@ -47,9 +48,8 @@ def _batch(tokenizer, image_processor, rows: list[dict]) -> dict:
 def retrieval_accuracy(model, tokenizer, image_processor, rows: list[dict]) -> float:
     """Image -> caption top-1 accuracy among ``rows`` (chance: 1 / len(rows))."""
     b = _batch(tokenizer, image_processor, rows)
-    img = model.get_image_features(pixel_values=b["pixel_values"])
-    txt = model.get_text_features(input_ids=b["input_ids"])
-    img, txt = (t if isinstance(t, torch.Tensor) else t.pooler_output for t in (img, txt))
+    img = features(model.get_image_features(pixel_values=b["pixel_values"]))
+    txt = features(model.get_text_features(input_ids=b["input_ids"]))
     sim = torch.nn.functional.normalize(img, dim=-1) @ torch.nn.functional.normalize(txt, dim=-1).T
     return float((sim.argmax(1) == torch.arange(len(rows))).float().mean())
 
