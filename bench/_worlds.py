@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from saev_core.data import DatasetSpec  # noqa: E402
 from saev_core.demo.build import DemoConfig, build_world  # noqa: E402
+from saev_core.demo.clip import build_demo_clip  # noqa: E402
 from saev_core.demo.defaults import DEMO_SAE  # noqa: E402
 from saev_core.dump import DumpConfig, run_dump  # noqa: E402
 from saev_core.score_dataset import ScoreConfig, run_scoring  # noqa: E402
@@ -29,9 +30,10 @@ def world(seed: int) -> Path:
 
 
 def scored(seed: int, out: Path, layer: int = 0, variant: str = "response", sae_seed: int = 0, tau: float = 0.0,
-           score: dict | None = None, dataset: str = "demo-rlaif") -> tuple[Path, Path, dict]:
+           score: dict | None = None, dataset: str = "demo-rlaif", clip: bool = False) -> tuple[Path, Path, dict]:
     """(world dir, tables dir, scoring manifest) of world ``seed`` scored with SAE seed ``sae_seed``;
-    ``score`` overrides ScoreConfig fields (each override gets its own tables directory)."""
+    ``score`` overrides ScoreConfig fields (each override gets its own tables directory); ``clip``
+    adds clip_score with the world's demo CLIP (trained once, under ``<world>/clip``)."""
     wdir = world(seed)
     run = Path(out) / f"w{seed}-L{layer}-{variant}"
     spec = DatasetSpec(path=str(wdir / "datasets" / dataset / "train.parquet"))
@@ -42,7 +44,10 @@ def scored(seed: int, out: Path, layer: int = 0, variant: str = "response", sae_
         train_sae(TrainConfig.model_validate({**DEMO_SAE, "activations": str(run / "dump"), "out": str(sae_dir),
                                               "seed": sae_seed, "progress": False}))
     score = {k: v for k, v in (score or {}).items() if v is not None}
-    tables = run / (f"tables-s{sae_seed}-tau{tau:g}" + "".join(f"-{k}{v:g}" for k, v in sorted(score.items())))
+    tables = run / (f"tables-s{sae_seed}-tau{tau:g}" + "".join(f"-{k}{v:g}" for k, v in sorted(score.items())) + ("-clip" if clip else ""))
+    if clip:
+        print(f"demo CLIP of world {seed}: {build_demo_clip(wdir, progress=False)}", flush=True)
+        score["clip_model"] = str(wdir / "clip")
     manifest = run_scoring(ScoreConfig(activations=str(run / "dump"), sae=str(sae_dir), tables=str(tables),
                                        dataset_name=dataset, tau=tau, progress=False, **score))
     return wdir, tables, manifest

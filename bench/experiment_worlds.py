@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--no-oracle", dest="oracle", action="store_false", help="leave out the oracle runs (the headroom line)")
     ap.add_argument("--set", action="append", default=[], help="AlignConfig override, e.g. --set epochs=4 (on top of the demo's)")
     ap.add_argument("--out", default="data/bench/experiment")
+    ap.add_argument("--clip", action="store_true", help="score clip_score too (each world's demo CLIP), e.g. for --scorers clip_score")
     ap.add_argument("--scored", default="data/bench/validity", help="where the dumps, SAEs and tables go (shared with bench/validity.py)")
     args = ap.parse_args()
     align = {k: v for k, v in DEMO_ALIGN.items() if k != "method"}
@@ -52,7 +53,7 @@ def main() -> None:
     per_world = {}
     for w in args.worlds:
         t0 = time.time()
-        wdir, tables, m = scored(w, Path(args.scored), variant=args.variant, sae_seed=args.sae_seed)
+        wdir, tables, m = scored(w, Path(args.scored), variant=args.variant, sae_seed=args.sae_seed, clip=args.clip)
         cfg = ExperimentConfig(tables=str(tables), model=str(wdir / "model"), heldout=str(wdir / "heldout/clean.parquet"),
                                labels=str(wdir / "labels.parquet"), out=str(root / f"w{w}"), dataset="demo-rlaif", sae_id=m["sae_id"],
                                method=args.method, scorers=args.scorers, fractions=args.fractions, random_seeds=args.random_seeds,

@@ -7,6 +7,7 @@ Pick defaults on a validation world seed (``--worlds 1000``), report on others.
 
     python bench/validity.py --worlds 1000 --sae-seeds 0 1 2 --variants prompt response --taus 0 0.5
     python bench/validity.py --worlds 0 1 2 --sae-seeds 0 1 2 --variants response --out data/bench/validity-eval
+    python bench/validity.py --worlds 0 1 2 --sae-seeds 0 --variants response --clip  # beside clip_score
 
 Writes ``<out>/results.jsonl`` (one row per world, layer, variant, tau, SAE seed and scorer) and prints
 mean ± std over the seeds; worlds are built (or reused) under ``data/worlds/seed<N>``.
@@ -39,6 +40,7 @@ def main() -> None:
     ap.add_argument("--taus", type=float, nargs="+", default=[0.0], help="co-occurrence tau (cooccurrence, saev, coverage)")
     ap.add_argument("--agreement-taus", type=float, nargs="+", default=[None], help="agreement_tau (default: ScoreConfig's)")
     ap.add_argument("--agreement-refits", type=int, nargs="+", default=[None], help="agreement_refits (default: ScoreConfig's)")
+    ap.add_argument("--clip", action="store_true", help="also score clip_score with each world's demo CLIP (saev_core.demo.clip)")
     ap.add_argument("--dataset", default="demo-rlaif")
     ap.add_argument("--out", default="data/bench/validity")
     args = ap.parse_args()
@@ -52,7 +54,7 @@ def main() -> None:
                 for seed in args.sae_seeds:
                     for tau, atau, refits in ((t, a, r) for t in args.taus for a in args.agreement_taus for r in args.agreement_refits):
                         wdir, tables, m = scored(w, out, layer, variant, seed, tau,
-                                                 {"agreement_tau": atau, "agreement_refits": refits}, args.dataset)
+                                                 {"agreement_tau": atau, "agreement_refits": refits}, args.dataset, args.clip)
                         for q in scorer_quality(open_views(str(tables)), str(wdir / "labels.parquet"), args.dataset, m["sae_id"]):
                             rows.append({"world": w, "layer": layer, "variant": variant, "tau": tau,
                                          "agreement_tau": m["identity"]["agreement_tau"],

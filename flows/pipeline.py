@@ -27,7 +27,7 @@ from saev_core.store import ArtifactStore, stage_key
 from saev_core.train import TrainConfig
 from tasks.align import align_task, evaluate_model_task
 from tasks.common import run_cached
-from tasks.demo import prepare_demo
+from tasks.demo import prepare_demo, prepare_demo_clip
 from tasks.dump import dump_activations, dump_shard_task
 from tasks.score import (filter_dataset_task, partition_is_current, partition_taken, report_task, score_dataset_task,
                          score_shard_task, scorer_quality_task)
@@ -56,6 +56,8 @@ class PipelineConfig(BaseModel):
                                                                  "(unless it sets total_tokens); 0.25 keeps `make run` within 8 min")
     eval_samples: int = Field(100, ge=0, description="held-out samples for SAE cross-entropy and model evaluation")
     score: ScoreOverrides = Field(default_factory=ScoreOverrides, description="ScoreConfig overrides")
+    clip_baseline: bool = Field(False, description="demo world: also train a tiny CLIP on the demo's own image-text pairs and score "
+                                                   "clip_score beside saev (the external-model baseline; for your own data set score.clip_model)")
     scorer: str = Field(DEMO_SCORER, description="scorer that picks the kept subset (chosen on the validation world, bench/RESULTS.md)")
     top_fraction: float = Field(0.5, gt=0, le=1)
     align: AlignOverrides = Field(default_factory=lambda: AlignOverrides(**DEMO_ALIGN), description="AlignConfig overrides")
@@ -73,6 +75,9 @@ class PipelineConfig(BaseModel):
             TrainConfig.model_validate({**sae, **extra})
         ScoreConfig.model_validate({**set_fields(self.score), "activations": "-", "sae": "-"})
         AlignConfig.model_validate({**set_fields(self.align), "model": "-", "data": "-", "out": "-"})
+        if self.clip_baseline and self.model is not None and self.dataset is not None:
+            raise ValueError("clip_baseline trains a CLIP on the demo world's pairs; with your own model and dataset "
+                             "set score.clip_model to a CLIP/SigLIP hub id or path instead")
         return self
 
 
@@ -128,7 +133,11 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
                           [dump["key"]]) if cfg.report_latents and cfg.frontier else []
     sae_eval = run_cached(eval_sae_task, store, "eval-sae", {"run": sae["path"], "n_samples": cfg.eval_samples}, [sae["key"]])
     score_conf = {"activations": dump["path"], "sae": sae["path"], "dataset_name": cfg.dataset_name, **set_fields(cfg.score)}
-    scored = score_stage(store, score_conf, [dump["key"], sae["key"]], len(dump["manifest"]["shards"]), cfg.shard_tasks)
+    score_upstream = [dump["key"], sae["key"]]
+    if cfg.clip_baseline and world is not None and "clip_model" not in score_conf:
+        clip = run_cached(prepare_demo_clip, store, "clip", {"world": str(world_dir)}, [world["key"]])
+        score_conf["clip_model"], score_upstream = clip["manifest"]["model"], [*score_upstream, clip["key"]]
+    scored = score_stage(store, score_conf, score_upstream, len(dump["manifest"]["shards"]), cfg.shard_tasks)
     sae_id = scored["manifest"]["sae_id"]
     report_conf = {"dataset": cfg.dataset_name, "sae_id": sae_id, "n_latents": cfg.report_latents,
                    "labels": cfg.labels or labels, "frontier_of": dump["path"]}

@@ -205,6 +205,32 @@ def test_a_typo_in_a_stage_override_fails_at_the_door(world_dir, tmp_path, stage
     assert not (tmp_path / "artifacts").exists()
 
 
+def test_clip_baseline_trains_the_demo_clip_as_a_stage_and_scores_clip_score(tmp_path, prefect_server):
+    """On the demo world the pipeline builds itself: a `clip` stage below `prepare`, whose model
+    scoring reads, so clip_score sits in the tables and the AUROC beside the SAE's scorers."""
+    from flows.pipeline import PipelineConfig, saev_pipeline
+    from saev_core.score_dataset import DEFAULT_SCORERS
+
+    root = tmp_path / "artifacts"
+    demo = {"n_samples": 40, "n_heldout": 20, "n_pretrain": 400, "pretrain_steps": 40}
+    conf = {**flow_config(tmp_path, root), "model": None, "dataset": None, "labels": None, "heldout": None,
+            "demo": demo, "clip_baseline": True, "compare": False, "report_latents": 0}
+    s = saev_pipeline(PipelineConfig.model_validate(conf))
+    store = ArtifactStore.at(root)
+    [clip] = [store.record("clip", r["key"]) for r in store.list() if r["stage"] == "clip"]
+    [world] = [r["key"] for r in store.list() if r["stage"] == "prepare"]
+    assert clip["upstream"] == [world] and clip["manifest"]["steps"] == 20  # the MLLM vision stage's budget
+    [score] = [store.record("score", r["key"]) for r in store.list() if r["stage"] == "score"]
+    assert score["config"]["clip_model"] == clip["manifest"]["model"] and clip["key"] in score["upstream"]
+    assert set(s["scorer_auroc"]) == {*DEFAULT_SCORERS, "clip_score"}
+    from saev_core.query import connect
+
+    [(n,)] = connect(root / "tables").execute("SELECT count(*) FROM scores WHERE scorer = 'clip_score' AND score BETWEEN -1 AND 1").fetchall()
+    assert n == 30
+    with pytest.raises(ValueError, match="set score.clip_model"):
+        PipelineConfig.model_validate({**flow_config(tmp_path, root), "clip_baseline": True})
+
+
 def test_nightly_rescore_scores_only_new_datasets(first_run, world_dir, tmp_path):
     import yaml
 

@@ -54,12 +54,17 @@ def retrieval_accuracy(model, tokenizer, image_processor, rows: list[dict]) -> f
     return float((sim.argmax(1) == torch.arange(len(rows))).float().mean())
 
 
-def build_demo_clip(world_dir: str | Path, steps: int | None = None, lr: float = 3e-3, progress: bool = True) -> dict:
-    """Train the demo CLIP into ``<world>/clip`` (model, tokenizer, image processor, clip.json);
-    returns its record. ``steps`` defaults to the MLLM's vision stage (half its pretraining steps)."""
+def build_demo_clip(world_dir: str | Path, out: str | Path | None = None, steps: int | None = None, lr: float = 3e-3,
+                    progress: bool = True) -> dict:
+    """Train the demo CLIP into ``out`` (default ``<world>/clip``: model, tokenizer, image processor,
+    clip.json) and return its record; a finished ``out`` is reused. ``steps`` defaults to the MLLM's
+    vision stage (half its pretraining steps)."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
     world_dir = Path(world_dir)
+    out = Path(out) if out is not None else world_dir / CLIP_DIR
+    if (out / "clip.json").exists():
+        return json.loads((out / "clip.json").read_text())
     cfg = json.loads((world_dir / WORLD_FILE).read_text())["config"]
     steps = steps or cfg["pretrain_steps"] - cfg["pretrain_steps"] // 2
     batch_size, seed = cfg["pretrain_batch_size"], cfg["seed"]
@@ -87,7 +92,7 @@ def build_demo_clip(world_dir: str | Path, steps: int | None = None, lr: float =
     record = {"steps": steps, "batch_size": batch_size, "lr": lr, "n_pairs": len(rows), "first_loss": losses[0],
               "final_loss": sum(losses[-20:]) / min(20, len(losses)),
               "heldout_retrieval_top1_of_64": retrieval_accuracy(model, tokenizer, image_processor, heldout[:64])}
-    with atomic_dir(world_dir / CLIP_DIR) as tmp:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         image_processor.save_pretrained(tmp)
