@@ -8,7 +8,7 @@ Usage: python bench/exp_concept_latents.py WORLD_DIR RUN_DIR (RUN_DIR/dump and R
 import sys, glob, numpy as np, pyarrow.parquet as pq, torch
 from transformers import AutoTokenizer
 from saev_core.checkpoint import load_sae
-from saev_core.score_dataset import resolve_sae_dir
+from saev_core.checkpoint import resolve_sae_dir
 from saev_core.demo.scenes import COLORS, SHAPES, POSITIONS
 W, R = sys.argv[1], sys.argv[2]
 tok = AutoTokenizer.from_pretrained(f"{W}/model")

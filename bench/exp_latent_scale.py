@@ -3,7 +3,7 @@ fill up with one modality). Usage: python bench/exp_latent_scale.py WORLD_DIR RU
 import sys, glob, numpy as np, pyarrow.parquet as pq, torch
 from transformers import AutoTokenizer
 from saev_core.checkpoint import load_sae
-from saev_core.score_dataset import resolve_sae_dir
+from saev_core.checkpoint import resolve_sae_dir
 W, R, j, word = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 tok = AutoTokenizer.from_pretrained(f"{W}/model")
 acts = pq.read_table(sorted(glob.glob(f"{R}/dump/activations/*.parquet"))).to_pandas()

@@ -7,7 +7,7 @@ Usage: python bench/exp_pooling.py WORLD_DIR RUN_DIR paper|dedupe|balanced [N_TO
 import sys, glob, numpy as np, pyarrow.parquet as pq, torch, pandas as pd
 from transformers import AutoTokenizer
 from saev_core.checkpoint import load_sae
-from saev_core.score_dataset import resolve_sae_dir
+from saev_core.checkpoint import resolve_sae_dir
 from saev_core.quality import auroc
 W, R = sys.argv[1], sys.argv[2]
 mode = sys.argv[3]

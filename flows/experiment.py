@@ -10,6 +10,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from saev_core.experiment import ExperimentConfig, claim_out
+from saev_core.locate import experiment_inputs
 from tasks.align import experiment_base_task, experiment_report_task, experiment_run_task
 
 
@@ -17,7 +18,7 @@ from tasks.align import experiment_base_task, experiment_report_task, experiment
 def saev_experiment(config: dict | None = None, overwrite: bool = False) -> dict:
     """``config``: ExperimentConfig fields (defaults: the demo world, five scorers, 10/25/50/75/100%);
     ``overwrite`` replaces runs in ``out`` made from another model, scores or training config."""
-    cfg = ExperimentConfig.model_validate({"progress": False, **(config or {})}).resolved()
+    cfg = experiment_inputs(ExperimentConfig.model_validate({"progress": False, **(config or {})}))
     claim_out(cfg, overwrite)
     data = cfg.model_dump()
     base = experiment_base_task(data)

@@ -17,9 +17,9 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.stages import DumpOverrides, ScoreOverrides, dump_config, dump_settings
+from saev_core.checkpoint import resolve_sae_dir, sae_id_of
 from saev_core.data import DatasetSpec
 from saev_core.overrides import set_fields
-from saev_core.score_dataset import resolve_sae_dir, sae_id_of
 from saev_core.store import ArtifactStore, built_here
 from saev_core.tables import check_partition_value, manifest_path
 from tasks.common import run_cached

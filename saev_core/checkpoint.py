@@ -13,6 +13,8 @@ trained with (including the folded input scale) is kept in ``cfg.json`` under
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,35 @@ SAELENS_FORMAT_VERSION = "6.0.0"
 SAEV_FORMAT_VERSION = 1
 _TO_SAELENS = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}
 _FROM_SAELENS = {v: k for k, v in _TO_SAELENS.items()}
+
+
+def resolve_sae_dir(path: str | Path) -> Path:
+    """The SAE folder of a `saev train` run directory (its ``sae/``) or of a SAELens checkpoint itself."""
+    p = Path(path)
+    for cand in (p / "sae", p):
+        if (cand / CFG_FILENAME).exists():
+            return cand
+    raise FileNotFoundError(f"{p} holds no SAE (no cfg.json in it or in {p / 'sae'}); pass a `saev train` run "
+                            "directory or a SAELens checkpoint directory")
+
+
+def sae_id_of(sae_dir: Path) -> str:
+    """Content address of an SAE: the same weights always get the same id, whatever the path.
+
+    Hashing a 65k-latent checkpoint reads GBs, and every scoring task asks, so the hash is
+    remembered per (file, size, mtime): a rewritten checkpoint is hashed again."""
+    files = [Path(sae_dir) / name for name in (CFG_FILENAME, WEIGHTS_FILENAME)]
+    return _hash_files(tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+@functools.lru_cache(maxsize=64)
+def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
+    h = hashlib.sha256()
+    for path, _, _ in files:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+    return h.hexdigest()[:12]
 
 
 @dataclass

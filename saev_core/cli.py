@@ -12,13 +12,13 @@ import typer
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from saev_core.locate import DEMO_DIR, labels_of_tables, score_inputs, store_of_tables, train_inputs
 from saev_core.tables import DEFAULT_TABLES
 
 app = typer.Typer(help="SAE-V: sparse autoencoders on multimodal LLMs, cross-modal data scoring and filtering.", no_args_is_help=True, pretty_exceptions_enable=False)
 demo_app = typer.Typer(help="Build the offline demo world (synthetic dataset + tiny LLaVA).", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
 
-DEFAULT_DEMO_DIR = "data/demo"
 SET_HELP = "Override any config field, e.g. --set dataset.limit=100 (repeatable)."
 CONFIG_HELP = "YAML or JSON config file; flags override its values."
 
@@ -71,15 +71,6 @@ def validate(model: type[BaseModel], data: dict) -> BaseModel:
         fail("invalid config:\n" + "\n".join(lines))
 
 
-def newest_artifact(stage: str, root: str = "data/artifacts") -> dict | None:
-    """The newest finished ``stage`` artifact of the local store `make run` fills, if any: the
-    stand-alone commands default to what the pipeline built."""
-    from saev_core.store import ArtifactStore
-
-    store = ArtifactStore.at(root)
-    return store.newest(stage) if store.root.is_dir() else None
-
-
 def fail(message: str, code: int = 2):
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
@@ -109,7 +100,7 @@ def parse_columns(items: list[str]) -> dict[str, str]:
 @demo_app.command("build")
 def demo_build(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
-    out: Path = typer.Option(Path(DEFAULT_DEMO_DIR), "--out", "-o", help="Directory to write the world to."),
+    out: Path = typer.Option(Path(DEMO_DIR), "--out", "-o", help="Directory to write the world to."),
     seed: Optional[int] = typer.Option(None, help="Random seed (everything derives from it)."),
     n_samples: Optional[int] = typer.Option(None, help="Rows in each alignment dataset."),
     pretrain_steps: Optional[int] = typer.Option(None, help="Pretraining steps for the tiny LLaVA."),
@@ -130,7 +121,7 @@ def demo_build(
 @app.command("dump")
 def dump(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
-    model: Optional[str] = typer.Option(None, help=f"Hub id or local path of an image-text-to-text model (default: {DEFAULT_DEMO_DIR}/model)."),
+    model: Optional[str] = typer.Option(None, help=f"Hub id or local path of an image-text-to-text model (default: {DEMO_DIR}/model)."),
     dataset: Optional[str] = typer.Option(None, help="Dataset: Parquet/JSON Lines file or dir, save_to_disk dir, or hub id (default: the demo RLAIF-V set)."),
     format: Optional[str] = typer.Option(None, "--format", help="auto, rlaif_v, align_anything or sft."),
     column: list[str] = typer.Option([], "--column", help="Map a canonical field to a source column, e.g. --column question=prompt."),
@@ -152,8 +143,8 @@ def dump(
     from saev_core.dump import DumpConfig, run_dump
 
     data = load_config_file(config)
-    data.setdefault("model", f"{DEFAULT_DEMO_DIR}/model")
-    data.setdefault("dataset", {"path": f"{DEFAULT_DEMO_DIR}/datasets/demo-rlaif/train.parquet"})
+    data.setdefault("model", f"{DEMO_DIR}/model")
+    data.setdefault("dataset", {"path": f"{DEMO_DIR}/datasets/demo-rlaif/train.parquet"})
     data.setdefault("layer", 0)
     if dataset is not None:
         data["dataset"] = {"path": dataset}
@@ -208,11 +199,7 @@ def train(
         "k": k, "modalities": modalities, "batch_size": batch_size, "total_tokens": total_tokens, "optimizer": optimizer, "lr": lr,
         "l1_coefficient": l1_coefficient, "device": device, "seed": seed})
     apply_set(data, set_)
-    if "activations" not in data:
-        dump = newest_artifact("dump")
-        data["activations"] = dump["path"] if dump else "data/runs/dump-demo-rlaif-L0"
-    data.setdefault("out", f"data/runs/sae-{data.get('architecture', 'relu')}-{data.get('modalities', 'image+text').replace('+', '-')}")
-    cfg = validate(TrainConfig, data)
+    cfg = validate(TrainConfig, train_inputs(data))
     if sweep:
         try:
             cfgs = sweep_configs(cfg.model_dump(), parse_sweep(sweep))
@@ -307,13 +294,7 @@ def score(
         "activations": activations, "sae": sae, "tables": tables, "dataset_name": dataset_name, "scorers": scorer or None,
         "tau": tau, "agreement_tau": agreement_tau, "agreement_refits": agreement_refits, "reference_samples": reference_samples, "clip_model": clip_model, "device": device, "seed": seed})
     apply_set(data, set_)
-    if "sae" not in data:  # the pipeline's newest SAE with its own dump, else `saev train`'s default run
-        trained = newest_artifact("train")
-        data["sae"] = trained["path"] if trained else "data/runs/sae-relu-image-text"
-        if trained and "activations" not in data:
-            data["activations"] = trained["config"]["activations"]
-    data.setdefault("activations", "data/runs/dump-demo-rlaif-L0")
-    cfg = validate(ScoreConfig, data)
+    cfg = validate(ScoreConfig, score_inputs(data))
     try:
         m = run_scoring(cfg, overwrite=overwrite)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
@@ -351,17 +332,6 @@ def filter_(
                            "load": f"datasets.load_dataset('parquet', data_files='{out}/sft/train.parquet', split='train')"}, indent=2))
 
 
-def _one_sae(con, table: str, dataset: str, sae_id: str | None, tables: str) -> str:
-    """The SAE to use for ``dataset``: the one given, or the only one with rows in ``table``."""
-    if sae_id is not None:
-        return sae_id
-    saes = [r[0] for r in con.execute(f"SELECT DISTINCT sae_id FROM {table} WHERE dataset = $d", {"d": dataset}).fetchall()]
-    if len(saes) != 1:
-        fail(f"dataset {dataset!r} has {table} from {len(saes)} SAEs ({saes}); choose one with --sae-id" if saes
-             else f"no {table} for dataset {dataset!r} under {tables}; run `saev score` first")
-    return saes[0]
-
-
 @app.command("eval-scores")
 def eval_scores(
     labels: Optional[str] = typer.Option(None, help="Parquet with sample_id, is_clean, corruption (evaluation only; default: the demo world's)."),
@@ -371,16 +341,12 @@ def eval_scores(
 ):
     """AUROC of each scorer for clean vs low-quality samples, overall and per corruption kind."""
     from saev_core.quality import render_quality, scorer_quality
-    from saev_core.query import open_views
+    from saev_core.query import open_views, the_sae
 
-    if labels is None:
-        from saev_core.store import ArtifactStore
-
-        world = ArtifactStore.at(Path(tables).parent).latest_world()
-        labels = str(world / "labels.parquet") if world else f"{DEFAULT_DEMO_DIR}/labels.parquet"
+    labels = labels or labels_of_tables(tables)
     try:
         con = open_views(tables)
-        typer.echo(render_quality(scorer_quality(con, labels, dataset, _one_sae(con, "scores", dataset, sae_id, tables))))
+        typer.echo(render_quality(scorer_quality(con, labels, dataset, the_sae(con, tables, sae_id, dataset=dataset))))
     except (ValueError, FileNotFoundError, OSError) as e:
         fail(str(e))
 
@@ -489,7 +455,7 @@ def query(
 def align(
     data: str = typer.Option(..., help="Filter artifact directory from `saev filter`."),
     out: str = typer.Option(..., "--out", "-o", help="Where the aligned model (save_pretrained) and manifest go."),
-    model: str = typer.Option(f"{DEFAULT_DEMO_DIR}/model", help="Base model: hub id or local path."),
+    model: str = typer.Option(f"{DEMO_DIR}/model", help="Base model: hub id or local path."),
     method: str = typer.Option("sft", help="sft (SFTTrainer) or dpo (DPOTrainer)."),
     chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Jinja chat template file, for a processor that ships none (e.g. PaliGemma)."),
     set_: list[str] = typer.Option([], "--set", help="Override any AlignConfig field, e.g. --set lr=1e-5 --set epochs=2."),
@@ -516,7 +482,7 @@ def align(
 @app.command("evaluate")
 def evaluate(
     model: str = typer.Argument(..., help="Saved model directory (or hub id) to evaluate."),
-    heldout: str = typer.Option(f"{DEFAULT_DEMO_DIR}/heldout/clean.parquet", help="Held-out dataset (any supported format)."),
+    heldout: str = typer.Option(f"{DEMO_DIR}/heldout/clean.parquet", help="Held-out dataset (any supported format)."),
     n_samples: Optional[int] = typer.Option(None, help="Rows to evaluate (default: all)."),
     reference: Optional[str] = typer.Option(None, help="Reference model for the DPO reward margin (e.g. the base model)."),
     beta: float = typer.Option(0.1, help="DPO beta for the reward margin."),
@@ -549,11 +515,12 @@ def experiment(
     config resumes, skipping finished runs (the grid may grow).
     """
     from saev_core.experiment import ExperimentConfig, run_experiment
+    from saev_core.locate import experiment_inputs
 
     data = merge(load_config_file(config), {"out": out, "method": method})
     cfg = validate(ExperimentConfig, apply_set(data, set_))
     try:
-        summary = run_experiment(cfg, overwrite=overwrite)
+        summary = run_experiment(experiment_inputs(cfg), overwrite=overwrite)
     except (ValueError, FileNotFoundError, OSError) as e:
         fail(str(e))
     typer.echo(summary["markdown"])
@@ -616,12 +583,13 @@ def report(
     experiment: Optional[str] = typer.Option(None, help="A `saev experiment` directory whose plot to include."),
 ):
     """Write a static, self-contained HTML feature browser (works from file://, no network)."""
-    from saev_core.query import open_views
+    from saev_core.query import open_views, the_sae
     from saev_core.report import write_report
 
     try:
-        sae_id = _one_sae(open_views(tables), "feature_stats", dataset, sae_id, tables)
-        store_root = Path(tables).parent if (Path(tables).parent / "train").is_dir() else None
+        sae_id = the_sae(open_views(tables), tables, sae_id, table="feature_stats", dataset=dataset)
+        store = store_of_tables(tables)
+        store_root = store.location if store else None
         res = write_report(tables, out, dataset, sae_id, latents, top_samples, samples, labels, store_root, experiment)
     except (ValueError, FileNotFoundError, OSError) as e:
         fail(str(e))

@@ -272,6 +272,22 @@ def iter_samples(ds: datasets.Dataset, spec: DatasetSpec, start: int = 0, stop: 
         yield Sample(sid, idx, image, ref, question, **fields)
 
 
+def samples_by_id(spec: DatasetSpec, sample_ids: set[str]) -> Iterator[Sample]:
+    """The source's valid rows whose sample_id is in ``sample_ids``, in source order (one full scan)."""
+    for s in iter_samples(open_dataset(spec), spec):
+        if isinstance(s, Sample) and s.sample_id in sample_ids:
+            yield s
+
+
+def samples_at(spec: DatasetSpec, rows: dict[str, int], ds: datasets.Dataset | None = None) -> dict[str, Sample]:
+    """Rebuild scored samples from their source rows: ``rows`` maps sample_id to the row index the
+    `samples` table recorded. A row whose sample_id no longer matches (the source changed since
+    scoring) is left out, for the caller to report."""
+    ds = ds if ds is not None else open_dataset(spec)
+    return {s.sample_id: s for s in iter_samples(ds.select(sorted(set(rows.values()))), spec)
+            if isinstance(s, Sample) and s.sample_id in rows}
+
+
 def _default_image_root(spec: DatasetSpec) -> Path | None:
     p = Path(os.path.expanduser(spec.path))
     if p.is_file():

@@ -274,12 +274,12 @@ def evaluate_run(run: str, activations: str | None = None, n_samples: int = 100,
     used (its copy in the dump directory), else with its processor's own."""
     from pathlib import Path
 
-    from saev_core.checkpoint import load_sae
+    from saev_core.checkpoint import load_sae, resolve_sae_dir
     from saev_core.io import read_json, write_json
     from saev_core.modeling import load_model, resolve_device
 
     run_dir = Path(run)
-    sae_dir = run_dir / "sae" if (run_dir / "sae" / "cfg.json").exists() else run_dir
+    sae_dir = resolve_sae_dir(run_dir)
     manifest = read_json(run_dir / "manifest.json") if (run_dir / "manifest.json").exists() else {}
     activations = activations or manifest.get("activations")
     if activations is None:

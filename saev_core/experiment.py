@@ -25,12 +25,11 @@ from saev_core.align import AlignConfig, run_alignment
 from saev_core.data import DatasetSpec
 from saev_core.demo.defaults import DEMO_ALIGN
 from saev_core.filter import FilterConfig, run_filter
-from saev_core.tables import DEFAULT_TABLES
 from saev_core.io import atomic_path, read_json, write_json
 from saev_core.model_eval import evaluate_model
 from saev_core.quality import clean_share, oracle_ranking
 from saev_core.scoring import check_scorers
-from saev_core.store import ArtifactStore
+from saev_core.tables import DEFAULT_TABLES, partitions
 
 METRIC = {"sft": "answer_accuracy", "dpo": "preference_accuracy"}
 
@@ -43,7 +42,7 @@ class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tables: str = DEFAULT_TABLES
-    model: str | None = Field(None, description="base model every run starts from; default: the demo world `make run` prepared")
+    model: str | None = Field(None, description="base model every run starts from; default (CLI, flow): the demo world `make run` prepared")
     heldout: str | None = Field(None, description="evaluation split (never trained or tuned on); default: the demo world's")
     labels: str | None = Field(None, description="evaluation-only labels for the oracle line; default: the demo world's")
     oracle: bool = Field(True, description="add the oracle (clean rows only) at its natural fraction and each smaller one; needs labels")
@@ -61,21 +60,6 @@ class ExperimentConfig(BaseModel):
     match_steps: bool = Field(True, description="train every run for the optimizer steps full data gets (compute-matched), "
                                                  "instead of the same epochs (fewer steps for a smaller subset)")
     progress: bool = True
-
-    def resolved(self) -> "ExperimentConfig":
-        """Fill model/heldout (and labels, when the oracle wants them) from the newest demo world in
-        the artifact store the tables belong to."""
-        if self.model is not None and self.heldout is not None and (self.labels is not None or not self.oracle):
-            return self
-        world = ArtifactStore.at(Path(self.tables).parent).latest_world()
-        if world is None:
-            if self.model is not None and self.heldout is not None:
-                return self.model_copy(update={"oracle": False})  # no labels anywhere: no oracle line
-            raise ValueError(f"no demo world in the artifact store of {self.tables}; run `make run` first or set model and heldout")
-        labels = self.labels or (str(world / "labels.parquet") if (world / "labels.parquet").exists() else None)
-        return self.model_copy(update={"model": self.model or str(world / "model"),
-                                       "heldout": self.heldout or str(world / "heldout" / "clean.parquet"),
-                                       "labels": labels, "oracle": self.oracle and labels is not None})
 
     def runs(self) -> list[dict]:
         """Every (scorer, fraction, scorer seed, train seed); fraction 1.0 is one shared 'full' run per train seed."""
@@ -217,10 +201,10 @@ def claim_out(cfg: ExperimentConfig, overwrite: bool = False) -> None:
     """Make ``cfg.out`` this experiment's: finished runs are reused only when they were made from the
     same base model, held-out split, scores and training settings (the grid itself may grow).
     Another experiment's directory is refused, or emptied with ``overwrite``."""
-    scores = sorted(
-        (str(f.relative_to(cfg.tables)), read_json(f).get("identity"))
-        for f in Path(cfg.tables).glob("manifests/dataset=*/sae_id=*.json")
-        if (cfg.dataset is None or f.parent.name == f"dataset={cfg.dataset}") and (cfg.sae_id is None or f.stem == f"sae_id={cfg.sae_id}"))
+    if cfg.model is None or cfg.heldout is None:
+        raise ValueError("the experiment needs model and heldout (`saev experiment` takes them from the demo world `make run` built)")
+    scores = sorted((str(f.relative_to(cfg.tables)), read_json(f).get("identity"))
+                    for _, _, f in partitions(cfg.tables, cfg.dataset, cfg.sae_id))
     identity = {**cfg.model_dump(include={"tables", "model", "heldout", "labels", "dataset", "sae_id", "method", "align", "eval_samples",
                                           "match_steps"}),
                 "scores": scores}
@@ -240,7 +224,6 @@ def claim_out(cfg: ExperimentConfig, overwrite: bool = False) -> None:
 
 def run_experiment(cfg: ExperimentConfig, overwrite: bool = False) -> dict:
     """Run (or resume) the whole grid in this process."""
-    cfg = cfg.resolved()
     claim_out(cfg, overwrite)
     base = evaluate_base(cfg)
     rows = [run_one(cfg, r) for r in tqdm(cfg.runs(), desc="experiment", unit="run", disable=not cfg.progress)]

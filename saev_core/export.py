@@ -77,7 +77,7 @@ def model_card(infos: list[dict], repo_id: str | None) -> str:
     columns = ["fvu_all", "fvu_image", "fvu_text", "l0_all", "l0_image", "l0_text", "ce_loss_recovered",
                "kl_score_all", "kl_score_image", "kl_score_text"]
     title = repo_id or ("SAE-V sparse autoencoder" if len(infos) == 1 else "SAE-V sparse autoencoders")
-    load = (f'SAE.load_from_disk("path/to/this/folder")' if len(infos) == 1
+    load = ('SAE.load_from_disk("path/to/this/folder")' if len(infos) == 1
             else f'SAE.load_from_disk("path/to/this/folder/{infos[0]["id"]}")')
     lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {title}", "",
              f"Sparse autoencoder{'s' if len(infos) > 1 else ''} on the residual stream of `{', '.join(models)}`, trained on "

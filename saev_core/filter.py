@@ -24,10 +24,10 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from saev_core import __version__
-from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
+from saev_core.data import DatasetSpec, Sample, samples_at
 from saev_core.io import atomic_dir, read_json, write_json
 from saev_core.prompts import conversation
-from saev_core.query import open_views
+from saev_core.query import open_views, row_indices, the_sae
 from saev_core.scoring import get_scorer, random_unit
 from saev_core.tables import DEFAULT_TABLES, manifest_path
 
@@ -72,19 +72,10 @@ ORDER BY dataset, keep_rank
 
 
 def _resolve(con, cfg: FilterConfig) -> tuple[str, list[str]]:
-    pairs = con.execute("SELECT DISTINCT dataset, sae_id FROM scores WHERE scorer = $scorer",
-                        {"scorer": cfg.scorer}).fetchall()
-    if not pairs:
-        raise ValueError(f"no {cfg.scorer!r} scores under {cfg.tables}; run `saev score` first")
-    saes = sorted({s for _, s in pairs})
-    sae_id = cfg.sae_id
-    if sae_id is None:
-        if len(saes) > 1:
-            raise ValueError(f"scores from several SAEs under {cfg.tables}: {saes}; choose one with --sae-id")
-        sae_id = saes[0]
-    elif sae_id not in saes:
-        raise ValueError(f"unknown sae_id {sae_id!r}; valid ones: {saes}")
-    scored = sorted(d for d, s in pairs if s == sae_id)
+    """(SAE, datasets) the filter draws from: the configured ones, checked against the scores."""
+    sae_id = the_sae(con, cfg.tables, cfg.sae_id, scorer=cfg.scorer)
+    scored = sorted(r[0] for r in con.execute("SELECT DISTINCT dataset FROM scores WHERE scorer = $scorer AND sae_id = $sae_id",
+                                              {"scorer": cfg.scorer, "sae_id": sae_id}).fetchall())
     wanted = cfg.datasets or scored
     unknown = sorted(set(wanted) - set(scored))
     if unknown:
@@ -136,12 +127,7 @@ def run_filter(cfg: FilterConfig, ranking: Callable[[pd.DataFrame], pd.Series] |
         counts[name] = len(ids)
         if not ids:
             continue
-        rows = con.execute("SELECT sample_id, row_index FROM samples WHERE dataset = $d AND list_contains($ids, sample_id)",
-                           {"d": name, "ids": ids}).fetchall()
-        by_row = dict((r, s) for s, r in rows)
-        ds = open_dataset(spec)
-        order = sorted(by_row)
-        kept = {s.sample_id: s for s in iter_samples(ds.select(order), spec) if isinstance(s, Sample)}
+        kept = samples_at(spec, row_indices(con, name, ids))
         missing = set(ids) - set(kept)
         if missing:
             raise ValueError(f"{len(missing)} kept samples of {name} are no longer in {spec.path} (changed since scoring); re-score it")

@@ -280,6 +280,33 @@ def datasets(con: duckdb.DuckDBPyConnection) -> list[str]:
     return sorted(r[0] for r in con.sql(union).fetchall())
 
 
+def row_indices(con: duckdb.DuckDBPyConnection, dataset: str, sample_ids: list[str]) -> dict[str, int]:
+    """sample_id -> its row in the source dataset, as scoring recorded it in `samples`."""
+    return dict(con.execute("SELECT sample_id, row_index FROM samples WHERE dataset = $d AND list_contains($ids, sample_id)",
+                            {"d": dataset, "ids": list(sample_ids)}).fetchall())
+
+
+def the_sae(con: duckdb.DuckDBPyConnection, tables: str | Path, sae_id: str | None = None, *, table: str = "scores",
+            dataset: str | None = None, scorer: str | None = None) -> str:
+    """The SAE of these tables: ``sae_id`` when given (it must have rows in ``table``), else the
+    only SAE with rows there (for ``dataset`` and ``scorer``, when given)."""
+    where = {"dataset": dataset, "scorer": scorer}
+    where = {k: v for k, v in where.items() if v is not None}
+    sql = f"SELECT DISTINCT sae_id FROM {table}" + (" WHERE " + " AND ".join(f"{k} = ${k}" for k in where) if where else "")
+    saes = sorted(r[0] for r in con.execute(sql, where).fetchall())
+    what = f"{scorer!r} " if scorer else ""
+    of = f" for dataset {dataset!r}" if dataset else ""
+    if not saes:
+        raise ValueError(f"no {what}{table}{of} under {tables}; run `saev score` first")
+    if sae_id is None:
+        if len(saes) > 1:
+            raise ValueError(f"{table}{of} from several SAEs under {tables}: {saes}; choose one with --sae-id")
+        return saes[0]
+    if sae_id not in saes:
+        raise ValueError(f"unknown sae_id {sae_id!r}; valid ones: {saes}")
+    return sae_id
+
+
 def render_table(table: pa.Table, max_width: int = 60) -> str:
     """Aligned plain-text rendering (numbers right-aligned, long text cut with '…')."""
     def cell(v: Any) -> str:

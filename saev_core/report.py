@@ -29,12 +29,11 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from saev_core.activations import to_tensor
-from saev_core.checkpoint import load_sae
-from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
+from saev_core.activations import ActivationDump, to_tensor
+from saev_core.checkpoint import load_sae, resolve_sae_dir
+from saev_core.data import DatasetSpec, open_dataset, samples_at
 from saev_core.io import atomic_dir, read_json
-from saev_core.query import open_views
-from saev_core.score_dataset import resolve_sae_dir
+from saev_core.query import open_views, row_indices
 from saev_core.tables import manifest_path
 
 CSS = """body{font-family:system-ui,sans-serif;margin:1.5rem;max-width:1100px;color:#222}
@@ -142,12 +141,10 @@ class _Context:
         self.con = open_views(tables)
         self.dataset, self.sae_id = dataset, sae_id
         self.scoring = read_json(manifest_path(tables, dataset, sae_id))
-        dump = Path(self.scoring["activations"])
-        self.dump_manifest = read_json(dump / "manifest.json")
-        self.shards = [dump / s["file"] for s in self.dump_manifest["shards"]]
+        self.dump = ActivationDump.open(self.scoring["activations"])
         self.sae = load_sae(resolve_sae_dir(self.scoring["sae"])).eval()
-        self.tok = AutoTokenizer.from_pretrained(self.dump_manifest["model"])
-        self.base_side = base_side_of(self.dump_manifest["model"])
+        self.tok = AutoTokenizer.from_pretrained(self.dump.manifest["model"])
+        self.base_side = base_side_of(self.dump.manifest["model"])
         self.spec = DatasetSpec.model_validate(self.scoring["source_dataset"])
         self._ds = None
         self._rows: dict[str, dict] = {}
@@ -166,7 +163,7 @@ class _Context:
 
     def _read_rows(self, sample_ids: list[str]) -> dict[str, dict]:
         out: dict[str, dict] = {}
-        for shard in self.shards:
+        for shard in self.dump.files:
             t = pq.read_table(shard, filters=[("sample_id", "in", sample_ids)])
             t = t.filter(np.asarray(t.column("modality").to_pylist()) != "special")
             if t.num_rows == 0:
@@ -189,12 +186,9 @@ class _Context:
         return {s: self._images[s] for s in sample_ids if s in self._images}
 
     def _read_images(self, sample_ids: list[str]) -> dict[str, Image.Image]:
-        idx = dict(self.q("SELECT sample_id, row_index FROM samples WHERE dataset = $d AND list_contains($ids, sample_id)",
-                          ids=sample_ids))
         if self._ds is None:
             self._ds = open_dataset(self.spec)
-        order = sorted(set(idx.values()))
-        return {s.sample_id: s.image for s in iter_samples(self._ds.select(order), self.spec) if isinstance(s, Sample)}
+        return {sid: s.image for sid, s in samples_at(self.spec, row_indices(self.con, self.dataset, sample_ids), self._ds).items()}
 
 
 def _page(title: str, body: str, depth: int, script: str = "") -> str:

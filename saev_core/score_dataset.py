@@ -15,26 +15,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from saev_core import __version__
 from saev_core.activations import ActivationDump
-from saev_core.checkpoint import load_sae
+from saev_core.checkpoint import load_sae, resolve_sae_dir, sae_id_of
 from saev_core.clip_score import clip_scores
-from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
+from saev_core.data import DatasetSpec, Sample, samples_by_id
 from saev_core.features import SHARD_SAMPLES, encode_shard, fetch_residuals
 from saev_core.io import atomic_path, claim_output_dir, file_lock, read_json, write_json
 from saev_core.modeling import resolve_device
@@ -104,34 +101,6 @@ class ScoreConfig(BaseModel):
         return self.model_dump(exclude=_RUNTIME_FIELDS)
 
 
-def resolve_sae_dir(path: str | Path) -> Path:
-    p = Path(path)
-    for cand in (p / "sae", p):
-        if (cand / "cfg.json").exists():
-            return cand
-    raise FileNotFoundError(f"{p} holds no SAE (no cfg.json in it or in {p / 'sae'}); pass a `saev train` run "
-                            "directory or a SAELens checkpoint directory")
-
-
-def sae_id_of(sae_dir: Path) -> str:
-    """Content address of an SAE: the same weights always get the same id, whatever the path.
-
-    Hashing a 65k-latent checkpoint reads GBs, and every scoring task asks, so the hash is
-    remembered per (file, size, mtime): a rewritten checkpoint is hashed again."""
-    files = [Path(sae_dir) / name for name in ("cfg.json", "sae_weights.safetensors")]
-    return _hash_files(tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
-
-
-@functools.lru_cache(maxsize=64)
-def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
-    h = hashlib.sha256()
-    for path, _, _ in files:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                h.update(block)
-    return h.hexdigest()[:12]
-
-
 def _ranks(scores: np.ndarray, sample_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """rank 1 = highest (ties by sample_id); percentile = fraction of samples scoring <= this one."""
     order = np.lexsort((sample_ids, -scores))
@@ -177,20 +146,13 @@ def _remove_partitions(root: Path, dataset: str, sae_id: str) -> None:
     manifest_path(root, dataset, sae_id).unlink(missing_ok=True)
 
 
-def source_samples(spec: DatasetSpec, sample_ids: set[str]) -> Iterator[Sample]:
-    """The source dataset's valid rows whose sample_id is in ``sample_ids``, in source order."""
-    for s in iter_samples(open_dataset(spec), spec):
-        if isinstance(s, Sample) and s.sample_id in sample_ids:
-            yield s
-
-
 def samples_table(spec: DatasetSpec, scored: dict[str, dict]) -> pa.Table:
     """The fields needed to rebuild each scored sample: the dump's own samples (``scored``), in
     its order, found in the source by sample_id at their first row there. Duplicate rows, and
     rows re-ordered or appended since the dump, change nothing; a sample the source no longer
     holds fails the run before any table is written."""
     found: dict[str, Sample] = {}
-    for s in source_samples(spec, set(scored)):
+    for s in samples_by_id(spec, set(scored)):
         found.setdefault(s.sample_id, s)
     missing = [sid for sid in scored if sid not in found]
     if missing:
@@ -304,7 +266,7 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
         external = {}
         if cfg.clip_model is not None:
             wanted = set(dump_samples.column("sample_id").to_pylist())
-            external["clip_score"] = clip_scores(cfg.clip_model, source_samples(spec, wanted), cfg.clip_batch_size, str(device), cfg.progress)
+            external["clip_score"] = clip_scores(cfg.clip_model, samples_by_id(spec, wanted), cfg.clip_batch_size, str(device), cfg.progress)
         ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=weights, balanced_weights=balanced,
                              agreement_tau=cfg.agreement_tau, cofiring=cofiring, external=external)
         fns = {name: get_scorer(name) for name in cfg.scorers}

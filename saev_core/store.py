@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 from saev_core import __version__
 from saev_core.io import file_lock, read_json, write_json
 from saev_core.remote import Mirror, is_url
-from saev_core.tables import PARTITIONS
+from saev_core.tables import PARTITIONS, partition_dir, partitions
 
 SAE_TABLES = [t for t, keys in PARTITIONS.items() if "sae_id" in keys]  # `samples` is per dataset, shared
 
@@ -277,13 +277,12 @@ class ArtifactStore:
         """Table partitions (and their manifests) scored with an SAE inside this store whose artifact
         is not ``alive`` (here or only on the remote)."""
         out = []
-        for f in sorted(self.tables.glob("manifests/dataset=*/sae_id=*.json")):
+        for dataset, sae_id, f in partitions(self.tables):
             sae = read_json(f).get("sae")
             found = self._artifact_of(sae) if sae else None
             if found is None or found[1] in alive:
                 continue
-            dataset, sae_id = f.parent.name, f.stem
-            out += [p for table in SAE_TABLES if (p := self.tables / table / dataset / sae_id).exists()] + [f]
+            out += [p for table in SAE_TABLES if (p := partition_dir(self.tables, table, dataset, sae_id)).exists()] + [f]
         return out
 
 

@@ -101,6 +101,17 @@ def manifest_path(root: str | Path, dataset: str, sae_id: str) -> Path:
     return Path(root) / "manifests" / f"dataset={check_partition_value('dataset name', dataset)}" / f"sae_id={check_partition_value('sae_id', sae_id)}.json"
 
 
+def partitions(root: str | Path, dataset: str | None = None, sae_id: str | None = None) -> list[tuple[str, str, Path]]:
+    """(dataset, sae_id, manifest path) of every scored partition under ``root`` (sorted), or of
+    those of ``dataset`` / ``sae_id``."""
+    found = []
+    for f in sorted(Path(root).glob("manifests/dataset=*/sae_id=*.json")):
+        d, s = f.parent.name.removeprefix("dataset="), f.stem.removeprefix("sae_id=")
+        if (dataset is None or d == dataset) and (sae_id is None or s == sae_id):
+            found.append((d, s, f))
+    return found
+
+
 def lock_path(root: str | Path, dataset: str, sae_id: str) -> Path:
     """The lock a scoring of (dataset, SAE) holds while it writes or replaces the partition."""
     return Path(root) / "_locks" / f"dataset={dataset}" / f"sae_id={sae_id}.lock"

@@ -7,11 +7,13 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
+from saev_core.activations import ActivationDump
+from saev_core.checkpoint import resolve_sae_dir, sae_id_of
 from saev_core.filter import FilterConfig, run_filter
 from saev_core.io import read_json, write_json
 from saev_core.quality import oracle_ranking, scorer_quality
 from saev_core.query import open_views
-from saev_core.score_dataset import ScoreConfig, resolve_sae_dir, run_scoring, sae_id_of
+from saev_core.score_dataset import ScoreConfig, run_scoring
 from saev_core.store import ArtifactStore
 from saev_core.tables import manifest_path
 from tasks.common import publish, with_smaller_batches
@@ -36,7 +38,7 @@ def partition_taken(root: str, config: dict) -> bool:
     store.pull_tables()
     store.pull_inputs(config, [])
     cfg = ScoreConfig.model_validate({**config, "tables": str(store.tables)})
-    dataset = cfg.dataset_name or read_json(Path(cfg.activations) / "manifest.json")["dataset_name"]
+    dataset = cfg.dataset_name or ActivationDump.open(cfg.activations).manifest["dataset_name"]
     path = manifest_path(cfg.tables, dataset, sae_id_of(resolve_sae_dir(cfg.sae)))
     return path.exists()
 

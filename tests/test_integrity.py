@@ -251,8 +251,8 @@ def test_a_scoring_waits_while_another_holds_the_partition(dumped_with_duplicate
     import sys
     import time
 
+    from saev_core.checkpoint import resolve_sae_dir, sae_id_of
     from saev_core.io import file_lock
-    from saev_core.score_dataset import resolve_sae_dir, sae_id_of
     from saev_core.tables import lock_path, manifest_path
 
     dump = dumped_with_duplicates / "dump"

@@ -234,7 +234,7 @@ def test_quality_table_and_cli(scored, world_dir, tmp_path):
 def test_sae_id_is_the_content_and_follows_a_rewritten_checkpoint(tmp_path):
     import os
 
-    from saev_core.score_dataset import sae_id_of
+    from saev_core.checkpoint import sae_id_of
 
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):

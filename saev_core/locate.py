@@ -1,0 +1,86 @@
+"""Where a command finds what it was not told: the defaults policy of the CLI and the flows.
+
+The stand-alone commands default to what `make run` built (the newest artifact of the local
+store), else to the paths the commands themselves write by default. Library functions never
+search: they are handed their inputs, and only the front doors (``saev_core.cli``, ``flows/``)
+call this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from saev_core.store import RECORD, ArtifactStore
+
+if TYPE_CHECKING:  # the experiment pulls in TRL: not for every command's start
+    from saev_core.experiment import ExperimentConfig
+
+STORE_ROOT = "data/artifacts"
+DEMO_DIR = "data/demo"  # `saev demo build`'s default output
+DUMP_RUN = "data/runs/dump-demo-rlaif-L0"  # `saev dump`'s default output on the demo
+SAE_RUN = "data/runs/sae-relu-image-text"  # `saev train`'s default output with the default config
+
+
+def newest_artifact(stage: str, root: str = STORE_ROOT) -> dict | None:
+    """The record of the newest finished ``stage`` artifact of the local store, if any."""
+    store = ArtifactStore.at(root)
+    return store.newest(stage) if store.root.is_dir() else None
+
+
+def store_of_tables(tables: str | Path) -> ArtifactStore | None:
+    """The artifact store a tables root belongs to (the pipeline keeps them in ``<store>/tables``)."""
+    root = Path(tables).parent
+    return ArtifactStore.at(root) if root.is_dir() and any(root.glob(f"*/*/{RECORD}")) else None
+
+
+def world_of_tables(tables: str | Path) -> Path | None:
+    """The newest demo world of the store the tables belong to, if any."""
+    store = store_of_tables(tables)
+    return store.latest_world() if store is not None else None
+
+
+def labels_of_tables(tables: str | Path) -> str:
+    """Evaluation labels for these tables: the store's demo world's, else `saev demo build`'s."""
+    world = world_of_tables(tables)
+    return str(world / "labels.parquet") if world else f"{DEMO_DIR}/labels.parquet"
+
+
+def train_inputs(data: dict) -> dict:
+    """A `saev train` config with its dump (the pipeline's newest, else `saev dump`'s default) and
+    output directory (named by architecture and modalities) filled in where not given."""
+    data = dict(data)
+    if "activations" not in data:
+        dump = newest_artifact("dump")
+        data["activations"] = dump["path"] if dump else DUMP_RUN
+    data.setdefault("out", f"data/runs/sae-{data.get('architecture', 'relu')}-{data.get('modalities', 'image+text').replace('+', '-')}")
+    return data
+
+
+def score_inputs(data: dict) -> dict:
+    """A `saev score` config with its SAE (the pipeline's newest, with that SAE's own dump, else
+    `saev train`'s default run) and dump filled in where not given."""
+    data = dict(data)
+    if "sae" not in data:
+        trained = newest_artifact("train")
+        data["sae"] = trained["path"] if trained else SAE_RUN
+        if trained and "activations" not in data:
+            data["activations"] = trained["config"]["activations"]
+    data.setdefault("activations", DUMP_RUN)
+    return data
+
+
+def experiment_inputs(cfg: ExperimentConfig) -> ExperimentConfig:
+    """An ExperimentConfig with model / heldout (and labels, when the oracle wants them) taken from
+    the newest demo world of the store its tables belong to, where not given."""
+    if cfg.model is not None and cfg.heldout is not None and (cfg.labels is not None or not cfg.oracle):
+        return cfg
+    world = world_of_tables(cfg.tables)
+    if world is None:
+        if cfg.model is not None and cfg.heldout is not None:
+            return cfg.model_copy(update={"oracle": False})  # no labels anywhere: no oracle line
+        raise ValueError(f"no demo world in the artifact store of {cfg.tables}; run `make run` first or set model and heldout")
+    labels = cfg.labels or (str(world / "labels.parquet") if (world / "labels.parquet").exists() else None)
+    return cfg.model_copy(update={"model": cfg.model or str(world / "model"),
+                                  "heldout": cfg.heldout or str(world / "heldout" / "clean.parquet"),
+                                  "labels": labels, "oracle": cfg.oracle and labels is not None})
