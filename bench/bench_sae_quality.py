@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from saev_core.evaluate import evaluate_run  # noqa: E402
+from saev_core.sae_eval import evaluate_run  # noqa: E402
 from saev_core.train import TrainConfig, train_sae  # noqa: E402
 
 

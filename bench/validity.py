@@ -28,7 +28,7 @@ from _worlds import scored  # noqa: E402
 
 from saev_core.quality import scorer_quality  # noqa: E402
 from saev_core.query import open_views  # noqa: E402
-from saev_core.score_dataset import DEFAULT_SCORERS  # noqa: E402
+from saev_core.scoring import default_scorers  # noqa: E402
 
 
 def main() -> None:
@@ -74,7 +74,7 @@ def report(rows: list[dict]) -> None:
         groups.setdefault((r["layer"], r["variant"], r["tau"], r["agreement_tau"], r.get("agreement_refits", 0), r["scorer"]), []).append(r)
     print("| layer | dump | tau | agreement tau | refits | scorer | runs | " + " | ".join(m.replace("_", " ") for m in metrics) + " |")
     print("| ---: | --- | ---: | ---: | ---: | --- | ---: |" + " ---: |" * len(metrics))
-    order = {s: i for i, s in enumerate(DEFAULT_SCORERS)}
+    order = {s: i for i, s in enumerate(default_scorers())}
     for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3], k[4], order.get(k[5], 99))):
         g = groups[key]
         cells = []

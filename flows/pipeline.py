@@ -24,7 +24,7 @@ from saev_core.inputs import chat_template_digest
 from saev_core.overrides import set_fields
 from saev_core.score_dataset import ScoreConfig
 from saev_core.store import ArtifactStore, stage_key
-from saev_core.train import TrainConfig
+from saev_core.train import TrainConfig, headline
 from tasks.align import align_task, evaluate_model_task
 from tasks.common import run_cached
 from tasks.demo import prepare_demo, prepare_demo_clip
@@ -158,11 +158,12 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
                  "oracle": filter_and_align({**filter_conf, "scorer": "random", "oracle_labels": labels})} \
         if cfg.compare and labels is not None and cfg.scorer != "random" else {}
 
+    sae_figures = headline(sae["manifest"])
     summary = {
         "artifacts": store.location,
         "dump": dump["path"], "samples": dump["manifest"]["n_samples"], "rejected": dump["manifest"]["n_rejected"],
-        "sae": str(Path(sae["path"]) / "sae"), "sae_fvu": {g: sae["manifest"]["heldout"][g]["fvu"] for g in ("all", "image", "text")},
-        "sae_l0": sae["manifest"]["heldout"]["all"]["l0"],
+        "sae": str(Path(sae["path"]) / "sae"), "sae_fvu": {g: sae_figures[f"{g}_fvu"] for g in ("all", "image", "text")},
+        "sae_l0": sae_figures["all_l0"],
         "ce_loss_recovered": sae_eval["manifest"].get("ce_with_images", {}).get("ce_loss_recovered"),
         "kl_score": {g: r["kl_score"] for g, r in sae_eval["manifest"].get("ce_with_images", {}).get("kl", {}).items()},
         "tables": str(store.tables), "sae_id": sae_id, "cross_modal_latents": scored["manifest"]["n_cross_modal"],

@@ -12,7 +12,7 @@ import typer
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from saev_core.locate import DEMO_DIR, labels_of_tables, score_inputs, store_of_tables, train_inputs
+from saev_core.locate import DEMO_DIR, labels_of_tables, sae_points, score_inputs, store_of_tables, train_inputs
 from saev_core.tables import DEFAULT_TABLES
 
 app = typer.Typer(help="SAE-V: sparse autoencoders on multimodal LLMs, cross-modal data scoring and filtering.", no_args_is_help=True, pretty_exceptions_enable=False)
@@ -192,7 +192,7 @@ def train(
 ):
     """Train an SAE on dumped activations (resumes from the last checkpoint in --out)."""
     from saev_core.distributed import is_main_process
-    from saev_core.train import TrainConfig, sweep_configs, train_sae, train_saes
+    from saev_core.train import TrainConfig, headline, sweep_configs, train_sae, train_saes
 
     data = merge(load_config_file(config), {
         "activations": activations, "out": out, "architecture": architecture, "expansion_factor": expansion_factor,
@@ -210,8 +210,7 @@ def train(
             fail(str(e))
         if not is_main_process():
             return
-        typer.echo(json.dumps([{"out": c.out, "all_fvu": m["heldout"]["all"]["fvu"], "all_l0": m["heldout"]["all"]["l0"],
-                                "dead_fraction": m["heldout"]["dead_fraction"]} for c, m in zip(cfgs, manifests)], indent=2))
+        typer.echo(json.dumps([{"out": c.out, **headline(m)} for c, m in zip(cfgs, manifests)], indent=2))
         return
     try:
         manifest = train_sae(cfg, overwrite=overwrite)
@@ -219,11 +218,8 @@ def train(
         fail(str(e))
     if not is_main_process():  # under torchrun / accelerate launch, process 0 reports
         return
-    held = manifest["heldout"]
     typer.echo(json.dumps({"out": cfg.out, "sae": str(Path(cfg.out) / "sae"), "steps": manifest["steps"],
-                           "tokens_per_s": round(manifest["tokens_per_s"]),
-                           **{f"{m}_{k}": held[m].get(k) for m in ("all", "image", "text") for k in ("fvu", "l0")},
-                           "dead_fraction": held["dead_fraction"]}, indent=2))
+                           "tokens_per_s": round(manifest["tokens_per_s"]), **headline(manifest)}, indent=2))
 
 
 @app.command("eval-sae")
@@ -236,7 +232,7 @@ def eval_sae(
     chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Jinja chat template file (default: the one the dump used, else the processor's)."),
 ):
     """Evaluate an SAE: reconstruction per modality, firing statistics, CE-loss-recovered."""
-    from saev_core.evaluate import evaluate_run
+    from saev_core.sae_eval import evaluate_run
 
     try:
         report = evaluate_run(run, activations=activations, n_samples=n_samples, device=device, out=out, chat_template=chat_template)
@@ -589,8 +585,8 @@ def report(
     try:
         sae_id = the_sae(open_views(tables), tables, sae_id, table="feature_stats", dataset=dataset)
         store = store_of_tables(tables)
-        store_root = store.location if store else None
-        res = write_report(tables, out, dataset, sae_id, latents, top_samples, samples, labels, store_root, experiment)
+        res = write_report(tables, out, dataset, sae_id, latents, top_samples, samples, labels,
+                           sae_points(store) if store else None, experiment)
     except (ValueError, FileNotFoundError, OSError) as e:
         fail(str(e))
     typer.echo(json.dumps(res, indent=2))

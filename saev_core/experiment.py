@@ -28,7 +28,7 @@ from saev_core.filter import FilterConfig, run_filter
 from saev_core.io import atomic_path, read_json, write_json
 from saev_core.model_eval import evaluate_model
 from saev_core.quality import clean_share, oracle_ranking
-from saev_core.scoring import check_scorers
+from saev_core.scoring import check_scorers, experiment_scorers
 from saev_core.tables import DEFAULT_TABLES, partitions
 
 METRIC = {"sft": "answer_accuracy", "dpo": "preference_accuracy"}
@@ -50,7 +50,7 @@ class ExperimentConfig(BaseModel):
     dataset: str | None = Field(None, description="scored dataset to draw from (default: the only one)")
     sae_id: str | None = None
     method: Literal["sft", "dpo"] = "sft"
-    scorers: list[str] = Field(default_factory=lambda: ["random", "cooccurrence", "saev", "agreement"])
+    scorers: list[str] = Field(default_factory=experiment_scorers)
     fractions: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0])
     random_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     train_seeds: list[int] = Field(default_factory=lambda: [0])

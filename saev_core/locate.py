@@ -84,3 +84,18 @@ def experiment_inputs(cfg: ExperimentConfig) -> ExperimentConfig:
     return cfg.model_copy(update={"model": cfg.model or str(world / "model"),
                                   "heldout": cfg.heldout or str(world / "heldout" / "clean.parquet"),
                                   "labels": labels, "oracle": cfg.oracle and labels is not None})
+
+
+def sae_points(store: ArtifactStore, activations: str | None = None) -> list[dict]:
+    """(architecture, L0, FVU) of every SAE in an artifact store (the pipeline's and its frontier
+    sweep), or only of those trained on ``activations`` (a dump path): one frontier per dump."""
+    out = []
+    for r in store.list():
+        if r["stage"] in ("train", "frontier"):
+            rec = store.record(r["stage"], r["key"])
+            if activations is not None and rec["config"].get("activations") != activations:
+                continue
+            m = rec["manifest"]
+            out.append({"architecture": m.get("config", {}).get("architecture", "?"), "l0": m["heldout"]["all"]["l0"],
+                        "fvu": m["heldout"]["all"]["fvu"]})
+    return out

@@ -10,8 +10,8 @@ relative links, so it opens from ``file://`` with no network):
   with activating tokens highlighted, plus firing rates and the cross-modal weight;
 - ``samples/<id>.html``: a sample's score under every scorer, its co-occurring latents and a patch
   map of the number of active latents per patch;
-- ``plots/*.png`` embedded in the index: score distributions per scorer (clean vs low-quality
-  when evaluation labels are given).
+- ``plots/*.png``, also inline in the index: score distributions per scorer (clean vs low-quality
+  when evaluation labels are given), the SAEs' FVU vs L0 and the experiment's plot when handed them.
 
 Per-token activations are recomputed from the dump for the samples shown only.
 """
@@ -59,14 +59,14 @@ def _png(img: Image.Image) -> str:
     return _uri(buf.getvalue())
 
 
-def _figure_uri(fig) -> str:
-    """A matplotlib figure as an inline PNG (the figure is closed)."""
+def _figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    return _uri(buf.getvalue())
+    return buf.getvalue()
 
 
 def _closest(pairs: list[tuple[int, int]], aspect: float) -> tuple[int, int] | None:
@@ -250,7 +250,7 @@ def sample_page(ctx: _Context, sid: str, weights: dict[int, float], linked: set[
     return _page(f"sample {sid}", "".join(parts), 1)
 
 
-def score_plot(ctx: _Context, labels: str | None) -> str:
+def score_plot(ctx: _Context, labels: str | None) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -276,7 +276,7 @@ def score_plot(ctx: _Context, labels: str | None) -> str:
             ax.hist(g["score"], bins=30)
         ax.set_title(name, fontsize=9)
     fig.tight_layout()
-    return _figure_uri(fig)
+    return _figure_png(fig)
 
 
 def latent_rows(stats: list[dict], pages: set[int]) -> str:
@@ -290,7 +290,7 @@ def latent_rows(stats: list[dict], pages: set[int]) -> str:
         f"<td>{s['firing_rate_text']:.4f}</td><td>{s['n_top_image']}/{s['n_top_text']}</td></tr>" for s in stats)
 
 
-def frontier_plot(points: list[dict]) -> str:
+def frontier_plot(points: list[dict]) -> bytes:
     """FVU vs L0 of every SAE given (held-out metrics from their training manifests)."""
     import matplotlib
 
@@ -308,35 +308,17 @@ def frontier_plot(points: list[dict]) -> str:
     ax.legend(fontsize=7)
     ax.set_title("FVU vs L0", fontsize=9)
     fig.tight_layout()
-    return _figure_uri(fig)
-
-
-def sae_points(store_root: str | Path, activations: str | None = None) -> list[dict]:
-    """(architecture, L0, FVU) of every SAE in an artifact store (the pipeline's and its frontier
-    sweep), or only of those trained on ``activations`` (a dump path): one frontier per dump."""
-    from saev_core.store import ArtifactStore
-
-    store = ArtifactStore.at(store_root)
-    out = []
-    for r in store.list():
-        if r["stage"] in ("train", "frontier"):
-            rec = store.record(r["stage"], r["key"])
-            if activations is not None and rec["config"].get("activations") != activations:
-                continue
-            m = rec["manifest"]
-            out.append({"architecture": m.get("config", {}).get("architecture", "?"), "l0": m["heldout"]["all"]["l0"],
-                        "fvu": m["heldout"]["all"]["fvu"]})
-    return out
+    return _figure_png(fig)
 
 
 def write_report(tables: str | Path, out: str | Path, dataset: str, sae_id: str, n_latents: int = 100, top_samples: int = 8,
-                 n_samples: int = 40, labels: str | None = None, store_root: str | Path | None = None,
-                 experiment: str | Path | None = None, frontier_of: str | None = None) -> dict:
-    """Render the report into ``out`` (atomically); returns counts and the index path.
+                 n_samples: int = 40, labels: str | None = None, points: list[dict] | None = None,
+                 experiment: str | Path | None = None) -> dict:
+    """Render the report into ``out`` (atomically); returns counts, the index path and the plots.
 
-    ``store_root`` adds the FVU-vs-L0 plot of every SAE in that artifact store (or only of those
-    trained on the dump ``frontier_of``); ``experiment``
-    (a `saev experiment` directory) adds its performance-vs-data-kept plot.
+    ``points`` (architecture, l0, fvu of several SAEs: ``locate.sae_points``) adds their FVU-vs-L0
+    plot; ``experiment`` (a `saev experiment` directory) adds its performance-vs-data-kept plot.
+    Each plot is inline in the index and a PNG under ``plots/``, listed by title in the result.
     """
     ctx = _Context(tables, dataset, sae_id)
     cols = ["feature_id", "kind", "cross_modal_weight", "firing_rate", "firing_rate_image", "firing_rate_text", "n_top_image", "n_top_text"]
@@ -366,16 +348,16 @@ def write_report(tables: str | Path, out: str | Path, dataset: str, sae_id: str,
             (tmp / "samples" / f"{sid}.html").write_text(sample_page(ctx, sid, weights, set(pages)))
         rows = latent_rows(stats, set(pages))
         top = "".join(f"<li><a href='samples/{s}.html'>{s}</a></li>" for s in samples[:10])
-        plots = {"Score distributions": score_plot(ctx, labels)}
-        points = sae_points(store_root, frontier_of) if store_root else []
+        plots = {"Score distributions": ("scores.png", score_plot(ctx, labels))}
         if points:
-            plots["SAEs: FVU vs L0"] = frontier_plot(points)
+            plots["SAEs: FVU vs L0"] = ("frontier.png", frontier_plot(points))
         exp_plot = Path(experiment) / "plot.png" if experiment else None
         if exp_plot is not None and exp_plot.exists():
-            plots["Alignment: performance vs data kept"] = _uri(exp_plot.read_bytes())
-        figures = "".join(f"<h2>{title}</h2><img class='plot' alt='{title}' src='{uri}'>" for title, uri in plots.items())
-        # the same plots for a Prefect Markdown artifact (inline PNGs: the UI cannot reach local files)
-        (tmp / "plots.md").write_text("".join(f"#### {title}\n\n![{title}]({uri})\n\n" for title, uri in plots.items()))
+            plots["Alignment: performance vs data kept"] = ("experiment.png", exp_plot.read_bytes())
+        (tmp / "plots").mkdir()
+        for name, png in plots.values():
+            (tmp / "plots" / name).write_bytes(png)
+        figures = "".join(f"<h2>{title}</h2><img class='plot' alt='{title}' src='{_uri(png)}'>" for title, (_, png) in plots.items())
         body = (f"<p>dataset <b>{html.escape(dataset)}</b>, SAE <b>{sae_id}</b>; {len(stats)} active latents, "
                 f"{len(pages)} with pages; samples ranked by the saev score.</p>{figures}"
                 f"<h2>Top samples by saev score</h2><ol>{top}</ol><h2>Latents</h2>"
@@ -385,5 +367,5 @@ def write_report(tables: str | Path, out: str | Path, dataset: str, sae_id: str,
                 "<table id='latents'><thead><tr><th>latent</th><th>kind</th><th>cross-modal weight</th><th>firing rate</th>"
                 f"<th>image</th><th>text</th><th>top img/txt</th></tr></thead><tbody>{rows}</tbody></table>")
         (tmp / "index.html").write_text(_page(f"saev feature browser: {dataset}", body, 0, INDEX_JS).replace("<p><a href='index.html'>index</a></p>", ""))
-    return {"index": str(out / "index.html"), "plots": str(out / "plots.md"), "latent_pages": len(pages), "sample_pages": len(shown),
-            "latents": len(stats)}
+    return {"index": str(out / "index.html"), "plots": {title: str(out / "plots" / name) for title, (name, _) in plots.items()},
+            "latent_pages": len(pages), "sample_pages": len(shown), "latents": len(stats)}

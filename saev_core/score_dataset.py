@@ -18,11 +18,13 @@ import functools
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -35,14 +37,14 @@ from saev_core.data import DatasetSpec, Sample, samples_by_id
 from saev_core.features import SHARD_SAMPLES, encode_shard, fetch_residuals
 from saev_core.io import atomic_path, claim_output_dir, file_lock, read_json, write_json
 from saev_core.modeling import resolve_device
-from saev_core.scoring import (SCORERS, SampleSummary, ScoringContext, check_scorers, fit_cofiring, get_scorer, merge_pools,
-                               reference_subset, select_balanced, select_occurrences, weights_from_occurrences)
+from saev_core.scoring import (SCORERS, Occurrences, SampleSummary, ScoringContext, check_scorers, default_scorers, fit_cofiring,
+                               get_scorer, merge_pools, reference_subset, select_balanced, select_occurrences,
+                               weights_from_occurrences)
 from saev_core.tables import (DEFAULT_TABLES, FEATURE_STATS, SAMPLES, SCORES, TABLES, check_partition_value, lock_path,
                               manifest_path, part_name, partition_dir)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCORERS = ("random", "l0", "cooccurrence", "saev", "saev_balanced", "coverage", "agreement", "model_cosine")
 _RUNTIME_FIELDS = {"tables", "device", "batch_rows", "weights_memory_mb", "progress", "clip_batch_size"}
 
 
@@ -55,7 +57,7 @@ class ScoreConfig(BaseModel):
     sae: str = Field(description="SAE: a `saev train` run directory or a SAELens checkpoint directory")
     tables: str = Field(DEFAULT_TABLES, description="root of the feature tables")
     dataset_name: str | None = Field(None, description="partition name; default: the dump's dataset name")
-    scorers: list[str] = Field(default_factory=lambda: list(DEFAULT_SCORERS))
+    scorers: list[str] = Field(default_factory=default_scorers)
     tau: float = Field(0.0, ge=0, description="co-occurrence threshold: a latent counts where A[t, i] > tau")
     agreement_tau: float = Field(0.5, ge=0, description="the agreement scorer's firing threshold (chosen on the demo's validation world; "
                                                         "the activation scale is the SAE's, so choose it on a validation split for another SAE)")
@@ -78,7 +80,7 @@ class ScoreConfig(BaseModel):
     def _clip_by_default(cls, data):
         """A clip_model with no scorer list given scores clip_score beside the defaults."""
         if isinstance(data, dict) and data.get("clip_model") and data.get("scorers") is None:
-            data = {**data, "scorers": [*DEFAULT_SCORERS, "clip_score"]}
+            data = {**data, "scorers": [*default_scorers(), "clip_score"]}
         return data
 
     @field_validator("scorers")
@@ -168,6 +170,8 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
                 shards: list[int] | None = None) -> dict:
     """Score ``cfg.activations`` with ``cfg.sae`` into the tables; returns the scoring manifest.
 
+    Phases: encode each dump shard into its ``sample_features`` part (resumable per shard), then
+    the dataset-level cross-modal weights and ``feature_stats``, then every scorer's ``scores``.
     A partition already scored with the same config is returned as is. ``shards`` encodes only
     those dump shards and returns (one task per shard on a cluster; a final call without
     ``shards`` reuses them and finishes); ``stop_after_shards`` stops early (tests of resumption).
@@ -205,61 +209,21 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
         if dump_samples is None or dump_samples.num_rows == 0:
             raise ValueError(f"the dump {cfg.activations} holds no samples; nothing to score")
         reference = reference_subset(dump_samples.column("sample_id").to_pylist(), cfg.reference_samples, cfg.seed)
-        d_sae = sae.cfg.d_sae
         feat_dir = partition_dir(root, "sample_features", dataset, sae_id)
 
-        total = int(dump.manifest["rows"]["image"] + dump.manifest["rows"]["text"])
-        t0, encoded_tokens, encoded_samples = time.perf_counter(), 0, 0
-        with tqdm(total=total, desc=f"score {dataset}", unit="tok", disable=not cfg.progress) as pbar:
-            for shard in range(len(dump.files)) if shards is None else shards:
-                state, samples_file = work / f"shard-{shard:05d}.safetensors", work / f"shard-{shard:05d}.samples.parquet"
-                if state.exists() and (feat_dir / part_name(shard)).exists():
-                    pbar.update(int(load_file(str(state))["tokens"].sum()))
-                    continue
-                if stop_after_shards is not None and shard >= stop_after_shards:
-                    return {"stopped_after_shards": shard}
-                res = encode_shard(dump, shard, sae, reference, feat_dir / part_name(shard), cfg.top, cfg.per_side, cfg.batch_rows, pbar)
-                _write(res.samples, samples_file)
-                with atomic_path(state) as tmp:
-                    save_file(res.tensors(), str(tmp))
-                encoded_tokens += int(res.tokens.sum())
-                encoded_samples += res.samples.num_rows
+        t0 = time.perf_counter()
+        encoded = _encode_shards(cfg, dump, sae, reference, work, feat_dir, shards, stop_after_shards, dataset)
         encode_s = time.perf_counter() - t0
-        if shards is not None:
-            return {"shards": list(shards), "tokens": encoded_tokens, "samples": encoded_samples}
+        if "stopped_after_shards" in encoded or shards is not None:
+            return encoded
 
-        # ---- dataset level: pools -> weights -> feature_stats ------------------------------------
-        states = [load_file(str(work / f"shard-{i:05d}.safetensors")) for i in range(len(dump.files))]
-        values, refs = merge_pools([s["pool_values"] for s in states], [s["pool_refs"] for s in states], cfg.top)
-        side_values, side_refs = merge_pools([s["side_values"] for s in states], [s["side_refs"] for s in states], cfg.per_side, dim=1)
-        fires = sum(s["fires"] for s in states)
-        tokens = sum(s["tokens"] for s in states)
-        occ = select_occurrences(values, refs, (refs >= 0) & (refs & 1 == 1), cfg.per_side)
-        fetch = functools.partial(fetch_residuals, dump)
-        weights = weights_from_occurrences(occ, d_sae, fetch, dump.d_in, cfg.weights_memory_mb)
-        balanced = weights_from_occurrences(select_balanced(side_values, side_refs), d_sae, fetch, dump.d_in, cfg.weights_memory_mb)
-        alive = np.flatnonzero(fires.sum(0).numpy() > 0)
-        rates = fires.double() / tokens.clamp(min=1).double().unsqueeze(1)
-        stats = pa.table({
-            "feature_id": pa.array(alive.astype(np.int32)),
-            "firing_rate": pa.array((fires.sum(0).double() / max(int(tokens.sum()), 1)).numpy()[alive]),
-            "firing_rate_image": pa.array(rates[0].numpy()[alive]),
-            "firing_rate_text": pa.array(rates[1].numpy()[alive]),
-            "cross_modal_weight": pa.array(weights[alive]),
-            "balanced_weight": pa.array(balanced[alive]),
-            "kind": pa.array(np.asarray(occ.kind, dtype=object)[alive], pa.string()),
-            "n_top_image": pa.array(occ.n_top_image[alive].astype(np.int32)),
-            "n_top_text": pa.array(occ.n_top_text[alive].astype(np.int32)),
-        }, schema=FEATURE_STATS)
+        ds = _dataset_stats(cfg, dump, work, sae.cfg.d_sae)
 
-        # ---- scores ---------------------------------------------------------------------------------
         def all_summaries():
             for shard in range(len(dump.files)):
                 shard_samples = pq.read_table(work / f"shard-{shard:05d}.samples.parquet", schema=SHARD_SAMPLES)
                 yield from summaries(feat_dir / part_name(shard), shard_samples)
 
-        cofiring = fit_cofiring(all_summaries, d_sae, cfg.agreement_tau, cfg.agreement_refits, cfg.agreement_keep) \
-            if "agreement" in cfg.scorers else None
         spec = DatasetSpec.model_validate(dump.manifest["dataset"])
         if Path(spec.path).expanduser().exists():  # later stages may run from another directory
             spec = spec.model_copy(update={"path": str(Path(spec.path).expanduser().resolve())})
@@ -267,31 +231,13 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
         if cfg.clip_model is not None:
             wanted = set(dump_samples.column("sample_id").to_pylist())
             external["clip_score"] = clip_scores(cfg.clip_model, samples_by_id(spec, wanted), cfg.clip_batch_size, str(device), cfg.progress)
-        ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=weights, balanced_weights=balanced,
-                             agreement_tau=cfg.agreement_tau, cofiring=cofiring, external=external)
-        fns = {name: get_scorer(name) for name in cfg.scorers}
-        sids, per_scorer, scored = [], {n: [] for n in fns}, {}
-        for s in all_summaries():
-            sids.append(s.sample_id)
-            scored[s.sample_id] = {"n_image": s.n_image, "n_text": s.n_text}
-            for name, fn in fns.items():
-                per_scorer[name].append(fn(s, ctx))
-        sid_arr = np.asarray(sids, dtype=object)
-        tables, summary = [], {}
-        for name, vals in per_scorer.items():
-            v = np.asarray(vals, np.float64)
-            rank, pct = _ranks(v, sid_arr)
-            order = np.argsort(rank)
-            tables.append(pa.table({"sample_id": pa.array(sid_arr[order], pa.string()), "scorer": pa.array([name] * len(v), pa.string()),
-                                    "score": pa.array(v[order]), "rank": pa.array(rank[order]), "percentile": pa.array(pct[order])},
-                                   schema=SCORES))
-            summary[name] = {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
+        scores, summary, scored = _score_samples(cfg, all_summaries, ds, sae.cfg.d_sae, external)
 
         _write(samples_table(spec, scored), partition_dir(root, "samples", dataset) / part_name(0))
-        _write(stats, partition_dir(root, "feature_stats", dataset, sae_id) / part_name(0))
-        _write(pa.concat_tables(tables), partition_dir(root, "scores", dataset, sae_id) / part_name(0))
+        _write(ds.stats, partition_dir(root, "feature_stats", dataset, sae_id) / part_name(0))
+        _write(scores, partition_dir(root, "scores", dataset, sae_id) / part_name(0))
 
-        kinds = {str(k): int(n) for k, n in zip(*np.unique(np.asarray(occ.kind, dtype=object)[alive].astype(str), return_counts=True))}
+        kinds = {str(k): int(n) for k, n in zip(*np.unique(np.asarray(ds.occ.kind, dtype=object)[ds.alive].astype(str), return_counts=True))}
         manifest = {
             "kind": "saev.scores",
             "format_version": 1,
@@ -305,19 +251,108 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
             "layer": dump.manifest["layer"],
             "include_response": dump.manifest.get("include_response", False),
             "source_dataset": spec.model_dump(),
-            "n_samples": len(sids),
+            "n_samples": len(scored),
             "n_reference_samples": len(reference),
-            "n_tokens": {"image": int(tokens[0]), "text": int(tokens[1])},
-            "d_sae": d_sae,
-            "n_features_active": int(len(alive)),
+            "n_tokens": {"image": int(ds.tokens[0]), "text": int(ds.tokens[1])},
+            "d_sae": sae.cfg.d_sae,
+            "n_features_active": int(len(ds.alive)),
             "feature_kinds": kinds,
-            "n_cross_modal": int(len(occ.cross)),
-            "n_cross_modal_balanced": int((balanced != 0).sum()),
-            "scorers": list(fns),
+            "n_cross_modal": int(len(ds.occ.cross)),
+            "n_cross_modal_balanced": int((ds.balanced != 0).sum()),
+            "scorers": list(summary),
             "score_summary": summary,
-            "throughput": {"encode_s": encode_s, "samples_per_s": encoded_samples / encode_s if encoded_samples else None,
-                           "tokens_per_s": encoded_tokens / encode_s if encoded_tokens else None, "device": str(device)},
+            "throughput": {"encode_s": encode_s, "samples_per_s": encoded["samples"] / encode_s if encoded["samples"] else None,
+                           "tokens_per_s": encoded["tokens"] / encode_s if encoded["tokens"] else None, "device": str(device)},
             "tables": str(root),
         }
         write_json(mpath, manifest)
         return manifest
+
+
+def _encode_shards(cfg: ScoreConfig, dump: ActivationDump, sae, reference: frozenset[str], work: Path, feat_dir: Path,
+                   shards: list[int] | None, stop_after_shards: int | None, dataset: str) -> dict:
+    """Phase 1: each dump shard's sample_features part and its pooled top occurrences; finished shards are kept."""
+    total = int(dump.manifest["rows"]["image"] + dump.manifest["rows"]["text"])
+    encoded_tokens, encoded_samples = 0, 0
+    with tqdm(total=total, desc=f"score {dataset}", unit="tok", disable=not cfg.progress) as pbar:
+        for shard in range(len(dump.files)) if shards is None else shards:
+            state, samples_file = work / f"shard-{shard:05d}.safetensors", work / f"shard-{shard:05d}.samples.parquet"
+            if state.exists() and (feat_dir / part_name(shard)).exists():
+                pbar.update(int(load_file(str(state))["tokens"].sum()))
+                continue
+            if stop_after_shards is not None and shard >= stop_after_shards:
+                return {"stopped_after_shards": shard}
+            res = encode_shard(dump, shard, sae, reference, feat_dir / part_name(shard), cfg.top, cfg.per_side, cfg.batch_rows, pbar)
+            _write(res.samples, samples_file)
+            with atomic_path(state) as tmp:
+                save_file(res.tensors(), str(tmp))
+            encoded_tokens += int(res.tokens.sum())
+            encoded_samples += res.samples.num_rows
+    return {**({"shards": list(shards)} if shards is not None else {}), "tokens": encoded_tokens, "samples": encoded_samples}
+
+
+@dataclass
+class DatasetStats:
+    """Phase 2's output: the dataset-level occurrences, cross-modal weights and feature_stats table."""
+
+    stats: pa.Table
+    occ: Occurrences
+    weights: np.ndarray
+    balanced: np.ndarray
+    alive: np.ndarray
+    tokens: torch.Tensor  # [image, text] positions encoded
+
+
+def _dataset_stats(cfg: ScoreConfig, dump: ActivationDump, work: Path, d_sae: int) -> DatasetStats:
+    """Phase 2: merge the shards' pools, then the cross-modal weights (Algorithm 1) and feature_stats."""
+    states = [load_file(str(work / f"shard-{i:05d}.safetensors")) for i in range(len(dump.files))]
+    values, refs = merge_pools([s["pool_values"] for s in states], [s["pool_refs"] for s in states], cfg.top)
+    side_values, side_refs = merge_pools([s["side_values"] for s in states], [s["side_refs"] for s in states], cfg.per_side, dim=1)
+    fires = sum(s["fires"] for s in states)
+    tokens = sum(s["tokens"] for s in states)
+    occ = select_occurrences(values, refs, (refs >= 0) & (refs & 1 == 1), cfg.per_side)
+    fetch = functools.partial(fetch_residuals, dump)
+    weights = weights_from_occurrences(occ, d_sae, fetch, dump.d_in, cfg.weights_memory_mb)
+    balanced = weights_from_occurrences(select_balanced(side_values, side_refs), d_sae, fetch, dump.d_in, cfg.weights_memory_mb)
+    alive = np.flatnonzero(fires.sum(0).numpy() > 0)
+    rates = fires.double() / tokens.clamp(min=1).double().unsqueeze(1)
+    stats = pa.table({
+        "feature_id": pa.array(alive.astype(np.int32)),
+        "firing_rate": pa.array((fires.sum(0).double() / max(int(tokens.sum()), 1)).numpy()[alive]),
+        "firing_rate_image": pa.array(rates[0].numpy()[alive]),
+        "firing_rate_text": pa.array(rates[1].numpy()[alive]),
+        "cross_modal_weight": pa.array(weights[alive]),
+        "balanced_weight": pa.array(balanced[alive]),
+        "kind": pa.array(np.asarray(occ.kind, dtype=object)[alive], pa.string()),
+        "n_top_image": pa.array(occ.n_top_image[alive].astype(np.int32)),
+        "n_top_text": pa.array(occ.n_top_text[alive].astype(np.int32)),
+    }, schema=FEATURE_STATS)
+    return DatasetStats(stats, occ, weights, balanced, alive, tokens)
+
+
+def _score_samples(cfg: ScoreConfig, all_summaries, ds: DatasetStats, d_sae: int,
+                   external: dict[str, dict[str, float]]) -> tuple[pa.Table, dict, dict[str, dict]]:
+    """Phase 3: every scorer on every sample; returns the scores table, each scorer's summary and
+    the token counts per sample."""
+    cofiring = fit_cofiring(all_summaries, d_sae, cfg.agreement_tau, cfg.agreement_refits, cfg.agreement_keep) \
+        if "agreement" in cfg.scorers else None
+    ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=ds.weights, balanced_weights=ds.balanced,
+                         agreement_tau=cfg.agreement_tau, cofiring=cofiring, external=external)
+    fns = {name: get_scorer(name) for name in cfg.scorers}
+    sids, per_scorer, scored = [], {n: [] for n in fns}, {}
+    for s in all_summaries():
+        sids.append(s.sample_id)
+        scored[s.sample_id] = {"n_image": s.n_image, "n_text": s.n_text}
+        for name, fn in fns.items():
+            per_scorer[name].append(fn(s, ctx))
+    sid_arr = np.asarray(sids, dtype=object)
+    tables, summary = [], {}
+    for name, vals in per_scorer.items():
+        v = np.asarray(vals, np.float64)
+        rank, pct = _ranks(v, sid_arr)
+        order = np.argsort(rank)
+        tables.append(pa.table({"sample_id": pa.array(sid_arr[order], pa.string()), "scorer": pa.array([name] * len(v), pa.string()),
+                                "score": pa.array(v[order]), "rank": pa.array(rank[order]), "percentile": pa.array(pct[order])},
+                               schema=SCORES))
+        summary[name] = {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
+    return pa.concat_tables(tables), summary, scored

@@ -79,13 +79,30 @@ class ScoringContext:
 
 Scorer = Callable[[SampleSummary, ScoringContext], float]
 SCORERS: dict[str, Scorer] = {}
+_DEFAULT: list[str] = []  # scorers a plain scoring run computes, in registration order
+_EXPERIMENT: list[str] = []  # the experiment's default grid (each costs one SFT run per fraction and seed)
 
 
-def scorer(name: str):
+def scorer(name: str, *, default: bool = True, experiment: bool = False):
+    """Register a scorer. ``default=False`` marks one that needs an extra input (an external model) the default run lacks."""
     def register(fn: Scorer) -> Scorer:
         SCORERS[name] = fn
+        if default:
+            _DEFAULT.append(name)
+        if experiment:
+            _EXPERIMENT.append(name)
         return fn
     return register
+
+
+def default_scorers() -> list[str]:
+    """The scorers a scoring run computes when none are named."""
+    return list(_DEFAULT)
+
+
+def experiment_scorers() -> list[str]:
+    """The scorers the alignment experiment compares when none are named."""
+    return list(_EXPERIMENT)
 
 
 def get_scorer(name: str) -> Scorer:
@@ -105,7 +122,7 @@ def random_unit(seed: int, sample_id: str) -> float:
     return int.from_bytes(h, "big") / 2**64
 
 
-@scorer("random")
+@scorer("random", experiment=True)
 def random_score(s: SampleSummary, ctx: ScoringContext) -> float:
     """random: a uniform number in [0, 1) from (seed, sample_id), stable across runs and orderings."""
     return random_unit(ctx.seed, s.sample_id)
@@ -123,13 +140,13 @@ def cooccurring_latents(s: SampleSummary, tau: float = 0.0) -> np.ndarray:
     return np.intersect1d(s.image_ids[s.image_max > tau], s.text_ids[s.text_max > tau])
 
 
-@scorer("cooccurrence")
+@scorer("cooccurrence", experiment=True)
 def cooccurrence_score(s: SampleSummary, ctx: ScoringContext) -> float:
     """co-occurrence: score = |C(s)|, the number of latents firing above tau on both modalities."""
     return float(len(cooccurring_latents(s, ctx.tau)))
 
 
-@scorer("saev")
+@scorer("saev", experiment=True)
 def saev_score(s: SampleSummary, ctx: ScoringContext) -> float:
     """SAE-V cosine score: score(s) = sum of w_i over i in C(s) (Algorithm 1, step 4)."""
     c = cooccurring_latents(s, ctx.tau)
@@ -209,7 +226,7 @@ def fit_cofiring(summaries: Callable[[], Iterable[SampleSummary]], d_sae: int, t
     return cof
 
 
-@scorer("agreement")
+@scorer("agreement", experiment=True)
 def agreement_score(s: SampleSummary, ctx: ScoringContext) -> float:
     """agreement: sum over i in T(s) of log P(I_i = o_i | T_i) / P(I_i = o_i), o_i = 1[i in I(s)]
     (T, I: latent i above agreement_tau on a text / an image token), both probabilities estimated on
@@ -233,7 +250,7 @@ def model_cosine_score(s: SampleSummary, ctx: ScoringContext) -> float:
     return s.resid_cosine if s.resid_cosine is not None else 0.0
 
 
-@scorer("clip_score")
+@scorer("clip_score", default=False)
 def clip_score(s: SampleSummary, ctx: ScoringContext) -> float:
     """clip_score: cos(E_img(image), E_txt(question + response)) of a CLIP/SigLIP model (DataComp's
     filter; ``saev_core.clip_score``), the external-model baseline; computed before scoring."""

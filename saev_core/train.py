@@ -35,7 +35,7 @@ from saev_core.activations import MODALITY_SETS, ActivationDump, ShuffledBatches
 from saev_core.checkpoint import save_sae
 from saev_core.cpu import reuse_freed_memory
 from saev_core.distributed import World, all_gather, any_true, barrier, broadcast, launched_world, sync_latent_stats
-from saev_core.evaluate import reconstruction_metrics
+from saev_core.sae_eval import reconstruction_metrics
 from saev_core.io import atomic_dir, atomic_path, claim_output_dir, read_json, write_json
 from saev_core.modeling import resolve_device
 from saev_core.optim import Optimizer, default_lr, make_optimizer
@@ -211,6 +211,13 @@ def _heldout_summary(sae: SAE, dump: ActivationDump, device: torch.device, max_r
 # Fields every SAE of one pass shares: they define the batches (and when they are checkpointed).
 SHARED_FIELDS = ("activations", "modalities", "batch_size", "total_tokens", "seed", "buffer_rows", "heldout_fraction",
                  "scale_batches", "checkpoint_every", "device")
+
+
+def headline(manifest: dict) -> dict:
+    """A training manifest's headline figures: held-out FVU and L0 per modality group, and the dead fraction."""
+    held = manifest["heldout"]
+    return {**{f"{g}_{k}": held[g].get(k) for g in ("all", "image", "text") for k in ("fvu", "l0")},
+            "dead_fraction": held["dead_fraction"]}
 
 
 def sweep_configs(base: dict, axes: dict[str, list]) -> list[TrainConfig]:

@@ -8,17 +8,14 @@ from saev_core.align import AlignConfig, run_alignment
 from saev_core.data import DatasetSpec
 from saev_core.experiment import ExperimentConfig, evaluate_base, finish, run_one
 from saev_core.model_eval import evaluate_model
-from saev_core.store import ArtifactStore
-from tasks.common import publish
+from tasks.common import run_stage
 
 
 @task(name="align", tags=["gpu"], retries=1, retry_delay_seconds=5)
 def align_task(root: str, config: dict, upstream: list[str]) -> dict:
-    rec = ArtifactStore.at(root).run(
-        "align", config, upstream, lambda out: run_alignment(AlignConfig.model_validate({**config, "out": str(out / "aligned")})),
+    return run_stage(
+        root, "align", config, upstream, lambda out: run_alignment(AlignConfig.model_validate({**config, "out": str(out / "aligned")})),
         summary=lambda m: {"method": m["method"], "rows": m["n_train_rows"], "steps": m["steps"], "last_loss": m["last_loss"]})
-    publish(rec, root)
-    return rec
 
 
 @task(name="evaluate-model", tags=["gpu"])
@@ -30,10 +27,8 @@ def evaluate_model_task(root: str, config: dict, upstream: list[str]) -> dict:
         report.pop("examples", None)
         return report
 
-    rec = ArtifactStore.at(root).run("evaluate", config, upstream, run,
-                                     summary=lambda r: {k: r[k] for k in ("answer_accuracy", "nll", "preference_accuracy") if k in r})
-    publish(rec, root)
-    return rec
+    return run_stage(root, "evaluate", config, upstream, run,
+                     summary=lambda r: {k: r[k] for k in ("answer_accuracy", "nll", "preference_accuracy") if k in r})
 
 
 @task(name="experiment-base", tags=["gpu"])

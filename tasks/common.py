@@ -29,6 +29,22 @@ def publish(rec: dict, root: str | None = None) -> None:
     create_markdown_artifact(markdown=md, key=f"saev-{rec['stage']}", description=f"saev {rec['stage']} {rec['key']}")
 
 
+def run_stage(root: str, stage: str, config: dict, upstream: list[str], fn: Callable, summary: Callable[[dict], dict] | None = None,
+              valid: Callable[[dict], bool] | None = None) -> dict:
+    """What every stage task does: run ``fn(out_dir)`` in the store (or find it finished), publish
+    its artifact, and return the record."""
+    return run_stages(root, stage, [config], upstream, lambda todo: [fn(todo[0][1])], summary, valid)[0]
+
+
+def run_stages(root: str, stage: str, configs: list[dict], upstream: list[str], fn: Callable, summary: Callable[[dict], dict] | None = None,
+               valid: Callable[[dict], bool] | None = None) -> list[dict]:
+    """``run_stage`` for artifacts built together (``ArtifactStore.run_many``), each published."""
+    recs = ArtifactStore.at(root).run_many(stage, configs, upstream, fn, summary=summary, valid=valid)
+    for rec in recs:
+        publish(rec, root)
+    return recs
+
+
 def with_smaller_batches(fn: Callable[[dict], dict], config: dict, field: str, tries: int = 3) -> dict:
     """Run ``fn(config)``; on a CUDA out-of-memory error retry with ``config[field]`` halved."""
     cfg = dict(config)

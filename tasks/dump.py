@@ -6,7 +6,7 @@ from prefect import task
 
 from saev_core.dump import DumpConfig, run_dump
 from saev_core.store import ArtifactStore, stage_key
-from tasks.common import publish, with_smaller_batches
+from tasks.common import run_stage, with_smaller_batches
 
 
 @task(name="dump-activations", tags=["gpu"], retries=1, retry_delay_seconds=5)
@@ -15,10 +15,8 @@ def dump_activations(root: str, config: dict, upstream: list[str]) -> dict:
     def dump(out):
         return with_smaller_batches(lambda c: run_dump(DumpConfig.model_validate({**c, "out": str(out)})), config, "batch_size")
 
-    rec = ArtifactStore.at(root).run("dump", config, upstream, dump,
-                                     summary=lambda m: {"samples": m["n_samples"], "rejected": m["n_rejected"], **m["rows"]})
-    publish(rec, root)
-    return rec
+    return run_stage(root, "dump", config, upstream, dump,
+                     summary=lambda m: {"samples": m["n_samples"], "rejected": m["n_rejected"], **m["rows"]})
 
 
 @task(name="dump-shard", tags=["gpu"], retries=1, retry_delay_seconds=5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 from prefect import task
@@ -16,7 +17,7 @@ from saev_core.query import open_views
 from saev_core.score_dataset import ScoreConfig, run_scoring
 from saev_core.store import ArtifactStore
 from saev_core.tables import manifest_path
-from tasks.common import publish, with_smaller_batches
+from tasks.common import run_stage, with_smaller_batches
 
 
 def partition_is_current(root: str):
@@ -54,11 +55,9 @@ def score_dataset_task(root: str, config: dict, upstream: list[str]) -> dict:
         write_json(out / "manifest.json", m)
         return m
 
-    rec = store.run("score", config, upstream, score, valid=partition_is_current(root),
-                    summary=lambda m: {"dataset": m["dataset"], "sae_id": m["sae_id"], "samples": m["n_samples"],
-                                       "cross_modal_latents": m["n_cross_modal"]})
-    publish(rec, root)
-    return rec
+    return run_stage(root, "score", config, upstream, score, valid=partition_is_current(root),
+                     summary=lambda m: {"dataset": m["dataset"], "sae_id": m["sae_id"], "samples": m["n_samples"],
+                                        "cross_modal_latents": m["n_cross_modal"]})
 
 
 @task(name="score-shard", tags=["gpu"], retries=1, retry_delay_seconds=5)
@@ -87,10 +86,8 @@ def filter_dataset_task(root: str, config: dict, upstream: list[str]) -> dict:
             return run_filter(fcfg, ranking=oracle_ranking(config["oracle_labels"]), ranking_name="oracle")
         return run_filter(fcfg)
 
-    rec = store.run("filter", config, upstream, run,
-                    summary=lambda m: {"kept": m["n_kept"], **{f"{k}_rows": v for k, v in m["splits"].items()}})
-    publish(rec, root)
-    return rec
+    return run_stage(root, "filter", config, upstream, run,
+                     summary=lambda m: {"kept": m["n_kept"], **{f"{k}_rows": v for k, v in m["splits"].items()}})
 
 
 @task(name="scorer-quality")
@@ -105,14 +102,18 @@ def scorer_quality_task(root: str, labels: str, dataset: str, sae_id: str) -> li
 @task(name="report")
 def report_task(root: str, config: dict, upstream: list[str]) -> dict:
     """The HTML feature browser as a pipeline stage (linked from its Prefect artifact)."""
+    from saev_core.locate import sae_points
     from saev_core.report import write_report
 
     store = ArtifactStore.at(root)
-    rec = store.run("report", config, upstream,
-                    lambda out: write_report(store.tables, out / "html", store_root=root, **config),
+    args = {k: v for k, v in config.items() if k != "frontier_of"}
+    rec = run_stage(root, "report", config, upstream,
+                    lambda out: write_report(store.tables, out / "html", points=sae_points(store, config.get("frontier_of")), **args),
                     summary=lambda m: {"index": m["index"], "latent_pages": m["latent_pages"], "sample_pages": m["sample_pages"]})
-    publish(rec, root)
-    plots = Path(rec["manifest"].get("plots", ""))
-    if plots.is_file():
-        create_markdown_artifact(markdown=plots.read_text(), key="saev-report-plots", description=f"saev report plots {rec['key']}")
+    # the plots as a Markdown artifact, inline PNGs: the UI cannot reach local files
+    plots = {title: Path(path) for title, path in rec["manifest"].get("plots", {}).items()}
+    md = "".join(f"#### {title}\n\n![{title}](data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()})\n\n"
+                 for title, p in plots.items() if p.is_file())
+    if md:
+        create_markdown_artifact(markdown=md, key="saev-report-plots", description=f"saev report plots {rec['key']}")
     return rec

@@ -4,33 +4,24 @@ from __future__ import annotations
 
 from prefect import task
 
-from saev_core.evaluate import evaluate_run
-from saev_core.store import ArtifactStore
-from saev_core.train import TrainConfig, train_sae, train_saes
-from tasks.common import publish
+from saev_core.sae_eval import evaluate_run
+from saev_core.train import TrainConfig, headline, train_sae, train_saes
+from tasks.common import run_stage, run_stages
 
 
 @task(name="train-sae", tags=["gpu"], retries=1, retry_delay_seconds=5)
 def train_sae_task(root: str, config: dict, upstream: list[str], stage: str = "train") -> dict:
     """Train (or resume from the last checkpoint: a retry continues where the crash left off).
     ``stage`` "frontier" keeps the report's extra sweep SAEs apart from the pipeline's SAE."""
-    rec = ArtifactStore.at(root).run(
-        stage, config, upstream, lambda out: train_sae(TrainConfig.model_validate({**config, "out": str(out)})),
-        summary=lambda m: {f"{g}_{k}": m["heldout"][g][k] for g in ("all", "image", "text") for k in ("fvu", "l0")})
-    publish(rec, root)
-    return rec
+    return run_stage(root, stage, config, upstream, lambda out: train_sae(TrainConfig.model_validate({**config, "out": str(out)})),
+                     summary=headline)
 
 
 @task(name="train-saes", tags=["gpu"], retries=1, retry_delay_seconds=5)
 def train_saes_task(root: str, configs: list[dict], upstream: list[str], stage: str = "frontier") -> list[dict]:
     """Several SAEs from one pass over the dump (the report's frontier), each its own artifact."""
-    recs = ArtifactStore.at(root).run_many(
-        stage, configs, upstream,
-        lambda todo: train_saes([TrainConfig.model_validate({**c, "out": str(out)}) for c, out in todo]),
-        summary=lambda m: {f"{g}_{k}": m["heldout"][g][k] for g in ("all", "image", "text") for k in ("fvu", "l0")})
-    for rec in recs:
-        publish(rec, root)
-    return recs
+    return run_stages(root, stage, configs, upstream,
+                      lambda todo: train_saes([TrainConfig.model_validate({**c, "out": str(out)}) for c, out in todo]), summary=headline)
 
 
 @task(name="eval-sae", tags=["gpu"])
@@ -40,9 +31,7 @@ def eval_sae_task(root: str, config: dict, upstream: list[str]) -> dict:
         report.pop("markdown")
         return report
 
-    rec = ArtifactStore.at(root).run("eval-sae", config, upstream, run,
-                                     summary=lambda r: {"ce_loss_recovered": r.get("ce_with_images", {}).get("ce_loss_recovered"),
-                                                        "kl_score": r.get("ce_with_images", {}).get("kl", {}).get("all", {}).get("kl_score"),
-                                                        "fvu": r["reconstruction"]["all"]["fvu"]})
-    publish(rec, root)
-    return rec
+    return run_stage(root, "eval-sae", config, upstream, run,
+                     summary=lambda r: {"ce_loss_recovered": r.get("ce_with_images", {}).get("ce_loss_recovered"),
+                                        "kl_score": r.get("ce_with_images", {}).get("kl", {}).get("all", {}).get("kl_score"),
+                                        "fvu": r["reconstruction"]["all"]["fvu"]})

@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from saev_core.clip_score import ClipScorer, clip_scores, features, sample_text
 from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
-from saev_core.score_dataset import DEFAULT_SCORERS, ScoreConfig
+from saev_core.score_dataset import ScoreConfig
+from saev_core.scoring import default_scorers
 from saev_core.scoring import ScoringContext, SampleSummary, get_scorer
 
 
@@ -59,7 +60,7 @@ def test_clip_score_is_the_cosine_of_the_two_towers(tmp_path, bundle, samples, k
 
 def test_clip_score_config_and_errors(tmp_path, world_dir):
     base = {"activations": "a", "sae": "b"}
-    assert ScoreConfig(**base, clip_model="m").scorers == [*DEFAULT_SCORERS, "clip_score"]
+    assert ScoreConfig(**base, clip_model="m").scorers == [*default_scorers(), "clip_score"]
     with pytest.raises(ValidationError, match="clip_score scorer needs clip_model"):
         ScoreConfig(**base, scorers=["saev", "clip_score"])
     with pytest.raises(ValidationError, match="clip_model is set but clip_score is not among the scorers"):

@@ -24,13 +24,14 @@ from saev_core.align import AlignConfig, run_alignment
 from saev_core.checkpoint import load_sae
 from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
 from saev_core.dump import DumpConfig, encode_samples, run_dump
-from saev_core.evaluate import cross_entropy, evaluate_run, heldout_samples
+from saev_core.sae_eval import cross_entropy, evaluate_run, heldout_samples
 from saev_core.filter import FilterConfig, run_filter
 from saev_core.activations import ActivationDump
 from saev_core.inputs import NoChatTemplate, chat_template
 from saev_core.model_eval import evaluate_model
 from saev_core.modeling import load_model
-from saev_core.score_dataset import DEFAULT_SCORERS, ScoreConfig, run_scoring
+from saev_core.score_dataset import ScoreConfig
+from saev_core.scoring import default_scorers, run_scoring
 from saev_core.train import TrainConfig, train_sae
 
 N_ROWS = 20  # more than one default batch (16), so batching and padding are exercised
@@ -117,7 +118,7 @@ def test_sae_trains_and_scores_every_sample(scored, dumped):
     assert score["n_samples"] == N_ROWS
     rows = duckdb.sql(f"SELECT scorer, count(*) AS n, count_if(isfinite(score)) AS ok FROM read_parquet('{score['tables']}/scores/**/*.parquet') "
                       "GROUP BY scorer").fetchall()
-    assert {r[0] for r in rows} == set(DEFAULT_SCORERS) and all(n == ok == N_ROWS for _, n, ok in rows), rows
+    assert {r[0] for r in rows} == set(default_scorers()) and all(n == ok == N_ROWS for _, n, ok in rows), rows
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -59,9 +59,9 @@ def test_flow_completes_and_fills_the_store(first_run, world_dir):
     assert state.type == StateType.COMPLETED
     s = state.result()
     assert s["samples"] == 30 and s["sae_l0"] == 16 and 0 < s["sae_fvu"]["all"] < 1
-    from saev_core.score_dataset import DEFAULT_SCORERS
+    from saev_core.scoring import default_scorers
 
-    assert s["filtered_kept"] == 15 and set(s["scorer_auroc"]) == set(DEFAULT_SCORERS)
+    assert s["filtered_kept"] == 15 and set(s["scorer_auroc"]) == set(default_scorers())
     assert s["alignment"]["train_rows"] == 15 and 0 <= s["alignment"]["aligned"]["answer_accuracy"] <= 1
     # beside the scorer's subset: a random one and the oracle's (clean rows only) of the same size
     assert set(s["alignment"]["baselines"]) == {"random", "oracle"}
@@ -85,10 +85,10 @@ def test_flow_completes_and_fills_the_store(first_run, world_dir):
     stages = {r["stage"] for r in ArtifactStore.at(root).list()}
     assert stages == {"dump", "train", "frontier", "eval-sae", "score", "report", "filter", "align", "evaluate"}
     # the FVU-vs-L0 frontier: the pipeline's TopK SAE (k=16) and the sweep's k=4 and k=32, on the same dump
-    from saev_core.report import sae_points
-    points = sae_points(root, s["dump"])
+    from saev_core.locate import sae_points
+    points = sae_points(ArtifactStore.at(root), s["dump"])
     assert sorted(p["l0"] for p in points) == [4, 16, 32] and all(0 < p["fvu"] < 1.5 for p in points)
-    assert sae_points(root, "/elsewhere") == []
+    assert sae_points(ArtifactStore.at(root), "/elsewhere") == []
     store = ArtifactStore.at(root)
     [main] = [store.record("train", r["key"])["config"] for r in store.list() if r["stage"] == "train"]
     budgets = {store.record("frontier", r["key"])["config"]["total_tokens"] for r in store.list() if r["stage"] == "frontier"}
@@ -209,7 +209,7 @@ def test_clip_baseline_trains_the_demo_clip_as_a_stage_and_scores_clip_score(tmp
     """On the demo world the pipeline builds itself: a `clip` stage below `prepare`, whose model
     scoring reads, so clip_score sits in the tables and the AUROC beside the SAE's scorers."""
     from flows.pipeline import PipelineConfig, saev_pipeline
-    from saev_core.score_dataset import DEFAULT_SCORERS
+    from saev_core.scoring import default_scorers
 
     root = tmp_path / "artifacts"
     demo = {"n_samples": 40, "n_heldout": 20, "n_pretrain": 400, "pretrain_steps": 40}
@@ -222,7 +222,7 @@ def test_clip_baseline_trains_the_demo_clip_as_a_stage_and_scores_clip_score(tmp
     assert clip["upstream"] == [world] and clip["manifest"]["steps"] == 20  # the MLLM vision stage's budget
     [score] = [store.record("score", r["key"]) for r in store.list() if r["stage"] == "score"]
     assert score["config"]["clip_model"] == clip["manifest"]["model"] and clip["key"] in score["upstream"]
-    assert set(s["scorer_auroc"]) == {*DEFAULT_SCORERS, "clip_score"}
+    assert set(s["scorer_auroc"]) == {*default_scorers(), "clip_score"}
     from saev_core.query import connect
 
     [(n,)] = connect(root / "tables").execute("SELECT count(*) FROM scores WHERE scorer = 'clip_score' AND score BETWEEN -1 AND 1").fetchall()

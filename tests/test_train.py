@@ -18,7 +18,7 @@ from saev_core.activations import ActivationDump, ShuffledBatches, is_heldout, i
 from saev_core.checkpoint import load_sae
 from saev_core.data import DatasetSpec
 from saev_core.dump import DumpConfig, activation_schema, run_dump
-from saev_core.evaluate import ce_loss_recovered, evaluate_run, firing_histogram, kl_per_position, kl_score
+from saev_core.sae_eval import ce_loss_recovered, evaluate_run, firing_histogram, kl_per_position, kl_score
 from saev_core.io import write_json
 from saev_core.train import TrainConfig, TrainingDiverged, lr_at, sweep_configs, train_sae, train_saes
 
