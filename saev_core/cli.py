@@ -1,18 +1,24 @@
-"""``saev`` command line. Each command reads an optional YAML/JSON config file, applies flag
-overrides (named flags, then ``--set key.sub=value``), validates, and calls the same
-saev_core function the Prefect tasks call."""
+"""``saev`` command line: the front door. Each command reads an optional YAML/JSON config file,
+applies its flags and then ``--set key.sub=value`` (``saev_core.config_io``), fills in what the
+defaults policy supplies (``saev_core.locate``), validates, calls the saev_core function the
+Prefect tasks call, and prints.
+
+The flags are declared here rather than generated from the config classes: typer builds every
+command's options at each start, and importing the config classes pulls in torch (3-8 s), where
+`saev query` now starts in half a second; ``--set`` reaches every field."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
-import yaml
 from pydantic import BaseModel, ValidationError
 
-from saev_core.locate import DEMO_DIR, labels_of_tables, sae_points, score_inputs, store_of_tables, train_inputs
+from saev_core import config_io
+from saev_core.config_io import apply_set, describe_errors, load_config_file, merge, parse_pairs, parse_sweep
+from saev_core.locate import DEMO_DIR, dump_inputs, labels_of_tables, sae_points, score_inputs, store_of_tables, train_inputs
 from saev_core.tables import DEFAULT_TABLES
 
 app = typer.Typer(help="SAE-V: sparse autoencoders on multimodal LLMs, cross-modal data scoring and filtering.", no_args_is_help=True, pretty_exceptions_enable=False)
@@ -21,54 +27,7 @@ app.add_typer(demo_app, name="demo")
 
 SET_HELP = "Override any config field, e.g. --set dataset.limit=100 (repeatable)."
 CONFIG_HELP = "YAML or JSON config file; flags override its values."
-
-
-def load_config_file(path: Path | None) -> dict:
-    if path is None:
-        return {}
-    if not path.exists():
-        raise typer.BadParameter(f"config file {path} does not exist", param_hint="--config")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise typer.BadParameter(f"config file {path} must hold a mapping, got {type(data).__name__}", param_hint="--config")
-    return data
-
-
-def apply_set(cfg: dict, assignments: list[str]) -> dict:
-    """Apply ``a.b=value`` overrides; values are parsed as YAML (numbers, booleans, lists)."""
-    for item in assignments:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"expected key=value, got {item!r}", param_hint="--set")
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise typer.BadParameter(f"{key}: {p} is not a mapping", param_hint="--set")
-        node[leaf] = yaml.safe_load(raw)
-    return cfg
-
-
-def merge(cfg: dict, overrides: dict[str, Any]) -> dict:
-    """Set dotted keys whose flag was given (value not None)."""
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return cfg
-
-
-def validate(model: type[BaseModel], data: dict) -> BaseModel:
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        lines = [f"  {'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
-        fail("invalid config:\n" + "\n".join(lines))
+ERRORS = (ValueError, FileNotFoundError, RuntimeError, MemoryError, OSError)
 
 
 def fail(message: str, code: int = 2):
@@ -76,25 +35,23 @@ def fail(message: str, code: int = 2):
     raise typer.Exit(code)
 
 
-def parse_sweep(items: list[str]) -> dict[str, list]:
-    """``k=16,32`` -> {"k": [16, 32]}; values parsed as YAML, as for --set."""
-    axes = {}
-    for item in items:
-        field, sep, raw = item.partition("=")
-        if not sep or not field or not raw:
-            raise typer.BadParameter(f"expected FIELD=V1,V2,..., got {item!r}", param_hint="--sweep")
-        axes[field] = [yaml.safe_load(v) for v in raw.split(",")]
-    return axes
+def validate(model: type[BaseModel], data: dict) -> BaseModel:
+    try:
+        return config_io.validate(model, data)
+    except ValueError as e:
+        fail(str(e))
 
 
-def parse_columns(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        field, sep, col = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"expected field=column, got {item!r}", param_hint="--column")
-        out[field] = col
-    return out
+def config_file(path: Path | None, assignments: list[str] = (), overrides: dict | None = None) -> dict:
+    """The config file, then the flags given, then --set; a bad file or assignment fails in one line."""
+    try:
+        return apply_set(merge(load_config_file(path), overrides or {}), list(assignments))
+    except ValueError as e:
+        fail(str(e))
+
+
+def _echo_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
 
 
 @demo_app.command("build")
@@ -111,11 +68,10 @@ def demo_build(
     """Build the demo world: datasets in three public formats, held-out split, tiny pretrained LLaVA."""
     from saev_core.demo.build import DemoConfig, build_world
 
-    data = merge(load_config_file(config), {"seed": seed, "n_samples": n_samples, "pretrain_steps": pretrain_steps,
-                                            "low_quality_fraction": low_quality_fraction})
-    cfg = validate(DemoConfig, apply_set(data, set_))
+    cfg = validate(DemoConfig, config_file(config, set_, {"seed": seed, "n_samples": n_samples, "pretrain_steps": pretrain_steps,
+                                                        "low_quality_fraction": low_quality_fraction}))
     record = build_world(cfg, out, force=force, log=lambda m: typer.echo(m, err=True))
-    typer.echo(json.dumps({"world": str(out), **record["pretrain"]}, indent=2))
+    _echo_json({"world": str(out), **record["pretrain"]})
 
 
 @app.command("dump")
@@ -142,31 +98,24 @@ def dump(
     """Dump residual-stream activations of image and text tokens to Parquet shards."""
     from saev_core.dump import DumpConfig, run_dump
 
-    data = load_config_file(config)
-    data.setdefault("model", f"{DEMO_DIR}/model")
-    data.setdefault("dataset", {"path": f"{DEMO_DIR}/datasets/demo-rlaif/train.parquet"})
-    data.setdefault("layer", 0)
+    data = config_file(config)
     if dataset is not None:
         data["dataset"] = {"path": dataset}
-    if column:
-        data["dataset"] = {**data["dataset"], "columns": {**data["dataset"].get("columns", {}), **parse_columns(column)}}
-    merge(data, {"model": model, "dataset.format": format, "dataset.split": split, "dataset.limit": limit, "layer": layer,
-                 "out": out, "include_response": include_response, "batch_size": batch_size,
-                 "samples_per_shard": samples_per_shard, "device": device, "dtype": dtype, "act_dtype": act_dtype,
-                 "chat_template": chat_template})
-    apply_set(data, set_)
-    if "out" not in data:
-        from saev_core.data import DatasetSpec
-
-        name = DatasetSpec.model_validate(data["dataset"]).display_name if isinstance(data["dataset"], dict) else "dataset"
-        data["out"] = f"data/runs/dump-{name}-L{data['layer']}"
-    cfg = validate(DumpConfig, data)
+    try:
+        columns = {f"dataset.columns.{k}": v for k, v in parse_pairs(column, "--column", "field=column").items()}
+        data = apply_set(merge(data, {"dataset.format": format, "dataset.split": split, "dataset.limit": limit, **columns,
+                                    "model": model, "layer": layer, "out": out, "include_response": include_response, "batch_size": batch_size,
+                                    "samples_per_shard": samples_per_shard, "device": device, "dtype": dtype, "act_dtype": act_dtype,
+                                    "chat_template": chat_template}), set_)
+    except ValueError as e:
+        fail(str(e))
+    cfg = validate(DumpConfig, dump_inputs(data))
     try:
         manifest = run_dump(cfg, overwrite=overwrite)
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+    except ERRORS as e:
         fail(str(e))
-    typer.echo(json.dumps({"out": cfg.out, "n_samples": manifest["n_samples"], "n_rejected": manifest["n_rejected"],
-                           "rows": manifest["rows"], "manifest": str(Path(cfg.out) / "manifest.json")}, indent=2))
+    _echo_json({"out": cfg.out, "n_samples": manifest["n_samples"], "n_rejected": manifest["n_rejected"],
+                "rows": manifest["rows"], "manifest": str(Path(cfg.out) / "manifest.json")})
 
 
 @app.command("train")
@@ -194,32 +143,27 @@ def train(
     from saev_core.distributed import is_main_process
     from saev_core.train import TrainConfig, headline, sweep_configs, train_sae, train_saes
 
-    data = merge(load_config_file(config), {
+    cfg = validate(TrainConfig, train_inputs(config_file(config, set_, {
         "activations": activations, "out": out, "architecture": architecture, "expansion_factor": expansion_factor,
         "k": k, "modalities": modalities, "batch_size": batch_size, "total_tokens": total_tokens, "optimizer": optimizer, "lr": lr,
-        "l1_coefficient": l1_coefficient, "device": device, "seed": seed})
-    apply_set(data, set_)
-    cfg = validate(TrainConfig, train_inputs(data))
-    if sweep:
-        try:
+        "l1_coefficient": l1_coefficient, "device": device, "seed": seed})))
+    try:
+        if sweep:
             cfgs = sweep_configs(cfg.model_dump(), parse_sweep(sweep))
             manifests = train_saes(cfgs, overwrite=overwrite)
-        except ValidationError as e:
-            fail("invalid sweep value: " + "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()))
-        except (ValueError, FileNotFoundError, RuntimeError, MemoryError, OSError) as e:
-            fail(str(e))
-        if not is_main_process():
-            return
-        typer.echo(json.dumps([{"out": c.out, **headline(m)} for c, m in zip(cfgs, manifests)], indent=2))
-        return
-    try:
-        manifest = train_sae(cfg, overwrite=overwrite)
-    except (ValueError, FileNotFoundError, RuntimeError, MemoryError, OSError) as e:
+        else:
+            manifest = train_sae(cfg, overwrite=overwrite)
+    except ValidationError as e:
+        fail("invalid sweep value: " + "; ".join(describe_errors(e)))
+    except ERRORS as e:
         fail(str(e))
     if not is_main_process():  # under torchrun / accelerate launch, process 0 reports
         return
-    typer.echo(json.dumps({"out": cfg.out, "sae": str(Path(cfg.out) / "sae"), "steps": manifest["steps"],
-                           "tokens_per_s": round(manifest["tokens_per_s"]), **headline(manifest)}, indent=2))
+    if sweep:
+        _echo_json([{"out": c.out, **headline(m)} for c, m in zip(cfgs, manifests)])
+    else:
+        _echo_json({"out": cfg.out, "sae": str(Path(cfg.out) / "sae"), "steps": manifest["steps"],
+                    "tokens_per_s": round(manifest["tokens_per_s"]), **headline(manifest)})
 
 
 @app.command("eval-sae")
@@ -236,7 +180,7 @@ def eval_sae(
 
     try:
         report = evaluate_run(run, activations=activations, n_samples=n_samples, device=device, out=out, chat_template=chat_template)
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+    except ERRORS as e:
         fail(str(e))
     typer.echo(report["markdown"])
 
@@ -257,9 +201,9 @@ def export_sae(
 
     try:
         res = export_saes(runs, out, repo_id=repo_id, release=release)
-    except (ValueError, FileNotFoundError, OSError) as e:
+    except ERRORS as e:
         fail(str(e))
-    typer.echo(json.dumps(res, indent=2))
+    _echo_json(res)
 
 
 @app.command("score")
@@ -286,19 +230,17 @@ def score(
     """
     from saev_core.score_dataset import ScoreConfig, run_scoring
 
-    data = merge(load_config_file(config), {
-        "activations": activations, "sae": sae, "tables": tables, "dataset_name": dataset_name, "scorers": scorer or None,
-        "tau": tau, "agreement_tau": agreement_tau, "agreement_refits": agreement_refits, "reference_samples": reference_samples, "clip_model": clip_model, "device": device, "seed": seed})
-    apply_set(data, set_)
-    cfg = validate(ScoreConfig, score_inputs(data))
+    cfg = validate(ScoreConfig, score_inputs(config_file(config, set_, {
+        "activations": activations, "sae": sae, "tables": tables, "dataset_name": dataset_name, "scorers": scorer or None, "tau": tau,
+        "agreement_tau": agreement_tau, "agreement_refits": agreement_refits, "reference_samples": reference_samples,
+        "clip_model": clip_model, "device": device, "seed": seed})))
     try:
         m = run_scoring(cfg, overwrite=overwrite)
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+    except ERRORS as e:
         fail(str(e))
-    typer.echo(json.dumps({"dataset": m["dataset"], "sae_id": m["sae_id"], "n_samples": m["n_samples"],
-                           "n_cross_modal_latents": m["n_cross_modal"], "feature_kinds": m["feature_kinds"],
-                           "tables": m["tables"], "query": f"saev query --tables {m['tables']} \"SELECT * FROM scores LIMIT 10\""},
-                          indent=2))
+    _echo_json({"dataset": m["dataset"], "sae_id": m["sae_id"], "n_samples": m["n_samples"],
+                "n_cross_modal_latents": m["n_cross_modal"], "feature_kinds": m["feature_kinds"],
+                "tables": m["tables"], "query": f"saev query --tables {m['tables']} \"SELECT * FROM scores LIMIT 10\""})
 
 
 @app.command("filter")
@@ -322,10 +264,10 @@ def filter_(
                                   "sae_id": sae_id, "top_fraction": top_fraction, "top_k": top_k, "per_dataset": per_dataset})
     try:
         m = run_filter(cfg)
-    except (ValueError, FileNotFoundError, OSError) as e:
+    except ERRORS as e:
         fail(str(e))
-    typer.echo(json.dumps({"out": out, "kept": m["n_kept"], "kept_per_dataset": m["kept_per_dataset"], "splits": m["splits"],
-                           "load": f"datasets.load_dataset('parquet', data_files='{out}/sft/train.parquet', split='train')"}, indent=2))
+    _echo_json({"out": cfg.out, "kept": m["n_kept"], "kept_per_dataset": m["kept_per_dataset"], "splits": m["splits"],
+                "load": f"datasets.load_dataset('parquet', data_files='{cfg.out}/sft/train.parquet', split='train')"})
 
 
 @app.command("eval-scores")
@@ -343,7 +285,7 @@ def eval_scores(
     try:
         con = open_views(tables)
         typer.echo(render_quality(scorer_quality(con, labels, dataset, the_sae(con, tables, sae_id, dataset=dataset))))
-    except (ValueError, FileNotFoundError, OSError) as e:
+    except ERRORS as e:
         fail(str(e))
 
 
@@ -375,76 +317,36 @@ def query(
       saev query "SELECT * FROM feature_stats ORDER BY cross_modal_weight DESC" \\
         --out cross_modal.parquet
     """
-    import csv
-    import sys
-
     import duckdb
     import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
 
-    from saev_core.io import atomic_path
-    from saev_core.query import QueryRefused, connect, render_table, run_query
-    from saev_core.remote import Mirror, is_url
+    from saev_core.query import QueryRefused, connect, format_rows, local_tables, read_head, run_query, write_result
 
     if format not in ("table", "csv", "json"):
         raise typer.BadParameter(f"expected table, csv or json, got {format!r}", param_hint="--format")
-    suffix = out.suffix.lower() if out is not None else None
-    if out is not None and suffix not in (".csv", ".parquet"):
+    if out is not None and out.suffix.lower() not in (".csv", ".parquet"):
         fail(f"--out {out}: the file name must end in .csv or .parquet")
-    params: dict[str, str] = {}
-    for item in param:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise typer.BadParameter(f"expected name=value, got {item!r}", param_hint="--param")
-        params[name] = value
-    if is_url(tables):  # DuckDB reads a local mirror: only new or changed files are downloaded
-        mirror = Mirror(tables)
-        mirror.pull("")
-        tables = str(mirror.local)
     con = None
     try:
-        con = connect(tables)
+        params = parse_pairs(param, "--param")
+        con = connect(local_tables(tables))
         reader = run_query(con, sql, params)
         if out is not None:
-            n = 0
-            with atomic_path(out) as tmp:
-                writer = (pq.ParquetWriter(tmp, reader.schema, compression="zstd") if suffix == ".parquet"
-                          else pacsv.CSVWriter(tmp, reader.schema))
-                with writer:
-                    for batch in reader:
-                        writer.write_batch(batch)
-                        n += batch.num_rows
-            typer.echo(f"wrote {n} rows to {out}")
+            typer.echo(f"wrote {write_result(reader, out)} rows to {out}")
             return
-        head: list[pa.RecordBatch] = []
-        n = 0
-        for batch in reader:
-            if limit == 0 or n < limit:
-                head.append(batch if limit == 0 else batch.slice(0, limit - n))
-            n += batch.num_rows
-    except (QueryRefused, FileNotFoundError) as e:
+        shown, n = read_head(reader, limit)
+    except (QueryRefused, FileNotFoundError, ValueError) as e:
         fail(str(e))
     except (duckdb.Error, pa.ArrowException, OSError) as e:
         fail(str(e).strip().splitlines()[0])
     finally:
         if con is not None:
             con.close()
-    shown = pa.Table.from_batches(head, reader.schema)
     hidden = n - shown.num_rows
     note = f"({n} row{'' if n == 1 else 's'}" + (f", {hidden} not shown: raise --limit or use --out" if hidden else "") + ")"
-    if format == "table":
-        typer.echo(render_table(shown))
-        typer.echo(note)
-        return
-    if format == "csv":
-        w = csv.writer(sys.stdout, lineterminator="\n")
-        w.writerow(shown.column_names)
-        w.writerows([list(r.values()) for r in shown.to_pylist()])
-    else:
-        typer.echo(json.dumps(shown.to_pylist(), default=str))
-    if hidden:
-        typer.echo(note, err=True)
+    typer.echo(format_rows(shown, format))
+    if format == "table" or hidden:
+        typer.echo(note, err=format != "table")
 
 
 @app.command("align")
@@ -463,16 +365,14 @@ def align(
     from saev_core.align import AlignConfig, run_alignment
     from saev_core.distributed import is_main_process
 
-    cfg = validate(AlignConfig, apply_set(merge({"data": data, "out": out, "model": model, "method": method},
-                                                {"chat_template": chat_template}), set_))
+    cfg = validate(AlignConfig, config_file(None, set_, {"data": data, "out": out, "model": model, "method": method, "chat_template": chat_template}))
     try:
         m = run_alignment(cfg)
-    except (ValueError, FileNotFoundError, OSError) as e:
+    except ERRORS as e:
         fail(str(e))
     if not is_main_process():  # under accelerate launch, process 0 reports
         return
-    typer.echo(json.dumps({k: m[k] for k in ("method", "n_train_rows", "steps", "first_loss", "last_loss", "seconds")}
-                          | {"model": str(Path(out) / "model")}, indent=2))
+    _echo_json({k: m[k] for k in ("method", "n_train_rows", "steps", "first_loss", "last_loss", "seconds")} | {"model": str(Path(cfg.out) / "model")})
 
 
 @app.command("evaluate")
@@ -492,9 +392,9 @@ def evaluate(
     try:
         report = evaluate_model(model, DatasetSpec(path=heldout), n_samples, reference=reference, beta=beta, device=device,
                                 chat_template=chat_template)
-    except (ValueError, FileNotFoundError, OSError) as e:
+    except ERRORS as e:
         fail(str(e))
-    typer.echo(json.dumps(report, indent=2))
+    _echo_json(report)
 
 
 @app.command("experiment")
@@ -513,11 +413,10 @@ def experiment(
     from saev_core.experiment import ExperimentConfig, run_experiment
     from saev_core.locate import experiment_inputs
 
-    data = merge(load_config_file(config), {"out": out, "method": method})
-    cfg = validate(ExperimentConfig, apply_set(data, set_))
+    cfg = validate(ExperimentConfig, config_file(config, set_, {"out": out, "method": method}))
     try:
         summary = run_experiment(experiment_inputs(cfg), overwrite=overwrite)
-    except (ValueError, FileNotFoundError, OSError) as e:
+    except ERRORS as e:
         fail(str(e))
     typer.echo(summary["markdown"])
     typer.echo(f"\nplot: {summary['plot']}\nresults: {summary['results']}")
@@ -587,6 +486,6 @@ def report(
         store = store_of_tables(tables)
         res = write_report(tables, out, dataset, sae_id, latents, top_samples, samples, labels,
                            sae_points(store) if store else None, experiment)
-    except (ValueError, FileNotFoundError, OSError) as e:
+    except ERRORS as e:
         fail(str(e))
-    typer.echo(json.dumps(res, indent=2))
+    _echo_json(res)

@@ -46,6 +46,22 @@ def labels_of_tables(tables: str | Path) -> str:
     return str(world / "labels.parquet") if world else f"{DEMO_DIR}/labels.parquet"
 
 
+def dump_inputs(data: dict) -> dict:
+    """A `saev dump` config with the demo world's model, RLAIF-V set and block 0 where not given,
+    and an output directory named by dataset and layer."""
+    from saev_core.data import DatasetSpec
+
+    data = dict(data)
+    data.setdefault("model", f"{DEMO_DIR}/model")
+    if isinstance(data.get("dataset", {}), dict):  # flags may have set dataset.limit etc. without a path
+        data["dataset"] = {"path": f"{DEMO_DIR}/datasets/demo-rlaif/train.parquet", **data.get("dataset", {})}
+    data.setdefault("layer", 0)
+    if "out" not in data:
+        name = DatasetSpec.model_validate(data["dataset"]).display_name if isinstance(data["dataset"], dict) else "dataset"
+        data["out"] = f"data/runs/dump-{name}-L{data['layer']}"
+    return data
+
+
 def train_inputs(data: dict) -> dict:
     """A `saev train` config with its dump (the pipeline's newest, else `saev dump`'s default) and
     output directory (named by architecture and modalities) filled in where not given."""

@@ -328,3 +328,60 @@ def render_table(table: pa.Table, max_width: int = 60) -> str:
     for row in zip(*cols):
         lines.append("  ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(row, widths, numeric)))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def local_tables(tables: str) -> str:
+    """A tables root to read: itself, or for an fsspec URL its local mirror (only new or changed files are downloaded)."""
+    from saev_core.remote import Mirror, is_url
+
+    if not is_url(tables):
+        return tables
+    mirror = Mirror(tables)
+    mirror.pull("")
+    return str(mirror.local)
+
+
+def write_result(reader: pa.RecordBatchReader, out: str | Path) -> int:
+    """Stream a result into a .csv or .parquet file (atomically); returns the row count."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from saev_core.io import atomic_path
+
+    suffix = Path(out).suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise ValueError(f"--out {out}: the file name must end in .csv or .parquet")
+    n = 0
+    with atomic_path(Path(out)) as tmp:
+        writer = pq.ParquetWriter(tmp, reader.schema, compression="zstd") if suffix == ".parquet" else pacsv.CSVWriter(tmp, reader.schema)
+        with writer:
+            for batch in reader:
+                writer.write_batch(batch)
+                n += batch.num_rows
+    return n
+
+
+def read_head(reader: pa.RecordBatchReader, limit: int) -> tuple[pa.Table, int]:
+    """The first ``limit`` rows (0: all) and the result's full row count, reading the rest without keeping it."""
+    head, n = [], 0
+    for batch in reader:
+        if limit == 0 or n < limit:
+            head.append(batch if limit == 0 else batch.slice(0, limit - n))
+        n += batch.num_rows
+    return pa.Table.from_batches(head, reader.schema), n
+
+
+def format_rows(table: pa.Table, fmt: str) -> str:
+    """A result as an aligned ``table``, ``csv`` or ``json``."""
+    if fmt == "table":
+        return render_table(table)
+    if fmt == "json":
+        return json.dumps(table.to_pylist(), default=str)
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(table.column_names)
+    w.writerows([list(r.values()) for r in table.to_pylist()])
+    return buf.getvalue().rstrip("\n")
