@@ -32,10 +32,16 @@ def _model(tokenizer, spec: TinyLlavaSpec, seed: int):
     torch.manual_seed(seed)
     width = spec.vision_hidden
     tower = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=spec.vision_layers, num_attention_heads=spec.heads)
-    return SiglipModel(SiglipConfig(
+    model = SiglipModel(SiglipConfig(
         text_config={**tower, "vocab_size": len(tokenizer), "max_position_embeddings": MAX_TEXT, "pad_token_id": tokenizer.pad_token_id,
                      "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id},
         vision_config={**tower, "image_size": spec.image_size, "patch_size": spec.patch_size}))
+    # SigLIP's own init (Zhai et al. 2023, sec. 3.3): t' = log 10, b = -10. transformers starts both at 0,
+    # where each row's 63 negatives cost 63 log 2 and the first steps only learn the bias.
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(10.0))
+        model.logit_bias.fill_(-10.0)
+    return model
 
 
 def _batch(tokenizer, image_processor, rows: list[dict]) -> dict:
