@@ -30,8 +30,8 @@ from saev_core.activations import ActivationDump
 from saev_core.inputs import NoChatTemplate, chat_template
 from saev_core.model_eval import evaluate_model
 from saev_core.modeling import load_model
-from saev_core.score_dataset import ScoreConfig
-from saev_core.scoring import default_scorers, run_scoring
+from saev_core.score_dataset import ScoreConfig, run_scoring
+from saev_core.scoring import default_scorers
 from saev_core.train import TrainConfig, train_sae
 
 N_ROWS = 20  # more than one default batch (16), so batching and padding are exercised
@@ -237,7 +237,7 @@ def test_a_mapping_every_first_row_fails_stops_before_any_work(world_dir, world,
 
 def test_the_families_that_need_torchvision_in_a_process_that_has_it():
     """The `vision` extra stays off this process's path (it would switch the demo's image processor
-    to torchvision's backend, README "Dependencies"); ``make test`` installs it in SAEV_VISION_PATH,
+    to torchvision's backend, docs/models-and-data.md, "Dependencies"); ``make test`` installs it in SAEV_VISION_PATH,
     and the families that need it run the whole matrix above in a subprocess that has it."""
     import subprocess
     import sys
