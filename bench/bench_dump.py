@@ -30,11 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset  # noqa: E402
+from saev_core.data import DatasetSpec, Sample, batched, iter_samples, open_dataset  # noqa: E402
 from saev_core.demo.build import DemoConfig, _pref_columns, _write_dataset, build_world  # noqa: E402
 from saev_core.demo.model import TinyLlavaSpec, build_model, build_processor  # noqa: E402
 from saev_core.demo.scenes import make_rows  # noqa: E402
-from saev_core.dump import DumpConfig, _batches, encode_samples, run_dump  # noqa: E402
+from saev_core.dump import DumpConfig, encode_samples, run_dump  # noqa: E402
 from saev_core.modeling import StopForward, capture_residual, load_model  # noqa: E402
 
 
@@ -121,7 +121,7 @@ def main() -> None:
     bundle = load_model(model_dir, device="cpu")
 
     samples = [s for s in iter_samples(open_dataset(spec), spec) if isinstance(s, Sample)]
-    chunks = list(_batches(samples, args.batch_size))
+    chunks = list(batched(samples, args.batch_size))
     batches = [encode_samples(bundle, chunk, False) for chunk in chunks]
     # Variants run interleaved (A B C D E, A B C D E, ...) so drifting machine load hits all alike.
     def dump_once(stop: bool) -> tuple[float, int]:
