@@ -213,7 +213,7 @@ def score(
     sae: Optional[str] = typer.Option(None, help="`saev train` run or SAELens checkpoint directory (default: the newest SAE `make run` trained in data/artifacts; else data/runs/sae-relu-image-text)."),
     tables: Optional[str] = typer.Option(None, help="Feature tables root (default: data/artifacts/tables, where `make run` puts them)."),
     dataset_name: Optional[str] = typer.Option(None, help="Partition name (default: the dump's dataset name)."),
-    scorer: list[str] = typer.Option([], "--scorer", help="Scorer to compute (repeatable; default: all of random, l0, cooccurrence, saev, saev_balanced, coverage, agreement, model_cosine)."),
+    scorer: list[str] = typer.Option([], "--scorer", help="Scorer to compute (repeatable; default: every registered scorer but clip_score, which --clip-model adds; the list: docs/stages.md)."),
     tau: Optional[float] = typer.Option(None, help="Co-occurrence threshold: a latent counts where its activation > tau (default: 0)."),
     agreement_tau: Optional[float] = typer.Option(None, "--agreement-tau", help="The agreement scorer's firing threshold (default: 0.5, chosen on the demo's validation world; choose it on a validation split for another SAE)."),
     agreement_refits: Optional[int] = typer.Option(None, "--agreement-refits", help="Rounds of recounting the agreement scorer's co-firing on its own top half (default: 2, chosen on the demo's validation world; 0 counts once over every sample)."),
