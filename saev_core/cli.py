@@ -324,8 +324,6 @@ def query(
 
     if format not in ("table", "csv", "json"):
         raise typer.BadParameter(f"expected table, csv or json, got {format!r}", param_hint="--format")
-    if out is not None and out.suffix.lower() not in (".csv", ".parquet"):
-        fail(f"--out {out}: the file name must end in .csv or .parquet")
     con = None
     try:
         params = parse_pairs(param, "--param")

@@ -49,14 +49,15 @@ document.getElementById('pager').textContent=`${keep.length} latents, page ${pag
 function setKind(k){kind=k;page=0;show();}function step(d){page=Math.max(0,page+d);show();}show();"""
 
 
-def _uri(png: bytes) -> str:
+def png_data_uri(png: bytes) -> str:
+    """PNG bytes as an inline data URI (the report and the Prefect artifact show images with no file access)."""
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
 def _png(img: Image.Image) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    return _uri(buf.getvalue())
+    return png_data_uri(buf.getvalue())
 
 
 def _figure_png(fig) -> bytes:
@@ -357,7 +358,7 @@ def write_report(tables: str | Path, out: str | Path, dataset: str, sae_id: str,
         (tmp / "plots").mkdir()
         for name, png in plots.values():
             (tmp / "plots" / name).write_bytes(png)
-        figures = "".join(f"<h2>{title}</h2><img class='plot' alt='{title}' src='{_uri(png)}'>" for title, (_, png) in plots.items())
+        figures = "".join(f"<h2>{title}</h2><img class='plot' alt='{title}' src='{png_data_uri(png)}'>" for title, (_, png) in plots.items())
         body = (f"<p>dataset <b>{html.escape(dataset)}</b>, SAE <b>{sae_id}</b>; {len(stats)} active latents, "
                 f"{len(pages)} with pages; samples ranked by the saev score.</p>{figures}"
                 f"<h2>Top samples by saev score</h2><ol>{top}</ol><h2>Latents</h2>"

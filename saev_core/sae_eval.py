@@ -12,6 +12,7 @@ statistics, and next-token cross-entropy with the SAE spliced into the model.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -224,17 +225,12 @@ def cross_entropy(bundle: ModelBundle, sae, layer: int, samples: list[Sample], w
 
 def heldout_samples(dump: ActivationDump, n: int) -> list[Sample]:
     """Up to ``n`` held-out samples of the dump's dataset, rebuilt from the dataset itself."""
-    from saev_core.data import DatasetSpec, iter_samples, open_dataset
+    from saev_core.data import DatasetSpec, iter_samples, open_dataset, samples_by_id
 
     spec = DatasetSpec.model_validate(dump.manifest["dataset"])
-    wanted = dump.heldout
-    out: list[Sample] = []
-    for s in iter_samples(open_dataset(spec), spec):
-        if isinstance(s, Sample) and (not wanted or s.sample_id in wanted):
-            out.append(s)
-            if len(out) >= n:
-                break
-    return out
+    rows = samples_by_id(spec, dump.heldout) if dump.heldout else \
+        (s for s in iter_samples(open_dataset(spec), spec) if isinstance(s, Sample))
+    return list(itertools.islice(rows, n))
 
 
 def render_markdown(report: dict) -> str:

@@ -33,7 +33,9 @@ def run_stage(root: str, stage: str, config: dict, upstream: list[str], fn: Call
               valid: Callable[[dict], bool] | None = None) -> dict:
     """What every stage task does: run ``fn(out_dir)`` in the store (or find it finished), publish
     its artifact, and return the record."""
-    return run_stages(root, stage, [config], upstream, lambda todo: [fn(todo[0][1])], summary, valid)[0]
+    rec = ArtifactStore.at(root).run(stage, config, upstream, fn, summary=summary, valid=valid)
+    publish(rec, root)
+    return rec
 
 
 def run_stages(root: str, stage: str, configs: list[dict], upstream: list[str], fn: Callable, summary: Callable[[dict], dict] | None = None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 from prefect import task
@@ -103,7 +102,7 @@ def scorer_quality_task(root: str, labels: str, dataset: str, sae_id: str) -> li
 def report_task(root: str, config: dict, upstream: list[str]) -> dict:
     """The HTML feature browser as a pipeline stage (linked from its Prefect artifact)."""
     from saev_core.locate import sae_points
-    from saev_core.report import write_report
+    from saev_core.report import png_data_uri, write_report
 
     store = ArtifactStore.at(root)
     args = {k: v for k, v in config.items() if k != "frontier_of"}
@@ -112,8 +111,7 @@ def report_task(root: str, config: dict, upstream: list[str]) -> dict:
                     summary=lambda m: {"index": m["index"], "latent_pages": m["latent_pages"], "sample_pages": m["sample_pages"]})
     # the plots as a Markdown artifact, inline PNGs: the UI cannot reach local files
     plots = {title: Path(path) for title, path in rec["manifest"].get("plots", {}).items()}
-    md = "".join(f"#### {title}\n\n![{title}](data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()})\n\n"
-                 for title, p in plots.items() if p.is_file())
+    md = "".join(f"#### {title}\n\n![{title}]({png_data_uri(p.read_bytes())})\n\n" for title, p in plots.items() if p.is_file())
     if md:
         create_markdown_artifact(markdown=md, key="saev-report-plots", description=f"saev report plots {rec['key']}")
     return rec
