@@ -22,20 +22,21 @@ from typing import TYPE_CHECKING
 __version__ = "0.2.0"
 
 _API = {
-    "DemoConfig": "saev_core.demo.build", "build_world": "saev_core.demo.build",
-    "DatasetSpec": "saev_core.data",
-    "DumpConfig": "saev_core.dump", "run_dump": "saev_core.dump",
+    **dict.fromkeys(["DatasetSpec", "DemoConfig", "DumpConfig", "SAEConfig", "TrainConfig", "ScoreConfig", "FilterConfig",
+                     "AlignConfig", "ExperimentConfig"], "saev_core.configs"),
+    "build_world": "saev_core.demo.build",
+    "run_dump": "saev_core.dump",
     "ActivationDump": "saev_core.activations",
-    "TrainConfig": "saev_core.train", "train_sae": "saev_core.train", "train_saes": "saev_core.train",
-    "SAE": "saev_core.sae", "SAEConfig": "saev_core.sae",
+    "train_sae": "saev_core.train", "train_saes": "saev_core.train",
+    "SAE": "saev_core.sae",
     "load_sae": "saev_core.checkpoint", "save_sae": "saev_core.checkpoint",
     "evaluate_run": "saev_core.sae_eval",
-    "ScoreConfig": "saev_core.score_dataset", "run_scoring": "saev_core.score_dataset",
+    "run_scoring": "saev_core.score_dataset",
     "connect": "saev_core.query", "run_query": "saev_core.query",
-    "FilterConfig": "saev_core.filter", "run_filter": "saev_core.filter",
-    "AlignConfig": "saev_core.align", "run_alignment": "saev_core.align",
+    "run_filter": "saev_core.filter",
+    "run_alignment": "saev_core.align",
     "evaluate_model": "saev_core.model_eval",
-    "ExperimentConfig": "saev_core.experiment", "run_experiment": "saev_core.experiment",
+    "run_experiment": "saev_core.experiment",
 }
 __all__ = [
     "__version__", "DemoConfig", "build_world", "DatasetSpec", "DumpConfig", "run_dump", "ActivationDump",
@@ -46,19 +47,20 @@ __all__ = [
 
 if TYPE_CHECKING:
     from saev_core.activations import ActivationDump
-    from saev_core.align import AlignConfig, run_alignment
+    from saev_core.align import run_alignment
     from saev_core.checkpoint import load_sae, save_sae
-    from saev_core.data import DatasetSpec
-    from saev_core.demo.build import DemoConfig, build_world
-    from saev_core.dump import DumpConfig, run_dump
-    from saev_core.experiment import ExperimentConfig, run_experiment
-    from saev_core.filter import FilterConfig, run_filter
+    from saev_core.configs import (AlignConfig, DatasetSpec, DemoConfig, DumpConfig, ExperimentConfig, FilterConfig, SAEConfig,
+                                   ScoreConfig, TrainConfig)
+    from saev_core.demo.build import build_world
+    from saev_core.dump import run_dump
+    from saev_core.experiment import run_experiment
+    from saev_core.filter import run_filter
     from saev_core.model_eval import evaluate_model
     from saev_core.query import connect, run_query
-    from saev_core.sae import SAE, SAEConfig
+    from saev_core.sae import SAE
     from saev_core.sae_eval import evaluate_run
-    from saev_core.score_dataset import ScoreConfig, run_scoring
-    from saev_core.train import TrainConfig, train_sae, train_saes
+    from saev_core.score_dataset import run_scoring
+    from saev_core.train import train_sae, train_saes
 
 
 def __getattr__(name: str):

@@ -15,45 +15,18 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Literal
 
 import pyarrow.parquet as pq
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from saev_core import __version__
+from saev_core.configs import AlignConfig
 from saev_core.filter import load_filtered
 from saev_core.inputs import encode, read_chat_template, render, use_chat_template
 from saev_core.io import atomic_dir, read_json, write_json
 from saev_core.torchvision_compat import ensure_torchvision
 
 ensure_torchvision()  # before transformers imports it for a fast image or video processor
-
-
-class AlignConfig(BaseModel):
-    """One alignment run. Defaults suit the demo world on CPU; real models override lr and steps."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(description="base model: hub id or local path (AutoModelForImageTextToText)")
-    data: str = Field(description="filter artifact directory from `saev filter`")
-    out: str = Field(description="where the aligned model and its manifest go")
-    method: Literal["sft", "dpo"] = "sft"
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(-1, description="overrides epochs when > 0")
-    batch_size: int = Field(16, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    beta: float = Field(0.1, gt=0, description="DPO temperature")
-    seed: int = 0
-    bf16: bool | None = Field(None, description="default: on where CUDA supports it")
-    lora: bool = Field(False, description="train LoRA adapters (peft) instead of all weights; merged into the saved model")
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
-    lora_target_modules: list[str] | str = Field("all-linear", description="peft target_modules")
-    chat_template: str | None = Field(None, description="Jinja chat template file, for a processor that ships none (PaliGemma); "
-                                      "saved with the aligned model's processor")
 
 
 def check_inputs(cfg: AlignConfig):

@@ -54,6 +54,11 @@ def merge(cfg: dict, overrides: dict[str, Any]) -> dict:
     return cfg
 
 
+def read_config(path: str | Path | None, assignments: list[str] = (), overrides: dict[str, Any] | None = None) -> dict:
+    """The config file, then the flags given (``overrides``), then the ``--set`` assignments."""
+    return apply_set(merge(load_config_file(path), overrides or {}), list(assignments))
+
+
 def parse_pairs(items: list[str], flag: str, what: str = "name=value") -> dict[str, str]:
     """``["a=1", "b=x"]`` -> {"a": "1", "b": "x"}, the values as given."""
     out = {}

@@ -15,43 +15,18 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator
 
 import datasets
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+
+from saev_core.configs import DatasetSpec
 
 FORMATS: dict[str, tuple[str, ...]] = {
     "rlaif_v": ("image", "question", "chosen", "rejected"),
     "align_anything": ("image", "question", "response_1", "response_2", "better_response_id"),
     "sft": ("image", "question", "answer"),
 }
-DatasetFormat = Literal["auto", "rlaif_v", "align_anything", "sft"]
-
-
-class DatasetSpec(BaseModel):
-    """Where a dataset lives and how its columns map onto saev's canonical fields."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    path: str = Field(description="Local file/directory (Parquet, JSON Lines, save_to_disk) or a hub id.")
-    name: str | None = Field(None, description="Dataset name used in outputs; default: derived from path.")
-    format: DatasetFormat = "auto"
-    columns: dict[str, str] = Field(default_factory=dict, description="canonical field -> source column")
-    split: str = "train"
-    subset: str | None = Field(None, description="Hub configuration name, if any.")
-    image_root: str | None = Field(None, description="Base directory for relative image paths.")
-    limit: int | None = Field(None, ge=1, description="Use only the first N rows.")
-
-    @property
-    def display_name(self) -> str:
-        if self.name:
-            return self.name
-        p = Path(self.path.rstrip("/"))
-        if p.suffix in {".parquet", ".jsonl", ".json"}:
-            # datasets/<name>/train.parquet is named after its directory, not its split.
-            p = p.parent if p.stem.split("-")[0] in {"train", "test", "validation", "data"} else p.with_suffix("")
-        return p.name or "dataset"
 
 
 @dataclass

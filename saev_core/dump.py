@@ -25,64 +25,24 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from saev_core import __version__
-from saev_core.data import DatasetSpec, Rejection, Sample, batched, first_rows, iter_samples, open_dataset, resolve_columns
-from saev_core.inputs import chat_template_digest, encode, read_chat_template, render, to_model
+from saev_core.configs import DumpConfig
+from saev_core.data import Rejection, Sample, batched, first_rows, iter_samples, open_dataset, resolve_columns
+from saev_core.inputs import encode, read_chat_template, render, to_model
 from saev_core.io import atomic_path, claim_output_dir, remove_stale_tmp, write_json
 from saev_core.modeling import ModelBundle, StopForward, capture_residual, check_layer, load_model
 
 MODALITIES = ("image", "text", "special")
 FP16_MAX = 65504.0
-# Fields that do not change what a shard contains; a resumed run may change them. The chat
-# template counts by its content (chat_template_sha256), not by where its file lies.
-_RUNTIME_FIELDS = {"out", "batch_size", "progress", "cpu_threads", "row_group_mb", "chat_template"}
 TEMPLATE_FILE = "chat_template.jinja"  # the dump's copy of a --chat-template, for the stages that reload the model
-
-
-class DumpConfig(BaseModel):
-    """What to dump and where. ``model`` and ``dataset.path`` take hub ids or local paths."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str
-    dataset: DatasetSpec
-    layer: int = Field(description="decoder block whose output (residual stream) is captured; negative counts from the end")
-    out: str = Field(description="output directory")
-    include_response: bool = Field(False, description="append the response (SFT answer / chosen) to the prompt")
-    batch_size: int = Field(16, ge=1)
-    samples_per_shard: int = Field(512, ge=1)
-    device: str = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="model compute dtype")
-    act_dtype: Literal["float16", "float32"] = Field("float16", description="stored activation dtype")
-    max_length: int | None = Field(None, ge=1, description="longest prompt in tokens; default: the model's context")
-    chat_template: str | None = Field(None, description="Jinja chat template file, for a processor that ships none (PaliGemma)")
-    chat_template_sha256: str | None = Field(None, description="sha256 of the chat_template file's content; filled in when absent")
-    stop_at_layer: bool = Field(True, description="skip the blocks after the hooked one")
-    compression: Literal["zstd", "lz4", "snappy", "none"] = "zstd"
-    row_group_mb: int = Field(64, ge=1, description="target Parquet row-group size; batches are buffered up to it")
-    cpu_threads: int | None = Field(None, ge=1, description="torch threads for a CPU forward (default: torch's own setting)")
-    progress: bool = True
-
-    @model_validator(mode="after")
-    def _template_digest(self) -> "DumpConfig":
-        digest = chat_template_digest(self.chat_template)
-        if self.chat_template_sha256 is not None and self.chat_template_sha256 != digest:
-            raise ValueError(f"the chat template {self.chat_template} changed since this config was made (its sha256 differs); "
-                             "rerun from a fresh config to dump with the new template")
-        self.chat_template_sha256 = digest
-        return self
-
-    def identity(self) -> dict:
-        return self.model_dump(mode="json", exclude=_RUNTIME_FIELDS)
 
 
 @dataclass
@@ -199,7 +159,6 @@ def batch_table(bundle: ModelBundle, inputs, acts: torch.Tensor, samples: list[S
             "n_special_tokens": int((is_special & sel).sum()),
         })
     return table, stats
-
 
 
 def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:

@@ -16,68 +16,19 @@ import math
 import shutil
 import statistics
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from saev_core.align import AlignConfig, run_alignment
+from saev_core.configs import ExperimentConfig
 from saev_core.data import DatasetSpec
-from saev_core.demo.defaults import DEMO_ALIGN
 from saev_core.filter import FilterConfig, run_filter
 from saev_core.io import atomic_path, read_json, write_json
 from saev_core.model_eval import evaluate_model
-from saev_core.quality import clean_share, oracle_ranking
-from saev_core.scoring import check_scorers, experiment_scorers
-from saev_core.tables import DEFAULT_TABLES, partitions
+from saev_core.quality import oracle_ranking
+from saev_core.tables import partitions
 
 METRIC = {"sft": "answer_accuracy", "dpo": "preference_accuracy"}
-
-
-class ExperimentConfig(BaseModel):
-    """The grid. Defaults (sized to run in under 20 minutes on 2 cores): the paper's scorers and
-    the demo's default `agreement`, at 25/50/100% kept, 3 random seeds, one training seed, plus
-    the oracle where labels exist (16 runs)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tables: str = DEFAULT_TABLES
-    model: str | None = Field(None, description="base model every run starts from; default (CLI, flow): the demo world `make run` prepared")
-    heldout: str | None = Field(None, description="evaluation split (never trained or tuned on); default: the demo world's")
-    labels: str | None = Field(None, description="evaluation-only labels for the oracle line; default: the demo world's")
-    oracle: bool = Field(True, description="add the oracle (clean rows only) at its natural fraction and each smaller one; needs labels")
-    out: str = "data/runs/experiment"
-    dataset: str | None = Field(None, description="scored dataset to draw from (default: the only one)")
-    sae_id: str | None = None
-    method: Literal["sft", "dpo"] = "sft"
-    scorers: list[str] = Field(default_factory=experiment_scorers)
-    fractions: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0])
-    random_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    train_seeds: list[int] = Field(default_factory=lambda: [0])
-    align: dict = Field(default_factory=lambda: {k: v for k, v in DEMO_ALIGN.items() if k != "method"},
-                        description="AlignConfig overrides (epochs, lr, batch_size, ...); default: the demo's")
-    eval_samples: int | None = Field(300, description="held-out rows evaluated per run (None: all)")
-    match_steps: bool = Field(True, description="train every run for the optimizer steps full data gets (compute-matched), "
-                                                 "instead of the same epochs (fewer steps for a smaller subset)")
-    progress: bool = True
-
-    def runs(self) -> list[dict]:
-        """Every (scorer, fraction, scorer seed, train seed); fraction 1.0 is one shared 'full' run per train seed."""
-        check_scorers(self.scorers)
-        natural = round(clean_share(self.labels, self.dataset), 4) if self.oracle and self.labels else None
-        grid = []
-        for ts in self.train_seeds:
-            if 1.0 in self.fractions:
-                grid.append({"scorer": "full", "fraction": 1.0, "seed": None, "train_seed": ts})
-            for scorer in self.scorers:
-                for frac in (f for f in self.fractions if f < 1.0):
-                    for seed in (self.random_seeds if scorer == "random" else [None]):
-                        grid.append({"scorer": scorer, "fraction": frac, "seed": seed, "train_seed": ts})
-            if natural is not None and natural < 1.0:
-                grid.append({"scorer": "oracle", "fraction": natural, "seed": None, "train_seed": ts})
-                grid += [{"scorer": "oracle", "fraction": f, "seed": seed, "train_seed": ts}
-                         for f in self.fractions if f < natural for seed in self.random_seeds[:1]]
-        return grid
 
 
 def run_name(r: dict) -> str:

@@ -21,41 +21,15 @@ import datasets
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from saev_core import __version__
+from saev_core.configs import FilterConfig
 from saev_core.data import DatasetSpec, Sample, samples_at
 from saev_core.io import atomic_dir, read_json, write_json
 from saev_core.prompts import conversation
 from saev_core.query import open_views, row_indices, the_sae
-from saev_core.scoring import get_scorer, random_unit
-from saev_core.tables import DEFAULT_TABLES, manifest_path
-
-
-class FilterConfig(BaseModel):
-    """Which samples to keep: the top k or top fraction by one scorer."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tables: str = Field(DEFAULT_TABLES, description="root of the feature tables")
-    out: str = Field(description="output directory of the filtered dataset")
-    scorer: str = "saev"
-    datasets: list[str] | None = Field(None, description="datasets to draw from (default: every dataset scored with the SAE)")
-    sae_id: str | None = Field(None, description="SAE whose scores rank the samples (default: the only one)")
-    top_fraction: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1)
-    per_dataset: bool = Field(False, description="apply k / fraction to each dataset instead of the pooled ranking")
-    random_seed: int | None = Field(None, description="with scorer 'random': rank by this seed instead of the stored one")
-
-    @model_validator(mode="after")
-    def _one_size(self) -> "FilterConfig":
-        get_scorer(self.scorer)
-        if (self.top_fraction is None) == (self.top_k is None):
-            raise ValueError("give exactly one of top_fraction and top_k")
-        if self.random_seed is not None and self.scorer != "random":
-            raise ValueError("random_seed only applies to scorer 'random'")
-        return self
-
+from saev_core.scoring import random_unit
+from saev_core.tables import manifest_path
 
 SELECT_SQL = """
 WITH s AS (

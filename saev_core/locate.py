@@ -21,6 +21,17 @@ DEMO_DIR = "data/demo"  # `saev demo build`'s default output
 DUMP_RUN = "data/runs/dump-demo-rlaif-L0"  # `saev dump`'s default output on the demo
 SAE_RUN = "data/runs/sae-relu-image-text"  # `saev train`'s default output with the default config
 
+# What the functions below fill in where a flag is not given, as `--help` states it.
+FILLED_IN = {
+    "dump": {"model": f"default: {DEMO_DIR}/model", "out": "default: data/runs/dump-<dataset>-L<layer>",
+             "layer": "default: 0, the demo model's shared block; a real model wants a middle one, e.g. 16 of 32"},
+    "train": {"activations": f"default: the newest dump `make run` made in {STORE_ROOT}; else {DUMP_RUN}",
+              "out": "default: data/runs/sae-<architecture>-<modalities>"},
+    "score": {"activations": f"default: the SAE's own dump when the SAE is the store's; else {DUMP_RUN}",
+              "sae": f"default: the newest SAE `make run` trained in {STORE_ROOT}; else {SAE_RUN}"},
+    "align": {"model": f"default: {DEMO_DIR}/model"},
+}
+
 
 def newest_artifact(stage: str, root: str = STORE_ROOT) -> dict | None:
     """The record of the newest finished ``stage`` artifact of the local store, if any."""
@@ -84,6 +95,11 @@ def score_inputs(data: dict) -> dict:
             data["activations"] = trained["config"]["activations"]
     data.setdefault("activations", DUMP_RUN)
     return data
+
+
+def align_inputs(data: dict) -> dict:
+    """A `saev align` config with the demo world's model where not given."""
+    return {"model": f"{DEMO_DIR}/model", **data}
 
 
 def experiment_inputs(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, Literal
+from typing import Iterable
 
 import torch
 from torch import Tensor
 
-Optimizer = Literal["adam", "signum"]
+from saev_core.configs import Optimizer
 
 # lr = BASE_LR[optimizer] * (REF_D_SAE / d_sae)^(1/2) * (batch_size / REF_BATCH)^(1/4), for TopK-like
 # SAEs. The constants and the batch exponent were chosen by bench/bench_train.py's sweep on a

@@ -385,3 +385,9 @@ def format_rows(table: pa.Table, fmt: str) -> str:
     w.writerow(table.column_names)
     w.writerows([list(r.values()) for r in table.to_pylist()])
     return buf.getvalue().rstrip("\n")
+
+
+def count_note(n: int, shown: int) -> str:
+    """``(N rows)``, saying how many were left out of the printed head and how to see them."""
+    hidden = n - shown
+    return f"({n} row{'' if n == 1 else 's'}" + (f", {hidden} not shown: raise --limit or use --out" if hidden else "") + ")"

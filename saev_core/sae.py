@@ -21,87 +21,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Iterable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
+from saev_core.configs import BATCH_TOPK, TOPK_LIKE, SAEConfig
 from saev_core.jumprelu import jumprelu, step_l0
 from saev_core.sparse import ActiveLatents, batch_entries, per_token_entries, sampled_pre
 
-Architecture = Literal["relu", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu"]
-BATCH_TOPK = ("batchtopk", "matryoshka_batchtopk")
-TOPK_LIKE = ("topk", *BATCH_TOPK)
 _TINY = 1e-12
-
-
-class SAEConfig(BaseModel):
-    """Architecture and loss hyper-parameters of one SAE.
-
-    ``aux_k`` defaults to d_in // 2 (capped at d_sae) for topk/batchtopk: the heuristic of OpenAI's
-    "Scaling and evaluating sparse autoencoders" (App. B.1), also used by sparsify and SAELens.
-    ``dead_window`` counts tokens (not steps), so it means the same at any batch size; 10M is
-    OpenAI's and sparsify's default. ``threshold_ema_decay`` is the EMA decay of the BatchTopK
-    threshold estimate (0.99 = SAELens's topk_threshold_lr 0.01).
-
-    JumpReLU training follows Gemma Scope (Lieberum et al. 2024): kernel bandwidth 0.001 and
-    thresholds initialised at 0.001, in the units of the scaled input (E||s*x|| = sqrt(d_in)).
-    ``matryoshka_widths`` are the nested prefix widths w_1 < ... < w_M = d_sae (SAELens's
-    convention; group m is latents w_{m-1}..w_m); default: halving from d_sae down to d_sae / 16.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    architecture: Architecture = "relu"
-    d_in: int = Field(gt=0)
-    d_sae: int = Field(gt=0)
-    k: int | None = Field(default=None, gt=0)
-    apply_b_dec_to_input: bool | None = None
-    l1_coefficient: float = Field(default=5.0, ge=0, allow_inf_nan=False)
-    l1_warmup_frac: float = Field(default=0.05, ge=0, le=1)
-    aux_k: int | None = Field(default=None, gt=0)
-    aux_coefficient: float = Field(default=1 / 32, ge=0, allow_inf_nan=False)
-    dead_window: int = Field(default=10_000_000, gt=0)
-    threshold_ema_decay: float = Field(default=0.99, ge=0, lt=1)
-    l0_coefficient: float = Field(default=1.0, ge=0, allow_inf_nan=False)
-    jumprelu_bandwidth: float = Field(default=0.001, gt=0, allow_inf_nan=False)
-    jumprelu_init_threshold: float = Field(default=0.001, ge=0, allow_inf_nan=False)
-    matryoshka_widths: list[int] | None = None
-    input_scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _check(self) -> SAEConfig:
-        arch = self.architecture
-        if arch in TOPK_LIKE and self.k is None:
-            raise ValueError(f"architecture {arch!r} needs k (active latents per token), e.g. k=32")
-        if arch == "relu" and self.k is not None:
-            raise ValueError("k applies to topk/batchtopk only; a relu SAE's sparsity comes from l1_coefficient: drop k")
-        if self.k is not None and self.k > self.d_sae:
-            raise ValueError(f"k={self.k} exceeds d_sae={self.d_sae}: lower k or raise d_sae")
-        if self.apply_b_dec_to_input is None:
-            self.apply_b_dec_to_input = arch != "relu"
-        if arch in TOPK_LIKE and self.aux_k is None:
-            self.aux_k = max(1, min(self.d_in // 2, self.d_sae))
-        if arch != "matryoshka_batchtopk":
-            self.matryoshka_widths = None  # only a Matryoshka SAE's training reads them
-        else:
-            self.matryoshka_widths = check_matryoshka_widths(self.matryoshka_widths, self.d_sae)
-        return self
-
-
-def check_matryoshka_widths(widths: list[int] | None, d_sae: int) -> list[int]:
-    """Nested prefix widths ending at d_sae; None gives d_sae/16, d_sae/8, d_sae/4, d_sae/2, d_sae."""
-    if widths is None:
-        return sorted({max(1, d_sae >> i) for i in range(5)})
-    widths = list(widths)
-    if widths and widths[-1] < d_sae:
-        widths.append(d_sae)
-    if not widths or widths[0] < 1 or any(b <= a for a, b in zip(widths, widths[1:])) or widths[-1] != d_sae:
-        raise ValueError(f"matryoshka_widths {widths} must increase strictly from >= 1 to d_sae={d_sae} "
-                         f"(nested prefixes, e.g. [{max(1, d_sae // 8)}, {max(1, d_sae // 2)}, {d_sae}])")
-    return widths
 
 
 @dataclass

@@ -25,7 +25,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -33,74 +32,17 @@ from saev_core import __version__
 from saev_core.activations import ActivationDump
 from saev_core.checkpoint import load_sae, resolve_sae_dir, sae_id_of
 from saev_core.clip_score import clip_scores
+from saev_core.configs import ScoreConfig
 from saev_core.data import DatasetSpec, Sample, samples_by_id
 from saev_core.features import SHARD_SAMPLES, encode_shard, fetch_residuals
 from saev_core.io import atomic_path, claim_output_dir, file_lock, read_json, write_json
 from saev_core.modeling import resolve_device
-from saev_core.scoring import (SCORERS, Occurrences, SampleSummary, ScoringContext, check_scorers, default_scorers, fit_cofiring,
-                               get_scorer, merge_pools, reference_subset, select_balanced, select_occurrences,
-                               weights_from_occurrences)
-from saev_core.tables import (DEFAULT_TABLES, FEATURE_STATS, SAMPLES, SCORES, TABLES, check_partition_value, lock_path,
-                              manifest_path, part_name, partition_dir)
+from saev_core.scoring import (Occurrences, SampleSummary, ScoringContext, fit_cofiring, get_scorer, merge_pools, reference_subset,
+                               select_balanced, select_occurrences, weights_from_occurrences)
+from saev_core.tables import (FEATURE_STATS, SAMPLES, SCORES, TABLES, check_partition_value, lock_path, manifest_path, part_name,
+                              partition_dir)
 
 log = logging.getLogger(__name__)
-
-_RUNTIME_FIELDS = {"tables", "device", "batch_rows", "weights_memory_mb", "progress", "clip_batch_size"}
-
-
-class ScoreConfig(BaseModel):
-    """How to score one dump with one SAE. Defaults follow METHOD.md sec. 4."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    activations: str = Field(description="dump directory written by `saev dump`")
-    sae: str = Field(description="SAE: a `saev train` run directory or a SAELens checkpoint directory")
-    tables: str = Field(DEFAULT_TABLES, description="root of the feature tables")
-    dataset_name: str | None = Field(None, description="partition name; default: the dump's dataset name")
-    scorers: list[str] = Field(default_factory=default_scorers)
-    tau: float = Field(0.0, ge=0, description="co-occurrence threshold: a latent counts where A[t, i] > tau")
-    agreement_tau: float = Field(0.5, ge=0, description="the agreement scorer's firing threshold (chosen on the demo's validation world; "
-                                                        "the activation scale is the SAE's, so choose it on a validation split for another SAE)")
-    agreement_refits: int = Field(2, ge=0, description="rounds of recounting the agreement scorer's co-firing on its own top "
-                                                       "`agreement_keep` fraction (0: count once over every sample)")
-    agreement_keep: float = Field(0.5, gt=0, le=1, description="fraction of samples each recount keeps")
-    reference_samples: int = Field(1000, ge=1, description="reference subset size for the cross-modal weights")
-    top: int = Field(30, ge=1, description="top occurrences pooled per latent")
-    per_side: int = Field(5, ge=1, description="text and image occurrences compared per latent")
-    seed: int = Field(0, description="seed of the random scorer and the reference subset")
-    batch_rows: int = Field(4096, ge=1, description="positions encoded per batch")
-    device: str = "auto"
-    weights_memory_mb: int = Field(256, ge=1, description="bound on residuals held while computing weights")
-    clip_model: str | None = Field(None, description="CLIP/SigLIP model (hub id or path) of the clip_score scorer")
-    clip_batch_size: int = Field(64, ge=1, description="samples per clip_score batch")
-    progress: bool = True
-
-    @model_validator(mode="before")
-    @classmethod
-    def _clip_by_default(cls, data):
-        """A clip_model with no scorer list given scores clip_score beside the defaults."""
-        if isinstance(data, dict) and data.get("clip_model") and data.get("scorers") is None:
-            data = {**data, "scorers": [*default_scorers(), "clip_score"]}
-        return data
-
-    @field_validator("scorers")
-    @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError(f"name at least one scorer; valid scorers: {sorted(SCORERS)}")
-        return check_scorers(v)
-
-    @model_validator(mode="after")
-    def _sides(self) -> "ScoreConfig":
-        if 2 * self.per_side > self.top:
-            raise ValueError(f"per_side={self.per_side} text + image occurrences cannot fit in top={self.top}")
-        if ("clip_score" in self.scorers) != (self.clip_model is not None):
-            raise ValueError("the clip_score scorer needs clip_model (a CLIP/SigLIP hub id or path, e.g. openai/clip-vit-base-patch32)"
-                             if self.clip_model is None else "clip_model is set but clip_score is not among the scorers: add it or drop clip_model")
-        return self
-
-    def identity(self) -> dict:
-        return self.model_dump(exclude=_RUNTIME_FIELDS)
 
 
 def _ranks(scores: np.ndarray, sample_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

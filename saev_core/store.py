@@ -226,6 +226,14 @@ class ArtifactStore:
                         | {"config": _short(rec.get("config", {}))})
         return sorted(rows, key=lambda r: r["created"] or "")
 
+    def listing(self) -> str:
+        """``list`` as text: stage, key, created and metrics, then the config summary, per artifact."""
+        lines = []
+        for r in self.list():
+            metrics = ", ".join(f"{k}={round(v, 4) if isinstance(v, float) else v}" for k, v in (r["metrics"] or {}).items())
+            lines.append(f"{r['stage']:<10} {r['key']}  {r['created']}  {metrics}\n{'':<10} {r['config']}")
+        return "\n".join(lines) or f"no artifacts under {self.root}"
+
     def gc(self, keep: list[str] | None = None, dry_run: bool = False) -> list[str]:
         """Remove unfinished directories and artifacts that no kept artifact depends on, and the
         feature-table partitions scored with an SAE that goes (SAEs from outside the store stay).

@@ -14,58 +14,72 @@ sae_id), so a newly scored dataset is one new directory and every reader that gl
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
+if TYPE_CHECKING:
+    import pyarrow as pa
 
-SAMPLE_FEATURES = pa.schema([
-    ("sample_id", pa.string()),
-    ("feature_id", pa.int32()),
-    ("modality", pa.string()),          # 'image' | 'text'
-    ("n_active_tokens", pa.int32()),    # positions of this modality where the latent is > 0
-    ("max_act", pa.float32()),
-    ("sum_act", pa.float32()),
-])
 
-FEATURE_STATS = pa.schema([
-    ("feature_id", pa.int32()),
-    ("firing_rate", pa.float64()),        # over all scored image + text positions
-    ("firing_rate_image", pa.float64()),
-    ("firing_rate_text", pa.float64()),
-    ("cross_modal_weight", pa.float32()),  # w_i of Algorithm 1; 0 when not cross-modal
-    ("balanced_weight", pa.float32()),     # w'_i from each modality's own top occurrences (scoring.balanced_weights)
-    ("kind", pa.string()),                 # 'cross-modal' | 'image-only' | 'text-only' | 'mixed'
-    ("n_top_image", pa.int32()),           # image occurrences among the latent's top activations
-    ("n_top_text", pa.int32()),
-])
+@functools.cache
+def _schemas() -> dict[str, pa.Schema]:
+    import pyarrow as pa
 
-SCORES = pa.schema([
-    ("sample_id", pa.string()),
-    ("scorer", pa.string()),
-    ("score", pa.float64()),
-    ("rank", pa.int32()),           # 1 = highest score within (dataset, sae_id, scorer)
-    ("percentile", pa.float64()),   # fraction of samples scoring <= this one: 1.0 is the top
-])
+    SAMPLE_FEATURES = pa.schema([
+        ("sample_id", pa.string()),
+        ("feature_id", pa.int32()),
+        ("modality", pa.string()),          # 'image' | 'text'
+        ("n_active_tokens", pa.int32()),    # positions of this modality where the latent is > 0
+        ("max_act", pa.float32()),
+        ("sum_act", pa.float32()),
+    ])
 
-SAMPLES = pa.schema([
-    ("sample_id", pa.string()),
-    ("row_index", pa.int64()),      # row in the source dataset
-    ("n_image_tokens", pa.int32()),
-    ("n_text_tokens", pa.int32()),
-    ("question", pa.string()),
-    ("answer", pa.string()),
-    ("chosen", pa.string()),
-    ("rejected", pa.string()),
-    ("image_ref", pa.string()),
-])
+    FEATURE_STATS = pa.schema([
+        ("feature_id", pa.int32()),
+        ("firing_rate", pa.float64()),        # over all scored image + text positions
+        ("firing_rate_image", pa.float64()),
+        ("firing_rate_text", pa.float64()),
+        ("cross_modal_weight", pa.float32()),  # w_i of Algorithm 1; 0 when not cross-modal
+        ("balanced_weight", pa.float32()),     # w'_i from each modality's own top occurrences (scoring.balanced_weights)
+        ("kind", pa.string()),                 # 'cross-modal' | 'image-only' | 'text-only' | 'mixed'
+        ("n_top_image", pa.int32()),           # image occurrences among the latent's top activations
+        ("n_top_text", pa.int32()),
+    ])
 
-TABLES: dict[str, pa.Schema] = {
-    "sample_features": SAMPLE_FEATURES,
-    "feature_stats": FEATURE_STATS,
-    "scores": SCORES,
-    "samples": SAMPLES,
-}
+    SCORES = pa.schema([
+        ("sample_id", pa.string()),
+        ("scorer", pa.string()),
+        ("score", pa.float64()),
+        ("rank", pa.int32()),           # 1 = highest score within (dataset, sae_id, scorer)
+        ("percentile", pa.float64()),   # fraction of samples scoring <= this one: 1.0 is the top
+    ])
+
+    SAMPLES = pa.schema([
+        ("sample_id", pa.string()),
+        ("row_index", pa.int64()),      # row in the source dataset
+        ("n_image_tokens", pa.int32()),
+        ("n_text_tokens", pa.int32()),
+        ("question", pa.string()),
+        ("answer", pa.string()),
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("image_ref", pa.string()),
+    ])
+
+    return {"SAMPLE_FEATURES": SAMPLE_FEATURES, "FEATURE_STATS": FEATURE_STATS, "SCORES": SCORES, "SAMPLES": SAMPLES,
+            "TABLES": {"sample_features": SAMPLE_FEATURES, "feature_stats": FEATURE_STATS, "scores": SCORES, "samples": SAMPLES}}
+
+
+def __getattr__(name: str):
+    """SAMPLE_FEATURES, FEATURE_STATS, SCORES, SAMPLES and TABLES (name -> schema) load pyarrow
+    on first use, so that the path helpers below cost the CLI's start nothing."""
+    if name not in ("SAMPLE_FEATURES", "FEATURE_STATS", "SCORES", "SAMPLES", "TABLES"):  # the import system asks for __path__
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _schemas()[name]
+
+
 PARTITIONS: dict[str, tuple[str, ...]] = {
     "sample_features": ("dataset", "sae_id"),
     "feature_stats": ("dataset", "sae_id"),
@@ -73,7 +87,6 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
     "samples": ("dataset",),
 }
 
-DEFAULT_TABLES = "data/artifacts/tables"  # the pipeline's artifact store keeps its shared tables here
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -87,8 +100,8 @@ def check_partition_value(kind: str, value: str) -> str:
 
 
 def partition_dir(root: str | Path, table: str, dataset: str, sae_id: str | None = None) -> Path:
-    if table not in TABLES:
-        raise ValueError(f"unknown table {table!r}; valid tables: {sorted(TABLES)}")
+    if table not in PARTITIONS:
+        raise ValueError(f"unknown table {table!r}; valid tables: {sorted(PARTITIONS)}")
     path = Path(root) / table / f"dataset={check_partition_value('dataset name', dataset)}"
     if "sae_id" in PARTITIONS[table]:
         if sae_id is None:

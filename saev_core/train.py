@@ -21,11 +21,9 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Literal
 
 import psutil
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
@@ -33,83 +31,18 @@ from tqdm.auto import tqdm
 from saev_core import __version__
 from saev_core.activations import MODALITY_SETS, ActivationDump, ShuffledBatches
 from saev_core.checkpoint import save_sae
+from saev_core.configs import TOPK_LIKE, TrainConfig
 from saev_core.cpu import reuse_freed_memory
 from saev_core.distributed import World, all_gather, any_true, barrier, broadcast, launched_world, sync_latent_stats
-from saev_core.sae_eval import reconstruction_metrics
 from saev_core.io import atomic_dir, atomic_path, claim_output_dir, read_json, write_json
 from saev_core.modeling import resolve_device
-from saev_core.optim import Optimizer, default_lr, make_optimizer
-from saev_core.sae import SAE, TOPK_LIKE, SAEConfig, SAEOutput, check_matryoshka_widths, estimate_input_scale, sparsity_coefficient_at
-
-_RUNTIME_FIELDS = {"out", "progress", "device", "checkpoint_every", "log_every", "keep_checkpoints", "eval_rows"}
+from saev_core.optim import default_lr, make_optimizer
+from saev_core.sae import SAE, SAEConfig, SAEOutput, estimate_input_scale, sparsity_coefficient_at
+from saev_core.sae_eval import reconstruction_metrics
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the message names the last good checkpoint."""
-
-
-class TrainConfig(BaseModel):
-    """How to train one SAE. Defaults follow the paper for relu (METHOD.md sec. 2)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    activations: str = Field(description="dump directory written by `saev dump`")
-    out: str = Field(description="run directory")
-    architecture: Literal["relu", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu"] = Field(
-        "relu", description="relu (the paper's), topk, batchtopk, matryoshka_batchtopk (nested prefixes) or jumprelu (Gemma Scope's)")
-    expansion_factor: int = Field(16, ge=1, description="d_sae = expansion_factor * d_in (ignored if d_sae is set)")
-    d_sae: int | None = Field(None, ge=1)
-    k: int | None = Field(None, ge=1, description="active latents per token (topk/batchtopk/matryoshka_batchtopk); default 32")
-    modalities: Literal["image+text", "text"] = Field("image+text", description="SAE-V trains on both; 'text' is the paper's text-only baseline")
-    batch_size: int = Field(4096, ge=1, description="tokens per step")
-    total_tokens: int = Field(2_000_000, ge=1)
-    optimizer: Optimizer = Field("adam", description="adam, or signum (sign of the momentum; momentum = betas[0])")
-    lr: float | None = Field(None, gt=0, description="default: 5e-5 for relu with adam (the paper), else a rule that scales with d_sae and batch_size (saev_core.optim.default_lr)")
-    betas: tuple[float, float] = (0.9, 0.999)
-    lr_decay_frac: float = Field(0.2, ge=0, le=1, description="linear decay to 0 over this last fraction of steps")
-    l1_coefficient: float = Field(5.0, ge=0, description="relu: lambda of the L1 penalty (METHOD.md sec. 2)")
-    l1_warmup_frac: float = Field(0.05, ge=0, le=1, description="linear warm-up of the sparsity penalty (relu's L1, jumprelu's L0) over this first fraction of steps")
-    l0_coefficient: float = Field(1.0, ge=0, description="jumprelu: lambda of the L0 penalty")
-    jumprelu_bandwidth: float = Field(0.001, gt=0, description="jumprelu: kernel bandwidth of the threshold pseudo-gradient (Gemma Scope's)")
-    jumprelu_init_threshold: float = Field(0.001, ge=0, description="jumprelu: initial threshold of every latent (Gemma Scope's)")
-    matryoshka_widths: list[int] | None = Field(None, description="matryoshka_batchtopk: nested prefix widths ending at d_sae "
-                                                "(default: d_sae/16, d_sae/8, d_sae/4, d_sae/2, d_sae)")
-    aux_coefficient: float = Field(1 / 32, ge=0)
-    grad_clip_norm: float | None = Field(1.0, gt=0, description="clip the gradient norm each step (SAELens's default); None turns it off")
-    dead_window: int | None = Field(None, ge=1, description="tokens without firing before a latent is dead; default min(10M, total_tokens / 10)")
-    scale_batches: int = Field(100, ge=1, description="batches used to estimate the input scale s = sqrt(d_in) / mean||x||")
-    heldout_fraction: float = Field(0.05, ge=0, lt=1, description="samples held out (by sample id) for evaluation")
-    buffer_rows: int = Field(1 << 20, ge=1, description="rows shuffled together (memory: buffer_rows * d_in * 4 bytes)")
-    checkpoint_every: int = Field(1000, ge=1)
-    eval_rows: int = Field(20_000, ge=0, description="held-out rows evaluated (per modality) at each checkpoint; 0 turns it off")
-    keep_checkpoints: int = Field(2, ge=1)
-    log_every: int = Field(50, ge=1)
-    device: str = "auto"
-    seed: int = 0
-    progress: bool = True
-
-    @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
-        if self.architecture in TOPK_LIKE and self.k is None:
-            self.k = 32
-        if self.architecture in ("relu", "jumprelu") and self.k is not None:
-            raise ValueError(f"k is for topk/batchtopk; a {self.architecture} SAE's sparsity is set by "
-                             f"{'l1' if self.architecture == 'relu' else 'l0'}_coefficient")
-        if self.matryoshka_widths is not None:
-            if self.architecture != "matryoshka_batchtopk":
-                raise ValueError("matryoshka_widths is for architecture matryoshka_batchtopk")
-            if self.d_sae is not None:
-                check_matryoshka_widths(self.matryoshka_widths, self.d_sae)
-        if self.total_tokens < self.batch_size:
-            raise ValueError(f"total_tokens ({self.total_tokens}) must be at least one batch ({self.batch_size})")
-        return self
-
-    @property
-    def steps(self) -> int:
-        return self.total_tokens // self.batch_size
-
-    def identity(self) -> dict:
-        return self.model_dump(mode="json", exclude=_RUNTIME_FIELDS)
 
 
 def lr_at(step: int, total_steps: int, lr: float, decay_frac: float) -> float:

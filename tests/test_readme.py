@@ -23,7 +23,7 @@ def test_public_api_resolves():
     assert set(saev_core.__all__) == {"__version__", *saev_core._API}
     for name in saev_core.__all__:
         assert getattr(saev_core, name) is not None, name
-    assert saev_core.ScoreConfig.__module__ == "saev_core.score_dataset" and callable(saev_core.run_scoring)
+    assert saev_core.ScoreConfig.__module__ == "saev_core.configs" and callable(saev_core.run_scoring)
     with pytest.raises(AttributeError, match="no attribute 'score'"):
         saev_core.score  # noqa: B018
 

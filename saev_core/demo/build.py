@@ -12,9 +12,9 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from saev_core import __version__
+from saev_core.configs import DemoConfig
 from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
 from saev_core.demo.model import TinyLlavaSpec, build_model, build_processor
 from saev_core.demo.pretrain import answer_accuracy, pretrain
@@ -23,22 +23,6 @@ from saev_core.io import atomic_dir, write_json
 
 WORLD_FILE = "world.json"
 DATASETS = {"demo-rlaif": "rlaif_v", "demo-align-anything": "align_anything", "demo-sft": "sft"}
-
-
-class DemoConfig(BaseModel):
-    """Size and seed of the demo world. Defaults fit the 5-minute, 2-core budget."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    seed: int = 0
-    n_samples: int = Field(2000, ge=10, description="rows in each alignment dataset")
-    n_heldout: int = Field(500, ge=10, description="clean held-out rows for evaluation")
-    n_pretrain: int = Field(4000, ge=10, description="image-caption pairs of the modality-alignment stage")
-    pretrain_steps: int = Field(1200, ge=2, description="half for the LM on text, half for the vision tower")
-    pretrain_batch_size: int = Field(64, ge=1)
-    low_quality_fraction: float = Field(0.35, ge=0.0, le=1.0)
-    image_size: int = Field(32, ge=16)
-    embedding_scale: float = Field(20.0, gt=0, description="token embeddings start this much larger (see demo.pretrain)")
 
 
 def _pref_columns(rows: list[dict], fmt: str, seed: int) -> dict[str, list]:

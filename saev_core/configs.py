@@ -1,0 +1,415 @@
+"""The typed config of every stage, validated at the edge (a typo fails before any work).
+
+Only pydantic is imported here, so the CLI builds every command's flags from these classes and
+still starts in under a second; validators that need the scorer registry or the chat-template
+reader import it when they run. Each stage module re-exports its config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from saev_core.demo.defaults import DEMO_ALIGN
+
+# A typo'd key fails validation; the validators are built on first use, not at import, so the CLI
+# can read every class's fields at start-up for its flags without paying for them.
+_STRICT = ConfigDict(extra="forbid", defer_build=True)
+
+DEFAULT_TABLES = "data/artifacts/tables"  # the pipeline's artifact store keeps its shared tables here
+DatasetFormat = Literal["auto", "rlaif_v", "align_anything", "sft"]
+Architecture = Literal["relu", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu"]
+BATCH_TOPK = ("batchtopk", "matryoshka_batchtopk")
+TOPK_LIKE = ("topk", *BATCH_TOPK)
+Optimizer = Literal["adam", "signum"]
+# Fields that do not change what a stage computes; a resumed run may change them. The chat
+# template counts by its content (chat_template_sha256), not by where its file lies.
+_DUMP_RUNTIME = {"out", "batch_size", "progress", "cpu_threads", "row_group_mb", "chat_template"}
+_TRAIN_RUNTIME = {"out", "progress", "device", "checkpoint_every", "log_every", "keep_checkpoints", "eval_rows"}
+_SCORE_RUNTIME = {"tables", "device", "batch_rows", "weights_memory_mb", "progress", "clip_batch_size"}
+
+
+def _default_scorers() -> list[str]:
+    from saev_core.scoring import default_scorers
+
+    return default_scorers()
+
+
+def _experiment_scorers() -> list[str]:
+    from saev_core.scoring import experiment_scorers
+
+    return experiment_scorers()
+
+
+class DatasetSpec(BaseModel):
+    """Where a dataset lives and how its columns map onto saev's canonical fields."""
+
+    model_config = _STRICT
+
+    path: str = Field(description="Local file/directory (Parquet, JSON Lines, save_to_disk) or a hub id.")
+    name: str | None = Field(None, description="Dataset name used in outputs; default: derived from path.")
+    format: DatasetFormat = "auto"
+    columns: dict[str, str] = Field(default_factory=dict, description="canonical field -> source column")
+    split: str = "train"
+    subset: str | None = Field(None, description="Hub configuration name, if any.")
+    image_root: str | None = Field(None, description="Base directory for relative image paths.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N rows.")
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        p = Path(self.path.rstrip("/"))
+        if p.suffix in {".parquet", ".jsonl", ".json"}:
+            # datasets/<name>/train.parquet is named after its directory, not its split.
+            p = p.parent if p.stem.split("-")[0] in {"train", "test", "validation", "data"} else p.with_suffix("")
+        return p.name or "dataset"
+
+
+class DemoConfig(BaseModel):
+    """Size and seed of the demo world. Defaults fit the 5-minute, 2-core budget."""
+
+    model_config = _STRICT
+
+    seed: int = Field(0, description="random seed (everything derives from it)")
+    n_samples: int = Field(2000, ge=10, description="rows in each alignment dataset")
+    n_heldout: int = Field(500, ge=10, description="clean held-out rows for evaluation")
+    n_pretrain: int = Field(4000, ge=10, description="image-caption pairs of the modality-alignment stage")
+    pretrain_steps: int = Field(1200, ge=2, description="half for the LM on text, half for the vision tower")
+    pretrain_batch_size: int = Field(64, ge=1)
+    low_quality_fraction: float = Field(0.35, ge=0.0, le=1.0, description="fraction of low-quality rows")
+    image_size: int = Field(32, ge=16)
+    embedding_scale: float = Field(20.0, gt=0, description="token embeddings start this much larger (see demo.pretrain)")
+
+
+class DumpConfig(BaseModel):
+    """What to dump and where. ``model`` and ``dataset.path`` take hub ids or local paths."""
+
+    model_config = _STRICT
+
+    model: str = Field(description="image-text-to-text model: hub id or local path")
+    dataset: DatasetSpec
+    layer: int = Field(description="decoder block whose output (residual stream) is captured; negative counts from the end")
+    out: str = Field(description="output directory")
+    include_response: bool = Field(False, description="append the response (SFT answer / chosen) to the prompt")
+    batch_size: int = Field(16, ge=1, description="samples per forward pass")
+    samples_per_shard: int = Field(512, ge=1, description="samples per Parquet shard")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="model compute dtype")
+    act_dtype: Literal["float16", "float32"] = Field("float16", description="stored activation dtype")
+    max_length: int | None = Field(None, ge=1, description="longest prompt in tokens; default: the model's context")
+    chat_template: str | None = Field(None, description="Jinja chat template file, for a processor that ships none (PaliGemma)")
+    chat_template_sha256: str | None = Field(None, description="sha256 of the chat_template file's content; filled in when absent")
+    stop_at_layer: bool = Field(True, description="skip the blocks after the hooked one")
+    compression: Literal["zstd", "lz4", "snappy", "none"] = "zstd"
+    row_group_mb: int = Field(64, ge=1, description="target Parquet row-group size; batches are buffered up to it")
+    cpu_threads: int | None = Field(None, ge=1, description="torch threads for a CPU forward (default: torch's own setting)")
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _template_digest(self) -> "DumpConfig":
+        from saev_core.inputs import chat_template_digest
+
+        digest = chat_template_digest(self.chat_template)
+        if self.chat_template_sha256 is not None and self.chat_template_sha256 != digest:
+            raise ValueError(f"the chat template {self.chat_template} changed since this config was made (its sha256 differs); "
+                             "rerun from a fresh config to dump with the new template")
+        self.chat_template_sha256 = digest
+        return self
+
+    def identity(self) -> dict:
+        return self.model_dump(mode="json", exclude=_DUMP_RUNTIME)
+
+
+def check_matryoshka_widths(widths: list[int] | None, d_sae: int) -> list[int]:
+    """Nested prefix widths ending at d_sae; None gives d_sae/16, d_sae/8, d_sae/4, d_sae/2, d_sae."""
+    if widths is None:
+        return sorted({max(1, d_sae >> i) for i in range(5)})
+    widths = list(widths)
+    if widths and widths[-1] < d_sae:
+        widths.append(d_sae)
+    if not widths or widths[0] < 1 or any(b <= a for a, b in zip(widths, widths[1:])) or widths[-1] != d_sae:
+        raise ValueError(f"matryoshka_widths {widths} must increase strictly from >= 1 to d_sae={d_sae} "
+                         f"(nested prefixes, e.g. [{max(1, d_sae // 8)}, {max(1, d_sae // 2)}, {d_sae}])")
+    return widths
+
+
+class SAEConfig(BaseModel):
+    """Architecture and loss hyper-parameters of one SAE.
+
+    ``aux_k`` defaults to d_in // 2 (capped at d_sae) for topk/batchtopk: the heuristic of OpenAI's
+    "Scaling and evaluating sparse autoencoders" (App. B.1), also used by sparsify and SAELens.
+    ``dead_window`` counts tokens (not steps), so it means the same at any batch size; 10M is
+    OpenAI's and sparsify's default. ``threshold_ema_decay`` is the EMA decay of the BatchTopK
+    threshold estimate (0.99 = SAELens's topk_threshold_lr 0.01).
+
+    JumpReLU training follows Gemma Scope (Lieberum et al. 2024): kernel bandwidth 0.001 and
+    thresholds initialised at 0.001, in the units of the scaled input (E||s*x|| = sqrt(d_in)).
+    ``matryoshka_widths`` are the nested prefix widths w_1 < ... < w_M = d_sae (SAELens's
+    convention; group m is latents w_{m-1}..w_m); default: halving from d_sae down to d_sae / 16.
+    """
+
+    model_config = _STRICT
+
+    architecture: Architecture = "relu"
+    d_in: int = Field(gt=0)
+    d_sae: int = Field(gt=0)
+    k: int | None = Field(default=None, gt=0)
+    apply_b_dec_to_input: bool | None = None
+    l1_coefficient: float = Field(default=5.0, ge=0, allow_inf_nan=False)
+    l1_warmup_frac: float = Field(default=0.05, ge=0, le=1)
+    aux_k: int | None = Field(default=None, gt=0)
+    aux_coefficient: float = Field(default=1 / 32, ge=0, allow_inf_nan=False)
+    dead_window: int = Field(default=10_000_000, gt=0)
+    threshold_ema_decay: float = Field(default=0.99, ge=0, lt=1)
+    l0_coefficient: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    jumprelu_bandwidth: float = Field(default=0.001, gt=0, allow_inf_nan=False)
+    jumprelu_init_threshold: float = Field(default=0.001, ge=0, allow_inf_nan=False)
+    matryoshka_widths: list[int] | None = None
+    input_scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> SAEConfig:
+        arch = self.architecture
+        if arch in TOPK_LIKE and self.k is None:
+            raise ValueError(f"architecture {arch!r} needs k (active latents per token), e.g. k=32")
+        if arch == "relu" and self.k is not None:
+            raise ValueError("k applies to topk/batchtopk only; a relu SAE's sparsity comes from l1_coefficient: drop k")
+        if self.k is not None and self.k > self.d_sae:
+            raise ValueError(f"k={self.k} exceeds d_sae={self.d_sae}: lower k or raise d_sae")
+        if self.apply_b_dec_to_input is None:
+            self.apply_b_dec_to_input = arch != "relu"
+        if arch in TOPK_LIKE and self.aux_k is None:
+            self.aux_k = max(1, min(self.d_in // 2, self.d_sae))
+        if arch != "matryoshka_batchtopk":
+            self.matryoshka_widths = None  # only a Matryoshka SAE's training reads them
+        else:
+            self.matryoshka_widths = check_matryoshka_widths(self.matryoshka_widths, self.d_sae)
+        return self
+
+
+class TrainConfig(BaseModel):
+    """How to train one SAE. Defaults follow the paper for relu (METHOD.md sec. 2)."""
+
+    model_config = _STRICT
+
+    activations: str = Field(description="dump directory written by `saev dump`")
+    out: str = Field(description="run directory")
+    architecture: Literal["relu", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu"] = Field(
+        "relu", description="relu (the paper's), topk, batchtopk, matryoshka_batchtopk (nested prefixes) or jumprelu (Gemma Scope's)")
+    expansion_factor: int = Field(16, ge=1, description="d_sae = expansion_factor * d_in (ignored if d_sae is set)")
+    d_sae: int | None = Field(None, ge=1)
+    k: int | None = Field(None, ge=1, description="active latents per token (topk/batchtopk/matryoshka_batchtopk); default 32")
+    modalities: Literal["image+text", "text"] = Field("image+text", description="SAE-V trains on both; 'text' is the paper's text-only baseline")
+    batch_size: int = Field(4096, ge=1, description="tokens per step")
+    total_tokens: int = Field(2_000_000, ge=1, description="training tokens")
+    optimizer: Optimizer = Field("adam", description="adam, or signum (sign of the momentum; momentum = betas[0])")
+    lr: float | None = Field(None, gt=0, description="default: 5e-5 for relu with adam (the paper), else a rule that scales with d_sae and batch_size (saev_core.optim.default_lr)")
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_decay_frac: float = Field(0.2, ge=0, le=1, description="linear decay to 0 over this last fraction of steps")
+    l1_coefficient: float = Field(5.0, ge=0, description="relu: lambda of the L1 penalty (METHOD.md sec. 2)")
+    l1_warmup_frac: float = Field(0.05, ge=0, le=1, description="linear warm-up of the sparsity penalty (relu's L1, jumprelu's L0) over this first fraction of steps")
+    l0_coefficient: float = Field(1.0, ge=0, description="jumprelu: lambda of the L0 penalty")
+    jumprelu_bandwidth: float = Field(0.001, gt=0, description="jumprelu: kernel bandwidth of the threshold pseudo-gradient (Gemma Scope's)")
+    jumprelu_init_threshold: float = Field(0.001, ge=0, description="jumprelu: initial threshold of every latent (Gemma Scope's)")
+    matryoshka_widths: list[int] | None = Field(None, description="matryoshka_batchtopk: nested prefix widths ending at d_sae "
+                                                "(default: d_sae/16, d_sae/8, d_sae/4, d_sae/2, d_sae)")
+    aux_coefficient: float = Field(1 / 32, ge=0)
+    grad_clip_norm: float | None = Field(1.0, gt=0, description="clip the gradient norm each step (SAELens's default); None turns it off")
+    dead_window: int | None = Field(None, ge=1, description="tokens without firing before a latent is dead; default min(10M, total_tokens / 10)")
+    scale_batches: int = Field(100, ge=1, description="batches used to estimate the input scale s = sqrt(d_in) / mean||x||")
+    heldout_fraction: float = Field(0.05, ge=0, lt=1, description="samples held out (by sample id) for evaluation")
+    buffer_rows: int = Field(1 << 20, ge=1, description="rows shuffled together (memory: buffer_rows * d_in * 4 bytes)")
+    checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints")
+    eval_rows: int = Field(20_000, ge=0, description="held-out rows evaluated (per modality) at each checkpoint; 0 turns it off")
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(50, ge=1)
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    seed: int = Field(0, description="seed of the init and the batch order")
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.architecture in TOPK_LIKE and self.k is None:
+            self.k = 32
+        if self.architecture in ("relu", "jumprelu") and self.k is not None:
+            raise ValueError(f"k is for topk/batchtopk; a {self.architecture} SAE's sparsity is set by "
+                             f"{'l1' if self.architecture == 'relu' else 'l0'}_coefficient")
+        if self.matryoshka_widths is not None:
+            if self.architecture != "matryoshka_batchtopk":
+                raise ValueError("matryoshka_widths is for architecture matryoshka_batchtopk")
+            if self.d_sae is not None:
+                check_matryoshka_widths(self.matryoshka_widths, self.d_sae)
+        if self.total_tokens < self.batch_size:
+            raise ValueError(f"total_tokens ({self.total_tokens}) must be at least one batch ({self.batch_size})")
+        return self
+
+    @property
+    def steps(self) -> int:
+        return self.total_tokens // self.batch_size
+
+    def identity(self) -> dict:
+        return self.model_dump(mode="json", exclude=_TRAIN_RUNTIME)
+
+
+class ScoreConfig(BaseModel):
+    """How to score one dump with one SAE. Defaults follow METHOD.md sec. 4."""
+
+    model_config = _STRICT
+
+    activations: str = Field(description="dump directory written by `saev dump`")
+    sae: str = Field(description="SAE: a `saev train` run directory or a SAELens checkpoint directory")
+    tables: str = Field(DEFAULT_TABLES, description="root of the feature tables")
+    dataset_name: str | None = Field(None, description="partition name; default: the dump's dataset name")
+    scorers: list[str] = Field(default_factory=_default_scorers, description="scorers to compute; default: every registered scorer but "
+                               "clip_score, which clip_model adds (the list: docs/stages.md)")
+    tau: float = Field(0.0, ge=0, description="co-occurrence threshold: a latent counts where A[t, i] > tau")
+    agreement_tau: float = Field(0.5, ge=0, description="the agreement scorer's firing threshold (chosen on the demo's validation world; "
+                                                        "the activation scale is the SAE's, so choose it on a validation split for another SAE)")
+    agreement_refits: int = Field(2, ge=0, description="rounds of recounting the agreement scorer's co-firing on its own top "
+                                                       "`agreement_keep` fraction (0: count once over every sample)")
+    agreement_keep: float = Field(0.5, gt=0, le=1, description="fraction of samples each recount keeps")
+    reference_samples: int = Field(1000, ge=1, description="reference subset size for the cross-modal weights")
+    top: int = Field(30, ge=1, description="top occurrences pooled per latent")
+    per_side: int = Field(5, ge=1, description="text and image occurrences compared per latent")
+    seed: int = Field(0, description="seed of the random scorer and the reference subset")
+    batch_rows: int = Field(4096, ge=1, description="positions encoded per batch")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    weights_memory_mb: int = Field(256, ge=1, description="bound on residuals held while computing weights")
+    clip_model: str | None = Field(None, description="CLIP/SigLIP model (hub id or path) of the clip_score scorer")
+    clip_batch_size: int = Field(64, ge=1, description="samples per clip_score batch")
+    progress: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clip_by_default(cls, data):
+        """A clip_model with no scorer list given scores clip_score beside the defaults."""
+        if isinstance(data, dict) and data.get("clip_model") and data.get("scorers") is None:
+            data = {**data, "scorers": [*_default_scorers(), "clip_score"]}
+        return data
+
+    @field_validator("scorers")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        from saev_core.scoring import SCORERS, check_scorers
+
+        if not v:
+            raise ValueError(f"name at least one scorer; valid scorers: {sorted(SCORERS)}")
+        return check_scorers(v)
+
+    @model_validator(mode="after")
+    def _sides(self) -> "ScoreConfig":
+        if 2 * self.per_side > self.top:
+            raise ValueError(f"per_side={self.per_side} text + image occurrences cannot fit in top={self.top}")
+        if ("clip_score" in self.scorers) != (self.clip_model is not None):
+            raise ValueError("the clip_score scorer needs clip_model (a CLIP/SigLIP hub id or path, e.g. openai/clip-vit-base-patch32)"
+                             if self.clip_model is None else "clip_model is set but clip_score is not among the scorers: add it or drop clip_model")
+        return self
+
+    def identity(self) -> dict:
+        return self.model_dump(exclude=_SCORE_RUNTIME)
+
+
+class FilterConfig(BaseModel):
+    """Which samples to keep: the top k or top fraction by one scorer."""
+
+    model_config = _STRICT
+
+    tables: str = Field(DEFAULT_TABLES, description="root of the feature tables")
+    out: str = Field(description="output directory of the filtered dataset")
+    scorer: str = Field("saev", description="scorer to rank by")
+    datasets: list[str] | None = Field(None, description="datasets to draw from (default: every dataset scored with the SAE)")
+    sae_id: str | None = Field(None, description="SAE whose scores rank the samples (default: the only one)")
+    top_fraction: float | None = Field(None, gt=0, le=1, description="keep this fraction (0-1] of the ranked samples")
+    top_k: int | None = Field(None, ge=1, description="keep this many samples")
+    per_dataset: bool = Field(False, description="apply k / fraction to each dataset instead of the pooled ranking")
+    random_seed: int | None = Field(None, description="with scorer 'random': rank by this seed instead of the stored one")
+
+    @model_validator(mode="after")
+    def _one_size(self) -> "FilterConfig":
+        from saev_core.scoring import get_scorer
+
+        get_scorer(self.scorer)
+        if (self.top_fraction is None) == (self.top_k is None):
+            raise ValueError("give exactly one of top_fraction and top_k")
+        if self.random_seed is not None and self.scorer != "random":
+            raise ValueError("random_seed only applies to scorer 'random'")
+        return self
+
+
+class AlignConfig(BaseModel):
+    """One alignment run. Defaults suit the demo world on CPU; real models override lr and steps."""
+
+    model_config = _STRICT
+
+    model: str = Field(description="base model: hub id or local path (AutoModelForImageTextToText)")
+    data: str = Field(description="filter artifact directory from `saev filter`")
+    out: str = Field(description="where the aligned model and its manifest go")
+    method: Literal["sft", "dpo"] = Field("sft", description="sft (TRL SFTTrainer) or dpo (DPOTrainer)")
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="overrides epochs when > 0")
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    beta: float = Field(0.1, gt=0, description="DPO temperature")
+    seed: int = 0
+    bf16: bool | None = Field(None, description="default: on where CUDA supports it")
+    lora: bool = Field(False, description="train LoRA adapters (peft) instead of all weights; merged into the saved model")
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_target_modules: list[str] | str = Field("all-linear", description="peft target_modules")
+    chat_template: str | None = Field(None, description="Jinja chat template file, for a processor that ships none (PaliGemma); "
+                                      "saved with the aligned model's processor")
+
+
+class ExperimentConfig(BaseModel):
+    """The grid. Defaults (sized to run in under 20 minutes on 2 cores): the paper's scorers and
+    the demo's default `agreement`, at 25/50/100% kept, 3 random seeds, one training seed, plus
+    the oracle where labels exist (16 runs)."""
+
+    model_config = _STRICT
+
+    tables: str = DEFAULT_TABLES
+    model: str | None = Field(None, description="base model every run starts from; default (CLI, flow): the demo world `make run` prepared")
+    heldout: str | None = Field(None, description="evaluation split (never trained or tuned on); default: the demo world's")
+    labels: str | None = Field(None, description="evaluation-only labels for the oracle line; default: the demo world's")
+    oracle: bool = Field(True, description="add the oracle (clean rows only) at its natural fraction and each smaller one; needs labels")
+    out: str = Field("data/runs/experiment", description="experiment directory")
+    dataset: str | None = Field(None, description="scored dataset to draw from (default: the only one)")
+    sae_id: str | None = Field(None, description="SAE whose scores rank the samples (default: the only one)")
+    method: Literal["sft", "dpo"] = Field("sft", description="sft or dpo")
+    scorers: list[str] = Field(default_factory=_experiment_scorers, description="scorers compared; default: the paper's and agreement")
+    fractions: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0], description="fractions kept (default: 0.25, 0.5, 1.0)")
+    random_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="seeds of the random scorer's draws (default: 0, 1, 2)")
+    train_seeds: list[int] = Field(default_factory=lambda: [0], description="alignment seeds for every run (default: 0)")
+    align: dict = Field(default_factory=lambda: {k: v for k, v in DEMO_ALIGN.items() if k != "method"},
+                        description="AlignConfig overrides (epochs, lr, batch_size, ...); default: the demo's")
+    eval_samples: int | None = Field(300, description="held-out rows evaluated per run (None: all)")
+    match_steps: bool = Field(True, description="train every run for the optimizer steps full data gets (compute-matched), "
+                                                 "instead of the same epochs (fewer steps for a smaller subset)")
+    progress: bool = True
+
+    def runs(self) -> list[dict]:
+        """Every (scorer, fraction, scorer seed, train seed); fraction 1.0 is one shared 'full' run per train seed."""
+        from saev_core.quality import clean_share
+        from saev_core.scoring import check_scorers
+
+        check_scorers(self.scorers)
+        natural = round(clean_share(self.labels, self.dataset), 4) if self.oracle and self.labels else None
+        grid = []
+        for ts in self.train_seeds:
+            if 1.0 in self.fractions:
+                grid.append({"scorer": "full", "fraction": 1.0, "seed": None, "train_seed": ts})
+            for scorer in self.scorers:
+                for frac in (f for f in self.fractions if f < 1.0):
+                    for seed in (self.random_seeds if scorer == "random" else [None]):
+                        grid.append({"scorer": scorer, "fraction": frac, "seed": seed, "train_seed": ts})
+            if natural is not None and natural < 1.0:
+                grid.append({"scorer": "oracle", "fraction": natural, "seed": None, "train_seed": ts})
+                grid += [{"scorer": "oracle", "fraction": f, "seed": seed, "train_seed": ts}
+                         for f in self.fractions if f < natural for seed in self.random_seeds[:1]]
+        return grid
