@@ -79,8 +79,13 @@ def parse_sweep(items: list[str]) -> dict[str, list]:
 
 
 def describe_errors(e: ValidationError) -> list[str]:
-    """One ``field.sub: message`` line per pydantic error."""
-    return [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+    """One ``field.sub: message`` line per pydantic error; a check across fields (a model
+    validator, which has no field) gives its message alone, without pydantic's "Value error, "."""
+    lines = []
+    for err in e.errors():
+        msg = err["msg"].removeprefix("Value error, ") if err["type"] == "value_error" else err["msg"]
+        lines.append(f"{'.'.join(str(x) for x in err['loc'])}: {msg}" if err["loc"] else msg)
+    return lines
 
 
 def validate(model: type[BaseModel], data: dict) -> BaseModel:

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from saev_core.cli import app
 from saev_core.cli_options import config_options, flag_type
 from saev_core.configs import AlignConfig, DemoConfig, DumpConfig, ExperimentConfig, FilterConfig, ScoreConfig, TrainConfig
+from saev_core.scoring import SCORERS
 
 
 class Toy(BaseModel):
@@ -101,3 +102,10 @@ def test_the_cli_and_the_configs_import_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_cross_field_check_prints_its_own_message(tmp_path):
+    """A model validator's error has no field: the line is its message, without pydantic's prefix."""
+    res = CliRunner().invoke(app, ["filter", "--tables", str(tmp_path), "--out", str(tmp_path / "f"), "--scorer", "nope", "--top-k", "3"])
+    assert res.exit_code == 2
+    assert res.output.splitlines()[1] == "  unknown scorer 'nope'; valid scorers: " + str(sorted(SCORERS))
