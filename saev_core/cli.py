@@ -27,7 +27,7 @@ app = typer.Typer(help="SAE-V: sparse autoencoders on multimodal LLMs, cross-mod
 demo_app = typer.Typer(help="Build the offline demo world (synthetic dataset + tiny LLaVA).", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
 
-SET_HELP = "Override any config field, e.g. --set dataset.limit=100 (repeatable)."
+SET_HELP = "Override any config field, nested ones too: --set key.sub=value (repeatable; applied after the flags)."
 CONFIG_HELP = "YAML or JSON config file; flags override its values."
 ERRORS = (ValueError, FileNotFoundError, RuntimeError, MemoryError, OSError)
 
