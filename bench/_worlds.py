@@ -29,16 +29,22 @@ def world(seed: int) -> Path:
     return out
 
 
-def scored(seed: int, out: Path, layer: int = 0, variant: str = "response", sae_seed: int = 0, tau: float = 0.0,
-           score: dict | None = None, dataset: str = "demo-rlaif", clip: bool = False) -> tuple[Path, Path, dict]:
-    """(world dir, tables dir, scoring manifest) of world ``seed`` scored with SAE seed ``sae_seed``;
-    ``score`` overrides ScoreConfig fields (each override gets its own tables directory); ``clip``
-    adds clip_score with the world's demo CLIP (trained once, under ``<world>/clip``)."""
+def dumped(seed: int, out: Path, layer: int = 0, variant: str = "response", dataset: str = "demo-rlaif") -> tuple[Path, Path]:
+    """(world dir, run dir) of world ``seed`` dumped at ``layer`` into ``<run>/dump`` (once)."""
     wdir = world(seed)
     run = Path(out) / f"w{seed}-L{layer}-{variant}"
     spec = DatasetSpec(path=str(wdir / "datasets" / dataset / "train.parquet"))
     run_dump(DumpConfig(model=str(wdir / "model"), dataset=spec, layer=layer, out=str(run / "dump"),
                         include_response=variant == "response", progress=False))
+    return wdir, run
+
+
+def scored(seed: int, out: Path, layer: int = 0, variant: str = "response", sae_seed: int = 0, tau: float = 0.0,
+           score: dict | None = None, dataset: str = "demo-rlaif", clip: bool = False) -> tuple[Path, Path, dict]:
+    """(world dir, tables dir, scoring manifest) of world ``seed`` scored with SAE seed ``sae_seed``;
+    ``score`` overrides ScoreConfig fields (each override gets its own tables directory); ``clip``
+    adds clip_score with the world's demo CLIP (trained once, under ``<world>/clip``)."""
+    wdir, run = dumped(seed, out, layer, variant, dataset)
     sae_dir = run / f"sae-s{sae_seed}"
     if not (sae_dir / "sae" / "cfg.json").exists():
         train_sae(TrainConfig.model_validate({**DEMO_SAE, "activations": str(run / "dump"), "out": str(sae_dir),
