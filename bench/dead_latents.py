@@ -6,7 +6,8 @@ Trains the pipeline's demo SAE (demo.defaults.DEMO_SAE) on each world's dump at 
 default rule's lr for each ``--lr-mult``, and at the default lr with each ``--aux``; reports the
 dead fraction by training's own window (no firing in the last dead_window tokens) and on the
 held-out split (never firing on it), with held-out FVU and the latents firing on both
-modalities. A diagnosis, not a default: choosing one would need the scorers' validation figures.
+modalities. ``--score`` also scores each SAE and reports the agreement and saev scorers' AUROC
+(evaluation labels read only through ``quality.scorer_quality``). A diagnosis, not a default.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _worlds import dumped  # noqa: E402
 
 from saev_core.demo.defaults import DEMO_SAE  # noqa: E402
+from saev_core.quality import scorer_quality  # noqa: E402
+from saev_core.query import open_views  # noqa: E402
+from saev_core.score_dataset import ScoreConfig, run_scoring  # noqa: E402
 from saev_core.train import TrainConfig, train_sae  # noqa: E402
 
 
@@ -36,11 +40,12 @@ def main() -> None:
     ap.add_argument("--lr-mult", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0])
     ap.add_argument("--aux", type=float, nargs="*", default=[0.0, 0.125], help="aux_coefficient values tried at the default lr")
     ap.add_argument("--out", default="data/bench/dead-latents")
+    ap.add_argument("--score", action="store_true", help="also score each SAE and report scorer AUROC")
     args = ap.parse_args()
 
     rows = []
     for w in args.worlds:
-        _, run = dumped(w, Path(args.out))
+        wdir, run = dumped(w, Path(args.out))
         for seed in args.sae_seeds:
             base = TrainConfig.model_validate({**DEMO_SAE, "activations": str(run / "dump"), "out": "-", "seed": seed})
             # the default first: the other step sizes are multiples of the lr it resolves to
@@ -57,9 +62,16 @@ def main() -> None:
                              "aux_coefficient": cfg.aux_coefficient, "dead_train_window": last_logged(out)["dead_fraction"],
                              "dead_heldout": held["dead_fraction"], "heldout_tokens": held["all"]["n_tokens"],
                              "fvu": held["all"]["fvu"], "on_both": held["latents_firing_on_both"]})
+                if args.score:
+                    sm = run_scoring(ScoreConfig(activations=str(run / "dump"), sae=str(out), tables=str(out / "tables"),
+                                                 dataset_name="demo-rlaif", progress=False), overwrite=True)
+                    quality = scorer_quality(open_views(str(out / "tables")), str(wdir / "labels.parquet"), "demo-rlaif", sm["sae_id"])
+                    rows[-1] |= {f"auroc_{q['scorer']}": q["auroc"] for q in quality if q["scorer"] in ("agreement", "saev")}
                 print(json.dumps(rows[-1]), flush=True)
 
-    print("\n| variant | lr | dead (train window) | dead (held-out) | held-out FVU | latents on both |\n|---|---|---|---|---|---|")
+    extra = [k for k in rows[0] if k.startswith("auroc_")]
+    print("\n| variant | lr | dead (train window) | dead (held-out) | held-out FVU | latents on both |"
+          + "".join(f" {k.replace('_', ' ')} |" for k in extra) + "\n|---|---|---|---|---|---|" + "---|" * len(extra))
     for kind, value in dict.fromkeys((r["kind"], r["value"]) for r in rows):
         group = [r for r in rows if (r["kind"], r["value"]) == (kind, value)]
 
@@ -70,7 +82,7 @@ def main() -> None:
 
         name = f"lr x {value:g}" if kind == "lr" else f"aux {value:g}"
         print(f"| {name} | {group[0]['lr']:.2e} | {cell('dead_train_window', '.3f')} | {cell('dead_heldout', '.3f')} | "
-              f"{cell('fvu', '.4f')} | {cell('on_both', '.0f')} |")
+              f"{cell('fvu', '.4f')} | {cell('on_both', '.0f')} |" + "".join(f" {cell(k, '.3f')} |" for k in extra))
 
 
 if __name__ == "__main__":
