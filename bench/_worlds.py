@@ -57,3 +57,25 @@ def scored(seed: int, out: Path, layer: int = 0, variant: str = "response", sae_
     manifest = run_scoring(ScoreConfig(activations=str(run / "dump"), sae=str(sae_dir), tables=str(tables),
                                        dataset_name=dataset, tau=tau, progress=False, **score))
     return wdir, tables, manifest
+
+
+def probe_dump(seed: int, out: Path, rows: int = 2000, layer: int = 0, variant: str = "response") -> Path:
+    """A dump of ``rows`` fresh rows from world ``seed``'s generator (a new row seed, the same model).
+
+    The dump's own held-out split is about 4,000 tokens, too few to tell a latent that fires once in
+    10,000 tokens from a dead one; this one is about 20x that, and no SAE trains on it.
+    """
+    from saev_core.demo.build import DATASETS, _pref_columns, _write_dataset
+    from saev_core.demo.scenes import make_rows
+
+    wdir = world(seed)
+    run = Path(out) / f"w{seed}-L{layer}-{variant}-probe{rows}"
+    data = run / "probe.parquet"
+    if not data.exists():
+        cfg = DemoConfig(seed=seed)
+        picked = make_rows(rows, seed + 7001, cfg.low_quality_fraction, cfg.image_size)
+        _write_dataset(_pref_columns(picked, DATASETS["demo-rlaif"], seed), data.with_suffix(".tmp"))
+        data.with_suffix(".tmp").rename(data)
+    run_dump(DumpConfig(model=str(wdir / "model"), dataset=DatasetSpec(path=str(data)), layer=layer, out=str(run / "dump"),
+                        include_response=variant == "response", progress=False))
+    return run / "dump"

@@ -9,6 +9,7 @@ crashed resumes at the stage it was in, and a changed config reruns only what is
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
@@ -16,15 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows.stages import AlignOverrides, DumpOverrides, ScoreOverrides, TrainOverrides, dump_config
 from saev_core.align import AlignConfig
+from saev_core.configs import DEFAULT_SCORER
 from saev_core.data import DatasetSpec
 from saev_core.demo.build import DemoConfig
-from saev_core.demo.defaults import DEMO_ALIGN, DEMO_DUMP, DEMO_SAE, DEMO_SCORER
+from saev_core.demo.defaults import DEMO_ALIGN, DEMO_DUMP, DEMO_SAE
 from saev_core.dump import DumpConfig, plan_shards
 from saev_core.inputs import chat_template_digest
 from saev_core.overrides import set_fields
 from saev_core.score_dataset import ScoreConfig
 from saev_core.store import ArtifactStore, stage_key
-from saev_core.train import TrainConfig, headline
+from saev_core.train import TrainConfig, dead_note, headline
 from tasks.align import align_task, evaluate_model_task
 from tasks.common import run_cached
 from tasks.demo import prepare_demo, prepare_demo_clip
@@ -54,11 +56,13 @@ class PipelineConfig(BaseModel):
                                  description="extra SAEs (overrides on top of `sae`) trained on the same dump for the report's FVU-vs-L0 frontier")
     frontier_tokens: float = Field(0.25, gt=0, le=1, description="share of the SAE's training tokens each frontier SAE gets "
                                                                  "(unless it sets total_tokens); 0.25 keeps `make run` within 8 min")
-    eval_samples: int = Field(100, ge=0, description="held-out samples for SAE cross-entropy and model evaluation")
+    eval_samples: int = Field(100, ge=0, description="held-out samples for the SAE's cross-entropy and KL figures")
+    model_eval_samples: int | None = Field(None, ge=1, description="held-out rows each model is evaluated on (None: the whole split, "
+                                                                  "500 on the demo, where an accuracy's binomial noise is about 0.02)")
     score: ScoreOverrides = Field(default_factory=ScoreOverrides, description="ScoreConfig overrides")
     clip_baseline: bool = Field(False, description="demo world: also train a tiny CLIP on the demo's own image-text pairs and score "
                                                    "clip_score beside saev (the external-model baseline; for your own data set score.clip_model)")
-    scorer: str = Field(DEMO_SCORER, description="scorer that picks the kept subset (chosen on the validation world, bench/RESULTS.md)")
+    scorer: str = Field(DEFAULT_SCORER, description="scorer that picks the kept subset (chosen on the validation world, bench/RESULTS.md)")
     top_fraction: float = Field(0.5, gt=0, le=1)
     align: AlignOverrides = Field(default_factory=lambda: AlignOverrides(**DEMO_ALIGN), description="AlignConfig overrides")
     compare: bool = Field(True, description="with labels: also align on a random and an oracle (clean rows) subset of the same size")
@@ -139,7 +143,7 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
         score_conf["clip_model"], score_upstream = clip["manifest"]["model"], [*score_upstream, clip["key"]]
     scored = score_stage(store, score_conf, score_upstream, len(dump["manifest"]["shards"]), cfg.shard_tasks)
     sae_id = scored["manifest"]["sae_id"]
-    report_conf = {"dataset": cfg.dataset_name, "sae_id": sae_id, "n_latents": cfg.report_latents,
+    report_conf = {"dataset": cfg.dataset_name, "sae_id": sae_id, "n_latents": cfg.report_latents, "scorer": cfg.scorer,
                    "labels": cfg.labels or labels, "frontier_of": dump["path"]}
     report = run_cached(report_task, store, "report", report_conf, [scored["key"], *(f["key"] for f in frontier)]) \
         if cfg.report_latents else None
@@ -154,16 +158,19 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
     filtered, aligned = filter_and_align(filter_conf)
     labels = cfg.labels or labels
     # The same-size baselines beside the scorer's subset: random, and the evaluation-only oracle.
+    # clip_score, where scored, is the filter users would pick instead.
     baselines = {"random": filter_and_align({**filter_conf, "scorer": "random"}),
                  "oracle": filter_and_align({**filter_conf, "scorer": "random", "oracle_labels": labels})} \
         if cfg.compare and labels is not None and cfg.scorer != "random" else {}
+    if baselines and "clip_model" in score_conf and cfg.scorer != "clip_score":
+        baselines["clip_score"] = filter_and_align({**filter_conf, "scorer": "clip_score"})
 
     sae_figures = headline(sae["manifest"])
     summary = {
         "artifacts": store.location,
         "dump": dump["path"], "samples": dump["manifest"]["n_samples"], "rejected": dump["manifest"]["n_rejected"],
         "sae": str(Path(sae["path"]) / "sae"), "sae_fvu": {g: sae_figures[f"{g}_fvu"] for g in ("all", "image", "text")},
-        "sae_l0": sae_figures["all_l0"],
+        "sae_l0": sae_figures["all_l0"], "sae_dead": sae["manifest"]["metrics"],
         "ce_loss_recovered": sae_eval["manifest"].get("ce_with_images", {}).get("ce_loss_recovered"),
         "kl_score": {g: r["kl_score"] for g, r in sae_eval["manifest"].get("ce_with_images", {}).get("kl", {}).items()},
         "tables": str(store.tables), "sae_id": sae_id, "cross_modal_latents": scored["manifest"]["n_cross_modal"],
@@ -177,9 +184,9 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
         summary["demo_caption_accuracy"] = world["manifest"]["pretrain"]["caption_accuracy"]
     heldout = cfg.heldout or heldout
     if heldout is not None:
-        n_eval = cfg.eval_samples or None
+        n_eval = cfg.model_eval_samples
         method = aligned["manifest"]["method"]
-        keys = ("answer_accuracy", "nll", "preference_accuracy")
+        keys = ("n", "answer_accuracy", "nll", "preference_accuracy")
 
         def evaluate(trained: dict) -> dict:
             rec = run_cached(evaluate_model_task, store, "evaluate",
@@ -199,6 +206,18 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
     return summary
 
 
+BASELINE_NAMES = {"random": "random", "oracle": "oracle (clean rows only)"}
+
+
+def _se(p: float, n: int) -> float:
+    """Binomial standard error sqrt(p (1 - p) / n) of an accuracy p measured on n rows."""
+    return math.sqrt(p * (1 - p) / n) if n else math.nan
+
+
+def _with_se(p: float, n: int) -> str:
+    return f"{p:.3f} ± {_se(p, n):.3f}"
+
+
 def render_summary(s: dict) -> str:
     """The end-of-run report `make run` prints."""
     lines = ["", "saev pipeline finished", "",
@@ -207,6 +226,7 @@ def render_summary(s: dict) -> str:
              f"L0 {s['sae_l0']:.1f}, CE-loss-recovered {s['ce_loss_recovered'] if s['ce_loss_recovered'] is None else round(s['ce_loss_recovered'], 3)}, "
              f"KL score {', '.join(f'{g} {v:.3f}' for g, v in s.get('kl_score', {}).items()) or '-'}"
              f" -> {s['sae']}",
+             f"              {dead_note(s['sae_dead'])}",
              f"  scores      SAE {s['sae_id']}, {s['cross_modal_latents']} cross-modal latents -> {s['tables']}",
              f"  filter      kept {s['filtered_kept']} -> {s['filtered']}"]
     if "alignment" in s:
@@ -215,12 +235,17 @@ def render_summary(s: dict) -> str:
                      f"{a['aligned']['answer_accuracy']:.3f}, preference accuracy {a['base']['preference_accuracy']:.3f} -> "
                      f"{a['aligned']['preference_accuracy']:.3f} -> {s['aligned_model']}")
         if a.get("baselines"):
-            lines += ["", f"  the same {a['train_rows']} rows' worth of data, chosen three ways (held-out, one seed):", "",
-                      "  | subset | answer accuracy | preference accuracy |", "  | --- | ---: | ---: |",
-                      f"  | none (base model) | {a['base']['answer_accuracy']:.3f} | {a['base']['preference_accuracy']:.3f} |",
-                      f"  | {a['scorer']} (top) | {a['aligned']['answer_accuracy']:.3f} | {a['aligned']['preference_accuracy']:.3f} |"]
-            lines += [f"  | {name}{' (clean rows, evaluation only)' if name == 'oracle' else ''} | {b['answer_accuracy']:.3f} | "
-                      f"{b['preference_accuracy']:.3f} |" for name, b in a["baselines"].items()]
+            rows = {"none (base model)": a["base"], f"{a['scorer']} (top)": a["aligned"],
+                    **{BASELINE_NAMES.get(name, f"{name} (top)"): b for name, b in a["baselines"].items()}}
+            n = a["aligned"]["n"]
+            lines += ["", f"  the same {a['train_rows']} rows' worth of data, chosen {len(rows) - 1} ways; accuracy on {n} held-out rows "
+                      "± its binomial standard error (one training seed):", "",
+                      "  | subset | answer accuracy | preference accuracy |", "  | --- | ---: | ---: |"]
+            lines += [f"  | {name} | {_with_se(r['answer_accuracy'], r['n'])} | {_with_se(r['preference_accuracy'], r['n'])} |"
+                      for name, r in rows.items()]
+            lines += ["", "  Two rows differ beyond this noise where the gap exceeds twice sqrt(se1^2 + se2^2), about "
+                      f"{2 * math.sqrt(2) * _se(0.5, n):.3f} here; training seeds add their own spread (bench/RESULTS.md).",
+                      "  The oracle row needs the evaluation-only labels; every other row reads none."]
     if "scorer_auroc" in s:
         lines += ["", "  scorer AUROC, clean vs low-quality (evaluation labels only):", "", "  | scorer | AUROC |", "  | --- | ---: |"]
         lines += [f"  | {k} | {v:.3f} |" for k, v in s["scorer_auroc"].items()]

@@ -48,6 +48,16 @@ def resolve_sae_dir(path: str | Path) -> Path:
                             "directory or a SAELens checkpoint directory")
 
 
+def training_manifest(path: str | Path) -> dict | None:
+    """The `saev train` manifest of the run an SAE came from, or None (a SAELens checkpoint has none)."""
+    sae_dir = resolve_sae_dir(path)
+    mf = sae_dir.parent / "manifest.json"
+    if sae_dir.name != "sae" or not mf.is_file():
+        return None
+    manifest = json.loads(mf.read_text())
+    return manifest if manifest.get("kind") == "saev.sae_run" else None
+
+
 def sae_id_of(sae_dir: Path) -> str:
     """Content address of an SAE: the same weights always get the same id, whatever the path.
 

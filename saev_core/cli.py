@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from saev_core.cli_options import config_options
 from saev_core.config_io import apply_set, describe_errors, merge, parse_pairs, parse_sweep, read_config, validate
-from saev_core.configs import (DEFAULT_TABLES, AlignConfig, DatasetFormat, DemoConfig, DumpConfig, ExperimentConfig, FilterConfig,
+from saev_core.configs import (DEFAULT_SCORER, DEFAULT_TABLES, AlignConfig, DatasetFormat, DemoConfig, DumpConfig, ExperimentConfig, FilterConfig,
                                ScoreConfig, TrainConfig)
 from saev_core.locate import (DEMO_DIR, FILLED_IN, align_inputs, dump_inputs, experiment_inputs, labels_of_tables, sae_points,
                               score_inputs, store_of_tables, train_inputs)
@@ -376,7 +376,8 @@ def report(
     tables: str = typer.Option(DEFAULT_TABLES, help="Feature tables root."),
     latents: int = typer.Option(100, help="Latent pages to render (the top ones by cross-modal weight)."),
     top_samples: int = typer.Option(8, help="Top-activating samples per latent page."),
-    samples: int = typer.Option(40, help="Sample pages for the top samples by saev score (plus those shown on latent pages)."),
+    samples: int = typer.Option(40, help="Sample pages for the top samples by --scorer (plus those shown on latent pages)."),
+    scorer: str = typer.Option(DEFAULT_SCORER, help="Scorer that ranks the sample list (the default scorer of filter and the pipeline)."),
     labels: Optional[str] = typer.Option(None, help="Evaluation labels to split score distributions into clean vs low-quality."),
     experiment: Optional[str] = typer.Option(None, help="A `saev experiment` directory whose plot to include."),
 ):
@@ -387,4 +388,4 @@ def report(
     sae_id = the_sae(open_views(tables), tables, sae_id, table="feature_stats", dataset=dataset)
     store = store_of_tables(tables)
     _echo_json(write_report(tables, out, dataset, sae_id, latents, top_samples, samples, labels,
-                            sae_points(store) if store else None, experiment))
+                            sae_points(store) if store else None, experiment, scorer))

@@ -31,6 +31,11 @@ _TRAIN_RUNTIME = {"out", "progress", "device", "checkpoint_every", "log_every", 
 _SCORE_RUNTIME = {"tables", "device", "batch_rows", "weights_memory_mb", "progress", "clip_batch_size"}
 
 
+# The scorer that ranks samples wherever none is named: `saev filter`, the report's sample list,
+# the pipeline and the experiment's grid. Chosen on the demo's validation world (bench/RESULTS.md).
+DEFAULT_SCORER = "agreement"
+
+
 def _default_scorers() -> list[str]:
     from saev_core.scoring import default_scorers
 
@@ -141,6 +146,9 @@ class SAEConfig(BaseModel):
 
     ``aux_k`` defaults to d_in // 2 (capped at d_sae) for topk/batchtopk: the heuristic of OpenAI's
     "Scaling and evaluating sparse autoencoders" (App. B.1), also used by sparsify and SAELens.
+    ``aux_coefficient`` defaults to 1, not OpenAI's 1/32: a latent that dies keeps Adam's second
+    moment of its live gradients, so a weak AuxK gradient barely moves it, and on the validation
+    world 1/32 left twice the dead latents (bench/RESULTS.md, "A healthy SAE by default").
     ``dead_window`` counts tokens (not steps), so it means the same at any batch size; 10M is
     OpenAI's and sparsify's default. ``threshold_ema_decay`` is the EMA decay of the BatchTopK
     threshold estimate (0.99 = SAELens's topk_threshold_lr 0.01).
@@ -161,7 +169,7 @@ class SAEConfig(BaseModel):
     l1_coefficient: float = Field(default=5.0, ge=0, allow_inf_nan=False)
     l1_warmup_frac: float = Field(default=0.05, ge=0, le=1)
     aux_k: int | None = Field(default=None, gt=0)
-    aux_coefficient: float = Field(default=1 / 32, ge=0, allow_inf_nan=False)
+    aux_coefficient: float = Field(default=1.0, ge=0, allow_inf_nan=False)
     dead_window: int = Field(default=10_000_000, gt=0)
     threshold_ema_decay: float = Field(default=0.99, ge=0, lt=1)
     l0_coefficient: float = Field(default=1.0, ge=0, allow_inf_nan=False)
@@ -209,6 +217,7 @@ class TrainConfig(BaseModel):
     optimizer: Optimizer = Field("adam", description="adam, or signum (sign of the momentum; momentum = betas[0])")
     lr: float | None = Field(None, gt=0, description="default: 5e-5 for relu with adam (the paper), else a rule that scales with d_sae and batch_size (saev_core.optim.default_lr)")
     betas: tuple[float, float] = (0.9, 0.999)
+    lr_warmup_frac: float = Field(0.0, ge=0, le=1, description="linear warm-up of the lr from 0 over this first fraction of steps")
     lr_decay_frac: float = Field(0.2, ge=0, le=1, description="linear decay to 0 over this last fraction of steps")
     l1_coefficient: float = Field(5.0, ge=0, description="relu: lambda of the L1 penalty (METHOD.md sec. 2)")
     l1_warmup_frac: float = Field(0.05, ge=0, le=1, description="linear warm-up of the sparsity penalty (relu's L1, jumprelu's L0) over this first fraction of steps")
@@ -217,7 +226,9 @@ class TrainConfig(BaseModel):
     jumprelu_init_threshold: float = Field(0.001, ge=0, description="jumprelu: initial threshold of every latent (Gemma Scope's)")
     matryoshka_widths: list[int] | None = Field(None, description="matryoshka_batchtopk: nested prefix widths ending at d_sae "
                                                 "(default: d_sae/16, d_sae/8, d_sae/4, d_sae/2, d_sae)")
-    aux_coefficient: float = Field(1 / 32, ge=0)
+    aux_coefficient: float = Field(1.0, ge=0, description="weight of the AuxK loss over dead latents (topk-like); 1, not OpenAI's 1/32: "
+                                                         "see saev_core.configs.SAEConfig")
+    aux_k: int | None = Field(None, ge=1, description="dead latents per token in the AuxK loss; default d_in / 2 (OpenAI's)")
     grad_clip_norm: float | None = Field(1.0, gt=0, description="clip the gradient norm each step (SAELens's default); None turns it off")
     dead_window: int | None = Field(None, ge=1, description="tokens without firing before a latent is dead; default min(10M, total_tokens / 10)")
     scale_batches: int = Field(100, ge=1, description="batches used to estimate the input scale s = sqrt(d_in) / mean||x||")
@@ -272,6 +283,10 @@ class ScoreConfig(BaseModel):
     agreement_refits: int = Field(2, ge=0, description="rounds of recounting the agreement scorer's co-firing on its own top "
                                                        "`agreement_keep` fraction (0: count once over every sample)")
     agreement_keep: float = Field(0.5, gt=0, le=1, description="fraction of samples each recount keeps")
+    agreement_peers: int = Field(100, ge=1, description="agreement_peers: the nearest texts (Jaccard of their latents) each sample "
+                                                        "is ranked among")
+    agreement_peer_pool: int = Field(5000, ge=2, description="agreement_peers: the seeded reference subset the peers are drawn from "
+                                                             "(the whole dataset when smaller), which bounds the work at n x pool")
     reference_samples: int = Field(1000, ge=1, description="reference subset size for the cross-modal weights")
     top: int = Field(30, ge=1, description="top occurrences pooled per latent")
     per_side: int = Field(5, ge=1, description="text and image occurrences compared per latent")
@@ -320,7 +335,7 @@ class FilterConfig(BaseModel):
 
     tables: str = Field(DEFAULT_TABLES, description="root of the feature tables")
     out: str = Field(description="output directory of the filtered dataset")
-    scorer: str = Field("saev", description="scorer to rank by")
+    scorer: str = Field(DEFAULT_SCORER, description="scorer to rank by")
     datasets: list[str] | None = Field(None, description="datasets to draw from (default: every dataset scored with the SAE)")
     sae_id: str | None = Field(None, description="SAE whose scores rank the samples (default: the only one)")
     top_fraction: float | None = Field(None, gt=0, le=1, description="keep this fraction (0-1] of the ranked samples")

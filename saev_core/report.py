@@ -30,11 +30,13 @@ import torch
 from PIL import Image
 
 from saev_core.activations import ActivationDump, to_tensor
-from saev_core.checkpoint import load_sae, resolve_sae_dir
+from saev_core.checkpoint import load_sae, resolve_sae_dir, training_manifest
+from saev_core.configs import DEFAULT_SCORER
 from saev_core.data import DatasetSpec, open_dataset, samples_at
 from saev_core.io import atomic_dir, read_json
 from saev_core.query import open_views, row_indices
 from saev_core.tables import manifest_path
+from saev_core.train import dead_note
 
 CSS = """body{font-family:system-ui,sans-serif;margin:1.5rem;max-width:1100px;color:#222}
 table{border-collapse:collapse;font-size:.9rem}td,th{padding:.25rem .6rem;border-bottom:1px solid #ddd;text-align:right}
@@ -314,7 +316,7 @@ def frontier_plot(points: list[dict]) -> bytes:
 
 def write_report(tables: str | Path, out: str | Path, dataset: str, sae_id: str, n_latents: int = 100, top_samples: int = 8,
                  n_samples: int = 40, labels: str | None = None, points: list[dict] | None = None,
-                 experiment: str | Path | None = None) -> dict:
+                 experiment: str | Path | None = None, scorer: str = DEFAULT_SCORER) -> dict:
     """Render the report into ``out`` (atomically); returns counts, the index path and the plots.
 
     ``points`` (architecture, l0, fvu of several SAEs: ``locate.sae_points``) adds their FVU-vs-L0
@@ -329,8 +331,8 @@ def write_report(tables: str | Path, out: str | Path, dataset: str, sae_id: str,
         raise ValueError(f"no feature_stats for dataset {dataset!r} and SAE {sae_id!r}; run `saev score` first")
     pages = {s["feature_id"]: s for s in stats[:n_latents]}
     weights = {s["feature_id"]: s["cross_modal_weight"] for s in stats}
-    samples = [r[0] for r in ctx.q("SELECT sample_id FROM scores WHERE dataset = $d AND sae_id = $s AND scorer = 'saev' "
-                                   "ORDER BY rank LIMIT $k", k=n_samples)]
+    samples = [r[0] for r in ctx.q("SELECT sample_id FROM scores WHERE dataset = $d AND sae_id = $s AND scorer = $r "
+                                   "ORDER BY rank LIMIT $k", r=scorer, k=n_samples)]
     out = Path(out)
     tops = [r[0] for r in ctx.q("SELECT DISTINCT sample_id FROM (SELECT sample_id, row_number() OVER (PARTITION BY feature_id "
                                 "ORDER BY max_act DESC, sample_id) AS r FROM sample_features WHERE dataset = $d AND sae_id = $s "
@@ -359,9 +361,11 @@ def write_report(tables: str | Path, out: str | Path, dataset: str, sae_id: str,
         for name, png in plots.values():
             (tmp / "plots" / name).write_bytes(png)
         figures = "".join(f"<h2>{title}</h2><img class='plot' alt='{title}' src='{png_data_uri(png)}'>" for title, (_, png) in plots.items())
+        trained = training_manifest(ctx.scoring["sae"])
+        dead = f" The SAE's {dead_note(trained['metrics'])}." if trained and "metrics" in trained else ""
         body = (f"<p>dataset <b>{html.escape(dataset)}</b>, SAE <b>{sae_id}</b>; {len(stats)} active latents, "
-                f"{len(pages)} with pages; samples ranked by the saev score.</p>{figures}"
-                f"<h2>Top samples by saev score</h2><ol>{top}</ol><h2>Latents</h2>"
+                f"{len(pages)} with pages; samples ranked by the {html.escape(scorer)} score.{dead}</p>{figures}"
+                f"<h2>Top samples by {html.escape(scorer)} score</h2><ol>{top}</ol><h2>Latents</h2>"
                 "<p><button onclick=\"setKind('all')\">all</button><button onclick=\"setKind('cross-modal')\">cross-modal</button>"
                 "<button onclick=\"setKind('image-only')\">image-only</button><button onclick=\"setKind('text-only')\">text-only</button>"
                 "<button onclick='step(-1)'>prev</button><button onclick='step(1)'>next</button> <span id='pager'></span></p>"

@@ -75,6 +75,7 @@ class ScoringContext:
     agreement_tau: float = 0.5
     cofiring: "CoFiring | None" = None  # the dataset's co-firing counts at agreement_tau (agreement scorer)
     external: dict[str, dict[str, float]] = field(default_factory=dict)  # per-sample scores of external models, by scorer
+    peer_rank: dict[str, float] = field(default_factory=dict)  # agreement_peers' per-sample ranks (peer_percentiles)
 
 
 Scorer = Callable[[SampleSummary, ScoringContext], float]
@@ -93,6 +94,10 @@ def scorer(name: str, *, default: bool = True, experiment: bool = False):
             _EXPERIMENT.append(name)
         return fn
     return register
+
+
+# Scorers that read the dataset's co-firing counts (``fit_cofiring``), fitted once for all of them.
+USES_COFIRING = frozenset({"agreement", "agreement_mean", "agreement_peers"})
 
 
 def default_scorers() -> list[str]:
@@ -135,6 +140,11 @@ def l0_score(s: SampleSummary, ctx: ScoringContext) -> float:
     return s.n_active / n if n else 0.0
 
 
+def text_latents(s: SampleSummary, tau: float) -> np.ndarray:
+    """T(s): the latents above ``tau`` on some text token of the sample."""
+    return s.text_ids[s.text_max > tau]
+
+
 def cooccurring_latents(s: SampleSummary, tau: float = 0.0) -> np.ndarray:
     """C(s) = {i : A[t,i] > tau on some text token} intersect {i : A[t,i] > tau on some image token}."""
     return np.intersect1d(s.image_ids[s.image_max > tau], s.text_ids[s.text_max > tau])
@@ -168,7 +178,7 @@ def coverage_score(s: SampleSummary, ctx: ScoringContext) -> float:
     comparable, and a text naming something the image lacks lose that part of its share. 0 when
     the text holds no cross-modal latent."""
     w = np.clip(ctx.balanced_weights, 0.0, None)
-    text = s.text_ids[s.text_max > ctx.tau]
+    text = text_latents(s, ctx.tau)
     total = float(w[text].sum(dtype=np.float64)) if len(text) else 0.0
     if total <= 0.0:
         return 0.0
@@ -200,7 +210,7 @@ class CoFiring:
         text, image, both = (np.zeros(d_sae, np.int64) for _ in range(3))
         n = 0
         for s in summaries:
-            t, i = s.text_ids[s.text_max > tau], s.image_ids[s.image_max > tau]
+            t, i = text_latents(s, tau), s.image_ids[s.image_max > tau]
             np.add.at(text, t, 1)
             np.add.at(image, i, 1)
             np.add.at(both, np.intersect1d(t, i), 1)
@@ -239,9 +249,72 @@ def agreement_score(s: SampleSummary, ctx: ScoringContext) -> float:
     if ctx.cofiring.tau != ctx.agreement_tau:
         raise ValueError(f"co-firing counted at tau={ctx.cofiring.tau}, scoring at agreement_tau={ctx.agreement_tau}")
     c = ctx.cofiring
-    text = s.text_ids[s.text_max > ctx.agreement_tau]
+    text = text_latents(s, ctx.agreement_tau)
     on_image = np.isin(text, s.image_ids[s.image_max > ctx.agreement_tau])
     return float(c.pos[text[on_image]].sum(dtype=np.float64) + c.neg[text[~on_image]].sum(dtype=np.float64))
+
+
+@scorer("agreement_mean")
+def agreement_mean_score(s: SampleSummary, ctx: ScoringContext) -> float:
+    """agreement_mean: agreement(s) / |T(s)|, the mean log-likelihood ratio per text latent (0 when
+    T(s) is empty). agreement sums one term per latent the text fires, so a text naming more things
+    collects more evidence either way and long texts crowd the top; the mean weighs a short question
+    and a long description alike. Same co-firing counts as agreement."""
+    text = text_latents(s, ctx.agreement_tau)
+    return agreement_score(s, ctx) / len(text) if len(text) else 0.0
+
+
+def peer_percentiles(texts: list[np.ndarray], scores: np.ndarray, k: int, pool: np.ndarray | None = None,
+                     chunk: int = 1024) -> np.ndarray:
+    """Per sample j: the fraction of its k peers whose score is below score_j (ties count half).
+
+    Peers are the k samples of ``pool`` (indices; default all) other than j whose text latent sets
+    are nearest by Jaccard similarity |T_j n T_m| / |T_j u T_m|, ties to the lower index. Exact, in
+    row chunks: O(n * |pool| * latents) work, one matmul per chunk, so a bounded pool bounds it.
+    """
+    n = len(texts)
+    pool = np.arange(n) if pool is None else np.asarray(pool, np.int64)
+    k = min(k, len(pool) - 1)
+    if n == 0 or k <= 0:
+        return np.full(n, 0.5)
+    cols = np.unique(np.concatenate([texts[m] for m in pool]))
+
+    def members(rows) -> torch.Tensor:
+        out = torch.zeros(len(rows), max(len(cols), 1))
+        for r, j in enumerate(rows):
+            t = texts[j]
+            out[r, np.searchsorted(cols, t[np.isin(t, cols)])] = 1.0
+        return out
+
+    ref, ref_sizes = members(pool), torch.tensor([len(texts[m]) for m in pool], dtype=torch.float32)
+    pool_scores = torch.from_numpy(np.asarray(scores, np.float64)[pool])
+    out = np.empty(n)
+    for lo in range(0, n, chunk):
+        rows = np.arange(lo, min(n, lo + chunk))
+        inter = members(rows) @ ref.T
+        sizes = torch.tensor([len(texts[j]) for j in rows], dtype=torch.float32)
+        jac = inter / (sizes[:, None] + ref_sizes[None, :] - inter).clamp_min(1.0)
+        jac[torch.from_numpy(rows[:, None] == pool[None, :])] = -1.0  # not one's own peer
+        order = np.argsort(-jac.numpy(), axis=1, kind="stable")[:, :k]
+        peer = pool_scores[torch.from_numpy(order)]
+        own = torch.from_numpy(np.asarray(scores, np.float64)[rows])[:, None]
+        out[rows] = ((peer < own).double().mean(1) + 0.5 * (peer == own).double().mean(1)).numpy()
+    return out
+
+
+@scorer("agreement_peers")
+def agreement_peers_score(s: SampleSummary, ctx: ScoringContext) -> float:
+    """agreement_peers: the share of the sample's ``agreement_peers`` nearest texts (Jaccard of the
+    text latent sets T, ``peer_percentiles``) whose agreement is lower, ties counted half.
+
+    agreement sums one term per latent the text fires, so how much a text says, and what kind of
+    thing it says, shifts its score: ranked over the whole dataset, the texts that name more objects
+    crowd the top. Ranked among texts like it, a sample is compared with samples that make the same
+    kind of claim, and only how well its image supports the claim decides. Computed for the whole
+    dataset before scoring (``ScoringContext.peer_rank``); reads the SAE's latents only."""
+    if s.sample_id not in ctx.peer_rank:
+        raise ValueError("agreement_peers needs the dataset's peer ranks (ScoringContext.peer_rank), computed before scoring")
+    return ctx.peer_rank[s.sample_id]
 
 
 @scorer("model_cosine")

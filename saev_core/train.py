@@ -45,12 +45,14 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the message names the last good checkpoint."""
 
 
-def lr_at(step: int, total_steps: int, lr: float, decay_frac: float) -> float:
-    """Constant lr, then linear decay to 0 over the last ``decay_frac`` of steps (METHOD.md sec. 2)."""
-    decay_steps = decay_frac * total_steps
-    if decay_steps <= 0:
-        return lr
-    return lr * min(1.0, (total_steps - step) / decay_steps)
+def lr_at(step: int, total_steps: int, lr: float, decay_frac: float, warmup_frac: float = 0.0) -> float:
+    """Linear warm-up over the first ``warmup_frac`` of steps, constant lr, then linear decay to 0
+    over the last ``decay_frac`` (METHOD.md sec. 2's schedule, plus sparsify's and OpenAI's warm-up)."""
+    warmup_steps, decay_steps = warmup_frac * total_steps, decay_frac * total_steps
+    scale = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    if decay_steps > 0:
+        scale = min(scale, (total_steps - step) / decay_steps)
+    return lr * scale
 
 
 def check_memory(d_in: int, d_sae: int, device: torch.device, batch_size: int) -> None:
@@ -112,7 +114,7 @@ def _new_sae(cfg: TrainConfig, d_in: int, d_sae: int, sample: list[torch.Tensor]
     """A fresh SAE; ``sample`` (probe batches) sets the input scale and, for SAEs that subtract b_dec, its init."""
     sae_cfg = SAEConfig(
         architecture=cfg.architecture, d_in=d_in, d_sae=d_sae, k=cfg.k,
-        l1_coefficient=cfg.l1_coefficient, l1_warmup_frac=cfg.l1_warmup_frac, aux_coefficient=cfg.aux_coefficient,
+        l1_coefficient=cfg.l1_coefficient, l1_warmup_frac=cfg.l1_warmup_frac, aux_coefficient=cfg.aux_coefficient, aux_k=cfg.aux_k,
         l0_coefficient=cfg.l0_coefficient, jumprelu_bandwidth=cfg.jumprelu_bandwidth,
         jumprelu_init_threshold=cfg.jumprelu_init_threshold, matryoshka_widths=cfg.matryoshka_widths,
         dead_window=cfg.dead_window or max(cfg.batch_size, min(10_000_000, cfg.total_tokens // 10)),
@@ -147,10 +149,32 @@ SHARED_FIELDS = ("activations", "modalities", "batch_size", "total_tokens", "see
 
 
 def headline(manifest: dict) -> dict:
-    """A training manifest's headline figures: held-out FVU and L0 per modality group, and the dead fraction."""
-    held = manifest["heldout"]
+    """A training manifest's headline figures: held-out FVU and L0 per modality group, and the dead fractions."""
+    held, metrics = manifest["heldout"], manifest.get("metrics", {})
     return {**{f"{g}_{k}": held[g].get(k) for g in ("all", "image", "text") for k in ("fvu", "l0")},
-            "dead_fraction": held["dead_fraction"]}
+            "dead_fraction_window": metrics.get("dead_fraction_window"), "dead_fraction_heldout": held["dead_fraction"]}
+
+
+def dead_metrics(sae: SAE, heldout: dict, tokens: int) -> dict:
+    """The two dead-latent counts a run reports.
+
+    ``dead_fraction_window``: latents with no firing in the last ``dead_window`` training tokens (how
+    the OpenAI TopK paper counts them; None when the run is shorter than the window).
+    ``dead_fraction_heldout``: latents that never fire on the held-out tokens, whose count is beside
+    it (a latent that fires once in N tokens needs a few times N held-out tokens to be seen).
+    """
+    window = sae.cfg.dead_window
+    return {"dead_fraction_window": sae.dead_mask().float().mean().item() if tokens >= window else None,
+            "dead_window_tokens": window, "dead_fraction_heldout": heldout["dead_fraction"],
+            "heldout_tokens": heldout["all"]["n_tokens"]}
+
+
+def dead_note(metrics: dict) -> str:
+    """``dead_metrics`` in words, for the summaries people read."""
+    window = metrics.get("dead_fraction_window")
+    seen = (f"{window:.1%} silent over training's last {metrics['dead_window_tokens']:,} tokens"
+            if window is not None else f"the run is shorter than the {metrics['dead_window_tokens']:,}-token window")
+    return f"dead latents: {seen}, {metrics['dead_fraction_heldout']:.1%} never fire on {metrics['heldout_tokens']:,} held-out tokens"
 
 
 def sweep_configs(base: dict, axes: dict[str, list]) -> list[TrainConfig]:
@@ -215,7 +239,7 @@ class _Run:
             sae.remove_parallel_grad_()
         if cfg.grad_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip_norm)
-        lr = lr_at(step, total, self.base_lr, cfg.lr_decay_frac)
+        lr = lr_at(step, total, self.base_lr, cfg.lr_decay_frac, cfg.lr_warmup_frac)
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.step()
@@ -250,6 +274,7 @@ class _Run:
             "sae": "sae", "sae_config": sae.cfg.model_dump(), "activations": str(dump.path), "lr": self.base_lr,
             "steps": total, "tokens": total * cfg.batch_size, "bad_shards": [str(dump.files[i]) for i in sorted(stream.bad_files)],
             "train_seconds_this_run": elapsed, "tokens_per_s": tokens_per_s, "heldout": metrics,
+            "metrics": dead_metrics(sae, metrics, total * cfg.batch_size),
         }
         if sweep:
             manifest["trained_with"] = sweep  # the runs of one pass over the data

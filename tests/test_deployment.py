@@ -142,7 +142,7 @@ def deployed(server, world_dir, tmp_path_factory):
             "artifacts": str(root), "model": str(world_dir / "model"),
             "dataset": {"path": str(world_dir / "datasets/demo-rlaif/train.parquet")}, "limit": 20,
             "labels": str(world_dir / "labels.parquet"), "heldout": str(world_dir / "heldout/clean.parquet"),
-            "dump": {"progress": False}, "score": {"progress": False}, "eval_samples": 4,
+            "dump": {"progress": False}, "score": {"progress": False}, "eval_samples": 4, "model_eval_samples": 4,
             "sae": {"batch_size": 128, "total_tokens": 128 * 20, "scale_batches": 2, "buffer_rows": 4096, "progress": False},
             "align": {"method": "sft", "max_steps": 1, "batch_size": 4}, "report_latents": 2,
         }

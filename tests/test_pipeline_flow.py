@@ -18,7 +18,7 @@ def flow_config(world_dir, root, **over) -> dict:
         "labels": str(world_dir / "labels.parquet"), "heldout": str(world_dir / "heldout/clean.parquet"),
         "limit": 30, "dump": {"progress": False},
         "sae": {"batch_size": 128, "total_tokens": 128 * 30, "scale_batches": 2, "buffer_rows": 4096, "progress": False},
-        "eval_samples": 4, "score": {"progress": False}, "align": {"method": "sft", "max_steps": 2, "batch_size": 4}, "report_latents": 3, **over,
+        "eval_samples": 4, "model_eval_samples": 4, "score": {"progress": False}, "align": {"method": "sft", "max_steps": 2, "batch_size": 4}, "report_latents": 3, **over,
     }
 
 

@@ -177,7 +177,7 @@ def test_aux_latent_selection_by_hand():
 
 
 def aux_example() -> SAE:
-    sae = SAE(SAEConfig(architecture="topk", d_in=2, d_sae=3, k=1, dead_window=10))
+    sae = SAE(SAEConfig(architecture="topk", d_in=2, d_sae=3, k=1, dead_window=10, aux_coefficient=0.5))
     return set_weights(sae, W_enc=[[1, 0, 0.5], [0, 1, 0.5]], W_dec=[[1, 0], [0, 1], [0.6, 0.8]])
 
 
@@ -191,7 +191,7 @@ def test_aux_loss_by_hand_and_dead_tracking():
     # e_hat = [1.2,1.6], [0.9,1.2]; ||e - e_hat||^2 = 1.8, 1.45 -> mean 1.625; mse = (1 + 1) / 2
     assert out.aux.item() == pytest.approx(1.625)
     assert out.fvu.item() == pytest.approx(2 / 2.5)
-    assert out.loss.item() == pytest.approx(1.0 + 1.625 / 32)
+    assert out.loss.item() == pytest.approx(1.0 + 0.5 * 1.625)
     assert sae.tokens_since_fired.tolist() == [0, 0, 12]
     assert sae.dead_mask().tolist() == [False, False, True]
 

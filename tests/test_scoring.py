@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from saev_core.scoring import (SCORERS, CoFiring, SampleSummary, ScoringContext, agreement_score, balanced_weights, cooccurrence_score,
-                               cooccurring_latents, coverage_score, cross_modal_weights, empty_pool, fit_cofiring, get_scorer, l0_score,
-                               mean_pair_cosine, merge_pools, model_cosine_score, random_score, reference_subset,
+from saev_core.scoring import (SCORERS, CoFiring, SampleSummary, ScoringContext, agreement_mean_score, agreement_peers_score,
+                               agreement_score, balanced_weights, cooccurrence_score, cooccurring_latents, coverage_score, cross_modal_weights, empty_pool, fit_cofiring, get_scorer, l0_score,
+                               mean_pair_cosine, merge_pools, model_cosine_score, peer_percentiles, random_score, reference_subset,
                                saev_balanced_score, saev_score, select_balanced, select_occurrences, update_pool)
 
 # 4 positions (image, image, text, text) x 3 latents
@@ -75,9 +75,11 @@ def test_cross_modal_weights_by_hand():
 
 
 def test_registry_lists_valid_scorers_on_error():
-    assert set(SCORERS) == {"random", "l0", "cooccurrence", "saev", "model_cosine", "saev_balanced", "coverage", "agreement", "clip_score"}
+    assert set(SCORERS) == {"random", "l0", "cooccurrence", "saev", "model_cosine", "saev_balanced", "coverage", "agreement", "agreement_mean",
+                            "agreement_peers", "clip_score"}
     assert get_scorer("l0") is l0_score
-    with pytest.raises(ValueError, match=r"unknown scorer 'clip'; valid scorers: \['agreement', 'clip_score', 'cooccurrence', 'coverage', 'l0', "
+    with pytest.raises(ValueError, match=r"unknown scorer 'clip'; valid scorers: \['agreement', 'agreement_mean', 'agreement_peers', "
+                                         r"'clip_score', 'cooccurrence', 'coverage', 'l0', "
                                          r"'model_cosine', 'random', 'saev', 'saev_balanced'\]"):
         get_scorer("clip")
 
@@ -187,6 +189,34 @@ def test_agreement_by_hand():
         agreement_score(samples[0], ScoringContext(agreement_tau=0.0, cofiring=c))
 
 
+def test_agreement_mean_by_hand():
+    """The samples of test_agreement_by_hand: agreement divided by |T(s)| = 2, 1, 1, 1 text latents."""
+    samples = [_summary("s1", {0: 1.0, 1: 1.0}, {0: 1.0}), _summary("s2", {0: 1.0}, {0: 1.0, 1: 1.0}),
+               _summary("s3", {1: 1.0}, {}), _summary("s4", {0: 1.0}, {0: 0.4}), _summary("s5", {0: 0.2}, {0: 1.0})]
+    ctx = ScoringContext(agreement_tau=0.5, cofiring=CoFiring.count(samples[:4], d_sae=2, tau=0.5))
+    got = [agreement_mean_score(s, ctx) for s in samples]
+    assert got == pytest.approx([(math.log(1.2) + math.log(1.125)) / 2, math.log(1.2), math.log(1.125), math.log(0.8), 0.0])
+
+
+def test_peer_percentiles_by_hand():
+    """T = {0,1}, {0,1,2}, {3}, {3,4}, {0}; Jaccard peers (k = 2, ties to the lower index):
+    s0: s1 (2/3), s4 (1/2); s1: s0 (2/3), s4 (1/3); s2: s3 (1/2), then s0 (0, the lowest index);
+    s3: s2, s0; s4: s0 (1/2), s1 (1/3). Share of peers scoring lower, ties half:
+    s0 (1.0): peers 2.0, 0.0 -> 1/2; s1 (2.0): 1.0, 0.0 -> 1; s2 (5.0): 5.0, 1.0 -> 3/4;
+    s3 (5.0): 5.0, 1.0 -> 3/4; s4 (0.0): 1.0, 2.0 -> 0."""
+    texts = [np.array(t) for t in ([0, 1], [0, 1, 2], [3], [3, 4], [0])]
+    scores = np.array([1.0, 2.0, 5.0, 5.0, 0.0])
+    assert peer_percentiles(texts, scores, k=2).tolist() == [0.5, 1.0, 0.75, 0.75, 0.0]
+    assert peer_percentiles(texts, scores, k=2, chunk=2).tolist() == [0.5, 1.0, 0.75, 0.75, 0.0], "chunking changes nothing"
+    # peers drawn from the pool {s0, s1, s2} only: s0's are s1 (2.0) and s2 (5.0) -> 0; s3's are s2 (5.0) and s0 (1.0) -> 3/4
+    pooled = peer_percentiles(texts, scores, k=2, pool=np.array([0, 1, 2]))
+    assert pooled[0] == 0.0 and pooled[3] == 0.75
+    ctx = ScoringContext(peer_rank={"a": 0.25})
+    assert agreement_peers_score(_summary("a", {}, {}), ctx) == 0.25
+    with pytest.raises(ValueError, match="needs the dataset's peer ranks"):
+        agreement_peers_score(_summary("b", {}, {}), ctx)
+
+
 def test_cofiring_refit_by_hand():
     """Eight samples, one latent: s1-s3 agree (text and image), s4's text names it but its image
     lacks it, s5-s8 have it nowhere. Counted once: n = 8, T = 4, I = 3, both = 3, so p = 4/10,
@@ -203,3 +233,18 @@ def test_cofiring_refit_by_hand():
     assert (refit.n, refit.text.tolist(), refit.image.tolist(), refit.both.tolist()) == (4, [3], [3], [3])
     got = [agreement_score(s, ScoringContext(agreement_tau=0.5, cofiring=refit)) for s in samples[:5]]
     assert got == pytest.approx([math.log(1.2)] * 3 + [math.log(0.6), 0.0])
+
+
+def test_one_default_scorer_everywhere():
+    """saev filter, the report's sample list, the pipeline and the experiment's grid take one default."""
+    import inspect
+
+    from flows.pipeline import PipelineConfig
+    from saev_core.configs import DEFAULT_SCORER, FilterConfig
+    from saev_core.report import write_report
+    from saev_core.scoring import default_scorers, experiment_scorers
+
+    assert FilterConfig.model_fields["scorer"].default == DEFAULT_SCORER
+    assert PipelineConfig.model_fields["scorer"].default == DEFAULT_SCORER
+    assert inspect.signature(write_report).parameters["scorer"].default == DEFAULT_SCORER
+    assert DEFAULT_SCORER in default_scorers() and DEFAULT_SCORER in experiment_scorers()

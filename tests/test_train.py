@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from saev_core.activations import ActivationDump, ShuffledBatches, is_heldout, iter_rows
 from saev_core.checkpoint import load_sae
@@ -58,6 +59,20 @@ def test_lr_schedule_hand_computed():
     # constant, then linear decay to 0 over the last 20% of 100 steps
     assert [lr_at(s, 100, 1.0, 0.2) for s in (0, 50, 80, 90, 95, 100)] == [1.0, 1.0, 1.0, 0.5, 0.25, 0.0]
     assert lr_at(7, 100, 2.0, 0.0) == 2.0
+    # warm-up over the first 10% of 100 steps: step s runs at (s + 1) / 10 of the lr, then the decay as above
+    assert [lr_at(s, 100, 1.0, 0.2, 0.1) for s in (0, 4, 9, 50, 90)] == [0.1, 0.5, 1.0, 1.0, 0.5]
+
+
+def test_dead_metrics_count_the_window_and_the_heldout_split(tmp_path):
+    from saev_core.sae import SAE, SAEConfig
+    from saev_core.train import dead_metrics
+
+    sae = SAE(SAEConfig(architecture="topk", d_in=4, d_sae=4, k=1, dead_window=100))
+    sae.tokens_since_fired.copy_(torch.tensor([0, 99, 100, 250]))  # latents 2 and 3 silent for a whole window
+    heldout = {"dead_fraction": 0.75, "all": {"n_tokens": 40}}
+    assert dead_metrics(sae, heldout, tokens=1000) == {"dead_fraction_window": 0.5, "dead_window_tokens": 100,
+                                                       "dead_fraction_heldout": 0.75, "heldout_tokens": 40}
+    assert dead_metrics(sae, heldout, tokens=99)["dead_fraction_window"] is None, "a run shorter than the window cannot count"
 
 
 def test_ce_recovered_and_histogram_hand_computed():
@@ -107,6 +122,13 @@ def test_training_lowers_fvu_and_writes_a_saelens_checkpoint(tmp_path, dump_dir)
     assert held[-1]["heldout"]["all"]["fvu"] < held[0]["heldout"]["all"]["fvu"]
     assert m["heldout"]["all"]["fvu"] < 0.5 and m["heldout"]["all"]["l0"] == pytest.approx(8, abs=1e-6)
     assert m["heldout"]["image"]["n_tokens"] > 0 and m["heldout"]["text"]["n_tokens"] > 0
+    # both dead counts; the window's is training's own counters at the last step
+    counters = load_file(tmp_path / "run/checkpoints/step-00000120/sae_state.safetensors")["tokens_since_fired"]
+    window = max(256, 256 * 120 // 10)
+    assert m["metrics"]["dead_window_tokens"] == window
+    assert m["metrics"]["dead_fraction_window"] == pytest.approx((counters >= window).float().mean().item())
+    assert m["metrics"]["dead_fraction_heldout"] == m["heldout"]["dead_fraction"]
+    assert m["metrics"]["heldout_tokens"] == m["heldout"]["all"]["n_tokens"]
     sae = load_sae(tmp_path / "run/sae")
     assert sae.cfg.d_in == 128 and sae.cfg.d_sae == 512 and sae.cfg.input_scale == 1.0
     assert (tmp_path / "run/sae/sparsity.safetensors").exists()
