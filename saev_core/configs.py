@@ -146,9 +146,9 @@ class SAEConfig(BaseModel):
 
     ``aux_k`` defaults to d_in // 2 (capped at d_sae) for topk/batchtopk: the heuristic of OpenAI's
     "Scaling and evaluating sparse autoencoders" (App. B.1), also used by sparsify and SAELens.
-    ``aux_coefficient`` defaults to 1, not OpenAI's 1/32: a latent that dies keeps Adam's second
-    moment of its live gradients, so a weak AuxK gradient barely moves it, and on the validation
-    world 1/32 left twice the dead latents (bench/RESULTS.md, "A healthy SAE by default").
+    ``aux_coefficient`` defaults to 1, not OpenAI's 1/32: at the default lr, 1/32 left twice the
+    dead latents on the demo's validation world, at the same FVU (bench/RESULTS.md, "A healthy SAE
+    by default").
     ``dead_window`` counts tokens (not steps), so it means the same at any batch size; 10M is
     OpenAI's and sparsify's default. ``threshold_ema_decay`` is the EMA decay of the BatchTopK
     threshold estimate (0.99 = SAELens's topk_threshold_lr 0.01).
