@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from typer.testing import CliRunner
@@ -79,7 +80,11 @@ def test_flow_completes_and_fills_the_store(first_run, world_dir):
     from flows.pipeline import render_summary
 
     text = render_summary(s)  # what `make run` prints: the three subsets beside the base model
-    assert "| none (base model) |" in text and "| random |" in text and "| oracle (clean rows, evaluation only) |" in text
+    assert "| none (base model) |" in text and "| random |" in text and "| oracle (clean rows only) |" in text
+    # each accuracy with its binomial standard error on the rows evaluated (4 here), and the dead latents
+    acc = s["alignment"]["aligned"]["answer_accuracy"]
+    assert f"{acc:.3f} ± {math.sqrt(acc * (1 - acc) / 4):.3f}" in text and "evaluation-only labels" in text
+    assert "dead latents:" in text and s["sae_dead"]["heldout_tokens"] > 0
     index = open(s["report"]).read()  # the feature browser, with the FVU-vs-L0 plot of the store's SAEs
     assert "FVU vs L0" in index and len(list((root / "report").glob("*/html/latents/*.html"))) == 3
     stages = {r["stage"] for r in ArtifactStore.at(root).list()}
