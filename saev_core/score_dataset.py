@@ -37,9 +37,8 @@ from saev_core.data import DatasetSpec, Sample, samples_by_id
 from saev_core.features import SHARD_SAMPLES, encode_shard, fetch_residuals
 from saev_core.io import atomic_path, claim_output_dir, file_lock, read_json, write_json
 from saev_core.modeling import resolve_device
-from saev_core.scoring import (USES_COFIRING, Occurrences, SampleSummary, ScoringContext, agreement_score, fit_cofiring, get_scorer,
-                               merge_pools, peer_percentiles, reference_subset, select_balanced, select_occurrences, text_latents,
-                               weights_from_occurrences)
+from saev_core.scoring import (USES_COFIRING, Occurrences, SampleSummary, ScoringContext, fit_cofiring, get_scorer,
+                               merge_pools, peer_ranks, reference_subset, select_balanced, select_occurrences, weights_from_occurrences)
 from saev_core.tables import (FEATURE_STATS, SAMPLES, SCORES, TABLES, check_partition_value, lock_path, manifest_path, part_name,
                               partition_dir)
 
@@ -282,14 +281,7 @@ def _score_samples(cfg: ScoreConfig, all_summaries, ds: DatasetStats, d_sae: int
     ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=ds.weights, balanced_weights=ds.balanced,
                          agreement_tau=cfg.agreement_tau, cofiring=cofiring, external=external)
     if "agreement_peers" in cfg.scorers:  # a rank among the other samples: the whole dataset first
-        ids, texts, agree = [], [], []
-        for s in all_summaries():
-            ids.append(s.sample_id)
-            texts.append(text_latents(s, cfg.agreement_tau))
-            agree.append(agreement_score(s, ctx))
-        chosen = reference_subset(ids, cfg.agreement_peer_pool, cfg.seed)
-        pool = np.array([j for j, sid in enumerate(ids) if sid in chosen], np.int64)
-        ctx.peer_rank = dict(zip(ids, peer_percentiles(texts, np.asarray(agree), cfg.agreement_peers, pool).tolist()))
+        ctx.peer_rank = peer_ranks(all_summaries(), ctx, cfg.agreement_peers, cfg.agreement_peer_pool)
     fns = {name: get_scorer(name) for name in cfg.scorers}
     sids, per_scorer, scored = [], {n: [] for n in fns}, {}
     for s in all_summaries():

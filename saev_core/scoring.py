@@ -302,6 +302,18 @@ def peer_percentiles(texts: list[np.ndarray], scores: np.ndarray, k: int, pool: 
     return out
 
 
+def peer_ranks(summaries: Iterable[SampleSummary], ctx: ScoringContext, k: int, pool_size: int) -> dict[str, float]:
+    """agreement_peers' rank of every sample: ``peer_percentiles`` of agreement, in sample-id order
+    (so ties between equally similar peers fall the same way however the dataset is ordered),
+    with peers from the seeded reference subset of ``pool_size`` samples."""
+    rows = sorted(((s.sample_id, text_latents(s, ctx.agreement_tau), agreement_score(s, ctx)) for s in summaries), key=lambda r: r[0])
+    ids = [r[0] for r in rows]
+    chosen = reference_subset(ids, pool_size, ctx.seed)
+    pool = np.array([j for j, sid in enumerate(ids) if sid in chosen], np.int64)
+    ranks = peer_percentiles([r[1] for r in rows], np.array([r[2] for r in rows]), k, pool)
+    return dict(zip(ids, ranks.tolist()))
+
+
 @scorer("agreement_peers")
 def agreement_peers_score(s: SampleSummary, ctx: ScoringContext) -> float:
     """agreement_peers: the share of the sample's ``agreement_peers`` nearest texts (Jaccard of the

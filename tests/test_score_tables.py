@@ -22,7 +22,7 @@ from saev_core.quality import auroc, render_quality, scorer_quality, top_fractio
 from saev_core.query import connect, open_views
 from saev_core.sae import SAE, SAEConfig
 from saev_core.score_dataset import ScoreConfig, run_scoring
-from saev_core.scoring import EXTERNAL_SCORERS, SCORERS, SampleSummary, ScoringContext, balanced_weights, cross_modal_weights, fit_cofiring
+from saev_core.scoring import EXTERNAL_SCORERS, SCORERS, SampleSummary, ScoringContext, balanced_weights, cross_modal_weights, fit_cofiring, peer_ranks
 from saev_core.train import TrainConfig, train_sae
 
 
@@ -98,6 +98,7 @@ def test_tables_match_a_dense_recomputation_through_duckdb(scored):
     cofiring = fit_cofiring(dense.values, len(w_dense), cfg.agreement_tau, cfg.agreement_refits, cfg.agreement_keep)
     ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=w_dense, balanced_weights=wb_dense,
                          agreement_tau=cfg.agreement_tau, cofiring=cofiring)
+    ctx.peer_rank = peer_ranks(dense.values(), ctx, cfg.agreement_peers, cfg.agreement_peer_pool)
     scores = con.execute("SELECT sample_id, scorer, score, rank, percentile FROM scores WHERE dataset = $d", {"d": "demo-rlaif"}).df()
     assert set(scores.scorer) == set(SCORERS) - set(EXTERNAL_SCORERS)  # every scorer but the external models'
     for name, fn in ((n, f) for n, f in SCORERS.items() if n not in EXTERNAL_SCORERS):
