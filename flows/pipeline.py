@@ -60,8 +60,9 @@ class PipelineConfig(BaseModel):
     model_eval_samples: int | None = Field(None, ge=1, description="held-out rows each model is evaluated on (None: the whole split, "
                                                                   "500 on the demo, where an accuracy's binomial noise is about 0.02)")
     score: ScoreOverrides = Field(default_factory=ScoreOverrides, description="ScoreConfig overrides")
-    clip_baseline: bool = Field(False, description="demo world: also train a tiny CLIP on the demo's own image-text pairs and score "
-                                                   "clip_score beside saev (the external-model baseline; for your own data set score.clip_model)")
+    clip_baseline: bool | None = Field(None, description="also train a tiny CLIP on the demo's own image-text pairs and score clip_score "
+                                                          "beside saev, the filter users would pick instead (default: on the demo world "
+                                                          "only; for your own data set score.clip_model)")
     scorer: str = Field(DEFAULT_SCORER, description="scorer that picks the kept subset (chosen on the validation world, bench/RESULTS.md)")
     top_fraction: float = Field(0.5, gt=0, le=1)
     align: AlignOverrides = Field(default_factory=lambda: AlignOverrides(**DEMO_ALIGN), description="AlignConfig overrides")
@@ -138,7 +139,7 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
     sae_eval = run_cached(eval_sae_task, store, "eval-sae", {"run": sae["path"], "n_samples": cfg.eval_samples}, [sae["key"]])
     score_conf = {"activations": dump["path"], "sae": sae["path"], "dataset_name": cfg.dataset_name, **set_fields(cfg.score)}
     score_upstream = [dump["key"], sae["key"]]
-    if cfg.clip_baseline and world is not None and "clip_model" not in score_conf:
+    if cfg.clip_baseline is not False and world is not None and "clip_model" not in score_conf:
         clip = run_cached(prepare_demo_clip, store, "clip", {"world": str(world_dir)}, [world["key"]])
         score_conf["clip_model"], score_upstream = clip["manifest"]["model"], [*score_upstream, clip["key"]]
     scored = score_stage(store, score_conf, score_upstream, len(dump["manifest"]["shards"]), cfg.shard_tasks)

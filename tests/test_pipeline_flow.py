@@ -211,15 +211,16 @@ def test_a_typo_in_a_stage_override_fails_at_the_door(world_dir, tmp_path, stage
 
 
 def test_clip_baseline_trains_the_demo_clip_as_a_stage_and_scores_clip_score(tmp_path, prefect_server):
-    """On the demo world the pipeline builds itself: a `clip` stage below `prepare`, whose model
-    scoring reads, so clip_score sits in the tables and the AUROC beside the SAE's scorers."""
+    """On the demo world the pipeline builds itself, by default: a `clip` stage below `prepare`, whose
+    model scoring reads, so clip_score sits in the tables, the AUROC beside the SAE's scorers and
+    its top half in the alignment table beside random and the oracle."""
     from flows.pipeline import PipelineConfig, saev_pipeline
     from saev_core.scoring import default_scorers
 
     root = tmp_path / "artifacts"
     demo = {"n_samples": 40, "n_heldout": 20, "n_pretrain": 400, "pretrain_steps": 40}
     conf = {**flow_config(tmp_path, root), "model": None, "dataset": None, "labels": None, "heldout": None,
-            "demo": demo, "clip_baseline": True, "compare": False, "report_latents": 0}
+            "demo": demo, "report_latents": 0}
     s = saev_pipeline(PipelineConfig.model_validate(conf))
     store = ArtifactStore.at(root)
     [clip] = [store.record("clip", r["key"]) for r in store.list() if r["stage"] == "clip"]
@@ -232,6 +233,10 @@ def test_clip_baseline_trains_the_demo_clip_as_a_stage_and_scores_clip_score(tmp
 
     [(n,)] = connect(root / "tables").execute("SELECT count(*) FROM scores WHERE scorer = 'clip_score' AND score BETWEEN -1 AND 1").fetchall()
     assert n == 30
+    from flows.pipeline import render_summary
+
+    assert set(s["alignment"]["baselines"]) == {"random", "oracle", "clip_score"}
+    assert "| clip_score (top) |" in render_summary(s)
     with pytest.raises(ValueError, match="set score.clip_model"):
         PipelineConfig.model_validate({**flow_config(tmp_path, root), "clip_baseline": True})
 
