@@ -46,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, saes = [], {}
     for w in args.worlds:
         for layer in args.layers:
             for variant in args.variants:
@@ -55,6 +55,8 @@ def main() -> None:
                     for tau, atau, refits in ((t, a, r) for t in args.taus for a in args.agreement_taus for r in args.agreement_refits):
                         wdir, tables, m = scored(w, out, layer, variant, seed, tau,
                                                  {"agreement_tau": atau, "agreement_refits": refits}, args.dataset, args.clip)
+                        trained = json.loads((tables.parent / f"sae-s{seed}" / "manifest.json").read_text())
+                        saes[(w, layer, variant, seed)] = {"fvu": trained["heldout"]["all"]["fvu"], **trained.get("metrics", {})}
                         for q in scorer_quality(open_views(str(tables)), str(wdir / "labels.parquet"), args.dataset, m["sae_id"]):
                             rows.append({"world": w, "layer": layer, "variant": variant, "tau": tau,
                                          "agreement_tau": m["identity"]["agreement_tau"],
@@ -64,6 +66,15 @@ def main() -> None:
     with open(out / "results.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     report(rows)
+    print("\n| world | layer | dump | SAE seeds | held-out FVU | dead (training window) | dead (held-out) |\n| ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+    for key in sorted({k[:3] for k in saes}):
+        g = [v for k, v in saes.items() if k[:3] == key]
+
+        def cell(name, fmt):
+            vals = [v[name] for v in g if v.get(name) is not None]
+            return f"{statistics.mean(vals):{fmt}} ± {statistics.pstdev(vals):{fmt}}" if vals else "-"
+        print(f"| {key[0]} | {key[1]} | {key[2]} | {len(g)} | {cell('fvu', '.4f')} | {cell('dead_fraction_window', '.3f')} | "
+              f"{cell('dead_fraction_heldout', '.3f')} |")
 
 
 def report(rows: list[dict]) -> None:

@@ -78,6 +78,10 @@ def test_train_and_eval_sae_cli(tmp_path, world_dir):
     assert res.exit_code == 0, res.output
     out = _json(res.stdout)
     assert out["steps"] == 20 and out["all_l0"] == 8 and 0 < out["all_fvu"] < 1
+    # both dead counts are printed: the window (total_tokens / 10 = 256 tokens) and the held-out split
+    manifest = json.loads((tmp_path / "sae/manifest.json").read_text())
+    assert out["dead_fraction_window"] == manifest["metrics"]["dead_fraction_window"] is not None
+    assert out["dead_fraction_heldout"] == manifest["heldout"]["dead_fraction"]
     res = runner.invoke(app, ["eval-sae", str(tmp_path / "sae"), "--n-samples", "4", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert "CE-loss-recovered" in res.stdout and (tmp_path / "sae/eval.json").exists()
