@@ -171,7 +171,7 @@ def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B
         "artifacts": store.location,
         "dump": dump["path"], "samples": dump["manifest"]["n_samples"], "rejected": dump["manifest"]["n_rejected"],
         "sae": str(Path(sae["path"]) / "sae"), "sae_fvu": {g: sae_figures[f"{g}_fvu"] for g in ("all", "image", "text")},
-        "sae_l0": sae_figures["all_l0"], "sae_dead": sae["manifest"]["metrics"],
+        "sae_l0": sae_figures["all_l0"], "sae_dead": sae["manifest"].get("metrics"),
         "ce_loss_recovered": sae_eval["manifest"].get("ce_with_images", {}).get("ce_loss_recovered"),
         "kl_score": {g: r["kl_score"] for g, r in sae_eval["manifest"].get("ce_with_images", {}).get("kl", {}).items()},
         "tables": str(store.tables), "sae_id": sae_id, "cross_modal_latents": scored["manifest"]["n_cross_modal"],
@@ -227,7 +227,7 @@ def render_summary(s: dict) -> str:
              f"L0 {s['sae_l0']:.1f}, CE-loss-recovered {s['ce_loss_recovered'] if s['ce_loss_recovered'] is None else round(s['ce_loss_recovered'], 3)}, "
              f"KL score {', '.join(f'{g} {v:.3f}' for g, v in s.get('kl_score', {}).items()) or '-'}"
              f" -> {s['sae']}",
-             f"              {dead_note(s['sae_dead'])}",
+             *([f"              {dead_note(s['sae_dead'])}"] if s.get("sae_dead") else []),
              f"  scores      SAE {s['sae_id']}, {s['cross_modal_latents']} cross-modal latents -> {s['tables']}",
              f"  filter      kept {s['filtered_kept']} -> {s['filtered']}"]
     if "alignment" in s:
