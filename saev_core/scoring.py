@@ -265,7 +265,7 @@ def agreement_mean_score(s: SampleSummary, ctx: ScoringContext) -> float:
 
 
 def peer_percentiles(texts: list[np.ndarray], scores: np.ndarray, k: int, pool: np.ndarray | None = None,
-                     chunk: int = 1024) -> np.ndarray:
+                     chunk: int = 256) -> np.ndarray:
     """Per sample j: the fraction of its k peers whose score is below score_j (ties count half).
 
     Peers are the k samples of ``pool`` (indices; default all) other than j whose text latent sets
