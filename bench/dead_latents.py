@@ -87,7 +87,7 @@ def main() -> None:
     variants = [parse_variant(v) for v in (args.variant or ["default:"])]
 
     rows = []
-    sources = []  # (label, train dump, probe dump, world dir)
+    sources = []  # (label, run dir, probe dump, world dir, SAE config base)
     if args.case == "demo":
         for w in args.worlds:
             wdir, run = dumped(w, Path(args.out))
@@ -100,7 +100,7 @@ def main() -> None:
         if not (run / "dump" / "manifest.json").exists():
             with tempfile.TemporaryDirectory(dir=args.out if Path(args.out).exists() else None) as tmp:
                 write_synthetic_dump(Path(tmp), args.synthetic_rows, d_in=512, seed=0)
-                (run).mkdir(parents=True, exist_ok=True)
+                run.mkdir(parents=True, exist_ok=True)
                 Path(tmp).rename(run / "dump")
         sources.append(("synthetic", run, None, None, SYNTHETIC_SAE))
     for label, run, probe, wdir, sae_base in sources:

@@ -35,13 +35,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _worlds import dumped, probe_dump  # noqa: E402
-from dead_latents import never_fired, parse_variant  # noqa: E402
+from dead_latents import never_fired, parse_variant, train_variant  # noqa: E402
 
 import saev_core.train as T  # noqa: E402
 from saev_core.activations import ActivationDump, iter_rows  # noqa: E402
 from saev_core.demo.defaults import DEMO_SAE  # noqa: E402
-from saev_core.optim import default_lr, make_optimizer  # noqa: E402
-from saev_core.train import TrainConfig, load_training_state, train_sae  # noqa: E402
+from saev_core.optim import make_optimizer  # noqa: E402
+from saev_core.train import load_training_state  # noqa: E402
 
 
 def zero_moments(opt: torch.optim.Optimizer, sae, latents: torch.Tensor) -> None:
@@ -131,11 +131,7 @@ def main() -> None:
         for mult in args.lr_mult:
             for seed in args.sae_seeds:
                 out = run / f"mech-{mode}-x{mult:g}-s{seed}"
-                cfg = TrainConfig.model_validate({**DEMO_SAE, **fields, "activations": str(run / "dump"), "out": str(out),
-                                                  "seed": seed, "progress": False})
-                d_sae = cfg.expansion_factor * ActivationDump.open(cfg.activations).d_in
-                cfg = cfg.model_copy(update={"lr": mult * default_lr(cfg.optimizer, cfg.architecture, d_sae, cfg.batch_size)})
-                m = train_sae(cfg, overwrite=True)
+                m = train_variant({**DEMO_SAE, "activations": str(run / "dump")}, {**fields, "lr_mult": mult}, out, seed)
                 print(json.dumps({"mode": mode, "lr_mult": mult, "sae_seed": seed, **fields, "lr": m["lr"],
                                   "dead_window": m["metrics"]["dead_fraction_window"], "dead_probe": never_fired(out, probe)[0],
                                   "fvu": m["heldout"]["all"]["fvu"]}), flush=True)

@@ -147,7 +147,7 @@ def text_latents(s: SampleSummary, tau: float) -> np.ndarray:
 
 def cooccurring_latents(s: SampleSummary, tau: float = 0.0) -> np.ndarray:
     """C(s) = {i : A[t,i] > tau on some text token} intersect {i : A[t,i] > tau on some image token}."""
-    return np.intersect1d(s.image_ids[s.image_max > tau], s.text_ids[s.text_max > tau])
+    return np.intersect1d(s.image_ids[s.image_max > tau], text_latents(s, tau))
 
 
 @scorer("cooccurrence", experiment=True)
@@ -287,7 +287,8 @@ def peer_percentiles(texts: list[np.ndarray], scores: np.ndarray, k: int, pool: 
         return out
 
     ref, ref_sizes = members(pool), torch.tensor([len(texts[m]) for m in pool], dtype=torch.float32)
-    pool_scores = torch.from_numpy(np.asarray(scores, np.float64)[pool])
+    scores = torch.from_numpy(np.asarray(scores, np.float64))
+    pool_scores = scores[torch.from_numpy(pool)]
     out = np.empty(n)
     for lo in range(0, n, chunk):
         rows = np.arange(lo, min(n, lo + chunk))
@@ -297,7 +298,7 @@ def peer_percentiles(texts: list[np.ndarray], scores: np.ndarray, k: int, pool: 
         jac[torch.from_numpy(rows[:, None] == pool[None, :])] = -1.0  # not one's own peer
         order = np.argsort(-jac.numpy(), axis=1, kind="stable")[:, :k]
         peer = pool_scores[torch.from_numpy(order)]
-        own = torch.from_numpy(np.asarray(scores, np.float64)[rows])[:, None]
+        own = scores[lo:lo + len(rows), None]
         out[rows] = ((peer < own).double().mean(1) + 0.5 * (peer == own).double().mean(1)).numpy()
     return out
 
