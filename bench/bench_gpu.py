@@ -65,7 +65,7 @@ def sae_training(args, device: torch.device) -> dict:
     sae = SAE(cfg, device=device)
     sae.init_b_dec_(data[0])
     sae.train()
-    lr = default_lr("adam", "topk", d_sae, batch)
+    lr = default_lr("adam", "topk", d_sae, batch, (warm + 3 + steps) * batch)
     opt = make_optimizer("adam", sae.parameters(), lr, (0.9, 0.999))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

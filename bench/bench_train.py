@@ -257,7 +257,7 @@ def default_lr_of(variant: str, arch: str, case: dict) -> float:
     """Each library's own default for this size (saev: its rule; the peers: their trainers')."""
     d_sae = case["d_sae"]
     if variant.startswith("saev"):
-        return default_lr(saev_optimizer(variant), arch, d_sae, case["batch_size"])
+        return default_lr(saev_optimizer(variant), arch, d_sae, case["batch_size"], case["steps"] * case["batch_size"])
     if variant == "sparsify-adam":
         return 2e-4 / (d_sae / 2**14) ** 0.5
     if variant == "sparsify-signum":

@@ -67,7 +67,7 @@ def train_variant(base: dict, fields: dict, out: Path, seed: int) -> dict:
     cfg = TrainConfig.model_validate({**base, **fields, "out": str(out), "seed": seed, "progress": False})
     if mult is not None:
         d_sae = cfg.d_sae or cfg.expansion_factor * ActivationDump.open(cfg.activations).d_in
-        cfg = cfg.model_copy(update={"lr": mult * default_lr(cfg.optimizer, cfg.architecture, d_sae, cfg.batch_size)})
+        cfg = cfg.model_copy(update={"lr": mult * default_lr(cfg.optimizer, cfg.architecture, d_sae, cfg.batch_size, cfg.total_tokens)})
     return train_sae(cfg, overwrite=True)
 
 

@@ -215,7 +215,7 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(4096, ge=1, description="tokens per step")
     total_tokens: int = Field(2_000_000, ge=1, description="training tokens")
     optimizer: Optimizer = Field("adam", description="adam, or signum (sign of the momentum; momentum = betas[0])")
-    lr: float | None = Field(None, gt=0, description="default: 5e-5 for relu with adam (the paper), else a rule that scales with d_sae and batch_size (saev_core.optim.default_lr)")
+    lr: float | None = Field(None, gt=0, description="default: 5e-5 for relu with adam (the paper), else a rule that scales with d_sae, batch_size and total_tokens (saev_core.optim.default_lr)")
     betas: tuple[float, float] = (0.9, 0.999)
     lr_warmup_frac: float = Field(0.0, ge=0, le=1, description="linear warm-up of the lr from 0 over this first fraction of steps")
     lr_decay_frac: float = Field(0.2, ge=0, le=1, description="linear decay to 0 over this last fraction of steps")

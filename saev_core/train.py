@@ -201,7 +201,7 @@ class _Run:
     def __init__(self, cfg: TrainConfig, out: Path, sae: SAE, opt_state: dict | None, start: int, last_ckpt: Path | None,
                  world: World = World()):
         self.cfg, self.out, self.sae, self.last_ckpt, self.world = cfg, out, sae, last_ckpt, world
-        self.base_lr = cfg.lr or default_lr(cfg.optimizer, cfg.architecture, sae.cfg.d_sae, cfg.batch_size)
+        self.base_lr = cfg.lr or default_lr(cfg.optimizer, cfg.architecture, sae.cfg.d_sae, cfg.batch_size, cfg.total_tokens)
         self.opt = make_optimizer(cfg.optimizer, sae.parameters(), self.base_lr, cfg.betas)
         if opt_state is not None:
             self.opt.load_state_dict(opt_state)

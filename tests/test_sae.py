@@ -8,7 +8,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from saev_core.optim import BASE_LR, Signum, default_lr
+from saev_core.optim import BASE_LR, REF_TOKENS, Signum, default_lr
 from saev_core.sae import (
     SAE,
     SAEConfig,
@@ -320,13 +320,16 @@ def test_signum_step_by_hand():
 
 def test_default_lr_rule_by_hand():
     # the paper's relu recipe is kept as it is
-    assert default_lr("adam", "relu", 4096, 4096) == 5e-5
-    base = BASE_LR["signum"]
-    assert default_lr("signum", "topk", 2**14, 4096) == pytest.approx(base)
+    assert default_lr("adam", "relu", 4096, 4096, 10**8) == 5e-5
+    base, ref = BASE_LR["signum"], REF_TOKENS
+    assert default_lr("signum", "topk", 2**14, 4096, ref) == pytest.approx(base)
     # 4x the latents: half the step; 16x the batch: twice the step
-    assert default_lr("signum", "topk", 2**16, 4096) == pytest.approx(base / 2)
-    assert default_lr("signum", "batchtopk", 2**14, 65536) == pytest.approx(base * 2)
-    assert default_lr("adam", "topk", 2**12, 256) == pytest.approx(BASE_LR["adam"] * 2 / 2)
+    assert default_lr("signum", "topk", 2**16, 4096, ref) == pytest.approx(base / 2)
+    assert default_lr("signum", "batchtopk", 2**14, 65536, ref) == pytest.approx(base * 2)
+    assert default_lr("adam", "topk", 2**12, 256, ref) == pytest.approx(BASE_LR["adam"] * 2 / 2)
+    # 4x the reference budget: half the step; a shorter budget keeps the reference step
+    assert default_lr("adam", "topk", 2**14, 4096, 4 * ref) == pytest.approx(BASE_LR["adam"] / 2)
+    assert default_lr("adam", "topk", 2**14, 4096, ref // 10) == pytest.approx(BASE_LR["adam"])
 
 
 def test_jumprelu_forward_and_pseudo_gradients_by_hand():
