@@ -18,6 +18,10 @@ layout saev wrote before (``fixed_size_list<float16>``). Per layout it reports:
   for the activation column.
 The data is Gaussian float16 (activations compress about as badly). The files are read straight
 after they are written, so they come from the page cache: the figures are decode, not disk.
+
+``--train`` instead trains the synthetic case (``bench/_synthetic.py``: d_in 512, d_sae 8192, k 32,
+batch 1024) twice per seed with ``train_sae``: once reading its dump through the stream, once on
+the same batches from memory (``bench_train.saev_reads_memory``), and reports both tokens/s.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import pyarrow.parquet as pq
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from saev_core.activations import ActivationDump, ActivationWriter, ShuffledBatches, activation_table, decode  # noqa: E402
 from saev_core.io import write_json  # noqa: E402
@@ -134,6 +139,40 @@ def measure(args, x: np.ndarray, layout: str, tmp: Path) -> dict:
             "duckdb_type": duckdb_type(path / "activations" / "shard-00000.parquet")}
 
 
+def train_rates(args, tmp: Path) -> dict:
+    """Training tokens/s of the synthetic case, reading the dump against the same batches in memory."""
+    from _synthetic import write_synthetic_dump
+    from bench_train import saev_reads_memory
+
+    from saev_core.train import TrainConfig, train_sae
+
+    dump_dir = tmp / "synthetic"
+    write_synthetic_dump(dump_dir, args.train_rows, d_in=512)
+    base = {"activations": str(dump_dir), "architecture": "topk", "k": 32, "d_sae": 8192, "batch_size": 1024,
+            "total_tokens": args.train_steps * 1024, "eval_rows": 0, "checkpoint_every": 10**9, "device": "cpu",
+            "progress": False, "reader_workers": args.workers[0]}
+    cfg = TrainConfig.model_validate({**base, "out": str(tmp / "probe")})
+    dump = ActivationDump.open(dump_dir, cfg.heldout_fraction)
+
+    def batches(seed: int, n: int) -> np.ndarray:
+        it = iter(ShuffledBatches(dump, ("image", "text"), 1024, seed=seed, buffer_rows=cfg.buffer_rows, workers=0))
+        return np.concatenate([next(it).float().numpy() for _ in range(n)])
+    train, probe = batches(0, args.train_steps), batches(1, cfg.scale_batches)
+    rates: dict[str, list[float]] = {"stream": [], "memory": []}
+    for seed in range(args.repeats):  # interleaved: the machine's load drifts
+        for mode in ("stream", "memory"):
+            run = TrainConfig.model_validate({**base, "out": str(tmp / f"{mode}-{seed}"), "seed": 0})
+            if mode == "memory":
+                with saev_reads_memory(train, probe, 0):
+                    rates[mode].append(train_sae(run, overwrite=True)["tokens_per_s"])
+            else:
+                rates[mode].append(train_sae(run, overwrite=True)["tokens_per_s"])
+    stream, memory = statistics.median(rates["stream"]), statistics.median(rates["memory"])
+    return {"case": "synthetic", "steps": args.train_steps, "reader_workers": args.workers[0], "torch_threads": torch.get_num_threads(),
+            "stream_tokens_per_s": round(stream), "memory_tokens_per_s": round(memory), "stream_over_memory": round(stream / memory, 3),
+            "runs": rates}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--d-in", type=int, default=4096)
@@ -145,8 +184,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="median of this many timings")
     ap.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (the issue's figures: 1)")
     ap.add_argument("--json", action="store_true", help="print one JSON object (the first layout) instead of the table")
+    ap.add_argument("--train", action="store_true", help="training tok/s of the synthetic case, stream against memory")
+    ap.add_argument("--train-steps", type=int, default=150)
+    ap.add_argument("--train-rows", type=int, default=200_000)
     args = ap.parse_args()
     torch.set_num_threads(args.torch_threads)
+    if args.train:
+        with tempfile.TemporaryDirectory(prefix="saev-bench-reader-") as tmp:
+            print(json.dumps(train_rates(args, Path(tmp))))
+        return
     x = np.random.default_rng(0).standard_normal((args.rows, args.d_in), np.float32).astype(np.float16)
     with tempfile.TemporaryDirectory(prefix="saev-bench-reader-") as tmp:
         results = [measure(args, x, layout, Path(tmp)) for layout in args.layouts]

@@ -222,9 +222,10 @@ class ActivationDump:
     def version(self) -> int:
         return int(self.manifest.get("format_version", 1))
 
-    @property
+    @functools.cached_property
     def dtype(self) -> np.dtype:
-        return np.dtype(self.manifest.get("act_dtype", "float16"))
+        """The stored dtype, read from a shard's schema (format-1 manifests may not name it)."""
+        return column_dtype(self._parquet(0).schema_arrow.field("activation")) if self.files else np.dtype(np.float16)
 
     def _mask(self, table: pa.Table, modalities: tuple[str, ...], split: str) -> np.ndarray:
         if self.version >= 2:
@@ -238,6 +239,22 @@ class ActivationDump:
             held = pc.is_in(table.column("sample_id"), self._heldout_array)
             mask = pc.and_(mask, pc.invert(held) if split == "train" else held)
         return mask.to_numpy(zero_copy_only=False)
+
+    def keep(self, rg: tuple[int, int, int], modalities: tuple[str, ...], split: str) -> np.ndarray:
+        """Positions, in row group ``rg``, of its rows with the wanted modalities and split ('train',
+        'heldout' or 'all'); reads the small mask columns only."""
+        f, g, _ = rg
+        mask_cols = ["modality_id", "row_index"] if self.version >= 2 else ["modality", "sample_id"]
+        return np.flatnonzero(self._mask(self._parquet(f).read_row_group(g, columns=mask_cols), modalities, split))
+
+    def read_into(self, rg: tuple[int, int, int], keep: np.ndarray, out: np.ndarray) -> None:
+        """Decode the ``keep`` rows of row group ``rg`` straight into ``out`` (one copy)."""
+        f, g, n = rg
+        x = decode(self._parquet(f).read_row_group(g, columns=["activation"]).column(0), self.dtype)
+        if len(keep) == n:
+            out[...] = x
+        else:
+            np.take(x, keep, axis=0, out=out)
 
     def read(self, rg: tuple[int, int, int], modalities: tuple[str, ...], split: str,
              columns: tuple[str, ...] = ()) -> tuple[np.ndarray, pa.Table, np.ndarray]:
@@ -336,23 +353,25 @@ class ShuffledBatches:
         return x
 
     def _read(self, rgs, bad: set[int], pool: ThreadPoolExecutor | None) -> torch.Tensor:
-        """Read (in parallel when a pool is given) and check; adds shards with non-finite rows to ``bad``."""
+        """Read the chunk's row groups (in parallel when a pool is given) straight into one array,
+        and check it; adds shards with non-finite rows to ``bad``."""
         todo = [rg for rg in sorted(rgs) if rg[0] not in bad]
+        keeps = [self.dump.keep(rg, self.modalities, self.split) for rg in todo]
+        ends = np.cumsum([len(k) for k in keeps])
+        x = np.empty((int(ends[-1]) if len(ends) else 0, self.dump.d_in), self.dump.dtype)
+        parts = [x[end - len(k):end] for k, end in zip(keeps, ends)]
 
-        def one(rg):
-            x = self.dump.read(rg, self.modalities, self.split)[0]
-            return x, all_finite(x)
-        parts = list(pool.map(one, todo) if pool is not None else map(one, todo))
-        for rg, (_, finite) in zip(todo, parts):
-            if not finite and rg[0] not in bad:
-                bad.add(rg[0])
-                log.warning("shard %s holds NaN/inf activations: skipping it from now on", self.dump.files[rg[0]])
-        # Rows read from a shard before its bad row group was met go too, so the chunk depends only
-        # on the set of bad shards (what a resumed run restores).
-        kept = [x for rg, (x, _) in zip(todo, parts) if rg[0] not in bad]
-        if not kept:
-            return torch.empty(0, self.dump.d_in, dtype=getattr(torch, self.dump.dtype.name))
-        return torch.from_numpy(np.concatenate(kept) if len(kept) > 1 else kept[0].copy())
+        def one(i: int) -> bool:
+            self.dump.read_into(todo[i], keeps[i], parts[i])
+            return all_finite(parts[i])
+        finite = list(pool.map(one, range(len(todo))) if pool is not None else map(one, range(len(todo))))
+        newly_bad = {rg[0] for rg, ok in zip(todo, finite) if not ok} - bad
+        for f in sorted(newly_bad):
+            log.warning("shard %s holds NaN/inf activations: skipping it from now on", self.dump.files[f])
+        bad |= newly_bad
+        if newly_bad:  # rows read from a bad shard before its bad row group go too: the chunk depends only on the bad set
+            x = np.concatenate([p for rg, p in zip(todo, parts) if rg[0] not in bad] or [x[:0]])
+        return torch.from_numpy(x)
 
     def _batches(self, pos: Position, bad: set[int], pool: ThreadPoolExecutor | None) -> Iterator[tuple[Position, frozenset, torch.Tensor]]:
         """(position after the batch, bad shards the batch was read with, batch), from ``pos`` on."""
