@@ -341,20 +341,31 @@ class ShuffledBatches:
             chunks.append(cur)
         return chunks
 
-    def _load_chunk(self, rgs, bad: set[int], pool: ThreadPoolExecutor | None) -> torch.Tensor:
-        """The chunk's rows in row-group order. When one chunk holds the whole dump (it fits in
-        buffer_rows), its rows are read once and only reshuffled in later epochs."""
-        key = frozenset(rgs)
-        if self._cached is not None and self._cached[:2] == (key, frozenset(bad)):
-            return self._cached[2]
-        x = self._read(rgs, bad, pool)
-        if len(rgs) == len(self.row_groups):
-            self._cached = (key, frozenset(bad), x)
-        return x
+    def _plan(self, epoch: int, chunk: int) -> Iterator[tuple[int, int, list, bool]]:
+        """(epoch, chunk index, its row groups, last of its epoch) from (epoch, chunk) on, endlessly."""
+        while True:
+            chunks = self._chunks(epoch)
+            for c in range(chunk, len(chunks)):
+                yield epoch, c, chunks[c], c == len(chunks) - 1
+            if chunk >= len(chunks):  # resumed past the epoch's last chunk
+                yield epoch, chunk, [], True
+            epoch, chunk = epoch + 1, 0
 
-    def _read(self, rgs, bad: set[int], pool: ThreadPoolExecutor | None) -> torch.Tensor:
+    def _load_chunk(self, rgs, bad: frozenset[int], pool: ThreadPoolExecutor | None) -> tuple[torch.Tensor, set[int]]:
+        """The chunk's rows in row-group order, and the shards found non-finite while reading it.
+        When one chunk holds the whole dump (it fits in buffer_rows), its rows are read once and
+        only reshuffled in later epochs."""
+        key = frozenset(rgs)
+        if self._cached is not None and self._cached[:2] == (key, bad):
+            return self._cached[2], set()
+        x, newly_bad = self._read(rgs, bad, pool)
+        if len(rgs) == len(self.row_groups):
+            self._cached = (key, bad | newly_bad, x)
+        return x, newly_bad
+
+    def _read(self, rgs, bad: frozenset[int], pool: ThreadPoolExecutor | None) -> tuple[torch.Tensor, set[int]]:
         """Read the chunk's row groups (in parallel when a pool is given) straight into one array,
-        and check it; adds shards with non-finite rows to ``bad``."""
+        and check it; returns it with the shards newly found to hold non-finite rows."""
         todo = [rg for rg in sorted(rgs) if rg[0] not in bad]
         keeps = [self.dump.keep(rg, self.modalities, self.split) for rg in todo]
         ends = np.cumsum([len(k) for k in keeps])
@@ -365,43 +376,46 @@ class ShuffledBatches:
             self.dump.read_into(todo[i], keeps[i], parts[i])
             return all_finite(parts[i])
         finite = list(pool.map(one, range(len(todo))) if pool is not None else map(one, range(len(todo))))
-        newly_bad = {rg[0] for rg, ok in zip(todo, finite) if not ok} - bad
+        newly_bad = {rg[0] for rg, ok in zip(todo, finite) if not ok}
         for f in sorted(newly_bad):
             log.warning("shard %s holds NaN/inf activations: skipping it from now on", self.dump.files[f])
-        bad |= newly_bad
         if newly_bad:  # rows read from a bad shard before its bad row group go too: the chunk depends only on the bad set
-            x = np.concatenate([p for rg, p in zip(todo, parts) if rg[0] not in bad] or [x[:0]])
-        return torch.from_numpy(x)
+            x = np.concatenate([p for rg, p in zip(todo, parts) if rg[0] not in newly_bad] or [x[:0]])
+        return torch.from_numpy(x), newly_bad
 
-    def _batches(self, pos: Position, bad: set[int], pool: ThreadPoolExecutor | None) -> Iterator[tuple[Position, frozenset, torch.Tensor]]:
-        """(position after the batch, bad shards the batch was read with, batch), from ``pos`` on."""
-        epochs_without_data = 0
+    def _batches(self, pos: Position, bad: set[int], pool: ThreadPoolExecutor | None) -> Iterator[tuple[Position, frozenset, torch.Tensor | None]]:
+        """(position after the batch, bad shards the batch was read with, batch), from ``pos`` on;
+        a None batch marks an epoch's end. The next chunk (across epochs too) is read while this
+        one's batches are served."""
         ahead = ThreadPoolExecutor(1, thread_name_prefix="saev-chunk") if pool is not None else None
+        plan = self._plan(pos.epoch, pos.chunk)
+        epoch, c, rgs, last = next(plan)
+        loaded = self._load_chunk(rgs, frozenset(bad), pool)
+        produced, epochs_without_data = False, 0
         try:
             while True:
-                chunks = self._chunks(pos.epoch)
-                produced = False
-                nxt: Future | None = None
-                for c in range(pos.chunk, len(chunks)):
-                    x = nxt.result() if nxt is not None else self._load_chunk(chunks[c], bad, pool)
-                    snapshot = frozenset(bad)
-                    nxt = ahead.submit(self._load_chunk, chunks[c + 1], bad, pool) if ahead and c + 1 < len(chunks) else None
-                    perm = torch.from_numpy(np.random.default_rng([self.seed, pos.epoch, c]).permutation(len(x)))
-                    n_batches = len(x) // self.batch_size  # the tail (< one batch) of a chunk is dropped
-                    for b in range(pos.batch if c == pos.chunk else 0, n_batches):
-                        produced = True
-                        idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
-                        out = torch.empty((len(idx), x.shape[1]), dtype=x.dtype, pin_memory=self.pin_memory)
-                        yield Position(pos.epoch, c, b + 1), snapshot, torch.index_select(x, 0, idx, out=out)
-                    pos = Position(pos.epoch, c + 1, 0)
-                pos = Position(pos.epoch + 1, 0, 0)
-                yield pos, frozenset(bad), None  # the epoch boundary, so the position reads as the next epoch
-                epochs_without_data = 0 if produced else epochs_without_data + 1
-                if epochs_without_data >= 2:
-                    raise ValueError(
-                        f"the dump at {self.dump.path} has fewer than {self.batch_size} usable {'+'.join(self.modalities)} rows "
-                        f"per shuffle chunk ({len(bad)} shard(s) skipped as non-finite); lower batch_size or dump more data"
-                    )
+                x, newly_bad = loaded
+                bad |= newly_bad
+                snapshot = frozenset(bad)
+                following = next(plan)
+                nxt = ahead.submit(self._load_chunk, following[2], snapshot, pool) if ahead is not None else None
+                perm = torch.from_numpy(np.random.default_rng([self.seed, epoch, c]).permutation(len(x)))
+                n_batches = len(x) // self.batch_size  # the tail (< one batch) of a chunk is dropped
+                for b in range(pos.batch if (epoch, c) == (pos.epoch, pos.chunk) else 0, n_batches):
+                    produced = True
+                    idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
+                    out = torch.empty((len(idx), x.shape[1]), dtype=x.dtype, pin_memory=self.pin_memory)
+                    yield Position(epoch, c, b + 1), snapshot, torch.index_select(x, 0, idx, out=out)
+                if last:
+                    yield Position(epoch + 1, 0, 0), snapshot, None
+                    epochs_without_data, produced = (0 if produced else epochs_without_data + 1), False
+                    if epochs_without_data >= 2:
+                        raise ValueError(
+                            f"the dump at {self.dump.path} has fewer than {self.batch_size} usable {'+'.join(self.modalities)} rows "
+                            f"per shuffle chunk ({len(bad)} shard(s) skipped as non-finite); lower batch_size or dump more data"
+                        )
+                epoch, c, rgs, last = following
+                loaded = nxt.result() if nxt is not None else self._load_chunk(rgs, snapshot, pool)
         finally:
             if ahead is not None:
                 ahead.shutdown(wait=True, cancel_futures=True)
