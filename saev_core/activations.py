@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +170,7 @@ class ActivationDump:
     row_groups: list[tuple[int, int, int]]  # (file index, row group index, rows)
     heldout: frozenset[str] = field(default_factory=frozenset)
     heldout_rows: np.ndarray | None = None  # format 2: held-out flag per dataset row
-    _open_files: dict[int, pq.ParquetFile] = field(default_factory=dict, repr=False)
+    _local: threading.local = field(default_factory=threading.local, repr=False)  # open shard files, per reading thread
 
     @classmethod
     def open(cls, path: str | Path, heldout_fraction: float = 0.0) -> "ActivationDump":
@@ -205,10 +206,12 @@ class ActivationDump:
         return cls(path, manifest, files, row_groups, frozenset(heldout), held_rows)
 
     def _parquet(self, index: int) -> pq.ParquetFile:
-        """Open shard files once per dump (re-opening per row group costs more than reading)."""
-        if index not in self._open_files:
-            self._open_files[index] = pq.ParquetFile(self.files[index])
-        return self._open_files[index]
+        """Open shard files once per dump and thread (re-opening per row group costs more than
+        reading; a ParquetFile is not shared between threads). A thread's files close with it."""
+        files = self._local.__dict__.setdefault("files", {})
+        if index not in files:
+            files[index] = pq.ParquetFile(self.files[index])
+        return files[index]
 
     @functools.cached_property
     def _heldout_array(self) -> pa.Array:
