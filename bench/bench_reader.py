@@ -149,7 +149,7 @@ def train_rates(args, tmp: Path) -> dict:
     dump_dir = tmp / "synthetic"
     write_synthetic_dump(dump_dir, args.train_rows, d_in=512)
     base = {"activations": str(dump_dir), "architecture": "topk", "k": 32, "d_sae": 8192, "batch_size": 1024,
-            "total_tokens": args.train_steps * 1024, "eval_rows": 0, "checkpoint_every": 10**9, "device": "cpu",
+            "total_tokens": args.train_steps * 1024, "eval_rows": 0, "checkpoint_every": 10**9, "device": args.device,
             "progress": False, "reader_workers": args.workers[0]}
     cfg = TrainConfig.model_validate({**base, "out": str(tmp / "probe")})
     dump = ActivationDump.open(dump_dir, cfg.heldout_fraction)
@@ -168,7 +168,7 @@ def train_rates(args, tmp: Path) -> dict:
             else:
                 rates[mode].append(train_sae(run, overwrite=True)["tokens_per_s"])
     stream, memory = statistics.median(rates["stream"]), statistics.median(rates["memory"])
-    return {"case": "synthetic", "steps": args.train_steps, "reader_workers": args.workers[0], "torch_threads": torch.get_num_threads(),
+    return {"case": "synthetic", "device": args.device, "steps": args.train_steps, "reader_workers": args.workers[0], "torch_threads": torch.get_num_threads(),
             "stream_tokens_per_s": round(stream), "memory_tokens_per_s": round(memory), "stream_over_memory": round(stream / memory, 3),
             "runs": rates}
 
@@ -187,6 +187,7 @@ def main() -> None:
     ap.add_argument("--train", action="store_true", help="training tok/s of the synthetic case, stream against memory")
     ap.add_argument("--train-steps", type=int, default=150)
     ap.add_argument("--train-rows", type=int, default=200_000)
+    ap.add_argument("--device", default="cpu", help="--train: the training device (cpu, cuda)")
     args = ap.parse_args()
     torch.set_num_threads(args.torch_threads)
     if args.train:
