@@ -108,7 +108,8 @@ class DumpConfig(BaseModel):
     chat_template: str | None = Field(None, description="Jinja chat template file, for a processor that ships none (PaliGemma)")
     chat_template_sha256: str | None = Field(None, description="sha256 of the chat_template file's content; filled in when absent")
     stop_at_layer: bool = Field(True, description="skip the blocks after the hooked one")
-    compression: Literal["zstd", "lz4", "snappy", "none"] = "zstd"
+    compression: Literal["zstd", "lz4", "snappy", "none"] = Field("lz4", description="Parquet codec of the activation shards; lz4 decodes at "
+                                                                  "memory speed, zstd saves a few % of disk at a quarter of the speed (bench/bench_reader.py)")
     row_group_mb: int = Field(64, ge=1, description="target Parquet row-group size; batches are buffered up to it")
     cpu_threads: int | None = Field(None, ge=1, description="torch threads for a CPU forward (default: torch's own setting)")
     progress: bool = True
