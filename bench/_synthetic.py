@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from saev_core.dump import activation_schema
+from saev_core.activations import FORMAT_VERSION, activation_table
 from saev_core.io import write_json
 
 TOKENS_PER_SAMPLE = 8
@@ -63,17 +63,16 @@ def write_synthetic_dump(path, n_rows: int, d_in: int = 512, n_features: int = 1
         x += mu + sigma * rng.standard_normal(x.shape, dtype=np.float32)
         rows = np.arange(start, start + n)
         ids = [f"syn-{r // TOKENS_PER_SAMPLE:07d}" for r in rows]
-        table = pa.table({
-            "sample_id": ids, "token_pos": pa.array(rows % TOKENS_PER_SAMPLE, pa.int32()),
-            "modality": ["image" if r % 2 else "text" for r in rows], "token_id": pa.array(np.zeros(n), pa.int32()),
-            "activation": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), d_in),
-        }, schema=activation_schema(d_in, "float32"))
+        table = activation_table(x, np.asarray(ids, object), rows // TOKENS_PER_SAMPLE, rows % TOKENS_PER_SAMPLE,
+                                 np.where(rows % 2 == 1, "image", "text"), np.zeros(n, np.int32))
         name = f"activations/shard-{i:05d}.parquet"
         pq.write_table(table, path / name, row_group_size=4096)
         shards.append({"file": name, "samples": len(set(ids)), "rejected": 0, "rows": n})
         sample_ids += sorted(set(ids))
-    pq.write_table(pa.table({"sample_id": sorted(set(sample_ids))}), path / "samples" / "samples.parquet")
-    manifest = {"d_model": d_in, "model": "synthetic", "layer": 0, "hook": "synthetic", "dataset": {"path": "synthetic"},
+    sample_ids = sorted(set(sample_ids))
+    pq.write_table(pa.table({"sample_id": sample_ids, "row_index": pa.array([int(s[4:]) for s in sample_ids], pa.int64())}),
+                   path / "samples" / "samples.parquet")
+    manifest = {"format_version": FORMAT_VERSION, "act_dtype": "float32", "n_dataset_rows": len(sample_ids), "d_model": d_in, "model": "synthetic", "layer": 0, "hook": "synthetic", "dataset": {"path": "synthetic"},
                 "dataset_name": "synthetic", "shards": shards,
                 "synthetic": {"n_rows": n_rows, "n_features": n_features, "active": active, "zipf": zipf, "seed": seed,
                               "noise_sigma": sigma}}

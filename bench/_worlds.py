@@ -34,8 +34,9 @@ def dumped(seed: int, out: Path, layer: int = 0, variant: str = "response", data
     wdir = world(seed)
     run = Path(out) / f"w{seed}-L{layer}-{variant}"
     spec = DatasetSpec(path=str(wdir / "datasets" / dataset / "train.parquet"))
-    run_dump(DumpConfig(model=str(wdir / "model"), dataset=spec, layer=layer, out=str(run / "dump"),
-                        include_response=variant == "response", progress=False))
+    if not (run / "dump" / "manifest.json").exists():  # a finished dump is kept, whatever format it was written in
+        run_dump(DumpConfig(model=str(wdir / "model"), dataset=spec, layer=layer, out=str(run / "dump"),
+                            include_response=variant == "response", progress=False))
     return wdir, run
 
 

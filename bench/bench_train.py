@@ -111,17 +111,17 @@ def prepare_case(name: str, args, tmp: Path) -> dict:
         n_train = sum(dump.read_row_group(rg, MODALITIES, "train").num_rows for rg in dump.row_groups)
         case["steps"] = min(case["train_rows"], n_train) // bs
     stream = iter(ShuffledBatches(dump, MODALITIES, bs, seed=0))
-    train = np.concatenate([next(stream).numpy() for _ in range(case["steps"])])
+    train = np.concatenate([next(stream).float().numpy() for _ in range(case["steps"])])
     scale_batches = TrainConfig.model_fields["scale_batches"].default
     probe_stream = iter(ShuffledBatches(dump, MODALITIES, bs, seed=1))
-    probe = np.concatenate([next(probe_stream).numpy() for _ in range(min(scale_batches, case["steps"]))])
+    probe = np.concatenate([next(probe_stream).float().numpy() for _ in range(min(scale_batches, case["steps"]))])
     scale = estimate_input_scale([torch.from_numpy(probe)])
     val, test = [], []
-    for x, table in iter_rows(dump, MODALITIES, "heldout", columns_too=True):
+    for x, table in iter_rows(dump, MODALITIES, "heldout", columns=("sample_id",)):
         ids = table.column("sample_id").to_pylist()
         pick = np.array([is_heldout("bench-validation:" + s, 0.5) for s in ids])
-        val.append(x.numpy()[pick])
-        test.append(x.numpy()[~pick])
+        val.append(x.float().numpy()[pick])
+        test.append(x.float().numpy()[~pick])
     paths = {"train": tmp / f"{name}-train.npy"}
     np.save(paths["train"], train.astype(np.float32, copy=False))
     return {"name": name, **case, "dump": dump_path, "d_in": dump.d_in, "train": train, "probe": probe, "paths": paths,

@@ -6,6 +6,7 @@ of that colour/shape) minus the rate on the other tokens of the modality.
 
 Usage: python bench/exp_concept_latents.py WORLD_DIR RUN_DIR (RUN_DIR/dump and RUN_DIR/sae)."""
 import sys, glob, numpy as np, pyarrow.parquet as pq, torch
+from saev_core.activations import to_tensor
 from transformers import AutoTokenizer
 from saev_core.checkpoint import load_sae
 from saev_core.checkpoint import resolve_sae_dir
@@ -13,8 +14,8 @@ from saev_core.demo.scenes import COLORS, SHAPES, POSITIONS
 W, R = sys.argv[1], sys.argv[2]
 tok = AutoTokenizer.from_pretrained(f"{W}/model")
 lab = pq.read_table(f"{W}/labels.parquet").to_pandas(); lab = lab[lab.dataset == "demo-rlaif"].set_index("sample_id")
-acts = pq.read_table(sorted(glob.glob(f"{R}/dump/activations/*.parquet"))[0]).to_pandas()
-X = torch.tensor(np.stack(acts.activation.values).astype(np.float32))
+tbl = pq.read_table(sorted(glob.glob(f"{R}/dump/activations/*.parquet"))[0])
+acts, X = tbl.drop_columns(["activation"]).to_pandas(), to_tensor(tbl)
 sae = load_sae(resolve_sae_dir(f"{R}/sae")).eval()
 with torch.no_grad(): Z = sae.encode(X).numpy()
 img = (acts.modality == "image").values; txt = (acts.modality == "text").values

@@ -95,7 +95,7 @@ def patch(mode: str) -> None:
 
 
 def gap(run: Path, names: list[str]) -> None:
-    x = torch.cat(list(iter_rows(ActivationDump.open(run / "dump"), ("image", "text"), "all")))
+    x = torch.cat([x.float() for x, _ in iter_rows(ActivationDump.open(run / "dump"), ("image", "text"), "all")])
     for name in names:
         ckpt = sorted((run / name / "checkpoints").glob("step-*"))[-1]
         sae, _, _ = load_training_state(ckpt, torch.device("cpu"))

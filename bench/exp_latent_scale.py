@@ -1,13 +1,14 @@
 """How strongly one latent fires on a word's tokens vs on image patches (why Algorithm 1's top 30
 fill up with one modality). Usage: python bench/exp_latent_scale.py WORLD_DIR RUN_DIR LATENT WORD"""
 import sys, glob, numpy as np, pyarrow.parquet as pq, torch
+from saev_core.activations import to_tensor
 from transformers import AutoTokenizer
 from saev_core.checkpoint import load_sae
 from saev_core.checkpoint import resolve_sae_dir
 W, R, j, word = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 tok = AutoTokenizer.from_pretrained(f"{W}/model")
-acts = pq.read_table(sorted(glob.glob(f"{R}/dump/activations/*.parquet"))).to_pandas()
-X = torch.tensor(np.stack(acts.activation.values).astype(np.float32))
+tbl = pq.read_table(sorted(glob.glob(f"{R}/dump/activations/*.parquet")))
+acts, X = tbl.drop_columns(["activation"]).to_pandas(), to_tensor(tbl)
 sae = load_sae(resolve_sae_dir(f"{R}/sae")).eval()
 with torch.no_grad(): z = sae.encode(X)[:, j].numpy()
 img = (acts.modality == "image").values

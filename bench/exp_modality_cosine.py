@@ -4,14 +4,15 @@ mean; prints the cosine matrix (a diagonal means shared directions).
 
 Usage: python bench/exp_modality_cosine.py WORLD_DIR RUN_DIR (RUN_DIR/dump from `saev dump`)."""
 import sys, numpy as np, pyarrow.parquet as pq, glob
+from saev_core.activations import to_tensor
 from transformers import AutoTokenizer
 W, R = sys.argv[1], sys.argv[2]
 tok = AutoTokenizer.from_pretrained(f"{W}/model")
 lab = pq.read_table(f"{W}/labels.parquet").to_pandas()
 lab = lab[lab.dataset == "demo-rlaif"].set_index("sample_id")
 from saev_core.demo.scenes import COLORS, SHAPES, POSITIONS
-acts = pq.read_table(glob.glob(f"{R}/dump/activations/*.parquet")).to_pandas()
-X = np.stack(acts.activation.values).astype(np.float32)
+tbl = pq.read_table(glob.glob(f"{R}/dump/activations/*.parquet"))
+acts, X = tbl.drop_columns(["activation"]).to_pandas(), to_tensor(tbl).numpy()
 acts["row"] = np.arange(len(acts))
 img = acts.modality == "image"; txt = acts.modality == "text"
 mi, mt = X[img.values].mean(0), X[txt.values].mean(0)

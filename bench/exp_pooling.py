@@ -5,6 +5,8 @@ Prints the cross-modal count, the saev and co-occurrence AUROC, and the top late
 
 Usage: python bench/exp_pooling.py WORLD_DIR RUN_DIR paper|dedupe|balanced [N_TOP]"""
 import sys, glob, numpy as np, pyarrow.parquet as pq, torch, pandas as pd
+import pyarrow.compute as pc
+from saev_core.activations import to_tensor
 from transformers import AutoTokenizer
 from saev_core.checkpoint import load_sae
 from saev_core.checkpoint import resolve_sae_dir
@@ -13,9 +15,9 @@ W, R = sys.argv[1], sys.argv[2]
 mode = sys.argv[3]
 dedupe = mode == "dedupe"
 tok = AutoTokenizer.from_pretrained(f"{W}/model")
-acts = pq.read_table(sorted(glob.glob(f"{R}/dump/activations/*.parquet"))).to_pandas()
-acts = acts[acts.modality != "special"].reset_index(drop=True)
-X = torch.tensor(np.stack(acts.activation.values).astype(np.float32))
+tbl = pq.read_table(sorted(glob.glob(f"{R}/dump/activations/*.parquet")))
+tbl = tbl.filter(pc.not_equal(tbl.column("modality"), "special"))
+acts, X = tbl.drop_columns(["activation"]).to_pandas(), to_tensor(tbl)
 sae = load_sae(resolve_sae_dir(f"{R}/sae")).eval()
 with torch.no_grad(): Z = sae.encode(X).numpy()
 Xn = X.numpy(); img = (acts.modality == "image").values

@@ -1,10 +1,17 @@
 """Read a dump's activation shards back: shuffled training batches with bounded memory, and
 ordered held-out rows for evaluation.
 
+Layout (format 2): one row per token; the activation is one fixed-size binary cell of d_in
+little-endian float16 (or float32) values, so a row group decodes as one buffer rather than
+element by element; ``modality_id`` and ``row_index`` (the dataset row) give the modality and
+held-out masks as integer lookups. Format-1 dumps (a ``fixed_size_list`` activation, string masks)
+still read. bench/bench_reader.py measured the choice (bench/RESULTS.md, issue 31).
+
 Shuffling works on chunks: each epoch visits the shards' row groups in a seeded random order,
 groups them into chunks of about ``buffer_rows`` rows, and shuffles the rows of one chunk at a
-time. Memory is one chunk; a position (epoch, chunk, batch) is enough to resume the exact same
-stream without reading anything before it.
+time. Memory is two chunks (the next one is read by background workers while the current one is
+served); a position (epoch, chunk, batch) is enough to resume the exact same stream without
+reading anything before it. Rows stay in the stored dtype until the consumer's device.
 
 Held-out samples (for evaluation) are chosen from the sample id alone, so the split is the same
 for every SAE trained on a dataset and never depends on row order.
@@ -15,6 +22,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -25,11 +34,123 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from saev_core.background import prefetch
 from saev_core.io import read_json
 
 log = logging.getLogger(__name__)
 
+FORMAT_VERSION = 2
 MODALITY_SETS = {"image+text": ("image", "text"), "text": ("text",), "image": ("image",)}
+MODALITY_IDS = {"image": 0, "text": 1, "special": 2}
+_EXPONENT = {np.dtype(np.float16): (np.uint16, 0x7C00), np.dtype(np.float32): (np.uint32, 0x7F800000)}
+
+
+def activation_schema(d_model: int, act_dtype: str) -> pa.Schema:
+    """A format-2 shard's columns; the activation field's metadata names its dtype."""
+    width = d_model * np.dtype(act_dtype).itemsize
+    return pa.schema([
+        ("sample_id", pa.string()),
+        ("row_index", pa.int32()),
+        ("token_pos", pa.int32()),
+        ("modality", pa.string()),
+        ("modality_id", pa.int8()),
+        ("token_id", pa.int32()),
+        pa.field("activation", pa.binary(width), metadata={"saev.act_dtype": act_dtype, "saev.d_model": str(d_model)}),
+    ])
+
+
+def activation_table(x: np.ndarray, sample_ids: np.ndarray, row_index: np.ndarray, token_pos: np.ndarray,
+                     modality: np.ndarray, token_id: np.ndarray) -> pa.Table:
+    """Format-2 rows from a [rows, d_model] float16/float32 array and per-row columns."""
+    x = np.ascontiguousarray(x)
+    n, d = x.shape
+    act = pa.FixedSizeBinaryArray.from_buffers(pa.binary(d * x.itemsize), n, [None, pa.py_buffer(x.view(np.uint8).reshape(-1))])
+    names, inverse = np.unique(np.asarray(modality, str), return_inverse=True)
+    ids = np.array([MODALITY_IDS[m] for m in names], np.int8)[inverse]
+    return pa.Table.from_arrays([
+        pa.array(sample_ids, pa.string()), pa.array(row_index, pa.int32()), pa.array(token_pos, pa.int32()),
+        pa.array(modality, pa.string()), pa.array(ids, pa.int8()), pa.array(token_id, pa.int32()), act,
+    ], schema=activation_schema(d, x.dtype.name))
+
+
+class ActivationWriter:
+    """Writes one format-2 shard. Token rows are buffered into row groups of about ``row_group_mb``
+    (readers want big ones), and each is encoded in a background thread while the caller computes
+    the next rows. ``close(metadata)`` finishes the file; leaving the ``with`` block on an error
+    closes it unfinished (callers write to a temporary path)."""
+
+    def __init__(self, path: str | Path, d_model: int, act_dtype: str, compression: str = "lz4", row_group_mb: int = 64):
+        self.rows_per_group = max(1, row_group_mb * 2**20 // (d_model * np.dtype(act_dtype).itemsize))
+        self._writer = pq.ParquetWriter(path, activation_schema(d_model, act_dtype), compression=None if compression == "none" else compression)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="saev-writer")
+        self._pending: Future | None = None
+        self._buffered: list[pa.Table] = []
+
+    def write(self, table: pa.Table) -> None:
+        self._buffered.append(table)
+        if sum(t.num_rows for t in self._buffered) >= self.rows_per_group:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+        self._pending = None
+        if self._buffered:
+            self._pending = self._pool.submit(self._writer.write_table, pa.concat_tables(self._buffered), row_group_size=self.rows_per_group)
+        self._buffered = []
+
+    def close(self, metadata: dict[str, str] | None = None) -> None:
+        self._flush()
+        if self._pending is not None:
+            self._pending.result()
+        if metadata:
+            self._writer.add_key_value_metadata(metadata)
+        self._writer.close()
+
+    def __enter__(self) -> "ActivationWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(wait=True)
+        if self._writer.is_open:
+            self._writer.close()
+
+
+def decode(col: pa.Array | pa.ChunkedArray, dtype=None) -> np.ndarray:
+    """The activation column as a [rows, d_in] array in its stored dtype: a view of the Arrow
+    buffer for format 2 (read-only), a copy for format 1's list layout."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if pa.types.is_fixed_size_binary(col.type):
+        dtype = np.dtype(dtype or np.float16)
+        d = col.type.byte_width // dtype.itemsize
+        return np.frombuffer(col.buffers()[1], dtype, len(col) * d, col.offset * col.type.byte_width).reshape(len(col), d)
+    d = col.type.list_size
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, d)
+
+
+def column_dtype(field: pa.Field) -> np.dtype:
+    """A format-2 activation field's dtype (from its metadata); format 1 carries it in the list type."""
+    meta = field.metadata or {}
+    if b"saev.act_dtype" in meta:
+        return np.dtype(meta[b"saev.act_dtype"].decode())
+    return np.dtype(field.type.value_type.to_pandas_dtype()) if pa.types.is_fixed_size_list(field.type) else np.dtype(np.float16)
+
+
+def all_finite(x: np.ndarray, block: int = 1 << 20) -> bool:
+    """No NaN or inf: a non-finite float has every exponent bit set. Integer ops over
+    cache-sized blocks: one pass over memory, about 10x numpy's isfinite on float16."""
+    if x.dtype not in _EXPONENT:
+        return bool(np.isfinite(x).all())
+    uint, exponent = _EXPONENT[x.dtype]
+    flat = np.ascontiguousarray(x).reshape(-1).view(uint)
+    tmp = np.empty(min(block, len(flat)), uint)
+    for i in range(0, len(flat), block):
+        part = tmp[:len(flat[i:i + block])]
+        np.bitwise_and(flat[i:i + block], np.iinfo(uint).max >> 1, out=part)  # |x|'s bits
+        if part.max() >= exponent:
+            return False
+    return True
 
 
 def is_heldout(sample_id: str, fraction: float) -> bool:
@@ -56,7 +177,8 @@ class ActivationDump:
     files: list[Path]
     row_groups: list[tuple[int, int, int]]  # (file index, row group index, rows)
     heldout: frozenset[str] = field(default_factory=frozenset)
-    _open_files: dict[int, pq.ParquetFile] = field(default_factory=dict, repr=False)
+    heldout_rows: np.ndarray | None = None  # format 2: held-out flag per dataset row
+    _local: threading.local = field(default_factory=threading.local, repr=False)  # open shard files, per reading thread
 
     @classmethod
     def open(cls, path: str | Path, heldout_fraction: float = 0.0) -> "ActivationDump":
@@ -65,6 +187,9 @@ class ActivationDump:
         if not mf.exists():
             raise FileNotFoundError(f"{path} is not a finished dump (no manifest.json); run `saev dump` first or point at its output directory")
         manifest = read_json(mf)
+        version = int(manifest.get("format_version", 1))
+        if version > FORMAT_VERSION:
+            raise ValueError(f"dump {path} has format {version}, newer than this saev reads ({FORMAT_VERSION}); upgrade saev_core")
         files = [path / s["file"] for s in manifest["shards"]]
         missing = [str(f) for f in files if not f.exists()]
         if missing:
@@ -74,16 +199,27 @@ class ActivationDump:
             md = pq.read_metadata(f)
             row_groups += [(i, g, md.row_group(g).num_rows) for g in range(md.num_row_groups)]
         heldout: set[str] = set()
+        held_rows = np.zeros(int(manifest.get("n_dataset_rows", 0)), bool) if version >= 2 else None
         if heldout_fraction > 0:
             for f in sorted((path / "samples").glob("*.parquet")):
-                heldout.update(s for s in pq.read_table(f, columns=["sample_id"]).column(0).to_pylist() if is_heldout(s, heldout_fraction))
-        return cls(path, manifest, files, row_groups, frozenset(heldout))
+                t = pq.read_table(f, columns=["sample_id", "row_index"] if held_rows is not None else ["sample_id"])
+                ids = t.column(0).to_pylist()
+                flags = np.fromiter((is_heldout(s, heldout_fraction) for s in ids), bool, len(ids))
+                heldout.update(s for s, h in zip(ids, flags) if h)
+                if held_rows is not None:
+                    rows = t.column(1).to_numpy()[flags]
+                    if len(rows) and rows.max() >= len(held_rows):
+                        held_rows = np.pad(held_rows, (0, int(rows.max()) + 1 - len(held_rows)))
+                    held_rows[rows] = True
+        return cls(path, manifest, files, row_groups, frozenset(heldout), held_rows)
 
     def _parquet(self, index: int) -> pq.ParquetFile:
-        """Open shard files once per dump (re-opening per row group costs more than reading)."""
-        if index not in self._open_files:
-            self._open_files[index] = pq.ParquetFile(self.files[index])
-        return self._open_files[index]
+        """Open shard files once per dump and thread (re-opening per row group costs more than
+        reading; a ParquetFile is not shared between threads). A thread's files close with it."""
+        files = self._local.__dict__.setdefault("files", {})
+        if index not in files:
+            files[index] = pq.ParquetFile(self.files[index])
+        return files[index]
 
     @functools.cached_property
     def _heldout_array(self) -> pa.Array:
@@ -93,27 +229,87 @@ class ActivationDump:
     def d_in(self) -> int:
         return int(self.manifest["d_model"])
 
-    def read_row_group(self, rg: tuple[int, int, int], modalities: tuple[str, ...], split: str) -> pa.Table:
-        """Rows of one row group with the wanted modalities; split is 'train', 'heldout' or 'all'."""
-        f, g, _ = rg
-        table = self._parquet(f).read_row_group(g, columns=["sample_id", "modality", "activation"])
+    @property
+    def version(self) -> int:
+        return int(self.manifest.get("format_version", 1))
+
+    @functools.cached_property
+    def dtype(self) -> np.dtype:
+        """The stored dtype, read from a shard's schema (format-1 manifests may not name it)."""
+        return column_dtype(self._parquet(0).schema_arrow.field("activation")) if self.files else np.dtype(np.float16)
+
+    def _mask(self, table: pa.Table, modalities: tuple[str, ...], split: str) -> np.ndarray:
+        if self.version >= 2:
+            mask = np.isin(table.column("modality_id").to_numpy(), [MODALITY_IDS[m] for m in modalities])
+            if split != "all" and self.heldout:
+                held = self.heldout_rows[table.column("row_index").to_numpy()]
+                mask &= ~held if split == "train" else held
+            return mask
         mask = pc.is_in(table.column("modality"), pa.array(modalities))
         if split != "all" and self.heldout:
             held = pc.is_in(table.column("sample_id"), self._heldout_array)
             mask = pc.and_(mask, pc.invert(held) if split == "train" else held)
-        return table.filter(mask)
+        return mask.to_numpy(zero_copy_only=False)
+
+    def keep(self, rg: tuple[int, int, int], modalities: tuple[str, ...], split: str) -> np.ndarray:
+        """Positions, in row group ``rg``, of its rows with the wanted modalities and split ('train',
+        'heldout' or 'all'); reads the small mask columns only."""
+        f, g, _ = rg
+        mask_cols = ["modality_id", "row_index"] if self.version >= 2 else ["modality", "sample_id"]
+        return np.flatnonzero(self._mask(self._parquet(f).read_row_group(g, columns=mask_cols), modalities, split))
+
+    def read_into(self, rg: tuple[int, int, int], keep: np.ndarray, out: np.ndarray) -> None:
+        """Decode the ``keep`` rows of row group ``rg`` straight into ``out`` (one copy)."""
+        f, g, n = rg
+        x = decode(self._parquet(f).read_row_group(g, columns=["activation"]).column(0), self.dtype)
+        if len(keep) == n:
+            out[...] = x
+        else:
+            np.take(x, keep, axis=0, out=out, mode="clip")  # mode="raise" would copy through a temporary
+
+    def read(self, rg: tuple[int, int, int], modalities: tuple[str, ...], split: str,
+             columns: tuple[str, ...] = ()) -> tuple[np.ndarray, pa.Table, np.ndarray]:
+        """One row group's rows with the wanted modalities; split is 'train', 'heldout' or 'all'.
+
+        Returns the activations ([rows, d_in], stored dtype; read-only when every row is kept),
+        the other ``columns`` of the same rows, and their positions in the row group.
+        """
+        f, g, _ = rg
+        mask_cols = ("modality_id", "row_index") if self.version >= 2 else ("modality", "sample_id")
+        table = self._parquet(f).read_row_group(g, columns=list(dict.fromkeys([*mask_cols, *columns, "activation"])))
+        keep = np.flatnonzero(self._mask(table, modalities, split))
+        x = decode(table.column("activation"), self.dtype)
+        if len(keep) < len(x):
+            x = x[keep]
+        return x, table.select(list(columns)).take(keep), keep
+
+    def read_row_group(self, rg: tuple[int, int, int], modalities: tuple[str, ...], split: str) -> pa.Table:
+        """Rows of one row group with the wanted modalities, as a table (sample_id, modality, activation)."""
+        f, g, _ = rg
+        mask_cols = ["modality_id", "row_index"] if self.version >= 2 else []
+        table = self._parquet(f).read_row_group(g, columns=[*mask_cols, "sample_id", "modality", "activation"])
+        return table.filter(pa.array(self._mask(table, modalities, split))).select(["sample_id", "modality", "activation"])
+
+
+def as_tensor(x: np.ndarray) -> torch.Tensor:
+    """A torch view of decoded rows (copied when they are a read-only view of an Arrow buffer)."""
+    return torch.from_numpy(x if x.flags.writeable else x.copy())
 
 
 def to_tensor(table: pa.Table) -> torch.Tensor:
     """The activation column as a float32 [rows, d_in] tensor."""
-    col = table.column("activation").combine_chunks()
-    d = col.type.list_size
-    flat = col.values.to_numpy(zero_copy_only=False)
-    return torch.from_numpy(flat.astype(np.float32, copy=True).reshape(-1, d))  # Arrow buffers are read-only
+    x = decode(table.column("activation"), column_dtype(table.schema.field("activation")))
+    return torch.from_numpy(x.astype(np.float32))
 
 
 class ShuffledBatches:
-    """An endless, seeded, resumable stream of [batch_size, d_in] float32 training batches.
+    """An endless, seeded, resumable stream of [batch_size, d_in] training batches in the dump's
+    stored dtype (convert on the device: ``x.to(device, non_blocking=True).float()``).
+
+    ``workers`` threads decode row groups, and the next chunk is read while the current one is
+    served; batches are gathered ahead into a bounded queue. The batches do not depend on
+    ``workers`` (0 reads in the consumer's thread). ``pin_memory`` (CUDA) gathers batches into
+    page-locked memory so the copy to the device can be asynchronous.
 
     Row groups holding non-finite values make their whole shard be reported and skipped from
     then on; the skipped set is part of the stream's state so a resumed run skips the same.
@@ -122,9 +318,11 @@ class ShuffledBatches:
     """
 
     def __init__(self, dump: ActivationDump, modalities: tuple[str, ...], batch_size: int, seed: int = 0,
-                 buffer_rows: int = 1 << 20, split: str = "train", rank: int = 0, world_size: int = 1):
+                 buffer_rows: int = 1 << 20, split: str = "train", rank: int = 0, world_size: int = 1,
+                 workers: int = 1, prefetch_batches: int = 4, pin_memory: bool = False):
         self.dump, self.modalities, self.batch_size, self.seed = dump, modalities, batch_size, seed
         self.buffer_rows, self.split = buffer_rows, split
+        self.workers, self.prefetch_batches, self.pin_memory = workers, prefetch_batches, pin_memory
         self.row_groups = [rg for rg in dump.row_groups if rg[0] % world_size == rank]
         if world_size > 1 and not self.row_groups:
             raise ValueError(f"the dump at {dump.path} has {len(dump.files)} shard(s), fewer than the {world_size} training processes: "
@@ -154,77 +352,130 @@ class ShuffledBatches:
             chunks.append(cur)
         return chunks
 
-    def _load_chunk(self, rgs, epoch: int, chunk: int) -> torch.Tensor:
-        """The chunk's rows, shuffled. When one chunk holds the whole dump (it fits in buffer_rows),
-        its rows are read once and only reshuffled in later epochs."""
-        key = frozenset(rgs)
-        if self._cached is not None and self._cached[:2] == (key, frozenset(self.bad_files)):
-            x = self._cached[2]
-        else:
-            x = self._read(rgs)
-            if len(rgs) == len(self.row_groups):
-                self._cached = (key, frozenset(self.bad_files), x)
-        return x[torch.from_numpy(np.random.default_rng([self.seed, epoch, chunk]).permutation(len(x)))]
+    def _plan(self, epoch: int, chunk: int) -> Iterator[tuple[int, int, list, bool]]:
+        """(epoch, chunk index, its row groups, last of its epoch) from (epoch, chunk) on, endlessly."""
+        while True:
+            chunks = self._chunks(epoch)
+            for c in range(chunk, len(chunks)):
+                yield epoch, c, chunks[c], c == len(chunks) - 1
+            if chunk >= len(chunks):  # resumed past the epoch's last chunk
+                yield epoch, chunk, [], True
+            epoch, chunk = epoch + 1, 0
 
-    def _read(self, rgs) -> torch.Tensor:
-        parts: list[tuple[int, torch.Tensor]] = []
-        for rg in sorted(rgs):
-            if rg[0] in self.bad_files:
-                continue
-            x = to_tensor(self.dump.read_row_group(rg, self.modalities, self.split))
-            if not bool(torch.isfinite(x).all()):
-                self.bad_files.add(rg[0])
-                log.warning("shard %s holds NaN/inf activations: skipping it from now on", self.dump.files[rg[0]])
-                continue
-            parts.append((rg[0], x))
-        # Rows read from a shard before its bad row group was met go too, so the chunk depends only
-        # on the set of bad shards (what a resumed run restores).
-        kept = [x for f, x in parts if f not in self.bad_files]
-        return torch.cat(kept) if kept else torch.empty(0, self.dump.d_in)
+    def _load_chunk(self, rgs, bad: frozenset[int], pool: ThreadPoolExecutor | None, buffers: list, slot: int) -> tuple[torch.Tensor, set[int]]:
+        """The chunk's rows in row-group order, and the shards found non-finite while reading it.
+        When one chunk holds the whole dump (it fits in buffer_rows), its rows are read once and
+        only reshuffled in later epochs."""
+        key = frozenset(rgs)
+        if self._cached is not None and self._cached[:2] == (key, bad):
+            return self._cached[2], set()
+        x, newly_bad = self._read(rgs, bad, pool, buffers, slot)
+        if len(rgs) == len(self.row_groups):
+            self._cached = (key, bad | newly_bad, x)
+        return x, newly_bad
+
+    def _read(self, rgs, bad: frozenset[int], pool: ThreadPoolExecutor | None, buffers: list, slot: int) -> tuple[torch.Tensor, set[int]]:
+        """Read the chunk's row groups (in parallel when a pool is given) straight into buffer
+        ``buffers[slot]``, and check it; returns it with the shards newly found to hold non-finite rows.
+        The two buffers (this chunk, the next) are reused: a fresh array this size would cost
+        its page faults again on every chunk."""
+        todo = [rg for rg in sorted(rgs) if rg[0] not in bad]
+        keeps = [self.dump.keep(rg, self.modalities, self.split) for rg in todo]
+        ends = np.cumsum([len(k) for k in keeps])
+        rows = int(ends[-1]) if len(ends) else 0
+        if buffers[slot] is None or len(buffers[slot]) < rows:  # sized for every row of the chunk, and then some
+            buffers[slot] = np.empty((sum(rg[2] for rg in todo) * 9 // 8, self.dump.d_in), self.dump.dtype)
+        x = buffers[slot][:rows]
+        parts = [x[end - len(k):end] for k, end in zip(keeps, ends)]
+
+        def one(i: int) -> bool:
+            self.dump.read_into(todo[i], keeps[i], parts[i])
+            return all_finite(parts[i])
+        finite = list(pool.map(one, range(len(todo))) if pool is not None else map(one, range(len(todo))))
+        newly_bad = {rg[0] for rg, ok in zip(todo, finite) if not ok}
+        for f in sorted(newly_bad):
+            log.warning("shard %s holds NaN/inf activations: skipping it from now on", self.dump.files[f])
+        if newly_bad:  # rows read from a bad shard before its bad row group go too: the chunk depends only on the bad set
+            x = np.concatenate([p for rg, p in zip(todo, parts) if rg[0] not in newly_bad] or [x[:0]])
+        return torch.from_numpy(x), newly_bad
+
+    def _batches(self, pos: Position, bad: set[int], pool: ThreadPoolExecutor | None) -> Iterator[tuple[Position, frozenset, torch.Tensor | None]]:
+        """(position after the batch, bad shards the batch was read with, batch), from ``pos`` on;
+        a None batch marks an epoch's end. The next chunk (across epochs too) is read while this
+        one's batches are served."""
+        ahead = ThreadPoolExecutor(1, thread_name_prefix="saev-chunk") if pool is not None else None
+        plan = self._plan(pos.epoch, pos.chunk)
+        epoch, c, rgs, last = next(plan)
+        buffers: list[np.ndarray | None] = [None, None]  # the chunk being served and the next, this iteration's own
+        loaded, slot = self._load_chunk(rgs, frozenset(bad), pool, buffers, 0), 0
+        produced, epochs_without_data = False, 0
+        try:
+            while True:
+                x, newly_bad = loaded
+                bad |= newly_bad
+                snapshot = frozenset(bad)
+                following = next(plan)
+                slot = 1 - slot  # this chunk's buffer is in use until its last batch is gathered
+                nxt = ahead.submit(self._load_chunk, following[2], snapshot, pool, buffers, slot) if ahead is not None else None
+                perm = torch.from_numpy(np.random.default_rng([self.seed, epoch, c]).permutation(len(x)))
+                n_batches = len(x) // self.batch_size  # the tail (< one batch) of a chunk is dropped
+                for b in range(pos.batch if (epoch, c) == (pos.epoch, pos.chunk) else 0, n_batches):
+                    produced = True
+                    idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
+                    out = torch.empty((len(idx), x.shape[1]), dtype=x.dtype, pin_memory=self.pin_memory)
+                    yield Position(epoch, c, b + 1), snapshot, torch.index_select(x, 0, idx, out=out)
+                if last:
+                    yield Position(epoch + 1, 0, 0), snapshot, None
+                    epochs_without_data, produced = (0 if produced else epochs_without_data + 1), False
+                    if epochs_without_data >= 2:
+                        raise ValueError(
+                            f"the dump at {self.dump.path} has fewer than {self.batch_size} usable {'+'.join(self.modalities)} rows "
+                            f"per shuffle chunk ({len(bad)} shard(s) skipped as non-finite); lower batch_size or dump more data"
+                        )
+                epoch, c, rgs, last = following
+                loaded = nxt.result() if nxt is not None else self._load_chunk(rgs, snapshot, pool, buffers, slot)
+        finally:
+            if ahead is not None:
+                ahead.shutdown(wait=True, cancel_futures=True)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        pos = self.position
-        epochs_without_data = 0
-        while True:
-            chunks = self._chunks(pos.epoch)
-            produced = False
-            for c in range(pos.chunk, len(chunks)):
-                x = self._load_chunk(chunks[c], pos.epoch, c)
-                n_batches = len(x) // self.batch_size  # the tail (< one batch) of a chunk is dropped
-                for b in range(pos.batch if c == pos.chunk else 0, n_batches):
-                    produced = True
-                    self.position = Position(pos.epoch, c, b + 1)
-                    yield x[b * self.batch_size:(b + 1) * self.batch_size]
-                pos = Position(pos.epoch, c + 1, 0)
-            pos = Position(pos.epoch + 1, 0, 0)
-            self.position = pos
-            epochs_without_data = 0 if produced else epochs_without_data + 1
-            if epochs_without_data >= 2:
-                raise ValueError(
-                    f"the dump at {self.dump.path} has fewer than {self.batch_size} usable {'+'.join(self.modalities)} rows "
-                    f"per shuffle chunk ({len(self.bad_files)} shard(s) skipped as non-finite); lower batch_size or dump more data"
-                )
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="saev-reader") if self.workers > 0 else None
+        items = self._batches(self.position, set(self.bad_files), pool)
+        try:
+            for pos, bad, x in (prefetch(items, self.prefetch_batches) if pool is not None else items):
+                self.position, self.bad_files = pos, set(bad)
+                if x is not None:
+                    yield x
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
 
 def iter_rows(dump: ActivationDump, modalities: tuple[str, ...], split: str, max_rows: int | None = None,
-              columns_too: bool = False) -> Iterator[tuple[torch.Tensor, pa.Table] | torch.Tensor]:
-    """Rows in file order (no shuffle), for evaluation; stops after ``max_rows``. Shards with
-    non-finite values are reported and left out, as in training."""
-    seen, bad = 0, set()
-    for rg in dump.row_groups:
-        if rg[0] in bad:
-            continue
-        table = dump.read_row_group(rg, modalities, split)
+              columns: tuple[str, ...] = ()) -> Iterator[tuple[torch.Tensor, pa.Table]]:
+    """(rows [n, d_in] in the stored dtype, their ``columns``) in file order (no shuffle), for
+    evaluation and scoring; stops after ``max_rows``. The next row group is decoded while the
+    consumer works. Shards with non-finite values are reported and left out, as in training."""
+
+    def groups():
+        bad = set()
+        for rg in dump.row_groups:
+            if rg[0] in bad:
+                continue
+            x, table, _ = dump.read(rg, modalities, split, columns)
+            if len(x) and not all_finite(x):
+                bad.add(rg[0])
+                log.warning("shard %s holds NaN/inf activations: left out of the evaluation", dump.files[rg[0]])
+                continue
+            yield x, table
+
+    seen = 0
+    for x, table in prefetch(groups(), 1):
         if max_rows is not None:
-            table = table.slice(0, max_rows - seen)
-        if table.num_rows == 0:
+            x, table = x[: max_rows - seen], table.slice(0, max_rows - seen)
+        if len(x) == 0:
             continue
-        x = to_tensor(table)
-        if not bool(torch.isfinite(x).all()):
-            bad.add(rg[0])
-            log.warning("shard %s holds NaN/inf activations: left out of the evaluation", dump.files[rg[0]])
-            continue
-        seen += table.num_rows
-        yield (x, table) if columns_too else x
+        seen += len(x)
+        yield as_tensor(x), table
         if max_rows is not None and seen >= max_rows:
             return

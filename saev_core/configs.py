@@ -27,7 +27,7 @@ Optimizer = Literal["adam", "signum"]
 # Fields that do not change what a stage computes; a resumed run may change them. The chat
 # template counts by its content (chat_template_sha256), not by where its file lies.
 _DUMP_RUNTIME = {"out", "batch_size", "progress", "cpu_threads", "row_group_mb", "chat_template"}
-_TRAIN_RUNTIME = {"out", "progress", "device", "checkpoint_every", "log_every", "keep_checkpoints", "eval_rows"}
+_TRAIN_RUNTIME = {"out", "progress", "device", "checkpoint_every", "log_every", "keep_checkpoints", "eval_rows", "reader_workers"}
 _SCORE_RUNTIME = {"tables", "device", "batch_rows", "weights_memory_mb", "progress", "clip_batch_size"}
 
 
@@ -108,7 +108,8 @@ class DumpConfig(BaseModel):
     chat_template: str | None = Field(None, description="Jinja chat template file, for a processor that ships none (PaliGemma)")
     chat_template_sha256: str | None = Field(None, description="sha256 of the chat_template file's content; filled in when absent")
     stop_at_layer: bool = Field(True, description="skip the blocks after the hooked one")
-    compression: Literal["zstd", "lz4", "snappy", "none"] = "zstd"
+    compression: Literal["zstd", "lz4", "snappy", "none"] = Field("lz4", description="Parquet codec of the activation shards; lz4 decodes at "
+                                                                  "memory speed, zstd saves a few % of disk at a quarter of the speed (bench/bench_reader.py)")
     row_group_mb: int = Field(64, ge=1, description="target Parquet row-group size; batches are buffered up to it")
     cpu_threads: int | None = Field(None, ge=1, description="torch threads for a CPU forward (default: torch's own setting)")
     progress: bool = True
@@ -233,7 +234,9 @@ class TrainConfig(BaseModel):
     dead_window: int | None = Field(None, ge=1, description="tokens without firing before a latent is dead; default min(10M, total_tokens / 10)")
     scale_batches: int = Field(100, ge=1, description="batches used to estimate the input scale s = sqrt(d_in) / mean||x||")
     heldout_fraction: float = Field(0.05, ge=0, lt=1, description="samples held out (by sample id) for evaluation")
-    buffer_rows: int = Field(1 << 20, ge=1, description="rows shuffled together (memory: buffer_rows * d_in * 4 bytes)")
+    buffer_rows: int = Field(1 << 20, ge=1, description="rows shuffled together (memory: two chunks of buffer_rows * d_in * 2 bytes for float16)")
+    reader_workers: int = Field(2, ge=0, description="threads decoding activation row groups ahead of the step (0: read in the step's thread); "
+                                "the batches do not depend on it")
     checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints")
     eval_rows: int = Field(20_000, ge=0, description="held-out rows evaluated (per modality) at each checkpoint; 0 turns it off")
     keep_checkpoints: int = Field(2, ge=1)

@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import queue
-import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -34,6 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from saev_core import __version__
+from saev_core.activations import FORMAT_VERSION, ActivationWriter, activation_table
+from saev_core.background import prefetch
 from saev_core.configs import DumpConfig
 from saev_core.data import Rejection, Sample, batched, first_rows, iter_samples, open_dataset, resolve_columns
 from saev_core.inputs import encode, read_chat_template, render, to_model
@@ -52,17 +51,6 @@ class ShardResult:
     n_samples: int = 0
     n_rejected: int = 0
     skipped: bool = False
-
-
-def activation_schema(d_model: int, act_dtype: str) -> pa.Schema:
-    value = pa.float16() if act_dtype == "float16" else pa.float32()
-    return pa.schema([
-        ("sample_id", pa.string()),
-        ("token_pos", pa.int32()),
-        ("modality", pa.string()),
-        ("token_id", pa.int32()),
-        ("activation", pa.list_(value, d_model)),
-    ])
 
 
 SAMPLES_SCHEMA = pa.schema([
@@ -125,31 +113,23 @@ def residual(bundle: ModelBundle, inputs, layer: int, stop: bool = True) -> torc
     return box["act"]
 
 
-def batch_table(bundle: ModelBundle, inputs, acts: torch.Tensor, samples: list[Sample], schema: pa.Schema) -> tuple[pa.Table, list[dict]]:
+def batch_table(bundle: ModelBundle, inputs, acts: torch.Tensor, samples: list[Sample], act_dtype: str) -> tuple[pa.Table, list[dict]]:
     """Rows for every non-padding position, labelled by modality from the token ids."""
     mask = inputs["attention_mask"].bool()
     ids = inputs["input_ids"]
     mask_d = mask.to(acts.device)
     flat = acts[mask_d]
-    value_type = schema.field("activation").type.value_type
-    if value_type == pa.float16() and flat.numel() and float(flat.abs().max()) > FP16_MAX:
+    if act_dtype == "float16" and flat.numel() and float(flat.abs().max()) > FP16_MAX:
         raise ValueError(f"activations exceed the float16 range (max |x| = {float(flat.abs().max()):.4g}); rerun with act_dtype=float32")
-    flat = flat.to(torch.float16 if value_type == pa.float16() else torch.float32).cpu().numpy()
+    flat = flat.to(getattr(torch, act_dtype)).cpu().numpy()
     tok = ids[mask].numpy().astype(np.int32)
     pos = (mask.cumsum(1) - 1)[mask].numpy().astype(np.int32)
     owner = torch.arange(mask.shape[0]).unsqueeze(1).expand_as(mask)[mask].numpy()
     is_image = tok == bundle.image_token_id
     is_special = np.isin(tok, np.fromiter(bundle.special_ids, dtype=np.int32)) & ~is_image
     modality = np.where(is_image, "image", np.where(is_special, "special", "text"))
-    sample_ids = np.asarray([s.sample_id for s in samples], dtype=object)[owner]
-    d = flat.shape[1] if flat.ndim == 2 else schema.field("activation").type.list_size
-    table = pa.Table.from_arrays([
-        pa.array(sample_ids, pa.string()),
-        pa.array(pos),
-        pa.array(modality, pa.string()),
-        pa.array(tok),
-        pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), d),
-    ], schema=schema)
+    table = activation_table(flat.reshape(len(tok), bundle.d_model), np.asarray([s.sample_id for s in samples], dtype=object)[owner],
+                             np.asarray([s.row_index for s in samples], np.int32)[owner], pos, modality, tok)
     stats = []
     for i, s in enumerate(samples):
         sel = owner == i
@@ -159,42 +139,6 @@ def batch_table(bundle: ModelBundle, inputs, acts: torch.Tensor, samples: list[S
             "n_special_tokens": int((is_special & sel).sum()),
         })
     return table, stats
-
-
-def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
-    """Run ``iterator`` in a background thread, ``depth`` items ahead, re-raising its errors.
-
-    Image decoding and the processor then overlap the forward pass (on GPU fully, on CPU as
-    far as the GIL allows: PIL, tokenizers and numpy release it).
-    """
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def work():
-        try:
-            for item in iterator:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(done)
-        except BaseException as e:  # handed to the consumer
-            q.put(e)
-
-    thread = threading.Thread(target=work, daemon=True, name="saev-prefetch")
-    thread.start()
-    try:
-        while (item := q.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
 
 
 @dataclass
@@ -230,6 +174,9 @@ def dump_shard(cfg: DumpConfig, bundle: ModelBundle, ds, index: int, layer: int,
     result = ShardResult(index)
     act_path = out / "activations" / shard_name(index)
     if act_path.exists():
+        if not pa.types.is_fixed_size_binary(pq.read_schema(act_path).field("activation").type):
+            raise ValueError(f"{out} holds shards of dump format 1 (an older saev); this one writes format {FORMAT_VERSION} and cannot "
+                             "add to it: dump to a new directory, or pass overwrite to rewrite it (format-1 dumps still train and score)")
         meta = pq.read_metadata(act_path).metadata or {}
         result.skipped = True
         result.rows = {m: int(meta.get(f"saev.rows.{m}".encode(), 0)) for m in MODALITIES}
@@ -242,46 +189,24 @@ def dump_shard(cfg: DumpConfig, bundle: ModelBundle, ds, index: int, layer: int,
     stop = min(len(ds), start + cfg.samples_per_shard)
     for part in ("activations", "rejected", "samples"):  # what a killed run of this shard left half-written
         remove_stale_tmp(out / part / shard_name(index))
-    schema = activation_schema(bundle.d_model, cfg.act_dtype)
     rejected: list[Rejection] = []
     sample_stats: list[dict] = []
-    compression = None if cfg.compression == "none" else cfg.compression
-    bytes_per_row = bundle.d_model * (2 if cfg.act_dtype == "float16" else 4)
-    row_group_rows = max(1, cfg.row_group_mb * 2**20 // bytes_per_row)
-    with atomic_path(act_path) as tmp_act, ThreadPoolExecutor(1, thread_name_prefix="saev-writer") as io_pool:
-        with pq.ParquetWriter(tmp_act, schema, compression=compression) as writer:
-            pending = None  # one write in flight: Parquet encoding overlaps the next forward
-            buffered: list[pa.Table] = []  # batches gathered into one row group (readers want big ones)
-
-            def flush():
-                nonlocal pending, buffered
-                if pending is not None:
-                    pending.result()
-                pending = io_pool.submit(writer.write_table, pa.concat_tables(buffered), row_group_size=row_group_rows) if buffered else None
-                buffered = []
-
-            for prep in prefetch(_prepare(cfg, bundle, ds, start, stop, cfg.max_length or bundle.max_length, first)):
-                rejected.extend(prep.rejected)
-                for samples, inputs in prep.groups:
-                    acts = residual(bundle, inputs, layer, stop=cfg.stop_at_layer)
-                    table, stats = batch_table(bundle, inputs, acts, samples, schema)
-                    buffered.append(table)
-                    if sum(t.num_rows for t in buffered) >= row_group_rows:
-                        flush()
-                    sample_stats.extend(stats)
-                    for m in MODALITIES:
-                        result.rows[m] += sum(st[f"n_{m}_tokens"] for st in stats)
-                if pbar is not None:
-                    pbar.update(prep.n_rows)
-                    pbar.set_postfix(rows=sum(result.rows.values()), rejected=len(rejected), refresh=False)
-            flush()
-            if pending is not None:
-                pending.result()
-            result.n_samples, result.n_rejected = len(sample_stats), len(rejected)
-            writer.add_key_value_metadata({
-                **{f"saev.rows.{m}": str(n) for m, n in result.rows.items()},
-                "saev.n_samples": str(result.n_samples), "saev.n_rejected": str(result.n_rejected),
-            })
+    with atomic_path(act_path) as tmp_act, ActivationWriter(tmp_act, bundle.d_model, cfg.act_dtype, cfg.compression, cfg.row_group_mb) as writer:
+        for prep in prefetch(_prepare(cfg, bundle, ds, start, stop, cfg.max_length or bundle.max_length, first)):
+            rejected.extend(prep.rejected)
+            for samples, inputs in prep.groups:
+                acts = residual(bundle, inputs, layer, stop=cfg.stop_at_layer)
+                table, stats = batch_table(bundle, inputs, acts, samples, cfg.act_dtype)
+                writer.write(table)
+                sample_stats.extend(stats)
+                for m in MODALITIES:
+                    result.rows[m] += sum(st[f"n_{m}_tokens"] for st in stats)
+            if pbar is not None:
+                pbar.update(prep.n_rows)
+                pbar.set_postfix(rows=sum(result.rows.values()), rejected=len(rejected), refresh=False)
+        result.n_samples, result.n_rejected = len(sample_stats), len(rejected)
+        writer.close({**{f"saev.rows.{m}": str(n) for m, n in result.rows.items()},
+                      "saev.n_samples": str(result.n_samples), "saev.n_rejected": str(result.n_rejected)})
         with atomic_path(out / "rejected" / shard_name(index)) as tmp:
             pq.write_table(pa.Table.from_pylist([r.__dict__ for r in rejected], schema=REJECTED_SCHEMA), tmp)
         with atomic_path(out / "samples" / shard_name(index)) as tmp:
@@ -363,7 +288,7 @@ def write_manifest(cfg: DumpConfig, bundle: ModelBundle, layer: int, ds, results
     rows = {m: sum(r.rows[m] for r in results) for m in MODALITIES}
     manifest = {
         "kind": "saev.activations",
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "saev_core_version": __version__,
         "model": cfg.model,
         "layer": layer,

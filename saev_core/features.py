@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from saev_core.activations import ActivationDump, to_tensor
+from saev_core.activations import ActivationDump, as_tensor, decode
+from saev_core.background import prefetch
 from saev_core.io import atomic_path
 from saev_core.sae import SAE
 from saev_core.scoring import empty_pool, pack_ref, unpack_ref, update_pool
@@ -53,9 +54,8 @@ def fetch_residuals(dump: ActivationDump, refs: np.ndarray) -> dict[int, Tensor]
         groups = np.searchsorted(starts, rows[sel], side="right") - 1
         for g in np.unique(groups):
             in_g = groups == g
-            col = pf.read_row_group(int(g), columns=["activation"]).column(0).combine_chunks()
-            take = col.take(pa.array(rows[sel][in_g] - starts[g]))
-            vecs = np.asarray(take.values.to_numpy(zero_copy_only=False), np.float32).reshape(len(take), -1)
+            col = pf.read_row_group(int(g), columns=["activation"]).column(0)
+            vecs = decode(col, dump.dtype)[rows[sel][in_g] - starts[g]].astype(np.float32)
             for ref, vec in zip(uniq[sel][in_g], vecs):
                 out[int(ref)] = torch.from_numpy(vec)
     return out
@@ -98,13 +98,26 @@ def _merge(parts: list[tuple[Tensor, Tensor, Tensor, Tensor]]) -> tuple[Tensor, 
     return _reduce(*(torch.cat([p[i] for p in parts]) for i in range(4)))
 
 
+def _shard_batches(dump: ActivationDump, shard: int, batch_rows: int):
+    """(activations, sample_id and modality, positions in the shard file) of the shard's image and
+    text rows, ``batch_rows`` at a time; the next row group is decoded while this one is encoded."""
+    def groups():
+        start = 0
+        for rg in (rg for rg in dump.row_groups if rg[0] == shard):
+            x, table, keep = dump.read(rg, ("image", "text"), "all", ("sample_id", "modality"))
+            yield x, table, keep + start
+            start += rg[2]
+    for x, table, rows in prefetch(groups(), 1):
+        for i in range(0, len(x), batch_rows):
+            yield x[i:i + batch_rows], table.slice(i, batch_rows), rows[i:i + batch_rows]
+
+
 @torch.no_grad()
 def encode_shard(dump: ActivationDump, shard: int, sae: SAE, reference_ids: frozenset[str], out_part: Path,
                  top: int = 30, per_side: int = 5, batch_rows: int = 4096, pbar=None) -> ShardPass:
     """Encode shard ``shard`` of ``dump``; write its sample_features part to ``out_part`` (atomically)."""
     device = sae.W_enc.device
     d_sae, d_in = sae.cfg.d_sae, sae.cfg.d_in
-    pf = pq.ParquetFile(dump.files[shard])
     ids: dict[str, int] = {}
     parts = []
     fires = torch.zeros(2 * d_sae, dtype=torch.int64, device=device)
@@ -113,23 +126,14 @@ def encode_shard(dump: ActivationDump, shard: int, sae: SAE, reference_ids: froz
     pool_values, pool_refs = empty_pool(top, d_sae, device)
     sides = [empty_pool(per_side, d_sae, device) for _ in range(2)]  # image, text
     reference = pa.array(sorted(reference_ids), pa.string())
-    offset = 0
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=["sample_id", "modality", "activation"]):
-        n = batch.num_rows
-        modality = batch.column("modality").to_numpy(zero_copy_only=False)
-        keep = modality != "special"
-        rows = np.nonzero(keep)[0] + offset
-        offset += n
-        if not keep.any():
-            continue
-        batch = batch.filter(pa.array(keep))
+    for x, batch, rows in _shard_batches(dump, shard, batch_rows):
         sids = batch.column("sample_id").to_numpy(zero_copy_only=False)
         uniq, first, inv = np.unique(sids, return_index=True, return_inverse=True)
         for s in uniq[np.argsort(first)]:
             ids.setdefault(s, len(ids))
         local = torch.from_numpy(np.array([ids[s] for s in uniq])[inv]).to(device)
-        is_text = torch.from_numpy(modality[keep] != "image").to(device)
-        x = to_tensor(pa.Table.from_batches([batch])).to(device)
+        is_text = torch.from_numpy(batch.column("modality").to_numpy(zero_copy_only=False) != "image").to(device)
+        x = as_tensor(x).to(device).float()
         f = sae.encode(x)
         r, c = f.nonzero(as_tuple=True)
         v = f[r, c].float()
@@ -155,7 +159,7 @@ def encode_shard(dump: ActivationDump, shard: int, sae: SAE, reference_ids: froz
                 if mask.any():
                     sides[side] = update_pool(*sides[side], f[sel][mask], refs[mask])
         if pbar is not None:
-            pbar.update(int(keep.sum()))
+            pbar.update(len(rows))
 
     names = np.array(list(ids), dtype=object)
     if parts:

@@ -271,7 +271,9 @@ class SAE(nn.Module):
         One dense matmul ranks the latents (without gradient); ``sampled_pre`` then makes the kept
         entries differentiable, so the encoder gradient is computed at those entries only. TopK keeps
         the k largest pre-activations per token, BatchTopK the k*batch largest ReLU'd ones over the
-        batch; AuxK (OpenAI 2024, App. A.2) the aux_k largest dead pre-activations per token.
+        batch; AuxK (OpenAI 2024, App. A.2) the aux_k largest dead pre-activations per token, of
+        which only the positive ones are kept: AuxK's work follows the dead latents that come near
+        firing, and is none on steps where no latent is dead.
         """
         n, d_sae, k = sx.shape[0], self.cfg.d_sae, self.cfg.k
         with torch.no_grad():
@@ -285,19 +287,20 @@ class SAE(nn.Module):
                 values, rows, cols = batch_entries(values, idx, d_sae)
             dead = self.dead_mask().nonzero().squeeze(1)
             n_aux = min(self.cfg.aux_k or 0, dead.numel()) if self.cfg.aux_coefficient > 0 else 0
+            n_main = rows.numel()
             if n_aux:
                 aux_values, top = pre.index_select(1, dead).topk(n_aux, dim=-1, sorted=False)
                 aux_rows, aux_cols = per_token_entries(dead[top])
-                rows, cols = torch.cat([rows, aux_rows]), torch.cat([cols, aux_cols])
-                values = torch.cat([values, aux_values.reshape(-1)])
+                acting = aux_values.reshape(-1) > 0  # the ReLU zeroes the rest: no reconstruction, no gradient, no work
+                rows, cols = torch.cat([rows, aux_rows[acting]]), torch.cat([cols, aux_cols[acting]])
+                values = torch.cat([values, aux_values.reshape(-1)[acting]])
         b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else None
         values = sampled_pre(sx, b_dec, self.W_enc, self.b_enc, values, rows, cols).relu()
-        n_main = rows.numel() - n * n_aux
         per_row = k if self.cfg.architecture == "topk" else None
         acts = ActiveLatents.from_entries(rows[:n_main], cols[:n_main], values[:n_main], n, d_sae, per_row)
-        if not n_aux:
+        if rows.numel() == n_main:
             return acts, None
-        return acts, ActiveLatents.from_entries(rows[n_main:], cols[n_main:], values[n_main:], n, d_sae, n_aux)
+        return acts, ActiveLatents.from_entries(rows[n_main:], cols[n_main:], values[n_main:], n, d_sae)
 
     def _matryoshka_decode(self, acts: ActiveLatents, sx: Tensor) -> tuple[Tensor, Tensor]:
         """The full reconstruction and sum_m mse_m over the nested prefixes [0, w_m).

@@ -85,8 +85,8 @@ def reconstruction_metrics(sae, dump: ActivationDump, split: str = "heldout", ma
     model = sae.inference_form().to(device).eval()
     split = split if dump.heldout else "all"
     accs = {"all": _Acc(), "image": _Acc(), "text": _Acc()}
-    for x, table in iter_rows(dump, ("image", "text"), split, max_rows, columns_too=True):
-        x = x.to(device)
+    for x, table in iter_rows(dump, ("image", "text"), split, max_rows, columns=("modality",)):
+        x = x.to(device).float()
         f = model.encode(x)
         x_hat = model.decode(f)
         modality = np.asarray(table.column("modality").to_numpy(zero_copy_only=False))

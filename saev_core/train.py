@@ -351,7 +351,7 @@ def train_saes(cfgs: list[TrainConfig], overwrite: bool = False, stop_at_step: i
     common = set.intersection(*(set(c) for *_, c in pending))
     start = max(common, default=0)
     stream = ShuffledBatches(dump, modalities, lead.batch_size // world.size, seed=lead.seed, buffer_rows=lead.buffer_rows,
-                             rank=world.rank, world_size=world.size)
+                             rank=world.rank, world_size=world.size, workers=lead.reader_workers, pin_memory=device.type == "cuda")
     sample: list[torch.Tensor] = []
     runs: dict[int, _Run] = {}
     for i, cfg, out, ckpts in pending:
@@ -363,8 +363,8 @@ def train_saes(cfgs: list[TrainConfig], overwrite: bool = False, stop_at_step: i
             runs[i] = _Run(cfg, out, sae, opt_state, start, ckpts[start], world)
         else:
             if not sample:  # every process draws the same probe (all shards), hence the same scale and init
-                probe = ShuffledBatches(dump, modalities, lead.batch_size, seed=lead.seed + 1, buffer_rows=lead.buffer_rows)
-                sample = [x for _, x in zip(range(lead.scale_batches), probe)]
+                probe = ShuffledBatches(dump, modalities, lead.batch_size, seed=lead.seed + 1, buffer_rows=lead.buffer_rows, workers=0)
+                sample = [x.float() for _, x in zip(range(lead.scale_batches), probe)]
             runs[i] = _Run(cfg, out, _new_sae(cfg, dump.d_in, cfg.d_sae or cfg.expansion_factor * dump.d_in, sample, device),
                            None, 0, None, world)
     failed: dict[int, str] = {}
@@ -377,7 +377,7 @@ def train_saes(cfgs: list[TrainConfig], overwrite: bool = False, stop_at_step: i
                 if stop_at_step is not None and step >= stop_at_step:
                     stopped = {"stopped_at_step": step}
                     return [{**stopped, "last_checkpoint": str(runs[i].last_ckpt)} if i in runs else manifests[i] for i in range(len(cfgs))]
-                x = next(batches).to(device, non_blocking=True)
+                x = next(batches).to(device, non_blocking=True).float()
                 res = None
                 for i, run in list(runs.items()):
                     try:

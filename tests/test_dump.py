@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from saev_core.activations import FORMAT_VERSION, MODALITY_IDS, ActivationDump, column_dtype, decode
 from saev_core.data import DatasetSpec, iter_samples, open_dataset
 from saev_core.dump import DumpConfig, encode_batch, encode_samples, residual, run_dump
 from saev_core.modeling import load_model
@@ -107,14 +108,16 @@ def test_dumped_activations_match_unbatched_forward(dumped, bundle, rlaif):
     inputs = encode_samples(bundle, [s], False)
     with torch.inference_mode():
         ref = bundle.model(**inputs, output_hidden_states=True).hidden_states[LAYER + 1][0]
-    got = np.stack(rows.column("activation").to_numpy(zero_copy_only=False))
+    got = decode(rows.column("activation"), column_dtype(rows.schema.field("activation"))).astype(np.float32)
     assert rows.column("token_pos").to_pylist() == list(range(ref.shape[0]))
+    assert set(rows.column("row_index").to_pylist()) == {s.row_index}
     assert rows.column("token_id").to_pylist() == inputs["input_ids"][0].tolist()
     np.testing.assert_allclose(got, ref.numpy(), atol=1e-4, rtol=1e-4)
     modality = rows.column("modality").to_pylist()
     ids = inputs["input_ids"][0].tolist()
     assert [m == "image" for m in modality] == [t == bundle.image_token_id for t in ids]
     assert modality[0] == "special" and modality[-1] == "text"
+    assert rows.column("modality_id").to_pylist() == [MODALITY_IDS[m] for m in modality]
 
 
 def test_rerun_is_idempotent_and_resumes(dumped, bundle):
@@ -136,7 +139,29 @@ def test_float16_storage(tmp_path, world_dir, rlaif, bundle):
                      out=str(tmp_path / "f16"), progress=False)
     run_dump(cfg, bundle=bundle)
     t = pq.read_table(tmp_path / "f16/activations/shard-00000.parquet")
-    assert str(t.schema.field("activation").type) == "fixed_size_list<element: halffloat>[128]"
+    field = t.schema.field("activation")
+    assert field.type == pa.binary(2 * 128) and column_dtype(field) == np.float16  # one fixed-size cell per token
+    dump = ActivationDump.open(tmp_path / "f16")
+    assert (dump.version, dump.dtype) == (FORMAT_VERSION, np.float16)
+    x = decode(t.column("activation"), np.float16)
+    assert x.shape == (t.num_rows, 128) and np.isfinite(x).all() and np.abs(x).max() > 0
+
+
+def test_a_format_1_dump_is_not_resumed_in_format_2(tmp_path, world_dir, rlaif, bundle):
+    cfg = DumpConfig(model=str(world_dir / "model"), dataset=rlaif.model_copy(update={"limit": 4}), layer=LAYER,
+                     out=str(tmp_path / "old"), samples_per_shard=2, progress=False)
+    run_dump(cfg, bundle=bundle)
+    # what an older saev left: its shard 0 in the list layout, shard 1 not yet written
+    shard = tmp_path / "old/activations/shard-00000.parquet"
+    t = pq.read_table(shard)
+    x = decode(t.column("activation"), np.float16)
+    old = t.drop_columns(["row_index", "modality_id", "activation"]).append_column(
+        "activation", pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 128))
+    pq.write_table(old, shard)
+    (tmp_path / "old/activations/shard-00001.parquet").unlink()
+    (tmp_path / "old/manifest.json").unlink()
+    with pytest.raises(ValueError, match="dump format 1"):
+        run_dump(cfg, bundle=bundle)
 
 
 def _png(size=(32, 32)) -> bytes:

@@ -26,7 +26,7 @@ from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
 from saev_core.dump import DumpConfig, encode_samples, run_dump
 from saev_core.sae_eval import cross_entropy, evaluate_run, heldout_samples
 from saev_core.filter import FilterConfig, run_filter
-from saev_core.activations import ActivationDump
+from saev_core.activations import ActivationDump, column_dtype, decode
 from saev_core.inputs import NoChatTemplate, chat_template
 from saev_core.model_eval import evaluate_model
 from saev_core.modeling import load_model
@@ -93,7 +93,7 @@ def test_dump_holds_each_samples_own_tokens_and_hidden_state(dumped, rows):
         assert pad is None or pad == facts["bos_token_id"] or pad not in ids.tolist()
         with torch.inference_mode():
             ref = bundle.model(**inputs, output_hidden_states=True, use_cache=False).hidden_states[LAYER + 1][0]
-        got = np.stack(mine.column("activation").to_numpy(zero_copy_only=False))
+        got = decode(mine.column("activation"), column_dtype(mine.schema.field("activation"))).astype(np.float32)
         np.testing.assert_allclose(got, ref.float().numpy(), atol=1e-4, rtol=1e-4)
 
 

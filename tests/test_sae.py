@@ -196,6 +196,18 @@ def test_aux_loss_by_hand_and_dead_tracking():
     assert sae.dead_mask().tolist() == [False, False, True]
 
 
+def test_aux_work_follows_the_dead_latents_that_come_near_firing():
+    sae = aux_example()
+    sae.tokens_since_fired.copy_(torch.tensor([0, 0, 10]))  # latent 2 dead
+    # token 0: latent 2's pre-activation 2 > 0 (an AuxK entry); token 1: -1.5 (ReLU'd to 0: no entry)
+    _, aux = sae._sparse_encode(torch.tensor([[3.0, 1.0], [-1.0, -2.0]]))
+    assert (aux.rows.tolist(), aux.cols.tolist(), aux.values.tolist()) == ([0], [2], [2.0])
+    assert aux.offsets.tolist() == [0, 1]
+    # no dead latent above zero on any token: no AuxK work and a zero term
+    _, aux = sae._sparse_encode(torch.tensor([[-3.0, -1.0]]))
+    assert aux is None and sae(torch.tensor([[-3.0, -1.0]])).aux.item() == 0
+
+
 def test_decoder_normalisation_and_parallel_grad_removal():
     sae = SAE(SAEConfig(architecture="topk", d_in=8, d_sae=32, k=4))
     sae(torch.randn(16, 8)).loss.backward()

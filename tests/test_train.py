@@ -15,10 +15,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from saev_core.activations import ActivationDump, ShuffledBatches, is_heldout, iter_rows
+from saev_core.activations import ActivationDump, ShuffledBatches, activation_table, all_finite, is_heldout, iter_rows
 from saev_core.checkpoint import load_sae
 from saev_core.data import DatasetSpec
-from saev_core.dump import DumpConfig, activation_schema, run_dump
+from saev_core.dump import DumpConfig, run_dump
 from saev_core.sae_eval import ce_loss_recovered, evaluate_run, firing_histogram, kl_per_position, kl_score
 from saev_core.io import write_json
 from saev_core.train import TrainConfig, TrainingDiverged, lr_at, sweep_configs, train_sae, train_saes
@@ -39,20 +39,60 @@ def small(dump_dir, out, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-def fake_dump(path, d: int, shards: list[np.ndarray]) -> None:
-    """A minimal dump directory (manifest + shards) holding the given activation arrays."""
-    entries = []
+def fake_dump(path, d: int, shards: list[np.ndarray], version: int = 1) -> None:
+    """A minimal dump directory (manifest, shards, samples) holding the given activation arrays, in
+    dump format 1 (a float32 fixed_size_list column, as saev wrote before format 2) or 2."""
+    entries, n_samples = [], 0
     for i, x in enumerate(shards):
         n = len(x)
-        table = pa.table({"sample_id": [f"s{i}-{j // 4}" for j in range(n)], "token_pos": pa.array(np.arange(n) % 4, pa.int32()),
-                          "modality": ["image" if j % 2 else "text" for j in range(n)], "token_id": pa.array(np.zeros(n), pa.int32()),
-                          "activation": pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel()), d)},
-                         schema=activation_schema(d, "float32"))
-        (path / "activations").mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path / "activations" / f"shard-{i:05d}.parquet", row_group_size=64)
+        ids = np.asarray([f"s{i}-{j // 4}" for j in range(n)], object)
+        rows, pos = n_samples + np.arange(n) // 4, np.arange(n) % 4
+        modality = np.where(np.arange(n) % 2 == 1, "image", "text")
+        if version == 1:
+            table = pa.table({"sample_id": ids, "token_pos": pa.array(pos, pa.int32()), "modality": modality,
+                              "token_id": pa.array(np.zeros(n), pa.int32()),
+                              "activation": pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel()), d)})
+        else:
+            table = activation_table(x.astype(np.float32), ids, rows, pos, modality, np.zeros(n, np.int32))
+        for part, t in (("activations", table), ("samples", pa.table({"sample_id": list(dict.fromkeys(ids)), "row_index": np.unique(rows)}))):
+            (path / part).mkdir(parents=True, exist_ok=True)
+            pq.write_table(t, path / part / f"shard-{i:05d}.parquet", row_group_size=64)
         entries.append({"file": f"activations/shard-{i:05d}.parquet", "samples": n // 4, "rejected": 0, "rows": n})
-    write_json(path / "manifest.json", {"d_model": d, "model": "none", "layer": 0, "hook": "h", "dataset": {"path": "none"},
+        n_samples += -(-n // 4)
+    v2 = {"format_version": 2, "act_dtype": "float32", "n_dataset_rows": n_samples} if version == 2 else {}
+    write_json(path / "manifest.json", {**v2, "d_model": d, "model": "none", "layer": 0, "hook": "h", "dataset": {"path": "none"},
                                         "shards": entries})
+
+
+def test_format_1_and_2_dumps_give_the_same_batches(tmp_path):
+    rng = np.random.default_rng(0)
+    shards = [rng.standard_normal((300, 16)).astype(np.float32) for _ in range(3)]
+    fake_dump(tmp_path / "v1", 16, shards, version=1)
+    fake_dump(tmp_path / "v2", 16, shards, version=2)
+    old, new = (ActivationDump.open(tmp_path / v, heldout_fraction=0.2) for v in ("v1", "v2"))
+    assert (old.version, new.version) == (1, 2) and old.heldout == new.heldout and old.heldout
+    for split in ("train", "heldout"):
+        for mods in (("image", "text"), ("text",)):
+            a = ShuffledBatches(old, mods, 10, seed=1, buffer_rows=200, split=split)
+            b = ShuffledBatches(new, mods, 10, seed=1, buffer_rows=200, split=split)
+            assert all(torch.equal(x, y) for _, x, y in zip(range(20), a, b))
+            rows_old = [(x, t.column("sample_id").to_pylist()) for x, t in iter_rows(old, mods, split, columns=("sample_id",))]
+            rows_new = [(x, t.column("sample_id").to_pylist()) for x, t in iter_rows(new, mods, split, columns=("sample_id",))]
+            assert len(rows_old) == len(rows_new) and all(torch.equal(x, y) and i == j for (x, i), (y, j) in zip(rows_old, rows_new))
+    # held-out rows are exactly the held-out samples' image and text rows
+    held = torch.cat([x for x, _ in iter_rows(new, ("image", "text"), "heldout")])
+    want = np.concatenate([x[np.isin(np.array([f"s{i}-{j // 4}" for j in range(300)]), list(new.heldout))] for i, x in enumerate(shards)])
+    assert torch.equal(held, torch.from_numpy(want))
+
+
+def test_all_finite_reads_the_exponent_bits():
+    for dtype in (np.float16, np.float32):
+        x = np.array([[0.0, -1.5, 65504.0 if dtype == np.float16 else 3e38]], dtype)
+        assert all_finite(x)
+        for bad in (np.nan, np.inf, -np.inf):
+            y = x.copy()
+            y[0, 1] = bad
+            assert not all_finite(y)
 
 
 def test_lr_schedule_hand_computed():
@@ -94,14 +134,20 @@ def test_kl_by_hand():
 def test_stream_is_seeded_bounded_and_resumable(dump_dir):
     dump = ActivationDump.open(dump_dir, heldout_fraction=0.1)
     assert dump.heldout and all(is_heldout(s, 0.1) for s in dump.heldout)
-    a = ShuffledBatches(dump, ("image", "text"), 100, seed=3, buffer_rows=1000)
-    first = [x for _, x in zip(range(12), a)]
-    assert all(x.shape == (100, 128) and x.dtype == torch.float32 for x in first)
-    b = ShuffledBatches(dump, ("image", "text"), 100, seed=3, buffer_rows=1000)
+    assert len(dump.row_groups) > 2  # so a chunk holds several row groups and an epoch several chunks
+    a = ShuffledBatches(dump, ("image", "text"), 100, seed=3, buffer_rows=1000, workers=0)
+    first = [x for _, x in zip(range(40), a)]
+    assert all(x.shape == (100, 128) and x.dtype == torch.float16 for x in first)  # the stored dtype, until the device
+    assert a.position.epoch >= 1  # the 40 batches cross an epoch boundary
+    # the reader's threads change when rows are decoded, never which rows a batch holds
+    for workers in (1, 3):
+        assert all(torch.equal(x, y) for x, y in zip(first, ShuffledBatches(dump, ("image", "text"), 100, seed=3, buffer_rows=1000,
+                                                                               workers=workers)))
+    b = ShuffledBatches(dump, ("image", "text"), 100, seed=3, buffer_rows=1000, workers=3)
     it = iter(b)
     for _ in range(5):
         next(it)
-    c = ShuffledBatches(dump, ("image", "text"), 100, seed=3, buffer_rows=1000)
+    c = ShuffledBatches(dump, ("image", "text"), 100, seed=3, buffer_rows=1000, workers=2)
     c.load_state(json.loads(json.dumps(b.state())))  # state survives JSON, as in a checkpoint
     assert all(torch.equal(x, y) for x, y in zip(first[5:], c))
     other = next(iter(ShuffledBatches(dump, ("image", "text"), 100, seed=4, buffer_rows=1000)))
@@ -349,7 +395,7 @@ def test_export_sae_writes_a_hub_folder_that_loads_back(tmp_path, dump_dir):
     assert res.exit_code == 0, res.output
     hub = tmp_path / "hub"
     assert sorted(p.name for p in hub.iterdir()) == ["README.md", "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"]
-    x = next(iter_rows(ActivationDump.open(dump_dir), ("image", "text"), "all", 512))
+    x = next(iter_rows(ActivationDump.open(dump_dir), ("image", "text"), "all", 512))[0].float()
     assert torch.equal(load_sae(hub).encode(x), load_sae(tmp_path / "topk/sae").encode(x))
     card = (hub / "README.md").read_text()
     front = read_front_matter(card)

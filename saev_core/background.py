@@ -1,0 +1,44 @@
+"""Work ahead of the consumer in a background thread, with a bounded queue."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterator
+
+
+def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
+    """Run ``iterator`` in a background thread, ``depth`` items ahead, re-raising its errors.
+
+    The dump's image decoding and processor then overlap the forward pass, and the activation
+    reader's decoding overlaps the SAE step (on GPU fully, on CPU as far as the GIL allows:
+    PIL, tokenizers, pyarrow, numpy and torch release it).
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work():
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=work, daemon=True, name="saev-prefetch")
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
