@@ -14,9 +14,10 @@ from saev_core.configs import Optimizer
 #      * (REF_TOKENS / max(total_tokens, REF_TOKENS))^(1/2), for TopK-like SAEs. The exponents
 # were chosen by bench/bench_train.py's sweep on a validation split (never on the reported test
 # rows; bench/RESULTS.md, "Learning-rate rule"). Adam's base is an eighth of that sweep's FVU
-# optimum (3.5e-3): at the sweep's step size most latents died over a run of ~1,000 steps (bench/dead_latents.py on the validation world; RESULTS, "A healthy SAE by default").
-# That base was chosen at REF_TOKENS; a longer run takes a step smaller by the square root of how
-# much longer (chosen on validation worlds 1000 and 1001, RESULTS, issue 30).
+# optimum (3.5e-3): at the sweep's step size most latents died over a run of ~1,000 steps
+# (bench/dead_latents.py on the validation world; RESULTS, "A healthy SAE by default"). That base
+# was chosen at REF_TOKENS; a longer run takes a step smaller by the square root of how much
+# longer (chosen on validation worlds 1000 and 1001, RESULTS, issue 30).
 REF_D_SAE, REF_BATCH, REF_TOKENS = 2**14, 4096, 1_000_000
 BASE_LR: dict[str, float] = {"adam": 3.5e-3 / 8, "signum": 1e-3}
 RELU_ADAM_LR = 5e-5  # the paper's (METHOD.md sec. 2), for its L1-penalised ReLU SAE
