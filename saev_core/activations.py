@@ -238,6 +238,11 @@ class ActivationDump:
         """The stored dtype, read from a shard's schema (format-1 manifests may not name it)."""
         return column_dtype(self._parquet(0).schema_arrow.field("activation")) if self.files else np.dtype(np.float16)
 
+    @property
+    def _mask_columns(self) -> list[str]:
+        """The columns ``_mask`` reads: integer ones from format 2 on, strings before."""
+        return ["modality_id", "row_index"] if self.version >= 2 else ["modality", "sample_id"]
+
     def _mask(self, table: pa.Table, modalities: tuple[str, ...], split: str) -> np.ndarray:
         if self.version >= 2:
             mask = np.isin(table.column("modality_id").to_numpy(), [MODALITY_IDS[m] for m in modalities])
@@ -255,8 +260,7 @@ class ActivationDump:
         """Positions, in row group ``rg``, of its rows with the wanted modalities and split ('train',
         'heldout' or 'all'); reads the small mask columns only."""
         f, g, _ = rg
-        mask_cols = ["modality_id", "row_index"] if self.version >= 2 else ["modality", "sample_id"]
-        return np.flatnonzero(self._mask(self._parquet(f).read_row_group(g, columns=mask_cols), modalities, split))
+        return np.flatnonzero(self._mask(self._parquet(f).read_row_group(g, columns=self._mask_columns), modalities, split))
 
     def read_into(self, rg: tuple[int, int, int], keep: np.ndarray, out: np.ndarray) -> None:
         """Decode the ``keep`` rows of row group ``rg`` straight into ``out`` (one copy)."""
@@ -275,8 +279,7 @@ class ActivationDump:
         the other ``columns`` of the same rows, and their positions in the row group.
         """
         f, g, _ = rg
-        mask_cols = ("modality_id", "row_index") if self.version >= 2 else ("modality", "sample_id")
-        table = self._parquet(f).read_row_group(g, columns=list(dict.fromkeys([*mask_cols, *columns, "activation"])))
+        table = self._parquet(f).read_row_group(g, columns=list(dict.fromkeys([*self._mask_columns, *columns, "activation"])))
         keep = np.flatnonzero(self._mask(table, modalities, split))
         x = decode(table.column("activation"), self.dtype)
         if len(keep) < len(x):
@@ -286,9 +289,9 @@ class ActivationDump:
     def read_row_group(self, rg: tuple[int, int, int], modalities: tuple[str, ...], split: str) -> pa.Table:
         """Rows of one row group with the wanted modalities, as a table (sample_id, modality, activation)."""
         f, g, _ = rg
-        mask_cols = ["modality_id", "row_index"] if self.version >= 2 else []
-        table = self._parquet(f).read_row_group(g, columns=[*mask_cols, "sample_id", "modality", "activation"])
-        return table.filter(pa.array(self._mask(table, modalities, split))).select(["sample_id", "modality", "activation"])
+        columns = ["sample_id", "modality", "activation"]
+        table = self._parquet(f).read_row_group(g, columns=list(dict.fromkeys([*self._mask_columns, *columns])))
+        return table.filter(pa.array(self._mask(table, modalities, split))).select(columns)
 
 
 def as_tensor(x: np.ndarray) -> torch.Tensor:
