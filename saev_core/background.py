@@ -18,20 +18,26 @@ def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
     done = object()
     stop = threading.Event()
 
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work():
         try:
             for item in iterator:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            q.put(done)
+            put(done)
         except BaseException as e:  # handed to the consumer
-            q.put(e)
+            put(e)
+        finally:  # a source left early runs its own clean-up here, not at interpreter exit
+            if hasattr(iterator, "close"):
+                iterator.close()
 
     thread = threading.Thread(target=work, daemon=True, name="saev-prefetch")
     thread.start()
@@ -42,3 +48,4 @@ def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
             yield item
     finally:
         stop.set()
+        thread.join()  # the worker stops at its next item: no thread outlives its consumer
