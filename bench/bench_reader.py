@@ -8,8 +8,9 @@ Each ``--layouts`` entry is ``kind:codec[:row_group_mb]``: ``fsb`` is the format
 fixed-size binary cell per token, ``saev_core.activations.ActivationWriter``), ``list`` the format-1
 layout saev wrote before (``fixed_size_list<float16>``). Per layout it reports:
 - ``stream_mb_per_s``: ``ShuffledBatches`` (what ``saev train`` reads), batches of ``--batch-size``
-  image and text rows of the train split, over two epochs of chunks a quarter of the store each
-  (so every chunk is read and decoded, none is served from the one-chunk cache), per worker count;
+  image and text rows of the train split, over ``--epochs`` epochs (2) of chunks a quarter of the
+  store each (so every chunk is read and decoded, none is served from the one-chunk cache), after
+  ``--warmup-epochs`` untimed ones (1; 0 times the cold start as well), per worker count;
 - ``decode_floor_mb_per_s``: each row group read and decoded to a [rows, d_in] array, one thread,
   nothing else: what the format costs;
 - ``memmap_mb_per_s``: the same rows as an uncompressed float16 memory map, random batches gathered
@@ -42,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from saev_core.cpu import reuse_freed_memory  # noqa: E402
 from saev_core.activations import ActivationDump, ActivationWriter, ShuffledBatches, activation_table, decode  # noqa: E402
 from saev_core.io import write_json  # noqa: E402
 
@@ -79,16 +81,21 @@ def write_store(path: Path, x: np.ndarray, kind: str, codec: str, row_group_mb: 
                                         "n_dataset_rows": len(ids), "shards": shards})
 
 
-def stream_rate(dump: ActivationDump, batch_size: int, workers: int) -> float:
-    """MB/s of float16 rows delivered by the training stream over two epochs of four chunks."""
+def stream_rate(dump: ActivationDump, batch_size: int, workers: int, epochs: int = 2, warmup_epochs: int = 1) -> float:
+    """MB/s of float16 rows delivered by the training stream over ``epochs`` epochs of four chunks,
+    timed after ``warmup_epochs`` untimed ones (a fresh process first pays the page faults of the
+    memory its decoded row groups land in; a training run pays them once)."""
     rows = sum(rg[2] for rg in dump.row_groups)
     stream = ShuffledBatches(dump, ("image", "text"), batch_size, seed=0, buffer_rows=max(batch_size, rows // 4),
                              split="train", workers=workers)
-    t0, rows = time.perf_counter(), 0
+    t0, rows = None, 0
     for x in stream:
-        rows += len(x)
-        if stream.position.epoch >= 2:
+        if stream.position.epoch >= warmup_epochs + epochs:
             break
+        if t0 is None and stream.position.epoch >= warmup_epochs:
+            t0 = time.perf_counter()  # the first timed batch is the one after this
+            continue
+        rows += len(x) if t0 is not None else 0
     return rows * dump.d_in * 2 / (time.perf_counter() - t0) / 1e6
 
 
@@ -129,7 +136,8 @@ def measure(args, x: np.ndarray, layout: str, tmp: Path) -> dict:
     write_s = time.perf_counter() - t0
     dump = ActivationDump.open(path, heldout_fraction=0.05)
     disk = sum(f.stat().st_size for f in (path / "activations").iterdir()) / 1e6
-    streams = {w: statistics.median(stream_rate(dump, args.batch_size, w) for _ in range(args.repeats)) for w in args.workers}
+    streams = {w: statistics.median(stream_rate(dump, args.batch_size, w, args.epochs, args.warmup_epochs) for _ in range(args.repeats))
+               for w in args.workers}
     floor = statistics.median(decode_floor(dump) for _ in range(args.repeats))
     return {"layout": kind, "codec": codec, "row_group_mb": row_group_mb, "d_in": x.shape[1], "rows": len(x),
             "batch_size": args.batch_size, "workers": args.workers[0], "stream_mb_per_s": round(streams[args.workers[0]], 1),
@@ -182,6 +190,8 @@ def main() -> None:
     ap.add_argument("--layouts", nargs="+", default=["fsb:lz4"], help="kind:codec[:row_group_mb], kind fsb (format 2) or list (format 1)")
     ap.add_argument("--row-group-mb", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3, help="median of this many timings")
+    ap.add_argument("--epochs", type=int, default=2, help="timed epochs of the stream (four chunks each)")
+    ap.add_argument("--warmup-epochs", type=int, default=1, help="untimed epochs first (0: time the cold start too)")
     ap.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (the issue's figures: 1)")
     ap.add_argument("--json", action="store_true", help="print one JSON object (the first layout) instead of the table")
     ap.add_argument("--train", action="store_true", help="training tok/s of the synthetic case, stream against memory")
@@ -190,6 +200,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="--train: the training device (cpu, cuda)")
     args = ap.parse_args()
     torch.set_num_threads(args.torch_threads)
+    if args.device == "cpu":
+        reuse_freed_memory()  # as `saev train` on a CPU does: batch tensors reuse freed heap pages
     if args.train:
         with tempfile.TemporaryDirectory(prefix="saev-bench-reader-") as tmp:
             print(json.dumps(train_rates(args, Path(tmp))))

@@ -9,7 +9,8 @@ still read. bench/bench_reader.py measured the choice (bench/RESULTS.md, issue 3
 
 Shuffling works on chunks: each epoch visits the shards' row groups in a seeded random order,
 groups them into chunks of about ``buffer_rows`` rows, and shuffles the rows of one chunk at a
-time. Memory is two chunks (the next one is read by background workers while the current one is
+time. A chunk is its row groups as decoded (no copy), and each batch is gathered straight from
+them. Memory is two chunks (the next one is read by background workers while the current one is
 served); a position (epoch, chunk, batch) is enough to resume the exact same stream without
 reading anything before it. Rows stay in the stored dtype until the consumer's device.
 
@@ -262,14 +263,10 @@ class ActivationDump:
         f, g, _ = rg
         return np.flatnonzero(self._mask(self._parquet(f).read_row_group(g, columns=self._mask_columns), modalities, split))
 
-    def read_into(self, rg: tuple[int, int, int], keep: np.ndarray, out: np.ndarray) -> None:
-        """Decode the ``keep`` rows of row group ``rg`` straight into ``out`` (one copy)."""
-        f, g, n = rg
-        x = decode(self._parquet(f).read_row_group(g, columns=["activation"]).column(0), self.dtype)
-        if len(keep) == n:
-            out[...] = x
-        else:
-            np.take(x, keep, axis=0, out=out, mode="clip")  # mode="raise" would copy through a temporary
+    def decoded(self, rg: tuple[int, int, int]) -> np.ndarray:
+        """Row group ``rg``'s activations, every row, [rows, d_in] in the stored dtype (read-only)."""
+        f, g, _ = rg
+        return decode(self._parquet(f).read_row_group(g, columns=["activation"]).column(0), self.dtype)
 
     def read(self, rg: tuple[int, int, int], modalities: tuple[str, ...], split: str,
              columns: tuple[str, ...] = ()) -> tuple[np.ndarray, pa.Table, np.ndarray]:
@@ -305,6 +302,38 @@ def to_tensor(table: pa.Table) -> torch.Tensor:
     return torch.from_numpy(x.astype(np.float32))
 
 
+_TORCH_DTYPE = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A shuffle chunk: its row groups as decoded (read-only, every row) and the positions of the
+    rows it serves in each. Batches are gathered straight from them, so the chunk is never
+    copied; its rows are numbered in row-group order."""
+
+    parts: list[np.ndarray]
+    keeps: list[np.ndarray]
+
+    @functools.cached_property
+    def ends(self) -> np.ndarray:
+        return np.cumsum([len(k) for k in self.keeps], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if self.keeps else 0
+
+    def gather(self, idx: np.ndarray, out: np.ndarray) -> None:
+        """Rows ``idx`` (chunk row numbers) into ``out``, in ascending order: a batch is a set of
+        rows, and each row group's rows read in order gather 10-15% faster than at random."""
+        idx = np.sort(idx)
+        bounds = np.searchsorted(idx, self.ends)
+        a = 0
+        for x, keep, end, b in zip(self.parts, self.keeps, self.ends, bounds):
+            if b > a:
+                # mode="clip" writes into out directly; "raise" would gather through a temporary
+                np.take(x, keep[idx[a:b] - (end - len(keep))], axis=0, out=out[a:b], mode="clip")
+            a = b
+
+
 class ShuffledBatches:
     """An endless, seeded, resumable stream of [batch_size, d_in] training batches in the dump's
     stored dtype (convert on the device: ``x.to(device, non_blocking=True).float()``).
@@ -332,7 +361,7 @@ class ShuffledBatches:
                              "each process reads its own shards; dump with a smaller samples_per_shard or train on fewer processes")
         self.bad_files: set[int] = set()
         self.position = Position()
-        self._cached: tuple[frozenset, frozenset, torch.Tensor] | None = None  # (row groups, bad files, rows)
+        self._cached: tuple[frozenset, frozenset, Chunk] | None = None  # (row groups, bad files, rows)
 
     def state(self) -> dict:
         return {"position": vars(self.position), "bad_files": sorted(self.bad_files)}
@@ -365,42 +394,35 @@ class ShuffledBatches:
                 yield epoch, chunk, [], True
             epoch, chunk = epoch + 1, 0
 
-    def _load_chunk(self, rgs, bad: frozenset[int], pool: ThreadPoolExecutor | None, buffers: list, slot: int) -> tuple[torch.Tensor, set[int]]:
-        """The chunk's rows in row-group order, and the shards found non-finite while reading it.
-        When one chunk holds the whole dump (it fits in buffer_rows), its rows are read once and
-        only reshuffled in later epochs."""
+    def _load_chunk(self, rgs, bad: frozenset[int], pool: ThreadPoolExecutor | None) -> tuple[Chunk, set[int]]:
+        """The chunk's rows, and the shards found non-finite while reading it. When one chunk
+        holds the whole dump (it fits in buffer_rows), it is read once and only reshuffled in
+        later epochs."""
         key = frozenset(rgs)
         if self._cached is not None and self._cached[:2] == (key, bad):
             return self._cached[2], set()
-        x, newly_bad = self._read(rgs, bad, pool, buffers, slot)
+        chunk, newly_bad = self._read(rgs, bad, pool)
         if len(rgs) == len(self.row_groups):
-            self._cached = (key, bad | newly_bad, x)
-        return x, newly_bad
+            self._cached = (key, bad | newly_bad, chunk)
+        return chunk, newly_bad
 
-    def _read(self, rgs, bad: frozenset[int], pool: ThreadPoolExecutor | None, buffers: list, slot: int) -> tuple[torch.Tensor, set[int]]:
-        """Read the chunk's row groups (in parallel when a pool is given) straight into buffer
-        ``buffers[slot]``, and check it; returns it with the shards newly found to hold non-finite rows.
-        The two buffers (this chunk, the next) are reused: a fresh array this size would cost
-        its page faults again on every chunk."""
+    def _read(self, rgs, bad: frozenset[int], pool: ThreadPoolExecutor | None) -> tuple[Chunk, set[int]]:
+        """Decode the chunk's row groups (in parallel when a pool is given) and check them; returns
+        the chunk without the shards newly found to hold non-finite rows, and those shards."""
         todo = [rg for rg in sorted(rgs) if rg[0] not in bad]
-        keeps = [self.dump.keep(rg, self.modalities, self.split) for rg in todo]
-        ends = np.cumsum([len(k) for k in keeps])
-        rows = int(ends[-1]) if len(ends) else 0
-        if buffers[slot] is None or len(buffers[slot]) < rows:  # sized for every row of the chunk, and then some
-            buffers[slot] = np.empty((sum(rg[2] for rg in todo) * 9 // 8, self.dump.d_in), self.dump.dtype)
-        x = buffers[slot][:rows]
-        parts = [x[end - len(k):end] for k, end in zip(keeps, ends)]
 
-        def one(i: int) -> bool:
-            self.dump.read_into(todo[i], keeps[i], parts[i])
-            return all_finite(parts[i])
-        finite = list(pool.map(one, range(len(todo))) if pool is not None else map(one, range(len(todo))))
-        newly_bad = {rg[0] for rg, ok in zip(todo, finite) if not ok}
+        def one(rg) -> tuple[np.ndarray, np.ndarray, bool]:
+            keep = self.dump.keep(rg, self.modalities, self.split)
+            x = self.dump.decoded(rg)
+            # the whole row group is checked in one pass; only a hit looks at the kept rows alone
+            return x, keep, all_finite(x) or all_finite(x[keep])
+        parts = list(pool.map(one, todo) if pool is not None else map(one, todo))
+        newly_bad = {rg[0] for rg, (_, _, ok) in zip(todo, parts) if not ok}
         for f in sorted(newly_bad):
             log.warning("shard %s holds NaN/inf activations: skipping it from now on", self.dump.files[f])
-        if newly_bad:  # rows read from a bad shard before its bad row group go too: the chunk depends only on the bad set
-            x = np.concatenate([p for rg, p in zip(todo, parts) if rg[0] not in newly_bad] or [x[:0]])
-        return torch.from_numpy(x), newly_bad
+        # rows read from a bad shard before its bad row group go too: the chunk depends only on the bad set
+        kept = [(x, keep) for rg, (x, keep, _) in zip(todo, parts) if rg[0] not in newly_bad]
+        return Chunk([x for x, _ in kept], [keep for _, keep in kept]), newly_bad
 
     def _batches(self, pos: Position, bad: set[int], pool: ThreadPoolExecutor | None) -> Iterator[tuple[Position, frozenset, torch.Tensor | None]]:
         """(position after the batch, bad shards the batch was read with, batch), from ``pos`` on;
@@ -409,24 +431,22 @@ class ShuffledBatches:
         ahead = ThreadPoolExecutor(1, thread_name_prefix="saev-chunk") if pool is not None else None
         plan = self._plan(pos.epoch, pos.chunk)
         epoch, c, rgs, last = next(plan)
-        buffers: list[np.ndarray | None] = [None, None]  # the chunk being served and the next, this iteration's own
-        loaded, slot = self._load_chunk(rgs, frozenset(bad), pool, buffers, 0), 0
+        loaded = self._load_chunk(rgs, frozenset(bad), pool)
         produced, epochs_without_data = False, 0
         try:
             while True:
-                x, newly_bad = loaded
+                chunk, newly_bad = loaded
                 bad |= newly_bad
                 snapshot = frozenset(bad)
                 following = next(plan)
-                slot = 1 - slot  # this chunk's buffer is in use until its last batch is gathered
-                nxt = ahead.submit(self._load_chunk, following[2], snapshot, pool, buffers, slot) if ahead is not None else None
-                perm = torch.from_numpy(np.random.default_rng([self.seed, epoch, c]).permutation(len(x)))
-                n_batches = len(x) // self.batch_size  # the tail (< one batch) of a chunk is dropped
+                nxt = ahead.submit(self._load_chunk, following[2], snapshot, pool) if ahead is not None else None
+                perm = np.random.default_rng([self.seed, epoch, c]).permutation(len(chunk))
+                n_batches = len(chunk) // self.batch_size  # the tail (< one batch) of a chunk is dropped
                 for b in range(pos.batch if (epoch, c) == (pos.epoch, pos.chunk) else 0, n_batches):
                     produced = True
-                    idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
-                    out = torch.empty((len(idx), x.shape[1]), dtype=x.dtype, pin_memory=self.pin_memory)
-                    yield Position(epoch, c, b + 1), snapshot, torch.index_select(x, 0, idx, out=out)
+                    out = torch.empty((self.batch_size, self.dump.d_in), dtype=_TORCH_DTYPE[self.dump.dtype], pin_memory=self.pin_memory)
+                    chunk.gather(perm[b * self.batch_size:(b + 1) * self.batch_size], out.numpy())
+                    yield Position(epoch, c, b + 1), snapshot, out
                 if last:
                     yield Position(epoch + 1, 0, 0), snapshot, None
                     epochs_without_data, produced = (0 if produced else epochs_without_data + 1), False
@@ -436,7 +456,7 @@ class ShuffledBatches:
                             f"per shuffle chunk ({len(bad)} shard(s) skipped as non-finite); lower batch_size or dump more data"
                         )
                 epoch, c, rgs, last = following
-                loaded = nxt.result() if nxt is not None else self._load_chunk(rgs, snapshot, pool, buffers, slot)
+                loaded = nxt.result() if nxt is not None else self._load_chunk(rgs, snapshot, pool)
         finally:
             if ahead is not None:
                 ahead.shutdown(wait=True, cancel_futures=True)

@@ -85,6 +85,24 @@ def test_format_1_and_2_dumps_give_the_same_batches(tmp_path):
     assert torch.equal(held, torch.from_numpy(want))
 
 
+def test_an_epoch_serves_each_train_row_at_most_once_and_no_other(tmp_path):
+    rng = np.random.default_rng(1)
+    shards = [rng.standard_normal((300, 8)).astype(np.float32) for _ in range(3)]
+    fake_dump(tmp_path / "d", 8, shards, version=2)
+    dump = ActivationDump.open(tmp_path / "d", heldout_fraction=0.2)
+    text = np.arange(300) % 2 == 0
+    want = np.concatenate([x[text & ~np.isin([f"s{i}-{j // 4}" for j in range(300)], list(dump.heldout))] for i, x in enumerate(shards)])
+    stream = ShuffledBatches(dump, ("text",), 10, seed=0, buffer_rows=200, workers=2)
+    got = []
+    for x in stream:
+        if stream.position.epoch >= 1:
+            break
+        got.append(x.numpy())
+    served, wanted = [{row.tobytes() for row in a} for a in (np.concatenate(got), want)]
+    assert len(served) == 10 * len(got) and served <= wanted  # distinct rows, all train-split text rows
+    assert len(wanted) - len(served) < 10 * len(stream._chunks(0))  # only each chunk's tail (< a batch) is left out
+
+
 def test_all_finite_reads_the_exponent_bits():
     for dtype in (np.float16, np.float32):
         x = np.array([[0.0, -1.5, 65504.0 if dtype == np.float16 else 3e38]], dtype)
