@@ -43,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from saev_core.cpu import reuse_freed_memory  # noqa: E402
+from saev_core.cpu import parallel_decode_pool, reuse_freed_memory  # noqa: E402
 from saev_core.activations import ActivationDump, ActivationWriter, ShuffledBatches, activation_table, decode  # noqa: E402
 from saev_core.io import write_json  # noqa: E402
 
@@ -144,7 +144,7 @@ def measure(args, x: np.ndarray, layout: str, tmp: Path) -> dict:
             "stream_mb_per_s_by_workers": {str(w): round(v, 1) for w, v in streams.items()},
             "decode_floor_mb_per_s": round(floor, 1), "stream_over_floor": round(streams[args.workers[0]] / floor, 3),
             "disk_mb": round(disk, 1), "disk_mb_per_mtok": round(disk / len(x) * 1e6, 1), "write_s": round(write_s, 2),
-            "duckdb_type": duckdb_type(path / "activations" / "shard-00000.parquet")}
+            "duckdb_type": duckdb_type(path / "activations" / "shard-00000.parquet"), "arrow_pool": pa.default_memory_pool().backend_name}
 
 
 def train_rates(args, tmp: Path) -> dict:
@@ -194,6 +194,7 @@ def main() -> None:
     ap.add_argument("--warmup-epochs", type=int, default=1, help="untimed epochs first (0: time the cold start too)")
     ap.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (the issue's figures: 1)")
     ap.add_argument("--json", action="store_true", help="print one JSON object (the first layout) instead of the table")
+    ap.add_argument("--no-jemalloc", action="store_true", help="keep pyarrow's default memory pool (mimalloc)")
     ap.add_argument("--train", action="store_true", help="training tok/s of the synthetic case, stream against memory")
     ap.add_argument("--train-steps", type=int, default=150)
     ap.add_argument("--train-rows", type=int, default=200_000)
@@ -202,6 +203,8 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
     if args.device == "cpu":
         reuse_freed_memory()  # as `saev train` on a CPU does: batch tensors reuse freed heap pages
+    if not args.no_jemalloc:
+        parallel_decode_pool()  # as `saev train` does with reader_workers > 1
     if args.train:
         with tempfile.TemporaryDirectory(prefix="saev-bench-reader-") as tmp:
             print(json.dumps(train_rates(args, Path(tmp))))

@@ -32,7 +32,7 @@ from saev_core import __version__
 from saev_core.activations import MODALITY_SETS, ActivationDump, ShuffledBatches
 from saev_core.checkpoint import save_sae
 from saev_core.configs import TOPK_LIKE, TrainConfig
-from saev_core.cpu import reuse_freed_memory
+from saev_core.cpu import parallel_decode_pool, reuse_freed_memory
 from saev_core.distributed import World, all_gather, any_true, barrier, broadcast, launched_world, sync_latent_stats
 from saev_core.io import atomic_dir, atomic_path, claim_output_dir, read_json, write_json
 from saev_core.modeling import resolve_device
@@ -322,6 +322,8 @@ def train_saes(cfgs: list[TrainConfig], overwrite: bool = False, stop_at_step: i
         device = torch.device("cuda", world.local_rank)
     if device.type == "cpu":
         reuse_freed_memory()
+    if lead.reader_workers > 1:
+        parallel_decode_pool()
     if lead.batch_size % world.size:
         raise ValueError(f"batch_size {lead.batch_size} does not split over {world.size} processes: use a multiple of {world.size}")
     modalities = MODALITY_SETS[lead.modalities]
