@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _API = {
     **dict.fromkeys(["DatasetSpec", "DemoConfig", "DumpConfig", "SAEConfig", "TrainConfig", "ScoreConfig", "FilterConfig",

@@ -336,7 +336,7 @@ def experiment(
     typer.echo(f"\nplot: {summary['plot']}\nresults: {summary['results']}")
 
 
-artifacts_app = typer.Typer(help="The artifact store: what the pipeline has built (list, gc).", invoke_without_command=True)
+artifacts_app = typer.Typer(help="The artifact store: what the pipeline has built (list, gc, migrate).", invoke_without_command=True)
 app.add_typer(artifacts_app, name="artifacts")
 
 
@@ -366,6 +366,18 @@ def artifacts_gc(
 
     removed = ArtifactStore.at(root).gc(keep or None, dry_run=dry_run)
     typer.echo("\n".join(removed) if removed else "nothing to remove")
+
+
+@command(artifacts_app, "migrate")
+def artifacts_migrate(
+    root: str = typer.Option("data/artifacts", help="Artifact store root (local)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only print the new keys."),
+):
+    """Re-key a store written by saev before 0.3 (keys that hashed paths) so this saev reuses it."""
+    from saev_core.store import migrate
+
+    moves = migrate(root, dry_run=dry_run)
+    typer.echo("\n".join(f"{stage:<10} {old} -> {new}" for old, (stage, new) in moves.items()) or f"{root} needs no migration")
 
 
 @command(app, "report")

@@ -29,6 +29,10 @@ Optimizer = Literal["adam", "signum"]
 _DUMP_RUNTIME = {"out", "batch_size", "progress", "cpu_threads", "row_group_mb", "chat_template"}
 _TRAIN_RUNTIME = {"out", "progress", "device", "checkpoint_every", "log_every", "keep_checkpoints", "eval_rows", "reader_workers"}
 _SCORE_RUNTIME = {"tables", "device", "batch_rows", "weights_memory_mb", "progress", "clip_batch_size"}
+# per pipeline stage, what its artifact key leaves out (saev_core.store.identity_of)
+STAGE_RUNTIME: dict[str, set[str]] = {"dump": _DUMP_RUNTIME, "train": _TRAIN_RUNTIME, "frontier": _TRAIN_RUNTIME,
+                                      "score": _SCORE_RUNTIME, "align": {"out", "progress"}, "evaluate": {"chat_template", "device", "progress"},
+                                      "eval-sae": {"device", "progress"}}
 
 
 # The scorer that ranks samples wherever none is named: `saev filter`, the report's sample list,

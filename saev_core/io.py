@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -101,6 +102,24 @@ def read_json(path: str | Path):
     return json.loads(Path(path).read_text())
 
 
+# a path into an artifact store, wherever the store lies: group 1 is <stage>/<key>[/...] below its root
+_IN_STORE = re.compile(r"(?:^|.*/)([a-z][a-z0-9-]*/[0-9a-f]{16}(?:/.*)?)$")
+REF = re.compile(r"[a-z][a-z0-9-]*/[0-9a-f]{16}(?:/.*)?")
+
+
+def portable(value):
+    """``value`` with every path into an artifact store written as ``<stage>/<key>[/...]``, relative
+    to its root (dicts and lists throughout): what keys hash and records keep, so moving a store,
+    or reading it from another directory or machine, changes neither."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and "/" in value and (m := _IN_STORE.match(value.removeprefix("file://"))):
+        return m.group(1)
+    return value
+
+
 def claim_output_dir(out: str | Path, identity: dict, overwrite: bool, what: str) -> Path:
     """Make ``out`` the home of a stage run with config ``identity`` (kept in ``config.json``).
 
@@ -110,7 +129,7 @@ def claim_output_dir(out: str | Path, identity: dict, overwrite: bool, what: str
     out = Path(out)
     cfg_file = out / "config.json"
     if cfg_file.exists():
-        if read_json(cfg_file) == identity:
+        if portable(read_json(cfg_file)) == portable(identity):  # a store path counts wherever the store lies
             return out
         if not overwrite:
             raise ValueError(f"{out} holds a {what} made with a different config; choose another --out or pass --overwrite to replace it")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from saev_core.store import RECORD, ArtifactStore
+from saev_core.store import RECORD, ArtifactStore, portable
 
 if TYPE_CHECKING:  # the experiment pulls in TRL: not for every command's start
     from saev_core.experiment import ExperimentConfig
@@ -125,7 +125,7 @@ def sae_points(store: ArtifactStore, activations: str | None = None) -> list[dic
     for r in store.list():
         if r["stage"] in ("train", "frontier"):
             rec = store.record(r["stage"], r["key"])
-            if activations is not None and rec["config"].get("activations") != activations:
+            if activations is not None and portable(rec["config"].get("activations")) != portable(activations):
                 continue
             m = rec["manifest"]
             out.append({"architecture": m.get("config", {}).get("architecture", "?"), "l0": m["heldout"]["all"]["l0"],

@@ -31,8 +31,8 @@ def is_url(location: str | os.PathLike) -> bool:
 
 
 def default_cache(url: str) -> Path:
-    """``$SAEV_CACHE/artifacts/<hash of url>`` (default ``~/.cache/saev``). Records hold local paths,
-    so machines sharing a remote store should share this path too (same SAEV_CACHE everywhere)."""
+    """``$SAEV_CACHE/artifacts/<hash of url>`` (default ``~/.cache/saev``); records hold
+    root-relative paths, so every machine may keep its cache where it likes."""
     base = Path(os.environ.get("SAEV_CACHE", "~/.cache/saev")).expanduser()
     return base / "artifacts" / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:12]
 

@@ -1,5 +1,6 @@
 """A content-addressed artifact store: every pipeline stage's output lives in
-``<root>/<stage>/<key>/`` where key = hash(stage config + upstream keys + saev_core version).
+``<root>/<stage>/<key>/`` where key = hash(the stage config's identity + upstream keys +
+saev_core version).
 
 The same config with the same inputs always lands in the same directory, so a finished stage is
 recognised and skipped, and changing a config changes that stage's key and, through the upstream
@@ -8,6 +9,10 @@ keys, the keys of everything downstream, and nothing upstream. A stage is finish
 a crash mid-stage leaves no record and the stage (which resumes its own partial files) reruns.
 Feature tables are the exception to one-directory-per-key: they are shared, hive-partitioned by
 dataset and content-addressed SAE id, under ``<root>/tables`` so one DuckDB view covers them all.
+
+A store can move: keys hash what changes a result (runtime fields such as the device or a batch
+size are left out, and a path into a store counts as ``<stage>/<key>/...``, never where the store
+lies), and records keep paths relative to the root, resolved against wherever it is read from.
 
 The root may be an fsspec URL (``s3://bucket/saev``): the store is then a local cache
 (``saev_core.remote``) that pulls a stage's inputs before it runs and pushes its directory after,
@@ -20,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -28,7 +34,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from saev_core import __version__
-from saev_core.io import file_lock, read_json, write_json
+from saev_core.configs import STAGE_RUNTIME
+from saev_core.io import REF, file_lock, portable, read_json, write_json
 from saev_core.remote import Mirror, is_url
 from saev_core.tables import PARTITIONS, partition_dir, partitions
 
@@ -37,11 +44,23 @@ SAE_TABLES = [t for t, keys in PARTITIONS.items() if "sae_id" in keys]  # `sampl
 RECORD = "store.json"
 
 
+STORE_FORMAT = 2  # 2: identity keys and root-relative records; 1 (no "format" in a record): raw-config keys, working-directory paths
+def identity_of(stage: str, config: dict) -> dict:
+    """The part of a stage config that changes its result: runtime fields (``STAGE_RUNTIME``) out,
+    store paths portable."""
+    drop = STAGE_RUNTIME.get(stage, set())
+    return portable({k: v for k, v in config.items() if k not in drop})
+
+
 def stage_key(stage: str, config: dict, upstream: list[str]) -> str:
-    """hash(stage, config, upstream keys, saev_core version): 16 hex digits."""
-    blob = json.dumps({"stage": stage, "config": config, "upstream": sorted(upstream), "version": __version__},
+    """hash(stage, the config's identity, upstream keys, saev_core version): 16 hex digits."""
+    blob = json.dumps({"stage": stage, "config": identity_of(stage, config), "upstream": sorted(upstream), "version": __version__},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class OldStoreError(ValueError):
+    """A store written before keys hashed identities (records hold working-directory paths)."""
 
 
 def builder() -> dict:
@@ -86,7 +105,28 @@ class ArtifactStore:
 
     def record(self, stage: str, key: str) -> dict:
         local = self.path(stage, key) / RECORD
-        return read_json(local) if local.exists() or self.remote is None else self.remote.read_json(f"{stage}/{key}/{RECORD}")
+        rec = read_json(local) if local.exists() or self.remote is None else self.remote.read_json(f"{stage}/{key}/{RECORD}")
+        return self.localize(self._checked(rec))
+
+    def _checked(self, rec: dict) -> dict:
+        if rec.get("format") != STORE_FORMAT:
+            raise OldStoreError(f"the artifact store {self.location} was written by an older saev, whose keys hash working-directory "
+                                f"paths; run `saev artifacts migrate --root {self.location}` once (or use a new root)")
+        return rec
+
+    def localize(self, value):
+        """The inverse of ``portable`` for this store: each ``<stage>/<key>[/...]`` becomes a path below the root."""
+        if isinstance(value, dict):
+            return {k: self.localize(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.localize(v) for v in value]
+        if isinstance(value, str) and REF.fullmatch(value):
+            return str(self.root / value)
+        return value
+
+    def relocated(self, value):
+        """Records made under another root (a Prefect cache hit from before a move) pointed at this one."""
+        return self.localize(portable(value))
 
     # -- remote mirroring (no-ops on a local store) -----------------------------------------
     def fetch(self, stage: str, key: str) -> Path:
@@ -108,14 +148,15 @@ class ArtifactStore:
         if self.remote is not None:
             self.remote.push(f"{stage}/{key}")
 
-    def _artifact_of(self, path: str) -> tuple[str, str] | None:
-        """(stage, key) of the artifact ``path`` lies in; None outside the store or in the tables.
-        Compared as written, then resolved (a relative root against an absolute path or back)."""
-        for base, p in ((self.root, Path(path)), (self.root.resolve(), Path(path).resolve())):
-            if p.is_relative_to(base):
-                parts = p.relative_to(base).parts
-                return (parts[0], parts[1]) if len(parts) >= 2 and parts[0] != "tables" else None
-        return None
+    @staticmethod
+    def _artifact_of(path: str) -> tuple[str, str] | None:
+        """(stage, key) of the artifact a path (or ``<stage>/<key>`` reference) lies in, wherever
+        its store lies; None for any other path."""
+        ref = portable(path)
+        if ref is path or not isinstance(ref, str):
+            return None
+        stage, key = ref.split("/")[:2]
+        return stage, key
 
     def _paths_in(self, config) -> Iterator[tuple[str, str]]:
         """(stage, key) of every store path in a config (the tables excepted)."""
@@ -191,12 +232,12 @@ class ArtifactStore:
                 manifests = fn([(configs[i], out) for i, out in zip(todo, outs)])
                 seconds = round(time.time() - t0, 2)
                 for i, out, manifest in zip(todo, outs, manifests):
-                    rec = {"stage": stage, "key": keys[i], "path": str(out), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                           "seconds": seconds, "config": configs[i], "upstream": upstream,
-                           "saev_core_version": __version__, "metrics": summary(manifest) if summary else {}, "manifest": manifest,
-                           "built_by": builder()}
+                    rec = {"format": STORE_FORMAT, "stage": stage, "key": keys[i], "path": f"{stage}/{keys[i]}",
+                           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": seconds,
+                           "config": portable(configs[i]), "upstream": upstream, "saev_core_version": __version__,
+                           "metrics": summary(manifest) if summary else {}, "manifest": portable(manifest), "built_by": builder()}
                     write_json(out / RECORD, rec)
-                    built[i] = rec
+                    built[i] = self.localize(rec)
                 if self.remote is not None:
                     self.push_tables()
                     for i in todo:
@@ -222,6 +263,7 @@ class ArtifactStore:
                     records[rel.split("/")[1]] = self.remote.read_json(rel)
         rows = []
         for rec in records.values():
+            rec = self.localize(self._checked(rec))
             rows.append({k: rec.get(k) for k in ("stage", "key", "created", "seconds", "upstream", "metrics", "path")}
                         | {"config": _short(rec.get("config", {}))})
         return sorted(rows, key=lambda r: r["created"] or "")
@@ -261,7 +303,7 @@ class ArtifactStore:
         removed = []
         dead = [d for d in sorted(p for p in self.root.glob("*/*") if p.is_dir() and p.parent.name != "tables")
                 if d.name not in alive and not d.name.startswith(".")]  # dot-dirs are writes in progress
-        gone = [str(p.relative_to(self.root)) for p in self._partitions_outside(alive)]
+        gone = [str(p.relative_to(self.root)) for p in self._partitions_outside(alive, set(records))]
         for d in dead:
             removed.append(str(d))
             if not dry_run:
@@ -281,17 +323,87 @@ class ArtifactStore:
                         self.remote.remove(rel)
         return removed
 
-    def _partitions_outside(self, alive: set[str]) -> list[Path]:
-        """Table partitions (and their manifests) scored with an SAE inside this store whose artifact
-        is not ``alive`` (here or only on the remote)."""
+    def _partitions_outside(self, alive: set[str], known: set[str]) -> list[Path]:
+        """Table partitions (and their manifests) scored with an SAE of this store (one of the
+        ``known`` artifacts, here or only on the remote) whose artifact is not ``alive``."""
         out = []
         for dataset, sae_id, f in partitions(self.tables):
             sae = read_json(f).get("sae")
             found = self._artifact_of(sae) if sae else None
-            if found is None or found[1] in alive:
+            if found is None or found[1] in alive or found[1] not in known:
                 continue
             out += [p for table in SAE_TABLES if (p := partition_dir(self.tables, table, dataset, sae_id)).exists()] + [f]
         return out
+
+
+def _rekeyed(value, keys: dict[str, str]):
+    """``value`` with every old artifact key in its strings replaced by the new one."""
+    if isinstance(value, dict):
+        return {k: _rekeyed(v, keys) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rekeyed(v, keys) for v in value]
+    if isinstance(value, str):
+        return re.sub(r"[0-9a-f]{16}", lambda m: keys.get(m.group(0), m.group(0)), value)
+    return value
+
+
+def migrate(root: str | Path, dry_run: bool = False) -> dict[str, tuple[str, str]]:
+    """Re-key a local store written before STORE_FORMAT 2: each artifact gets its identity key
+    (upstream first, so references follow), its directory is renamed, the JSON files that name
+    old keys are rewritten, and records become root-relative. Returns {old key: (stage, new key)}.
+    Artifacts whose configs differed only in runtime fields now share a key: the newest stays."""
+    root = Path(root)
+    if is_url(str(root)):
+        raise ValueError("migrate a local copy of a remote store (`saev artifacts migrate --root <dir>`), then upload it in place of the old one")
+    old = {f.parent.name: read_json(f) for f in sorted(root.glob(f"*/*/{RECORD}"))}
+    old = {k: r for k, r in old.items() if r.get("format") != STORE_FORMAT}
+    store = ArtifactStore(root)
+    order: list[str] = []  # every artifact after the ones its config or upstream names
+    seen: set[str] = set()
+
+    def visit(key: str) -> None:
+        if key in seen or key not in old:
+            return
+        seen.add(key)
+        for dep in [*(old[key].get("upstream") or []), *(k for _, k in store._paths_in(old[key].get("config")))]:
+            visit(dep)
+        order.append(key)
+    for key in sorted(old, key=lambda k: old[k].get("created") or ""):
+        visit(key)
+    keys: dict[str, str] = {}
+    moves: dict[str, tuple[str, str]] = {}
+    for key in order:
+        rec = old[key]
+        keys[key] = stage_key(rec["stage"], _rekeyed(rec["config"], keys), [keys.get(u, u) for u in rec.get("upstream") or []])
+        moves[key] = (rec["stage"], keys[key])
+    if dry_run:
+        return moves
+    newest: dict[tuple[str, str], str] = {}
+    for key in sorted(order, key=lambda k: old[k].get("created") or ""):
+        newest[moves[key]] = key
+    changed = {k: v for k, v in keys.items() if k != v}
+    for f in root.rglob("*.json"):
+        if f.name != RECORD and ".locks" not in f.parts and changed:
+            text = f.read_text()
+            new = re.sub(r"[0-9a-f]{16}", lambda m: changed.get(m.group(0), m.group(0)), text)
+            if new != text:
+                write_json(f, json.loads(new))
+    for key in order:
+        stage, new_key = moves[key]
+        src, dst = root / stage / key, root / stage / new_key
+        if newest[(stage, new_key)] != key:  # an older twin of the artifact that keeps the key
+            shutil.rmtree(src)
+            continue
+        rec = old[key]
+        rec = {**rec, "format": STORE_FORMAT, "key": new_key, "path": f"{stage}/{new_key}",
+               "config": portable(_rekeyed(rec["config"], keys)), "upstream": [keys.get(u, u) for u in rec.get("upstream") or []],
+               "manifest": portable(_rekeyed(rec.get("manifest"), keys))}
+        if src != dst:
+            if dst.exists():
+                shutil.rmtree(dst)
+            src.rename(dst)
+        write_json(dst / RECORD, rec)
+    return moves
 
 
 def _short(config: dict, width: int = 80) -> str:

@@ -65,7 +65,8 @@ def run_cached(task: Task, store: ArtifactStore, stage: str, config: dict | list
                valid: Callable[[dict], bool] | None = None):
     """Call ``task(root, config, upstream, *args)`` with Prefect's cache keyed like the store.
 
-    A finished artifact gives a Cached task state on the next run; an artifact that is missing
+    A finished artifact gives a Cached task state on the next run, wherever the store now lies
+    (its records' paths are resolved against ``store``); an artifact that is missing
     (never built, removed by `saev artifacts gc`, or no longer ``valid``) refreshes the cache so the
     stage really runs. A list of configs (artifacts a task builds together) is cached as one.
     """
@@ -75,4 +76,5 @@ def run_cached(task: Task, store: ArtifactStore, stage: str, config: dict | list
         store.pull_tables()
     current = all(store.current(stage, k, valid) for k in keys)
     cached = task.with_options(cache_key_fn=lambda *_: f"saev-{stage}-{key}", refresh_cache=not current, persist_result=True)
-    return cached(store.location, config, upstream, *args)
+    # a cached result may come from the store before it moved, or from another worker's cache of a remote one
+    return store.relocated(cached(store.location, config, upstream, *args))

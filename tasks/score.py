@@ -14,7 +14,7 @@ from saev_core.io import read_json, write_json
 from saev_core.quality import oracle_ranking, scorer_quality
 from saev_core.query import open_views
 from saev_core.score_dataset import ScoreConfig, run_scoring
-from saev_core.store import ArtifactStore
+from saev_core.store import ArtifactStore, portable
 from saev_core.tables import manifest_path
 from tasks.common import run_stage, with_smaller_batches
 
@@ -27,7 +27,7 @@ def partition_is_current(root: str):
     def valid(rec: dict) -> bool:
         m = rec["manifest"]
         path = manifest_path(tables, m["dataset"], m["sae_id"])
-        return path.exists() and read_json(path).get("identity") == m["identity"]
+        return path.exists() and portable(read_json(path).get("identity")) == portable(m["identity"])
     return valid
 
 

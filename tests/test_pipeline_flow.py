@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -113,6 +114,30 @@ def test_flow_completes_and_fills_the_store(first_run, world_dir):
     assert "#### Score distributions" in md and "#### SAEs: FVU vs L0" in md
     uri = md.split("](data:image/png;base64,")[1].split(")")[0]
     assert base64.b64decode(uri).startswith(b"\x89PNG")
+
+
+def test_a_copied_store_run_from_another_directory_is_all_cached(first_run, world_dir, tmp_path, monkeypatch):
+    """Users rsync a store to a GPU box or mount it elsewhere: the copy is whole, and runtime fields
+    (the device, the dump's batch size) keep every key. Runs before the test below changes the scoring."""
+    from flows.pipeline import PipelineConfig, saev_pipeline
+
+    root, _ = first_run
+    copy = tmp_path / "other-disk" / "store"
+    shutil.copytree(root, copy)
+    away = root.with_name("moved-away")
+    root.rename(away)  # while the copy runs, the original cannot be read
+    try:
+        monkeypatch.chdir(tmp_path)
+        base = flow_config(world_dir, copy)
+        runtime = {"sae": {**base["sae"], "device": "cpu"}, "dump": {"progress": False, "batch_size": 3}}
+        state = saev_pipeline(PipelineConfig.model_validate({**base, **runtime}), return_state=True)
+        states = {n.rsplit("-", 1)[0]: v for n, v in task_states(state).items() if not n.startswith("scorer-quality")}
+        assert states and all(v == "Cached" for v in states.values()), states
+        summary = state.result()
+        for field in ("dump", "sae", "tables", "filtered", "aligned_model", "report"):
+            assert summary[field].startswith(str(copy)), (field, summary[field])
+    finally:
+        away.rename(root)
 
 
 def test_rerun_is_cached_and_a_changed_config_reruns_only_downstream(first_run, world_dir):

@@ -4,6 +4,7 @@ finished, and a changed config reruns downstream stages on inputs pulled from th
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 
@@ -92,12 +93,16 @@ def test_pipeline_on_s3_resumes_from_the_bucket_on_an_empty_cache(bucket, world_
             key=ArtifactFilterKey(any_=["saev-dump"]), flow_run_id=ArtifactFilterFlowRunId(any_=[first.state_details.flow_run_id])))
     assert len(arts) == 1 and f"`{url}/dump/" in arts[0].data, arts[0].data
 
-    shutil.rmtree(cache)  # a fresh machine: nothing local, everything in the bucket
+    # another machine: its own, empty SAEV_CACHE elsewhere; everything comes from the bucket
+    other = tmp_path / "elsewhere" / "cache"
+    monkeypatch.setenv("SAEV_CACHE", str(other))
     second = saev_pipeline(PipelineConfig.model_validate(config), return_state=True)
     states = {n.rsplit("-", 1)[0]: v for n, v in task_states(second).items() if not n.startswith("scorer-quality")}
     assert states and all(v == "Cached" for v in states.values()), states
-    assert second.result() == s  # the same AUROCs, read from tables pulled from the bucket
-    assert (ArtifactStore.at(url).tables / "scores").is_dir()
+    # the same AUROCs, read from tables pulled from the bucket, and every path in this machine's cache
+    assert second.result() == json.loads(json.dumps(s).replace(str(cache), str(other)))
+    assert (ArtifactStore.at(url).tables / "scores").is_dir() and str(ArtifactStore.at(url).root).startswith(str(other))
+    monkeypatch.setenv("SAEV_CACHE", str(cache))
 
     shutil.rmtree(cache)  # a changed scoring config reruns score and what follows, on the dump and SAE from the bucket
     third = saev_pipeline(PipelineConfig.model_validate(flow_config(world_dir, url, report_latents=2, score={"progress": False, "tau": 0.5})),
