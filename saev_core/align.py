@@ -86,7 +86,8 @@ def run_alignment(cfg: AlignConfig) -> dict:
     bf16 = cfg.bf16 if cfg.bf16 is not None else bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     common = dict(num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
                   gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, seed=cfg.seed, bf16=bf16,
-                  use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy="no", logging_steps=1,
+                  use_cpu=not torch.cuda.is_available(), report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+                  save_strategy="no", logging_steps=1,
                   max_length=None, disable_tqdm=True)
     peft_config = None
     if cfg.lora:

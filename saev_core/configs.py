@@ -27,11 +27,11 @@ Optimizer = Literal["adam", "signum"]
 # Fields that do not change what a stage computes; a resumed run may change them. The chat
 # template counts by its content (chat_template_sha256), not by where its file lies.
 _DUMP_RUNTIME = {"out", "batch_size", "progress", "cpu_threads", "row_group_mb", "chat_template"}
-_TRAIN_RUNTIME = {"out", "progress", "device", "checkpoint_every", "log_every", "keep_checkpoints", "eval_rows", "reader_workers"}
+_TRAIN_RUNTIME = {"out", "progress", "device", "checkpoint_every", "log_every", "keep_checkpoints", "eval_rows", "reader_workers", "report_to"}
 _SCORE_RUNTIME = {"tables", "device", "batch_rows", "weights_memory_mb", "progress", "clip_batch_size"}
 # per pipeline stage, what its artifact key leaves out (saev_core.store.identity_of)
 STAGE_RUNTIME: dict[str, set[str]] = {"dump": _DUMP_RUNTIME, "train": _TRAIN_RUNTIME, "frontier": _TRAIN_RUNTIME,
-                                      "score": _SCORE_RUNTIME, "align": {"out", "progress"}, "evaluate": {"chat_template", "device", "progress"},
+                                      "score": _SCORE_RUNTIME, "align": {"out", "progress", "report_to"}, "evaluate": {"chat_template", "device", "progress"},
                                       "eval-sae": {"device", "progress"}}
 
 
@@ -243,6 +243,8 @@ class TrainConfig(BaseModel):
                                 "the batches do not depend on it")
     checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints")
     eval_rows: int = Field(20_000, ge=0, description="held-out rows evaluated (per modality) at each checkpoint; 0 turns it off")
+    report_to: Literal["none", "wandb", "tensorboard", "mlflow"] = Field(
+        "none", description="experiment tracker for the training log (as TRL's report_to); train_log.jsonl is written either way")
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(50, ge=1)
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
@@ -271,6 +273,13 @@ class TrainConfig(BaseModel):
 
     def identity(self) -> dict:
         return self.model_dump(mode="json", exclude=_TRAIN_RUNTIME)
+
+    @field_validator("report_to")
+    @classmethod
+    def _tracker_installed(cls, v: str) -> str:
+        from saev_core.tracking import check_report_to
+
+        return check_report_to(v)
 
 
 class ScoreConfig(BaseModel):
@@ -384,6 +393,8 @@ class AlignConfig(BaseModel):
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_target_modules: list[str] | str = Field("all-linear", description="peft target_modules")
+    report_to: Literal["none", "wandb", "tensorboard", "mlflow"] = Field(
+        "none", description="TRL's report_to; each tracker reads its usual environment (WANDB_DIR, TENSORBOARD_LOGGING_DIR, MLFLOW_TRACKING_URI)")
     chat_template: str | None = Field(None, description="Jinja chat template file, for a processor that ships none (PaliGemma); "
                                       "saved with the aligned model's processor")
 

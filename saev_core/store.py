@@ -42,9 +42,9 @@ from saev_core.tables import PARTITIONS, partition_dir, partitions
 SAE_TABLES = [t for t, keys in PARTITIONS.items() if "sae_id" in keys]  # `samples` is per dataset, shared
 
 RECORD = "store.json"
-
-
 STORE_FORMAT = 2  # 2: identity keys and root-relative records; 1 (no "format" in a record): raw-config keys, working-directory paths
+
+
 def identity_of(stage: str, config: dict) -> dict:
     """The part of a stage config that changes its result: runtime fields (``STAGE_RUNTIME``) out,
     store paths portable."""

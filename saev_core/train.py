@@ -33,6 +33,7 @@ from saev_core.activations import MODALITY_SETS, ActivationDump, ShuffledBatches
 from saev_core.checkpoint import save_sae
 from saev_core.configs import TOPK_LIKE, TrainConfig
 from saev_core.cpu import parallel_decode_pool, reuse_freed_memory
+from saev_core.tracking import Tracker
 from saev_core.distributed import World, all_gather, any_true, barrier, broadcast, launched_world, sync_latent_stats
 from saev_core.io import atomic_dir, atomic_path, claim_output_dir, read_json, write_json
 from saev_core.modeling import resolve_device
@@ -208,20 +209,28 @@ class _Run:
         sae.train()
         # DDP averages the gradients of the processes' batch slices; the latent statistics are synced after each step
         self.model = DistributedDataParallel(sae, broadcast_buffers=False) if world.active else sae
-        self.log_file = None
+        self.log_file = self.tracker = None
+        self._clock = (start, time.perf_counter())  # (step, time) of the last log row: tokens/s between rows
         if world.main:
             log_path = out / "train_log.jsonl"
             _truncate_log(log_path, start)
             self.log_file = open(log_path, "a")
+            if cfg.report_to != "none":
+                self.tracker = Tracker(cfg.report_to, out, out.name, cfg.model_dump(mode="json"))
 
     def log(self, row: dict) -> None:
         if self.log_file is not None:
             self.log_file.write(json.dumps(row) + "\n")
             self.log_file.flush()
+        if self.tracker is not None:
+            self.tracker.log(row, row["step"])
 
     def close(self) -> None:
         if self.log_file is not None:
             self.log_file.close()
+        if self.tracker is not None:
+            self.tracker.finish()
+            self.tracker = None
 
     def step(self, x: torch.Tensor, step: int, total: int) -> SAEOutput:
         """One optimizer step on batch x; raises TrainingDiverged on a non-finite loss."""
@@ -247,9 +256,12 @@ class _Run:
         sync_latent_stats(self.world, sae, x.shape[0], cfg.batch_size)
         done = step + 1
         if done % cfg.log_every == 0 or done == total:
+            (last, t_last), now = self._clock, time.perf_counter()
+            self._clock = (done, now)
             self.log({"step": done, "tokens": done * cfg.batch_size, "loss": res.loss.item(), "mse": res.mse.item(),
                       "fvu": res.fvu.item(), "l0": res.l0.item(), "l1": res.l1.item(), "aux": res.aux.item(),
-                      "dead_fraction": sae.dead_mask().float().mean().item(), "lr": lr, "sparsity_coefficient": lam})
+                      "dead_fraction": sae.dead_mask().float().mean().item(), "lr": lr, "sparsity_coefficient": lam,
+                      "tokens_per_s": (done - last) * cfg.batch_size / max(now - t_last, 1e-9)})
         return res
 
     def checkpoint(self, done: int, streams: list[dict]) -> None:

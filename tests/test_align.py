@@ -56,6 +56,19 @@ def test_alignment_trains_saves_and_reloads(artifact, world_dir, method):
     assert model.config.model_type == "llava" and not (artifact / method / "trainer").exists()
 
 
+def test_alignment_reports_to_trls_own_tensorboard_integration(artifact, world_dir, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))  # transformers' own variable
+    cfg = AlignConfig(model=str(world_dir / "model"), data=str(artifact / "f"), out=str(tmp_path / "sft"), method="sft",
+                      max_steps=3, batch_size=8, lr=1e-3, report_to="tensorboard")
+    m = run_alignment(cfg)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    losses = [e.value for e in events.Scalars("train/loss")]
+    assert len(losses) == m["steps"] == 3 and (losses[0], losses[-1]) == pytest.approx((m["first_loss"], m["last_loss"]), rel=1e-5)
+
+
 def test_lora_alignment_saves_adapter_and_merged_model(artifact, world_dir):
     from transformers import AutoModelForImageTextToText
 
