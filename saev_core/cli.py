@@ -352,7 +352,10 @@ def artifacts_list(
     from saev_core.store import ArtifactStore
 
     store = ArtifactStore.at(root)
-    typer.echo(json.dumps(store.list(), indent=2, default=str) if as_json else store.listing())
+    try:
+        typer.echo(json.dumps(store.list(), indent=2, default=str) if as_json else store.listing())
+    except ERRORS as e:  # a callback, not a `command`: the same one-line errors by hand
+        fail(str(e))
 
 
 @command(artifacts_app, "gc")

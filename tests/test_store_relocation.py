@@ -83,6 +83,8 @@ def test_an_old_store_is_named_in_one_line_and_migrated(tmp_path, monkeypatch):
     store = ArtifactStore.at("data/artifacts")
     with pytest.raises(OldStoreError, match=r"saev artifacts migrate --root data/artifacts"):
         store.list()
+    listed = CliRunner().invoke(app, ["artifacts", "--root", "data/artifacts"])
+    assert listed.exit_code == 2 and listed.output.count("\n") == 1 and "saev artifacts migrate" in listed.output
     res = CliRunner().invoke(app, ["artifacts", "migrate", "--root", "data/artifacts"])
     assert res.exit_code == 0, res.output
     new_dump = stage_key("dump", {"model": "m"}, [])
