@@ -103,6 +103,12 @@ class ArtifactStore:
         return (self.path(stage, key) / RECORD).exists() or (
             self.remote is not None and self.remote.exists(f"{stage}/{key}/{RECORD}"))
 
+    def stage_of(self, key: str) -> str | None:
+        """The stage of a finished artifact, here or on the remote; None if there is none."""
+        found = [p.parent.parent.name for p in self.root.glob(f"*/{key}/{RECORD}")] or \
+            ([rel.split("/")[0] for rel in self.remote.glob(f"*/{key}/{RECORD}")] if self.remote is not None else [])
+        return found[0] if found else None
+
     def record(self, stage: str, key: str) -> dict:
         local = self.path(stage, key) / RECORD
         rec = read_json(local) if local.exists() or self.remote is None else self.remote.read_json(f"{stage}/{key}/{RECORD}")
@@ -182,11 +188,8 @@ class ArtifactStore:
             if key in seen:
                 continue
             seen.add(key)
-            if stage is None:
-                found = self.remote.glob(f"*/{key}/{RECORD}") or [p.relative_to(self.root).as_posix() for p in self.root.glob(f"*/{key}/{RECORD}")]
-                if not found:
-                    continue
-                stage = found[0].split("/")[0]
+            if stage is None and (stage := self.stage_of(key)) is None:
+                continue
             if not self.done(stage, key):
                 continue
             self.fetch(stage, key)

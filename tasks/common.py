@@ -4,29 +4,40 @@ artifact, Prefect caching on the store's key, and retrying out-of-memory batches
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Callable
 
 import torch
 from prefect import Task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.tasks import MaterializingTask
 
 from saev_core.remote import is_url
 from saev_core.store import ArtifactStore, stage_key
 
 
+def asset_key(store: ArtifactStore, stage: str, key: str) -> str:
+    """The Prefect asset of an artifact: its location, a URI (the bucket's, or file:// on a disk)."""
+    base = store.location.rstrip("/") if store.remote is not None else store.root.absolute().as_uri()
+    return f"{base}/{stage}/{key}"
+
+
 def publish(rec: dict, root: str | None = None) -> None:
-    """A Markdown artifact per finished stage: its metrics and where its files are (the bucket's
-    URL for a store on an object store: a worker's local cache means nothing in the UI)."""
-    metrics = rec.get("metrics") or {}
-    rows = "\n".join(f"| {k} | {v if not isinstance(v, float) else round(v, 4)} |" for k, v in metrics.items())
+    """Prefect artifacts per finished stage: its metrics as a table, and where its files are; for a
+    store on an object store also a link to them (a worker's local cache means nothing in the UI)."""
+    stage, key = rec["stage"], rec["key"]
+    metrics = [{"metric": k, "value": round(v, 4) if isinstance(v, float) else v if isinstance(v, (int, str)) else json.dumps(v)}
+               for k, v in (rec.get("metrics") or {}).items()]
+    create_table_artifact(table=metrics or [{"metric": "none", "value": ""}], key=f"saev-{stage}-metrics",
+                          description=f"saev {stage} {key}: metrics")
     if root is not None and is_url(root):
-        url = f"{root.rstrip('/')}/{rec['stage']}/{rec['key']}"
+        url = f"{root.rstrip('/')}/{stage}/{key}"
+        create_link_artifact(link=url, link_text=f"saev {stage} {key}", key=f"saev-{stage}-files", description=f"saev {stage} {key}: files")
         files = f"`{url}` (cached on the worker at `{rec['path']}`)"
     else:
-        files = f"[{rec['path']}](file://{rec['path']})"
-    md = (f"### saev {rec['stage']} `{rec['key']}`\n\nfiles: {files}\n\n"
-          f"| metric | value |\n| --- | --- |\n{rows}\n")
-    create_markdown_artifact(markdown=md, key=f"saev-{rec['stage']}", description=f"saev {rec['stage']} {rec['key']}")
+        files = f"`{rec['path']}`"
+    md = f"### saev {stage} `{key}`\n\nfiles: {files}\n\nmetrics: the `saev-{stage}-metrics` table\n"
+    create_markdown_artifact(markdown=md, key=f"saev-{stage}", description=f"saev {stage} {key}")
 
 
 def run_stage(root: str, stage: str, config: dict, upstream: list[str], fn: Callable, summary: Callable[[dict], dict] | None = None,
@@ -75,6 +86,11 @@ def run_cached(task: Task, store: ArtifactStore, stage: str, config: dict | list
     if valid is not None:
         store.pull_tables()
     current = all(store.current(stage, k, valid) for k in keys)
+    # the stage materializes its artifacts as Prefect assets, with the upstream artifacts as their dependencies
+    assets = [asset_key(store, stage, k) for k in keys]
+    deps = [asset_key(store, s, u) for u in upstream if (s := store.stage_of(u))]
+    task = MaterializingTask(fn=task.fn, assets=assets, asset_deps=deps, name=task.name, tags=task.tags, retries=task.retries,
+                             retry_delay_seconds=task.retry_delay_seconds)
     cached = task.with_options(cache_key_fn=lambda *_: f"saev-{stage}-{key}", refresh_cache=not current, persist_result=True)
     # a cached result may come from the store before it moved, or from another worker's cache of a remote one
     return store.relocated(cached(store.location, config, upstream, *args))

@@ -116,6 +116,39 @@ def test_flow_completes_and_fills_the_store(first_run, world_dir):
     assert base64.b64decode(uri).startswith(b"\x89PNG")
 
 
+def test_prefect_shows_each_stages_metrics_and_the_assets_lineage(first_run):
+    """Where Prefect users look: a table artifact of metrics per stage, and an asset per artifact
+    (its location) whose materialization event names the upstream artifacts' assets."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+    from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+
+    root, state = first_run
+    run_id = state.state_details.flow_run_id
+    store = ArtifactStore.at(root)
+    records = store.list()
+    asset = {r["key"]: f"{root.absolute().as_uri()}/{r['stage']}/{r['key']}" for r in records}
+    of = {stage: [asset[r["key"]] for r in records if r["stage"] == stage] for stage in {r["stage"] for r in records}}
+    with get_client(sync_client=True) as client:
+        [table] = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["saev-train-metrics"]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+        rows = {r["metric"]: r["value"] for r in json.loads(table.data)}
+        [train] = [r for r in records if r["stage"] == "train"]
+        assert table.type == "table" and rows["image_fvu"] == round(train["metrics"]["image_fvu"], 4)
+        lineage, deadline = {}, time.time() + 120  # events reach the API asynchronously
+        while time.time() < deadline and len(lineage) < len(asset):
+            page = client.read_events(filter=EventFilter(event=EventNameFilter(name=["prefect.asset.materialization.succeeded"]),
+                                                         related=EventRelatedFilter(id=[f"prefect.flow-run.{run_id}"])), limit=50)
+            lineage = {e.resource.id: {r.id for r in e.related if r.get("prefect.resource.role") == "asset"} for e in page.events}
+            time.sleep(1)
+    assert set(lineage) == set(asset.values())  # every artifact the run built is an asset
+    assert lineage[of["train"][0]] == set(of["dump"]) and lineage[of["score"][0]] == {*of["dump"], *of["train"]}
+    assert all(lineage[a] == set(of["score"]) for a in of["filter"]) and len(of["align"]) == 3
+    assert all(len(lineage[a]) == 1 and lineage[a] <= set(of["filter"]) for a in of["align"])
+
+
 def test_a_copied_store_run_from_another_directory_is_all_cached(first_run, world_dir, tmp_path, monkeypatch):
     """Users rsync a store to a GPU box or mount it elsewhere: the copy is whole, and runtime fields
     (the device, the dump's batch size) keep every key. Runs before the test below changes the scoring."""

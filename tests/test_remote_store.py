@@ -92,6 +92,10 @@ def test_pipeline_on_s3_resumes_from_the_bucket_on_an_empty_cache(bucket, world_
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=["saev-dump"]), flow_run_id=ArtifactFilterFlowRunId(any_=[first.state_details.flow_run_id])))
     assert len(arts) == 1 and f"`{url}/dump/" in arts[0].data, arts[0].data
+    with get_client(sync_client=True) as client:
+        [link] = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["saev-dump-files"]), flow_run_id=ArtifactFilterFlowRunId(any_=[first.state_details.flow_run_id])))
+    assert f"]({url}/dump/" in link.data, link.data  # create_link_artifact: a link to the bucket's files (stored as Markdown)
 
     # another machine: its own, empty SAEV_CACHE elsewhere; everything comes from the bucket
     other = tmp_path / "elsewhere" / "cache"
