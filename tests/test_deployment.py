@@ -161,6 +161,10 @@ def test_full_pipeline_deployment_runs_on_a_process_worker(deployed):
     nightly = json.loads(prefect(env, "deployment", "inspect", "nightly-rescore/nightly-rescore", "--output", "json").stdout)
     assert full["work_pool_name"] == nightly["work_pool_name"] == "saev-process"
     assert [(s["schedule"]["cron"], s["schedule"]["timezone"]) for s in nightly["schedules"]] == [("0 2 * * *", "UTC")]
+    # overlapping nightly runs wait for each other, on every machine the server serves
+    limit = {k: v for k, v in nightly.items() if "concurrency" in k}
+    assert (limit["global_concurrency_limit"] or {}).get("limit") == 1, limit
+    assert limit["concurrency_options"]["collision_strategy"] == "ENQUEUE", limit
     stages = {r["stage"] for r in ArtifactStore.at(root).list()}
     assert stages == {"dump", "train", "frontier", "eval-sae", "score", "report", "filter", "align", "evaluate"}
     # the stages published Prefect artifacts with their metrics
@@ -189,9 +193,9 @@ def rescore_outcome(server: dict, run_id: str) -> tuple[list[str], list[str]]:
 
 
 def test_nightly_rescore_soak_on_postgresql(deployed, world_dir, tmp_path):
-    """SOAK_RUNS nightly-rescore runs at once over a registry of SOAK_DATASETS datasets, on the
-    production backend: every dataset is scored exactly once, and no partition is lost,
-    duplicated or partial."""
+    """SOAK_RUNS nightly-rescore runs started at once over a registry of SOAK_DATASETS datasets, on
+    the production backend (the deployment's concurrency limit queues them): every dataset is
+    scored exactly once, and no partition is lost, duplicated or partial."""
     if deployed["backend"] != "postgresql":
         pytest.skip(PG_REASON)
     assert deployed["run"].returncode == 0, "the full pipeline run failed (see the deployment test)"
@@ -223,7 +227,7 @@ def test_nightly_rescore_soak_on_postgresql(deployed, world_dir, tmp_path):
     wall = time.time() - t0
     failed = [(r["name"], r["state_type"], r["state"]["message"]) for r in runs if r["state_type"] != "COMPLETED"]
     outcomes = [rescore_outcome(deployed, i) for i in ids]
-    print(f"\nsoak: {SOAK_RUNS} concurrent nightly-rescore runs, {SOAK_DATASETS} datasets of {SOAK_ROWS} rows, "
+    print(f"\nsoak: {SOAK_RUNS} nightly-rescore runs started at once, {SOAK_DATASETS} datasets of {SOAK_ROWS} rows, "
           f"backend {deployed['backend']}: {wall:.0f} s wall, {len(failed)} failed, scored per run {[len(s) for s, _ in outcomes]}")
     assert not failed, failed
     scored_by = [n for scored, _ in outcomes for n in scored]
