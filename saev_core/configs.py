@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from saev_core.demo.defaults import DEMO_ALIGN
+from saev_core.tracking import ReportTo
 
 # A typo'd key fails validation; the validators are built on first use, not at import, so the CLI
 # can read every class's fields at start-up for its flags without paying for them.
@@ -243,7 +244,7 @@ class TrainConfig(BaseModel):
                                 "the batches do not depend on it")
     checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints")
     eval_rows: int = Field(20_000, ge=0, description="held-out rows evaluated (per modality) at each checkpoint; 0 turns it off")
-    report_to: Literal["none", "wandb", "tensorboard", "mlflow"] = Field(
+    report_to: ReportTo = Field(
         "none", description="experiment tracker for the training log (as TRL's report_to); train_log.jsonl is written either way")
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(50, ge=1)
@@ -393,7 +394,7 @@ class AlignConfig(BaseModel):
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_target_modules: list[str] | str = Field("all-linear", description="peft target_modules")
-    report_to: Literal["none", "wandb", "tensorboard", "mlflow"] = Field(
+    report_to: ReportTo = Field(
         "none", description="TRL's report_to; each tracker reads its usual environment (WANDB_DIR, TENSORBOARD_LOGGING_DIR, MLFLOW_TRACKING_URI)")
     chat_template: str | None = Field(None, description="Jinja chat template file, for a processor that ships none (PaliGemma); "
                                       "saved with the aligned model's processor")

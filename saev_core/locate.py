@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from saev_core.store import RECORD, ArtifactStore, portable
+from saev_core.io import portable
+from saev_core.store import RECORD, ArtifactStore
 
 if TYPE_CHECKING:  # the experiment pulls in TRL: not for every command's start
     from saev_core.experiment import ExperimentConfig

@@ -10,6 +10,7 @@ SQLite store at ``<out>/mlflow.db``. ``train_log.jsonl`` is written whatever the
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -40,8 +41,6 @@ class Tracker:
 
             self._run = SummaryWriter(log_dir=str(out / "tensorboard"))
         elif report_to == "mlflow":
-            import os
-
             import mlflow
 
             if "MLFLOW_TRACKING_URI" not in os.environ:

@@ -218,12 +218,14 @@ class _Run:
             if cfg.report_to != "none":
                 self.tracker = Tracker(cfg.report_to, out, out.name, cfg.model_dump(mode="json"))
 
-    def log(self, row: dict) -> None:
+    def log(self, row: dict, timing: dict | None = None) -> None:
+        """A row of train_log.jsonl (deterministic: a resumed run writes the same bytes); the tracker
+        also gets ``timing`` (tokens/s), which the file leaves out."""
         if self.log_file is not None:
             self.log_file.write(json.dumps(row) + "\n")
             self.log_file.flush()
         if self.tracker is not None:
-            self.tracker.log(row, row["step"])
+            self.tracker.log({**row, **(timing or {})}, row["step"])
 
     def close(self) -> None:
         if self.log_file is not None:
@@ -260,8 +262,8 @@ class _Run:
             self._clock = (done, now)
             self.log({"step": done, "tokens": done * cfg.batch_size, "loss": res.loss.item(), "mse": res.mse.item(),
                       "fvu": res.fvu.item(), "l0": res.l0.item(), "l1": res.l1.item(), "aux": res.aux.item(),
-                      "dead_fraction": sae.dead_mask().float().mean().item(), "lr": lr, "sparsity_coefficient": lam,
-                      "tokens_per_s": (done - last) * cfg.batch_size / max(now - t_last, 1e-9)})
+                      "dead_fraction": sae.dead_mask().float().mean().item(), "lr": lr, "sparsity_coefficient": lam},
+                     timing={"tokens_per_s": (done - last) * cfg.batch_size / max(now - t_last, 1e-9)})
         return res
 
     def checkpoint(self, done: int, streams: list[dict]) -> None:

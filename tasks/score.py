@@ -10,11 +10,11 @@ from prefect.artifacts import create_markdown_artifact
 from saev_core.activations import ActivationDump
 from saev_core.checkpoint import resolve_sae_dir, sae_id_of
 from saev_core.filter import FilterConfig, run_filter
-from saev_core.io import read_json, write_json
+from saev_core.io import portable, read_json, write_json
 from saev_core.quality import oracle_ranking, scorer_quality
 from saev_core.query import open_views
 from saev_core.score_dataset import ScoreConfig, run_scoring
-from saev_core.store import ArtifactStore, portable
+from saev_core.store import ArtifactStore
 from saev_core.tables import manifest_path
 from tasks.common import run_stage, with_smaller_batches
 
