@@ -29,3 +29,21 @@ def test_importing_every_saev_core_module_leaves_prefect_unloaded():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
     assert "saev_core.dump" in modules and "saev_core.cli" in modules
+
+
+def test_the_wheel_installs_the_library_only(tmp_path):
+    """tasks/ and flows/ stay in the checkout: a wheel that installed them as top-level packages
+    would clash with any other distribution that takes those names."""
+    import shutil
+    import zipfile
+
+    repo, src = ROOT.parent, tmp_path / "src"  # a copy: setuptools leaves build/ beside the source it builds
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "saev_core", "tasks", "flows"):
+        (shutil.copytree if (repo / name).is_dir() else shutil.copy)(repo / name, src / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)],
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr
+    [wheel] = tmp_path.glob("*.whl")
+    top = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert "saev_core" in top and not top & {"tasks", "flows", "tests", "bench"}, top
