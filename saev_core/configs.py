@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from saev_core.demo.defaults import DEMO_ALIGN
-from saev_core.tracking import ReportTo
+from saev_core.tracking import ReportTo, check_report_to
 
 # A typo'd key fails validation; the validators are built on first use, not at import, so the CLI
 # can read every class's fields at start-up for its flags without paying for them.
@@ -278,8 +278,6 @@ class TrainConfig(BaseModel):
     @field_validator("report_to")
     @classmethod
     def _tracker_installed(cls, v: str) -> str:
-        from saev_core.tracking import check_report_to
-
         return check_report_to(v)
 
 
