@@ -197,7 +197,9 @@ def test_nightly_rescore_soak_on_postgresql(deployed, world_dir, tmp_path):
     the production backend (the deployment's concurrency limit queues them): every dataset is
     scored exactly once, and no partition is lost, duplicated or partial."""
     if deployed["backend"] != "postgresql":
-        pytest.skip(PG_REASON)
+        from conftest import skip_or_fail
+
+        skip_or_fail(PG_REASON)
     assert deployed["run"].returncode == 0, "the full pipeline run failed (see the deployment test)"
     import pyarrow.parquet as pq
     import yaml

@@ -47,3 +47,20 @@ def test_the_wheel_installs_the_library_only(tmp_path):
     [wheel] = tmp_path.glob("*.whl")
     top = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert "saev_core" in top and not top & {"tasks", "flows", "tests", "bench"}, top
+
+
+def test_a_missing_browser_or_database_fails_under_ci_and_skips_elsewhere(tmp_path):
+    """The browser test and the PostgreSQL soak skip on a machine without them, naming why, but
+    fail a CI run: CI must not pass quietly without them."""
+    import os
+
+    (tmp_path / "test_needs.py").write_text(
+        "import sys\nsys.path.insert(0, %r)\nfrom conftest import skip_or_fail\n\n"
+        "def test_needs_chromium():\n    skip_or_fail('no Chromium on this machine')\n" % str(ROOT.parent / "tests"))
+    runs = {}
+    for ci in ("", "true"):
+        env = {**os.environ, "CI": ci}
+        runs[ci] = subprocess.run([sys.executable, "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider", str(tmp_path / "test_needs.py")],
+                                  capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert runs[""].returncode == 0 and "SKIPPED" in runs[""].stdout and "no Chromium on this machine" in runs[""].stdout
+    assert runs["true"].returncode == 1 and "CI is set: this test must run" in runs["true"].stdout

@@ -79,12 +79,15 @@ def _chromium() -> str | None:
 
 def test_report_in_a_real_headless_chromium(tmp_path, world_dir):
     """Open the report as a person would: filter the index, click to a latent and to a sample."""
-    import pytest
+    from conftest import skip_or_fail
 
     browser_path = _chromium()
     if browser_path is None:
-        pytest.skip("no Chromium on this machine: `make test` installs Debian's chromium with apt-get where it can")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+        skip_or_fail("no Chromium on this machine: `make test` installs Debian's chromium with apt-get where it can")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        skip_or_fail("playwright is not installed (the test extra has it)")
 
     test_report_pages_link_and_embed(tmp_path, world_dir)  # builds tmp_path / "r"
     shots = tmp_path / "screenshots"
