@@ -90,12 +90,15 @@ def stream_rate(dump: ActivationDump, batch_size: int, workers: int, epochs: int
                              split="train", workers=workers)
     t0, rows = None, 0
     for x in stream:
-        if stream.position.epoch >= warmup_epochs + epochs:
+        epoch = stream.position.epoch
+        if epoch >= warmup_epochs + epochs:
             break
-        if t0 is None and stream.position.epoch >= warmup_epochs:
-            t0 = time.perf_counter()  # the first timed batch is the one after this
+        if epoch < warmup_epochs:
             continue
-        rows += len(x) if t0 is not None else 0
+        if t0 is None:
+            t0 = time.perf_counter()  # the first timed batch is the one after this
+        else:
+            rows += len(x)
     return rows * dump.d_in * 2 / (time.perf_counter() - t0) / 1e6
 
 

@@ -107,17 +107,26 @@ _IN_STORE = re.compile(r"(?:^|.*/)([a-z][a-z0-9-]*/[0-9a-f]{16}(?:/.*)?)$")
 REF = re.compile(r"[a-z][a-z0-9-]*/[0-9a-f]{16}(?:/.*)?")
 
 
+def map_strings(value, fn):
+    """``value`` (JSON-like: dicts, lists, tuples) with ``fn`` applied to every string in it."""
+    if isinstance(value, dict):
+        return {k: map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [map_strings(v, fn) for v in value]
+    return fn(value) if isinstance(value, str) else value
+
+
+def store_ref(path: str) -> str | None:
+    """``<stage>/<key>[/...]`` of a path into an artifact store, wherever the store lies; None otherwise."""
+    m = _IN_STORE.match(path.removeprefix("file://")) if "/" in path else None
+    return m.group(1) if m else None
+
+
 def portable(value):
     """``value`` with every path into an artifact store written as ``<stage>/<key>[/...]``, relative
     to its root (dicts and lists throughout): what keys hash and records keep, so moving a store,
     or reading it from another directory or machine, changes neither."""
-    if isinstance(value, dict):
-        return {k: portable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [portable(v) for v in value]
-    if isinstance(value, str) and "/" in value and (m := _IN_STORE.match(value.removeprefix("file://"))):
-        return m.group(1)
-    return value
+    return map_strings(value, lambda s: store_ref(s) or s)
 
 
 def claim_output_dir(out: str | Path, identity: dict, overwrite: bool, what: str) -> Path:

@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 
 from saev_core import __version__
 from saev_core.configs import STAGE_RUNTIME
-from saev_core.io import REF, file_lock, portable, read_json, write_json
+from saev_core.io import REF, file_lock, map_strings, portable, read_json, store_ref, write_json
 from saev_core.remote import Mirror, is_url
 from saev_core.tables import PARTITIONS, partition_dir, partitions
 
@@ -122,13 +122,7 @@ class ArtifactStore:
 
     def localize(self, value):
         """The inverse of ``portable`` for this store: each ``<stage>/<key>[/...]`` becomes a path below the root."""
-        if isinstance(value, dict):
-            return {k: self.localize(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.localize(v) for v in value]
-        if isinstance(value, str) and REF.fullmatch(value):
-            return str(self.root / value)
-        return value
+        return map_strings(value, lambda s: str(self.root / s) if REF.fullmatch(s) else s)
 
     def relocated(self, value):
         """Records made under another root (a Prefect cache hit from before a move) pointed at this one."""
@@ -158,11 +152,8 @@ class ArtifactStore:
     def _artifact_of(path: str) -> tuple[str, str] | None:
         """(stage, key) of the artifact a path (or ``<stage>/<key>`` reference) lies in, wherever
         its store lies; None for any other path."""
-        ref = portable(path)
-        if ref is path or not isinstance(ref, str):
-            return None
-        stage, key = ref.split("/")[:2]
-        return stage, key
+        ref = store_ref(path)
+        return tuple(ref.split("/")[:2]) if ref else None
 
     def _paths_in(self, config) -> Iterator[tuple[str, str]]:
         """(stage, key) of every store path in a config (the tables excepted)."""
@@ -339,15 +330,17 @@ class ArtifactStore:
         return out
 
 
+_KEY = re.compile(r"[0-9a-f]{16}")
+
+
+def _rekeyed_text(text: str, keys: dict[str, str]) -> str:
+    """``text`` with every old artifact key in it replaced by the new one."""
+    return _KEY.sub(lambda m: keys.get(m.group(0), m.group(0)), text)
+
+
 def _rekeyed(value, keys: dict[str, str]):
     """``value`` with every old artifact key in its strings replaced by the new one."""
-    if isinstance(value, dict):
-        return {k: _rekeyed(v, keys) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rekeyed(v, keys) for v in value]
-    if isinstance(value, str):
-        return re.sub(r"[0-9a-f]{16}", lambda m: keys.get(m.group(0), m.group(0)), value)
-    return value
+    return map_strings(value, lambda s: _rekeyed_text(s, keys))
 
 
 def migrate(root: str | Path, dry_run: bool = False) -> dict[str, tuple[str, str]]:
@@ -385,11 +378,10 @@ def migrate(root: str | Path, dry_run: bool = False) -> dict[str, tuple[str, str
     for key in sorted(order, key=lambda k: old[k].get("created") or ""):
         newest[moves[key]] = key
     changed = {k: v for k, v in keys.items() if k != v}
-    for f in root.rglob("*.json"):
-        if f.name != RECORD and ".locks" not in f.parts and changed:
+    for f in root.rglob("*.json") if changed else []:
+        if f.name != RECORD and ".locks" not in f.parts:
             text = f.read_text()
-            new = re.sub(r"[0-9a-f]{16}", lambda m: changed.get(m.group(0), m.group(0)), text)
-            if new != text:
+            if (new := _rekeyed_text(text, changed)) != text:
                 write_json(f, json.loads(new))
     for key in order:
         stage, new_key = moves[key]

@@ -15,14 +15,10 @@ from pathlib import Path
 from typing import Literal
 
 ReportTo = Literal["none", "wandb", "tensorboard", "mlflow"]
-_PACKAGES = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow"}
-
-
 def check_report_to(report_to: str) -> str:
-    """Fail before any work when the chosen backend is not installed."""
-    package = _PACKAGES.get(report_to)
-    if package is not None and importlib.util.find_spec(package) is None:
-        raise ValueError(f"report_to={report_to!r} needs the {package} package: pip install {package} (or report_to='none')")
+    """Fail before any work when the chosen backend (a package of the same name) is not installed."""
+    if report_to != "none" and importlib.util.find_spec(report_to) is None:
+        raise ValueError(f"report_to={report_to!r} needs the {report_to} package: pip install {report_to} (or report_to='none')")
     return report_to
 
 
