@@ -28,7 +28,7 @@ Optimizer = Literal["adam", "signum"]
 # Fields that do not change what a stage computes; a resumed run may change them. The chat
 # template counts by its content (chat_template_sha256), not by where its file lies.
 _DUMP_RUNTIME = {"out", "batch_size", "progress", "cpu_threads", "row_group_mb", "chat_template"}
-_TRAIN_RUNTIME = {"out", "progress", "device", "checkpoint_every", "log_every", "keep_checkpoints", "eval_rows", "reader_workers", "report_to"}
+_TRAIN_RUNTIME = {"out", "progress", "device", "checkpoint_every", "log_every", "keep_checkpoints", "eval_rows", "probe_rows", "reader_workers", "report_to"}
 _SCORE_RUNTIME = {"tables", "device", "batch_rows", "weights_memory_mb", "progress", "clip_batch_size"}
 # per pipeline stage, what its artifact key leaves out (saev_core.store.identity_of)
 STAGE_RUNTIME: dict[str, set[str]] = {"dump": _DUMP_RUNTIME, "train": _TRAIN_RUNTIME, "frontier": _TRAIN_RUNTIME,
@@ -244,6 +244,8 @@ class TrainConfig(BaseModel):
                                 "the batches do not depend on it")
     checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints")
     eval_rows: int = Field(20_000, ge=0, description="held-out rows evaluated (per modality) at each checkpoint; 0 turns it off")
+    probe_rows: int = Field(2048, ge=0, description="held-out rows per modality whose MSE, FVU and L0 every log row reports "
+                            "(image_fvu, text_l0, ...); 0 turns them off")
     report_to: ReportTo = Field(
         "none", description="experiment tracker for the training log (as TRL's report_to); train_log.jsonl is written either way")
     keep_checkpoints: int = Field(2, ge=1)

@@ -113,6 +113,26 @@ def reconstruction_metrics(sae, dump: ActivationDump, split: str = "heldout", ma
     return out
 
 
+def heldout_probe(dump: ActivationDump, rows: int, modalities: tuple[str, ...] = ("image", "text")) -> dict[str, torch.Tensor]:
+    """Up to ``rows`` held-out tokens per modality, read once, for the per-modality figures of each training log row."""
+    split = "heldout" if dump.heldout else "all"
+    probe = {m: [x for x, _ in iter_rows(dump, (m,), split, rows)] for m in modalities}
+    return {m: torch.cat(parts) for m, parts in probe.items() if parts}
+
+
+@torch.no_grad()
+def probe_metrics(sae, probe: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> dict[str, dict]:
+    """MSE, FVU and L0 of the SAE (in inference form) on each modality's probe tokens, as
+    {modality: {mse, fvu, l0}}; the SAE and its statistics are left as they are."""
+    model, out = sae.inference_form(), {}
+    for m, x in probe.items():
+        x, acc = x.to(device).float(), _Acc()
+        f = model.encode(x)
+        acc.add(x, model.decode(f), f)
+        out[m] = {k: acc.summary()[k] for k in ("mse", "fvu", "l0")}
+    return out
+
+
 def ce_loss_recovered(ce_clean: float, ce_sae: float, ce_zero: float) -> float:
     """CE-loss-recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean) (METHOD.md sec. 3)."""
     if ce_zero == ce_clean:

@@ -4,7 +4,8 @@ Output directory::
 
     config.json                     the training config (another config into this dir is refused)
     checkpoints/step-00001000/      full training state: SAE (with buffers), optimizer state, stream position
-    train_log.jsonl                 loss, MSE, FVU, L0, dead fraction, lr, lambda every ``log_every`` steps
+    train_log.jsonl                 loss, MSE, FVU, L0, dead fraction, lr, lambda every ``log_every`` steps,
+                                    and per modality ("image": {mse, fvu, l0}) on ``probe_rows`` held-out tokens
     sae/                            the final SAE in SAELens format (cfg.json, sae_weights, sparsity)
     manifest.json                   config, tokens, throughput, held-out metrics
 
@@ -39,7 +40,7 @@ from saev_core.io import atomic_dir, atomic_path, claim_output_dir, read_json, w
 from saev_core.modeling import resolve_device
 from saev_core.optim import default_lr, make_optimizer
 from saev_core.sae import SAE, SAEConfig, SAEOutput, estimate_input_scale, sparsity_coefficient_at
-from saev_core.sae_eval import reconstruction_metrics
+from saev_core.sae_eval import heldout_probe, probe_metrics, reconstruction_metrics
 
 
 class TrainingDiverged(RuntimeError):
@@ -210,6 +211,7 @@ class _Run:
         # DDP averages the gradients of the processes' batch slices; the latent statistics are synced after each step
         self.model = DistributedDataParallel(sae, broadcast_buffers=False) if world.active else sae
         self.log_file = self.tracker = None
+        self.probe: dict[str, torch.Tensor] = {}  # held-out tokens per modality for each log row (process 0's)
         self._clock = (start, time.perf_counter())  # (step, time) of the last log row: tokens/s between rows
         if world.main:
             log_path = out / "train_log.jsonl"
@@ -259,11 +261,13 @@ class _Run:
         done = step + 1
         if done % cfg.log_every == 0 or done == total:
             (last, t_last), now = self._clock, time.perf_counter()
-            self._clock = (done, now)
-            self.log({"step": done, "tokens": done * cfg.batch_size, "loss": res.loss.item(), "mse": res.mse.item(),
-                      "fvu": res.fvu.item(), "l0": res.l0.item(), "l1": res.l1.item(), "aux": res.aux.item(),
-                      "dead_fraction": sae.dead_mask().float().mean().item(), "lr": lr, "sparsity_coefficient": lam},
-                     timing={"tokens_per_s": (done - last) * cfg.batch_size / max(now - t_last, 1e-9)})
+            row = {"step": done, "tokens": done * cfg.batch_size, "loss": res.loss.item(), "mse": res.mse.item(),
+                   "fvu": res.fvu.item(), "l0": res.l0.item(), "l1": res.l1.item(), "aux": res.aux.item(),
+                   "dead_fraction": sae.dead_mask().float().mean().item(), "lr": lr, "sparsity_coefficient": lam}
+            if self.probe:
+                row.update(probe_metrics(sae, self.probe, x.device))
+            self.log(row, timing={"tokens_per_s": (done - last) * cfg.batch_size / max(now - t_last, 1e-9)})
+            self._clock = (done, time.perf_counter())  # the probe's time is not the step's
         return res
 
     def checkpoint(self, done: int, streams: list[dict]) -> None:
@@ -383,6 +387,10 @@ def train_saes(cfgs: list[TrainConfig], overwrite: bool = False, stop_at_step: i
                 sample = [x.float() for _, x in zip(range(lead.scale_batches), probe)]
             runs[i] = _Run(cfg, out, _new_sae(cfg, dump.d_in, cfg.d_sae or cfg.expansion_factor * dump.d_in, sample, device),
                            None, 0, None, world)
+    if lead.probe_rows and world.main:
+        probe = heldout_probe(dump, lead.probe_rows, modalities)
+        for run in runs.values():
+            run.probe = probe
     failed: dict[int, str] = {}
     batches = iter(stream)
     t0, tokens_this_run, eval_seconds = time.perf_counter(), 0, 0.0

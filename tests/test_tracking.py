@@ -28,7 +28,10 @@ def test_tensorboard_event_files_hold_the_training_log(tmp_path, dump_dir):  # n
         assert [s.value for s in scalars] == pytest.approx([r[name] for r in rows], rel=1e-6)
     # throughput goes to the tracker only: train_log.jsonl stays byte-identical across a resume
     assert [s.step for s in events.Scalars("train/tokens_per_s")] == [r["step"] for r in rows] and "tokens_per_s" not in rows[0]
-    # the held-out evaluation at each checkpoint, per modality
+    # loss, FVU and L0 per modality at every log row (on the held-out probe), and the fuller evaluation at checkpoints
+    for name in ("image/fvu", "text/fvu", "image/l0", "text/l0", "image/mse"):
+        m, k = name.split("/")
+        assert [(s.step, s.value) for s in events.Scalars(f"train/{name}")] == [(r["step"], pytest.approx(r[m][k], rel=1e-6)) for r in rows]
     assert {"train/heldout/image/fvu", "train/heldout/text/l0"} <= set(events.Tags()["scalars"])
 
 

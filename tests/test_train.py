@@ -174,11 +174,16 @@ def test_stream_is_seeded_bounded_and_resumable(dump_dir):
 
 def test_training_lowers_fvu_and_writes_a_saelens_checkpoint(tmp_path, dump_dir):
     # lr below the default rule's 1e-2 for this tiny SAE, at which a few tokens keep fewer than k positive latents
-    m = train_sae(small(dump_dir, tmp_path / "run", total_tokens=256 * 120, lr=2e-3))
+    m = train_sae(small(dump_dir, tmp_path / "run", total_tokens=256 * 120, lr=2e-3, probe_rows=10**6))
     rows = [json.loads(line) for line in (tmp_path / "run/train_log.jsonl").read_text().splitlines()]
     log = [r for r in rows if "loss" in r]
     assert [r["step"] for r in log][:3] == [10, 20, 30] and log[-1]["step"] == 120
     assert log[-1]["fvu"] < 0.5 * log[0]["fvu"]
+    # Every log row has FVU and L0 per modality on the held-out probe; a probe as large as the held-out
+    # split gives, at the last step, the final evaluation's figures.
+    assert log[-1]["image"]["fvu"] < 0.6 * log[0]["image"]["fvu"] and log[-1]["text"]["fvu"] < 0.6 * log[0]["text"]["fvu"]
+    assert all(r[g]["l0"] == pytest.approx(8) for r in log for g in ("image", "text"))
+    assert {g: log[-1][g]["fvu"] for g in ("image", "text")} == pytest.approx({g: m["heldout"][g]["fvu"] for g in ("image", "text")}, rel=1e-6)
     # Held-out FVU/L0 per modality at every checkpoint but the last (the final report has that one).
     held = [r for r in rows if "heldout" in r]
     assert [r["step"] for r in held] == [20, 40, 60, 80, 100]
