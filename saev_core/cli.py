@@ -221,12 +221,13 @@ def eval_scores(
 
 @command(app, "query")
 def query(
-    sql: str = typer.Argument(..., help="One SELECT over the views sample_features, feature_stats, scores, samples."),
-    tables: str = typer.Option(DEFAULT_TABLES, "--tables", help="Tables root written by `saev score`, or its fsspec URL (s3://bucket/saev/tables: mirrored locally first)."),
+    sql: Optional[str] = typer.Argument(None, help="One SELECT over the views sample_features, feature_stats, scores, samples."),
+    tables: str = typer.Option(DEFAULT_TABLES, "--tables", help="Tables root written by `saev score`, or its URL (s3://bucket/saev/tables: read in place through DuckDB's httpfs, else mirrored locally first)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write every row to a .csv or .parquet file (atomically) instead of printing."),
     param: list[str] = typer.Option([], "--param", "-p", help="Bind $name to a value, e.g. --param dataset=rlaif-v (repeatable). Values are text; DuckDB casts them where the type is clear (LIMIT $k, col = $x), else write $k::INTEGER."),
     limit: int = typer.Option(50, "--limit", min=0, help="Rows printed (0: all); the count of the others is reported."),
     format: str = typer.Option("table", "--format", help="Printed format: table, csv or json."),
+    print_views: bool = typer.Option(False, "--print-views", help="Print the views as SQL for plain DuckDB (duckdb -c '.read views.sql') and exit."),
 ):
     """Run read-only SQL over the feature tables with DuckDB.
 
@@ -246,18 +247,28 @@ def query(
 
       saev query "SELECT * FROM feature_stats ORDER BY cross_modal_weight DESC" \\
         --out cross_modal.parquet
+
+      saev query --print-views > views.sql && duckdb -c ".read views.sql" -c "FROM scores LIMIT 5"
     """
     import duckdb
     import pyarrow as pa
 
-    from saev_core.query import QueryRefused, connect, count_note, format_rows, local_tables, read_head, run_query, write_result
+    from saev_core.query import QueryRefused, count_note, format_rows, read_head, run_query, views_sql, write_result
 
     if format not in ("table", "csv", "json"):
         raise typer.BadParameter(f"expected table, csv or json, got {format!r}", param_hint="--format")
+    if print_views:
+        try:
+            typer.echo(views_sql(tables), nl=False)
+        except (FileNotFoundError, ValueError) as e:
+            fail(str(e))
+        return
+    if sql is None:
+        raise typer.BadParameter("give the SQL to run (or --print-views)", param_hint="SQL")
     con = None
     try:
         params = parse_pairs(param, "--param")
-        con = connect(local_tables(tables))
+        con = _tables_connection(tables)
         reader = run_query(con, sql, params)
         if out is not None:
             typer.echo(f"wrote {write_result(reader, out)} rows to {out}")
@@ -273,6 +284,19 @@ def query(
     typer.echo(format_rows(shown, format))
     if format == "table" or n > shown.num_rows:
         typer.echo(count_note(n, shown.num_rows), err=format != "table")
+
+
+def _tables_connection(tables: str):
+    """The sandboxed views over ``tables``: in place (a local root, or s3:// through httpfs), else
+    over a local mirror of the URL, with a note on stderr saying why."""
+    from saev_core.duckdb_s3 import HttpfsUnavailable
+    from saev_core.query import connect, local_tables
+
+    try:
+        return connect(tables)
+    except HttpfsUnavailable as e:
+        typer.echo(f"note: {e}; mirroring {tables} locally", err=True)
+        return connect(local_tables(tables))
 
 
 @command(app, "align")

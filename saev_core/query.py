@@ -59,24 +59,32 @@ def table_names() -> list[str]:
     return list(TABLES)
 
 
-def _sql_str(s: str) -> str:
+def sql_str(s: str) -> str:
+    """A SQL string literal (for what DuckDB cannot take as a parameter: paths in view bodies, secrets)."""
     return "'" + s.replace("'", "''") + "'"
 
 
-def _view_sql(root: Path, table: str) -> str:
+# DuckDB 2.0 reads an empty glob as no rows (allow_empty); before it, a table with no files when the
+# views are made gets the typed empty view, and shows rows from the next connection on.
+_ALLOW_EMPTY = int(duckdb.__version__.split(".")[0]) >= 2
+
+
+def _view_sql(root: str, table: str, has_files: bool = True) -> str:
     """Typed empty rows UNION ALL BY NAME the files: the columns are right even with no files
     (``allow_empty`` alone yields a lone ``empty`` column, dropped here).
 
     Only committed partitions show: those whose scoring manifest exists (``saev score`` writes it
     last, and removes it first when it replaces a partition), so a run that failed or is still
-    writing leaves nothing a query reads."""
+    writing leaves nothing a query reads. ``root`` is an absolute path or an s3:// URL."""
     keys = PARTITIONS[table]
     typed = [f"NULL::{_DUCKDB_TYPES[f.type]} AS {f.name}" for f in TABLES[table]] + [f"NULL::VARCHAR AS {k}" for k in keys]
+    if not has_files:
+        return f"CREATE OR REPLACE VIEW {table} AS SELECT {', '.join(typed)} WHERE false"
     # One glob level per partition key (not **): hidden temporary directories such as
     # '.dataset=x.tmp-123' from an atomic write in progress are not matched.
-    glob = "/".join([str(root / table), *(f"{k}=*" for k in keys), "*.parquet"])
-    hive_types = "{" + ", ".join(f"{_sql_str(k)}: 'VARCHAR'" for k in keys) + "}"
-    manifests = _sql_str(str(root / "manifests" / "dataset=*" / "sae_id=*.json"))
+    glob = "/".join([root, table, *(f"{k}=*" for k in keys), "*.parquet"])
+    hive_types = "{" + ", ".join(f"{sql_str(k)}: 'VARCHAR'" for k in keys) + "}"
+    manifests = sql_str(f"{root}/manifests/dataset=*/sae_id=*.json")
     # A manifest's name ends in dataset=<d>/sae_id=<s>.json; anchored at the end, the root's own path never matches.
     if "sae_id" in keys:
         mine, pattern = "'dataset=' || dataset || '/sae_id=' || sae_id", r"'(dataset=[^/]+/sae_id=[^/]+)\.json$'"
@@ -84,10 +92,38 @@ def _view_sql(root: Path, table: str) -> str:
         mine, pattern = "'dataset=' || dataset", r"'(dataset=[^/]+)/sae_id=[^/]+\.json$'"
     theirs = f"regexp_extract(file, {pattern}, 1)"
     committed = f"{mine} IN (SELECT {theirs} FROM glob({manifests}))"
-    return (f"CREATE VIEW {table} AS SELECT COLUMNS(lambda c: c <> 'empty') FROM ("
+    return (f"CREATE OR REPLACE VIEW {table} AS SELECT COLUMNS(lambda c: c <> 'empty') FROM ("
             f"SELECT {', '.join(typed)} WHERE false UNION ALL BY NAME "
-            f"SELECT * FROM read_parquet({_sql_str(glob)}, hive_partitioning = true, union_by_name = true, "
-            f"hive_types = {hive_types}, allow_empty = true)) WHERE {committed}")
+            f"SELECT * FROM read_parquet({sql_str(glob)}, hive_partitioning = true, union_by_name = true, "
+            f"hive_types = {hive_types}{', allow_empty = true' if _ALLOW_EMPTY else ''})) WHERE {committed}")
+
+
+def _root_text(root: str | Path) -> str:
+    """The root as the views name it: an s3:// URL as given, a local directory resolved and checked."""
+    from saev_core.remote import is_url
+
+    if is_url(root):
+        text = str(root).rstrip("/")
+    else:
+        path = Path(root).expanduser().resolve()
+        if not path.is_dir():
+            raise FileNotFoundError(f"tables root {path} does not exist; run `saev score` first to write the feature tables")
+        text = str(path)
+    if re.search(r"[*?\[\]{}]", text):
+        raise ValueError(f"tables root {text} contains glob characters (*?[]{{}}); move it to a plain path")
+    return text
+
+
+def views_sql(root: str | Path, con: duckdb.DuckDBPyConnection | None = None) -> str:
+    """The views of the tables under ``root`` as SQL that plain DuckDB runs (``duckdb -c '.read
+    views.sql'``, ``con.execute(text)``), with the same committed-partitions rule as saev's.
+    ``con`` (which can read the root) lets DuckDB before 2.0 see which tables have files yet."""
+    text = _root_text(root)
+    files = {t: _ALLOW_EMPTY or con is None or bool(con.execute(
+        f"SELECT count(*) FROM glob({sql_str('/'.join([text, t, '**', '*.parquet']))})").fetchone()[0]) for t in TABLES}
+    head = ("-- s3:// is read through httpfs: first LOAD httpfs and make an S3 secret, e.g.\n"
+            "-- CREATE SECRET (TYPE s3, PROVIDER credential_chain);\n") if "://" in text else ""
+    return head + "".join(_view_sql(text, t, files[t]) + ";\n" for t in TABLES)
 
 
 def connect(root: str | Path, memory_limit: str | None = None, threads: int | None = None, *,
@@ -97,7 +133,8 @@ def connect(root: str | Path, memory_limit: str | None = None, threads: int | No
     With ``sandbox`` (default) the connection is read-only the way ``saev query`` is: one
     SELECT-like statement at a time over the views, nothing written, no settings changed, no file
     read outside the root. ``sandbox=False`` gives a plain DuckDB connection that may also read
-    and write other files (``run_query`` on it still refuses writes)."""
+    and write other files (``run_query`` on it still refuses writes). An ``s3://`` root is read in
+    place through httpfs (``saev_core.duckdb_s3``), or HttpfsUnavailable says why not."""
     con = open_views(root, memory_limit, threads, sandbox=sandbox)
     return ReadOnlyConnection(con) if sandbox else con
 
@@ -106,11 +143,10 @@ def open_views(root: str | Path, memory_limit: str | None = None, threads: int |
                sandbox: bool = True) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with one view per feature table under ``root`` (saev's
     stages run their own, fixed SQL on it). ``sandbox`` locks file access to the root."""
-    root = Path(root).expanduser().resolve()
-    if not root.is_dir():
-        raise FileNotFoundError(f"tables root {root} does not exist; run `saev score` first to write the feature tables")
-    if re.search(r"[*?\[\]{}]", str(root)):
-        raise ValueError(f"tables root {root} contains glob characters (*?[]{{}}); move it to a plain path")
+    from saev_core.duckdb_s3 import open_s3
+    from saev_core.remote import is_url
+
+    text = _root_text(root)
     # DuckDB removes a spill directory it created when the connection closes.
     spill = Path(tempfile.gettempdir()) / f"saev-duckdb-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     config: dict[str, Any] = {"temp_directory": str(spill)}
@@ -119,11 +155,16 @@ def open_views(root: str | Path, memory_limit: str | None = None, threads: int |
     if threads is not None:
         config["threads"] = threads
     con = duckdb.connect(config=config)
-    con.execute("SET enable_progress_bar = false")
-    for table in TABLES:
-        con.execute(_view_sql(root, table))
+    try:
+        con.execute("SET enable_progress_bar = false")
+        if is_url(text):
+            open_s3(con, text)
+        con.execute(views_sql(text, con))
+    except BaseException:
+        con.close()
+        raise
     if sandbox:
-        con.execute("SET allowed_directories = $dirs", {"dirs": [f"{root}/"]})
+        con.execute("SET allowed_directories = $dirs", {"dirs": [f"{text}/"]})
         con.execute("SET enable_external_access = false")
         con.execute("SET autoinstall_known_extensions = false")
         con.execute("SET autoload_known_extensions = false")

@@ -61,6 +61,41 @@ def root(tmp_path):
     return root
 
 
+def test_printed_views_run_in_plain_duckdb(root):
+    """`saev query --print-views` is SQL that a plain DuckDB connection (or the duckdb CLI's .read)
+    runs, with saev's rule: a partition shows once its scoring manifest exists."""
+    import duckdb
+
+    printed = CliRunner().invoke(app, ["query", "--tables", str(root), "--print-views"])
+    assert printed.exit_code == 0, printed.output
+    plain = duckdb.connect()
+    plain.execute(printed.stdout)
+    saev = connect(root)
+    sql = "SELECT * FROM {} ORDER BY ALL"
+    for table in table_names():
+        rows = plain.sql(sql.format(table)).fetchall()
+        assert rows and rows == [tuple(r.values()) for r in q(saev, sql.format(table))]
+    write(root, "scores", scores_rows("late-", [1.0]), "late")  # written, not committed: hidden from both
+    assert plain.execute("SELECT count(*) FROM scores WHERE dataset = 'late'").fetchall() == [(0,)]
+    commit(root, "late")
+    assert plain.execute("SELECT count(*) FROM scores WHERE dataset = 'late'").fetchall() == [(1,)]
+    assert q(saev, "SELECT count(*) AS n FROM scores WHERE dataset = 'late'") == [{"n": 1}]
+
+
+def test_a_url_duckdb_cannot_read_is_mirrored_with_a_note(root, tmp_path, monkeypatch):
+    """Where DuckDB cannot read the URL in place (here memory://, which only fsspec knows), `saev query`
+    mirrors the tables locally and says why on stderr."""
+    import fsspec
+
+    monkeypatch.setenv("SAEV_CACHE", str(tmp_path / "cache"))
+    fsspec.filesystem("memory").put(str(root) + "/", "memory://saev-q/tables", recursive=True)
+    out = CliRunner().invoke(app, ["query", "--tables", "memory://saev-q/tables", "--format", "csv",
+                                   "SELECT count(*) AS n FROM scores"])
+    assert out.exit_code == 0 and out.stdout.split() == ["n", "6"], out.output
+    assert "memory:// is not one; mirroring memory://saev-q/tables locally" in out.stderr
+    assert list((tmp_path / "cache").glob("artifacts/*/scores/dataset=alpha/sae_id=sae0/*.parquet"))
+
+
 def q(con, sql, params=None):
     return run_query(con, sql, params).read_all().to_pylist()
 

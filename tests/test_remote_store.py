@@ -134,7 +134,47 @@ def test_pipeline_on_s3_resumes_from_the_bucket_on_an_empty_cache(bucket, world_
     shutil.rmtree(cache)
     out = CliRunner().invoke(app, ["query", "--tables", f"{url}/tables", "--format", "csv",
                                    "SELECT count(DISTINCT sample_id) AS n FROM scores WHERE dataset = 'demo-rlaif'"])
-    assert out.exit_code == 0 and out.output.split() == ["n", "30"], out.output
+    assert out.exit_code == 0 and out.stdout.split() == ["n", "30"], out.output
+
+
+def test_query_reads_s3_tables_in_place_through_httpfs(bucket, tmp_path):
+    """`saev query --tables s3://...` with DuckDB's httpfs: the bucket is read where it is (no local
+    mirror), with the credentials and endpoint of the environment, under the same sandbox and
+    committed-partitions rule. Runs on the DuckDB that PyPI's httpfs build matches (1.5.5), which
+    ``make test`` installs in SAEV_DUCKDB_HTTPFS_PATH; these machines cannot download extensions."""
+    import os
+    import subprocess
+    import sys
+
+    import s3fs
+
+    from tests.conftest import skip_or_fail
+    from tests.test_query import add_dataset, write
+
+    site = os.environ.get("SAEV_DUCKDB_HTTPFS_PATH")
+    if not site or not os.path.isdir(site):
+        skip_or_fail("set SAEV_DUCKDB_HTTPFS_PATH to a directory holding duckdb and duckdb-extension-httpfs (make test does)")
+    local = tmp_path / "tables"
+    add_dataset(local, "alpha")
+    add_dataset(local, "2024", "7")
+    write(local, "scores", [{"sample_id": "x", "scorer": "saev", "score": 1.0, "rank": 1, "percentile": 1.0}], "uncommitted")
+    url = f"{bucket}/in-place/tables"
+    s3fs.S3FileSystem().put(str(local) + "/", url, recursive=True)
+    cache = tmp_path / "cache"
+
+    def query(*args):
+        env = {**os.environ, "PYTHONPATH": site, "SAEV_CACHE": str(cache)}
+        return subprocess.run([sys.executable, "-m", "saev_core", "query", "--tables", url, *args], env=env,
+                              capture_output=True, text=True, timeout=600)
+
+    done = query("--format", "json", "SELECT dataset, count(*) AS n, max(score) AS top FROM scores GROUP BY ALL ORDER BY dataset")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [{"dataset": "2024", "n": 3, "top": 2.5}, {"dataset": "alpha", "n": 3, "top": 2.5}]
+    assert "mirroring" not in done.stderr and not cache.exists()  # read in place: nothing was copied here
+    joined = query("--format", "csv", "SELECT count(*) AS n FROM sample_features JOIN samples USING (dataset, sample_id)")
+    assert joined.returncode == 0 and joined.stdout.split() == ["n", "6"], joined.stderr
+    refused = query("SELECT * FROM read_parquet('s3://saev-test/in-place/tables/scores/*/*/*.parquet')")
+    assert refused.returncode == 2 and "read_parquet() is not allowed" in refused.stderr
 
 
 def test_a_shard_done_on_one_machine_is_not_redone_on_another(bucket, world_dir, tmp_path):
