@@ -163,6 +163,27 @@ def export_sae(
     _echo_json(export_saes(runs, out, repo_id=repo_id, release=release))
 
 
+@command(app, "export-dataset")
+def export_dataset(
+    folder: Path = typer.Argument(..., help="A `saev filter` output folder (filter/<key>/data in the artifact store)."),
+    repo_id: Optional[str] = typer.Option(None, help="Hub dataset repo it is for, e.g. my-org/rlaif-v-saev-50 (named in the card)."),
+):
+    """Make a filter folder Hub-ready: (re)write its dataset card (configs `sft` and `dpo`) and print the push call.
+
+    Push it with huggingface_hub.upload_folder(folder_path=FOLDER, repo_id=..., repo_type="dataset");
+    datasets.load_dataset(FOLDER or the repo, "sft") reads it back.
+    """
+    from saev_core.dataset_card import configs_of, write_card
+
+    if not (folder / "manifest.json").exists():
+        fail(f"{folder} is not a `saev filter` output folder (no manifest.json); pass the folder `saev filter --out` wrote")
+    card = write_card(folder, repo_id)
+    repo = repo_id or "<user>/<dataset>"
+    _echo_json({"folder": str(folder), "card": str(card), "configs": configs_of(folder),
+                "upload": f"huggingface_hub.upload_folder(folder_path='{folder}', repo_id='{repo}', repo_type='dataset')",
+                "load": f"datasets.load_dataset('{repo}', '{configs_of(folder)[0]}', split='train')"})
+
+
 @command(app, "score")
 @config_options(ScoreConfig, names={"scorers": "scorer"}, help=FILLED_IN["score"])
 def score(

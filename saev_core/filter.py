@@ -2,14 +2,16 @@
 
 Output directory::
 
+    README.md            the dataset card: ``configs:`` sft and dpo, features, scorer, fraction, SAE
     manifest.json        source datasets, scorer, sae_id, k or fraction, counts
     selected.parquet     dataset, sample_id, score, rank of every kept sample
     sft/train.parquet    images, prompt, completion             (SFTTrainer, vision format)
     dpo/train.parquet    images, prompt, chosen, rejected       (DPOTrainer; preference data only)
 
 Rows are rebuilt from the source dataset (named in each scoring manifest), images included, as
-``datasets`` Parquet with an ``Image`` feature: ``load_dataset("parquet", data_files=...)`` gives
-PIL images back. Selection is one SQL query whose user values are bound parameters.
+``datasets`` Parquet with an ``Image`` feature. The folder is a dataset repository
+(``saev_core.dataset_card``): ``load_dataset(<folder>, "sft")`` gives PIL images back, and
+``upload_folder(..., repo_type="dataset")`` pushes it as it is. Selection is one SQL query whose user values are bound parameters.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pyarrow.parquet as pq
 from saev_core import __version__
 from saev_core.configs import FilterConfig
 from saev_core.data import DatasetSpec, Sample, samples_at
+from saev_core.dataset_card import CARD, dataset_card
 from saev_core.io import atomic_dir, read_json, write_json
 from saev_core.prompts import conversation
 from saev_core.query import open_views, row_indices, the_sae
@@ -128,6 +131,7 @@ def run_filter(cfg: FilterConfig, ranking: Callable[[pd.DataFrame], pd.Series] |
                 datasets.Dataset.from_list(rows).cast_column("images", datasets.Sequence(datasets.Image())) \
                     .to_parquet(str(tmp / split / "train.parquet"))
         write_json(tmp / "manifest.json", manifest)
+        (tmp / CARD).write_text(dataset_card(tmp, title=out.name))
     return manifest
 
 

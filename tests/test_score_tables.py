@@ -186,6 +186,38 @@ def test_filter_artifact_trains_real_trl_sft_and_dpo(scored, tmp_path, world_dir
         assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_filter_folder_is_a_hub_dataset_repository(scored, tmp_path):
+    """The card's configs make `load_dataset(<folder>, "sft" | "dpo")` load the right rows with images,
+    and name the scorer, the fraction and the SAE; `saev export-dataset` prints the push call."""
+    import datasets
+    import yaml
+
+    base, cfg, manifest = scored
+    folder = tmp_path / "saev-50"
+    m = run_filter(FilterConfig(tables=cfg.tables, out=str(folder), scorer="saev", top_fraction=0.5))
+    card = yaml.safe_load((folder / "README.md").read_text().split("---\n")[1])
+    assert {c["config_name"]: c.get("default", False) for c in card["configs"]} == {"sft": True, "dpo": False}
+    assert card["saev"]["scorer"] == "saev" and card["saev"]["top_fraction"] == 0.5 and card["saev"]["sae_id"] == m["sae_id"]
+    info = {i["config_name"]: i for i in card["dataset_info"]}
+    assert info["dpo"]["splits"][0]["num_examples"] == m["splits"]["dpo"] == 60
+    assert [f["name"] for f in info["sft"]["features"]] == ["images", "prompt", "completion"]
+    for split, columns in (("sft", ["images", "prompt", "completion"]), ("dpo", ["images", "prompt", "chosen", "rejected"])):
+        hub = datasets.load_dataset(str(folder), split, split="train")
+        ours = load_filtered(folder, split)
+        assert hub.column_names == columns and len(hub) == 60
+        assert hub[0]["prompt"] == ours[0]["prompt"] and hub[59][columns[-1]] == ours[59][columns[-1]]
+        assert hub[0]["images"][0].size == (32, 32) and list(hub[0]["images"][0].getdata()) == list(ours[0]["images"][0].getdata())
+
+    out = CliRunner().invoke(app, ["export-dataset", str(folder), "--repo-id", "me/saev-50"])
+    assert out.exit_code == 0, out.output
+    said = json.loads(out.stdout)
+    assert said["configs"] == ["sft", "dpo"]
+    assert said["upload"] == f"huggingface_hub.upload_folder(folder_path='{folder}', repo_id='me/saev-50', repo_type='dataset')"
+    assert 'load_dataset("me/saev-50", "dpo", split="train")' in (folder / "README.md").read_text()
+    bad = CliRunner().invoke(app, ["export-dataset", str(tmp_path)])
+    assert bad.exit_code != 0 and "not a `saev filter` output folder" in bad.output
+
+
 def test_filter_top_k_per_dataset_and_errors(scored, tmp_path):
     base, cfg, manifest = scored
     run_scoring(cfg.model_copy(update={"dataset_name": "demo-copy"}))  # a second dataset appears in the same views
