@@ -10,6 +10,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from saev_core.experiment import ExperimentConfig, claim_out
+from flows.stages import check_deployment_paths
 from saev_core.locate import experiment_inputs
 from tasks.align import experiment_base_task, experiment_report_task, experiment_run_task
 
@@ -19,6 +20,7 @@ def saev_experiment(config: dict | None = None, overwrite: bool = False) -> dict
     """``config``: ExperimentConfig fields (defaults: the demo world, five scorers, 10/25/50/75/100%);
     ``overwrite`` replaces runs in ``out`` made from another model, scores or training config."""
     cfg = experiment_inputs(ExperimentConfig.model_validate({"progress": False, **(config or {})}))
+    check_deployment_paths(tables=cfg.tables, out=cfg.out)
     claim_out(cfg, overwrite)
     data = cfg.model_dump()
     base = experiment_base_task(data)

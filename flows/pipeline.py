@@ -15,7 +15,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, unmapped
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from flows.stages import AlignOverrides, DumpOverrides, ScoreOverrides, TrainOverrides, dump_config
+from flows.stages import AlignOverrides, DumpOverrides, ScoreOverrides, TrainOverrides, check_deployment_paths, dump_config
 from saev_core.align import AlignConfig
 from saev_core.configs import DEFAULT_SCORER
 from saev_core.data import DatasetSpec
@@ -110,6 +110,7 @@ def score_stage(store: ArtifactStore, config: dict, upstream: list[str], n_shard
 def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B008 (Prefect parameter default)
     logger = get_run_logger()
     cfg = config
+    check_deployment_paths(artifacts=cfg.artifacts)
     store = ArtifactStore.at(cfg.artifacts)
     upstream: list[str] = []
     world = world_dir = labels = heldout = None

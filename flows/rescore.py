@@ -16,7 +16,7 @@ import yaml
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.stages import DumpOverrides, ScoreOverrides, dump_config, dump_settings
+from flows.stages import DumpOverrides, ScoreOverrides, check_deployment_paths, dump_config, dump_settings
 from saev_core.checkpoint import resolve_sae_dir, sae_id_of
 from saev_core.data import DatasetSpec
 from saev_core.overrides import set_fields
@@ -71,6 +71,7 @@ def current_sae(store: ArtifactStore, cfg: RescoreConfig) -> tuple[str, str, int
 @flow(name="nightly-rescore")
 def nightly_rescore(config: RescoreConfig = RescoreConfig()) -> dict:  # noqa: B008 (Prefect parameter default)
     logger = get_run_logger()
+    check_deployment_paths(artifacts=config.artifacts, registry=config.registry)
     store = ArtifactStore.at(config.artifacts)
     store.pull_tables()
     sae_dir, model, layer, upstream, settings = current_sae(store, config)

@@ -4,6 +4,10 @@ the same dump (the same stage key, one cached artifact)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from prefect.runtime import deployment
+
 from saev_core.align import AlignConfig
 from saev_core.data import DatasetSpec
 from saev_core.dump import DumpConfig
@@ -31,3 +35,18 @@ def dump_config(model: str, spec: DatasetSpec, layer: int, settings: dict) -> di
 def dump_settings(dump_config: dict) -> dict:
     """The settings of an existing dump config (for dumping another dataset the same way)."""
     return {k: v for k, v in dump_config.items() if k not in DUMP_TARGET}
+
+
+def check_deployment_paths(**paths: str) -> None:
+    """In a deployment run, each of ``paths`` (config field -> value) must be an absolute path or
+    a URL: the run's working directory is the pull step's clone in a temporary directory, and
+    anything written under a relative path would be gone when the run ends."""
+    if deployment.id is None:
+        return
+    for field, value in paths.items():
+        if not value:
+            raise ValueError(f"config.{field} is empty: set the Prefect variable prefect.yaml reads it from (docs/pipeline.md) "
+                             f"and run `prefect deploy --all` again, or pass config.{field} with --params")
+        if "://" not in value and not Path(value).expanduser().is_absolute():
+            raise ValueError(f"config.{field} is the relative path {value!r}: a deployment run works in a temporary clone, so "
+                             f"give an absolute path or a URL (s3://bucket/saev) every worker reaches")

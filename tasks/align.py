@@ -8,17 +8,17 @@ from saev_core.align import AlignConfig, run_alignment
 from saev_core.data import DatasetSpec
 from saev_core.experiment import ExperimentConfig, evaluate_base, finish, run_one
 from saev_core.model_eval import evaluate_model
-from tasks.common import run_stage
+from tasks.common import gpu_task, run_stage
 
 
-@task(name="align", tags=["gpu"], retries=1, retry_delay_seconds=5)
+@gpu_task("align", retries=1, retry_delay_seconds=5)
 def align_task(root: str, config: dict, upstream: list[str]) -> dict:
     return run_stage(
         root, "align", config, upstream, lambda out: run_alignment(AlignConfig.model_validate({**config, "out": str(out / "aligned")})),
         summary=lambda m: {"method": m["method"], "rows": m["n_train_rows"], "steps": m["steps"], "last_loss": m["last_loss"]})
 
 
-@task(name="evaluate-model", tags=["gpu"])
+@gpu_task("evaluate-model")
 def evaluate_model_task(root: str, config: dict, upstream: list[str]) -> dict:
     """Held-out metrics of one model (config: model, heldout, n_samples, reference, chat_template)."""
     def run(out):
@@ -31,12 +31,12 @@ def evaluate_model_task(root: str, config: dict, upstream: list[str]) -> dict:
                      summary=lambda r: {k: r[k] for k in ("answer_accuracy", "nll", "preference_accuracy") if k in r})
 
 
-@task(name="experiment-base", tags=["gpu"])
+@gpu_task("experiment-base")
 def experiment_base_task(config: dict) -> dict:
     return evaluate_base(ExperimentConfig.model_validate(config))
 
 
-@task(name="experiment-run", tags=["gpu"], retries=1, retry_delay_seconds=5)
+@gpu_task("experiment-run", retries=1, retry_delay_seconds=5)
 def experiment_run_task(config: dict, run: dict) -> dict:
     """One grid point (filter -> align -> evaluate); finished points are read back, not redone."""
     return run_one(ExperimentConfig.model_validate(config), run)

@@ -3,17 +3,48 @@ artifact, Prefect caching on the store's key, and retrying out-of-memory batches
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import socket
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
-from prefect import Task
+from prefect import Task, get_client, task
+from prefect.concurrency.sync import concurrency
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.tasks import MaterializingTask
 
 from saev_core.remote import is_url
 from saev_core.store import ArtifactStore, stage_key
+
+
+GPU_LIMIT = "saev-gpu"
+
+
+def gpu_limits() -> list[str]:
+    """The global concurrency limits a GPU stage holds a slot of while it runs: the cluster's
+    (``saev-gpu``: GPU stages at once over every machine) and this machine's
+    (``saev-gpu-<hostname>``: its GPUs). Only the ones created on the server hold anything."""
+    wanted = [GPU_LIMIT, f"{GPU_LIMIT}-{socket.gethostname()}"]
+    with get_client(sync_client=True) as client:
+        have = {limit.name for limit in client.read_global_concurrency_limits(limit=200)}
+    return [n for n in wanted if n in have]
+
+
+def gpu_task(name: str, **options) -> Callable[[Callable], Task]:
+    """A stage task that runs on a GPU: tagged ``gpu`` and holding a slot of ``gpu_limits()``."""
+    def wrap(fn: Callable) -> Task:
+        @functools.wraps(fn)
+        def on_gpu(*args, **kwargs):
+            names = gpu_limits()
+            with concurrency(names, occupy=1) if names else nullcontext():
+                return fn(*args, **kwargs)
+
+        on_gpu.gpu_slot = True
+        return task(name=name, tags=["gpu"], **options)(on_gpu)
+    return wrap
 
 
 def asset_key(store: ArtifactStore, stage: str, key: str) -> str:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from prefect import task
 
 from saev_core.dump import DumpConfig, run_dump
 from saev_core.store import ArtifactStore, stage_key
-from tasks.common import run_stage, with_smaller_batches
+from tasks.common import gpu_task, run_stage, with_smaller_batches
 
 
-@task(name="dump-activations", tags=["gpu"], retries=1, retry_delay_seconds=5)
+@gpu_task("dump-activations", retries=1, retry_delay_seconds=5)
 def dump_activations(root: str, config: dict, upstream: list[str]) -> dict:
     """Run (or resume) a dump; complete shards are kept, so a retry only redoes the rest."""
     def dump(out):
@@ -19,7 +18,7 @@ def dump_activations(root: str, config: dict, upstream: list[str]) -> dict:
                      summary=lambda m: {"samples": m["n_samples"], "rejected": m["n_rejected"], **m["rows"]})
 
 
-@task(name="dump-shard", tags=["gpu"], retries=1, retry_delay_seconds=5)
+@gpu_task("dump-shard", retries=1, retry_delay_seconds=5)
 def dump_shard_task(root: str, config: dict, upstream: list[str], shard: int) -> dict:
     """One shard of a dump, into the stage's store directory; mapped over shards so a Dask or Ray
     task runner spreads them over machines. ``dump_activations`` then writes the manifest."""

@@ -16,7 +16,7 @@ from saev_core.query import open_views
 from saev_core.score_dataset import ScoreConfig, run_scoring
 from saev_core.store import ArtifactStore
 from saev_core.tables import manifest_path
-from tasks.common import run_stage, with_smaller_batches
+from tasks.common import gpu_task, run_stage, with_smaller_batches
 
 
 def partition_is_current(root: str):
@@ -43,7 +43,7 @@ def partition_taken(root: str, config: dict) -> bool:
     return path.exists()
 
 
-@task(name="score-dataset", tags=["gpu"], retries=1, retry_delay_seconds=5)
+@gpu_task("score-dataset", retries=1, retry_delay_seconds=5)
 def score_dataset_task(root: str, config: dict, upstream: list[str]) -> dict:
     """Score into the store's shared tables; finished shards are kept, a finished partition returned as is."""
     store = ArtifactStore.at(root)
@@ -59,7 +59,7 @@ def score_dataset_task(root: str, config: dict, upstream: list[str]) -> dict:
                                         "cross_modal_latents": m["n_cross_modal"]})
 
 
-@task(name="score-shard", tags=["gpu"], retries=1, retry_delay_seconds=5)
+@gpu_task("score-shard", retries=1, retry_delay_seconds=5)
 def score_shard_task(root: str, config: dict, shard: int) -> dict:
     """Encode one dump shard into its sample_features part (mapped over shards on a cluster);
     ``score_dataset_task`` then reuses every finished shard and computes weights and scores."""

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from prefect import task
 
 from saev_core.sae_eval import evaluate_run
 from saev_core.train import TrainConfig, headline, train_sae, train_saes
-from tasks.common import run_stage, run_stages
+from tasks.common import gpu_task, run_stage, run_stages
 
 
-@task(name="train-sae", tags=["gpu"], retries=1, retry_delay_seconds=5)
+@gpu_task("train-sae", retries=1, retry_delay_seconds=5)
 def train_sae_task(root: str, config: dict, upstream: list[str], stage: str = "train") -> dict:
     """Train (or resume from the last checkpoint: a retry continues where the crash left off).
     ``stage`` "frontier" keeps the report's extra sweep SAEs apart from the pipeline's SAE."""
@@ -17,14 +16,14 @@ def train_sae_task(root: str, config: dict, upstream: list[str], stage: str = "t
                      summary=headline)
 
 
-@task(name="train-saes", tags=["gpu"], retries=1, retry_delay_seconds=5)
+@gpu_task("train-saes", retries=1, retry_delay_seconds=5)
 def train_saes_task(root: str, configs: list[dict], upstream: list[str], stage: str = "frontier") -> list[dict]:
     """Several SAEs from one pass over the dump (the report's frontier), each its own artifact."""
     return run_stages(root, stage, configs, upstream,
                       lambda todo: train_saes([TrainConfig.model_validate({**c, "out": str(out)}) for c, out in todo]), summary=headline)
 
 
-@task(name="eval-sae", tags=["gpu"])
+@gpu_task("eval-sae")
 def eval_sae_task(root: str, config: dict, upstream: list[str]) -> dict:
     def run(out):
         report = evaluate_run(config["run"], n_samples=config["n_samples"], out=str(out))

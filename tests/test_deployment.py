@@ -128,16 +128,24 @@ SOAK_DATASETS, SOAK_ROWS, SOAK_RUNS, SOAK_LIMIT_S = 20, 6, 3, 1800
 @pytest.fixture(scope="module")
 def deployed(server, world_dir, tmp_path_factory):
     """prefect.yaml deployed to the server, a process worker taking up to SOAK_RUNS runs at once,
-    and one full-pipeline run through it (the SAE the soak scores with)."""
+    and one full-pipeline run through it (the SAE the soak scores with).
+
+    The worker starts outside the checkout, as on another machine: prefect.yaml's pull step clones
+    the repository the `saev_repository` variable names (here this checkout, so its committed HEAD)
+    and runs the flows from the clone. The site's paths are Prefect variables that prefect.yaml reads."""
     env = server["env"]
+    root = tmp_path_factory.mktemp("deployed") / "artifacts"
     prefect(env, "work-pool", "create", "saev-process", "--type", "process")
+    for name, value in {"repository": REPO, "artifacts": root, "registry": root.parent / "registry",
+                        "experiments": root.parent / "experiments"}.items():
+        prefect(env, "variable", "set", f"saev_{name}", str(value))
     prefect(env, "--no-prompt", "deploy", "--all")
+    elsewhere = tmp_path_factory.mktemp("worker")
     # INFO, so that the flow runs' summary lines (which the soak reads) reach the server
     worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "saev-process", "--limit", str(SOAK_RUNS)],
-                              env={**env, "PREFECT_LOGGING_LEVEL": "INFO"}, cwd=REPO,
+                              env={**env, "PREFECT_LOGGING_LEVEL": "INFO"}, cwd=elsewhere,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        root = tmp_path_factory.mktemp("deployed") / "artifacts"
         config = {
             "artifacts": str(root), "model": str(world_dir / "model"),
             "dataset": {"path": str(world_dir / "datasets/demo-rlaif/train.parquet")}, "limit": 20,
@@ -160,6 +168,13 @@ def test_full_pipeline_deployment_runs_on_a_process_worker(deployed):
     full = json.loads(prefect(env, "deployment", "inspect", "saev/full-pipeline", "--output", "json").stdout)
     nightly = json.loads(prefect(env, "deployment", "inspect", "nightly-rescore/nightly-rescore", "--output", "json").stdout)
     assert full["work_pool_name"] == nightly["work_pool_name"] == "saev-process"
+    # the run came from the pull step's clone: the worker started outside the checkout, and the
+    # installed package holds no flows or tasks (test_layout), so nothing else could import them
+    assert [next(iter(step)) for step in full["pull_steps"]] == ["prefect.deployments.steps.git_clone",
+                                                                 "prefect.deployments.steps.set_working_directory"]
+    assert full["pull_steps"][0]["prefect.deployments.steps.git_clone"]["repository"] == "{{ prefect.variables.saev_repository }}"
+    assert full["parameters"]["config"] == {"artifacts": str(root)}
+    assert nightly["parameters"]["config"] == {"artifacts": str(root), "registry": str(root.parent / "registry")}
     assert [(s["schedule"]["cron"], s["schedule"]["timezone"]) for s in nightly["schedules"]] == [("0 2 * * *", "UTC")]
     # overlapping nightly runs wait for each other, on every machine the server serves
     limit = {k: v for k, v in nightly.items() if "concurrency" in k}
@@ -170,6 +185,11 @@ def test_full_pipeline_deployment_runs_on_a_process_worker(deployed):
     # the stages published Prefect artifacts with their metrics
     arts = prefect(env, "artifact", "ls").stdout
     assert "saev-score" in arts and "saev-dump" in arts
+    # a relative store would land in the run's temporary clone: refused by name before any work
+    bad = subprocess.run([PREFECT, "deployment", "run", "saev/full-pipeline", "--params", json.dumps({"config": {"artifacts": "data/artifacts"}}),
+                          "--watch", "--watch-timeout", "1800"], env=env, cwd=REPO, capture_output=True, text=True, timeout=2400)
+    [failed] = api(deployed, "flow_runs/filter", {"flow_runs": {"id": {"any_": [re.search(r"UUID: (\S+)", bad.stdout).group(1)]}}})
+    assert failed["state_type"] == "FAILED" and "config.artifacts is the relative path 'data/artifacts'" in failed["state"]["message"], failed
 
 
 def api(server: dict, path: str, body: dict) -> list[dict]:

@@ -82,6 +82,21 @@ def test_printed_views_run_in_plain_duckdb(root):
     assert q(saev, "SELECT count(*) AS n FROM scores WHERE dataset = 'late'") == [{"n": 1}]
 
 
+def test_s3_secret_from_the_environment():
+    """The variables boto3 reads become DuckDB's S3 secret; a custom endpoint means path-style
+    addressing, with TLS as its scheme says; no key means no config secret."""
+    from saev_core.duckdb_s3 import s3_secret_sql
+
+    assert s3_secret_sql({"AWS_REGION": "eu-west-1"}) is None
+    sql = s3_secret_sql({"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "s'x", "AWS_DEFAULT_REGION": "us-east-1",
+                         "AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_SESSION_TOKEN": "tok"})
+    assert sql == ("CREATE OR REPLACE SECRET saev_s3 (TYPE s3, PROVIDER config, KEY_ID 'AK', SECRET 's''x', SESSION_TOKEN 'tok', "
+                   "REGION 'us-east-1', ENDPOINT '127.0.0.1:9000', URL_STYLE 'path', USE_SSL false)")
+    aws = s3_secret_sql({"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "S", "AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "x",
+                         "AWS_ENDPOINT_URL_S3": "https://minio.example:443", "AWS_ENDPOINT_URL": "http://other"})
+    assert "REGION 'eu-west-1'" in aws and "ENDPOINT 'minio.example:443'" in aws and aws.endswith("USE_SSL true)")
+
+
 def test_a_url_duckdb_cannot_read_is_mirrored_with_a_note(root, tmp_path, monkeypatch):
     """Where DuckDB cannot read the URL in place (here memory://, which only fsspec knows), `saev query`
     mirrors the tables locally and says why on stderr."""
