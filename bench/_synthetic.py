@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from saev_core.activations import FORMAT_VERSION, activation_table
+from saev_core.activations.shards import FORMAT_VERSION, activation_table
 from saev_core.io import write_json
 
 TOKENS_PER_SAMPLE = 8

@@ -14,13 +14,13 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from saev_core.data import DatasetSpec  # noqa: E402
+from saev_core.activations.data import DatasetSpec  # noqa: E402
 from saev_core.demo.build import DemoConfig, build_world  # noqa: E402
 from saev_core.demo.clip import build_demo_clip  # noqa: E402
 from saev_core.demo.defaults import DEMO_SAE  # noqa: E402
-from saev_core.dump import DumpConfig, run_dump  # noqa: E402
-from saev_core.score_dataset import ScoreConfig, run_scoring  # noqa: E402
-from saev_core.train import TrainConfig, train_sae  # noqa: E402
+from saev_core.activations.dump import DumpConfig, run_dump  # noqa: E402
+from saev_core.scoring.run import ScoreConfig, run_scoring  # noqa: E402
+from saev_core.sae.train import TrainConfig, train_sae  # noqa: E402
 
 
 def world(seed: int) -> Path:

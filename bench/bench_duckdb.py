@@ -1,9 +1,9 @@
 """DuckDB latency over a generated feature-table root of >= 50M rows (issue point 7).
 
-Generates ``sample_features`` and ``scores`` in the saev_core.tables layout (hive partitions,
+Generates ``sample_features`` and ``scores`` in the saev_core.tables.schema layout (hive partitions,
 zstd, row groups of 1Mi rows; sample_features in one part per dump shard, each sorted by
-feature_id then sample_id, as saev_core.features writes them), then times through
-``saev_core.query`` (the same path as ``saev query``: parser check, sandboxed views):
+feature_id then sample_id, as saev_core.scoring.features writes them), then times through
+``saev_core.tables.query`` (the same path as ``saev query``: parser check, sandboxed views):
 
   (a) top-k by score:   SELECT sample_id, score FROM scores WHERE dataset = $dataset
                         AND scorer = 'saev' ORDER BY score DESC LIMIT 1000
@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from saev_core.io import write_json  # noqa: E402
-from saev_core.tables import SAMPLE_FEATURES, SCORES, manifest_path, part_name, partition_dir  # noqa: E402
+from saev_core.tables.schema import SAMPLE_FEATURES, SCORES, manifest_path, part_name, partition_dir  # noqa: E402
 
 SAE_ID = "bench"
 SCORERS = ("saev", "cooccurrence", "l0", "model_cosine", "random")
@@ -146,7 +146,7 @@ def table_files(root: Path, table: str) -> dict:
 
 
 def time_query(con, sql: str, params: dict | None, repeats: int) -> dict:
-    from saev_core.query import run_query
+    from saev_core.tables.query import run_query
 
     times, rows = [], 0
     for i in range(repeats + 1):  # the first run is the warm-up
@@ -176,7 +176,7 @@ def main() -> None:
 
     import duckdb
 
-    from saev_core.query import connect, datasets
+    from saev_core.tables.query import connect, datasets
 
     root = args.out_dir
     identity = {k: v for k, v in vars(args).items() if k in ("rows", "datasets", "d_sae", "samples_per_part", "score_samples", "scores_order")}

@@ -30,12 +30,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from saev_core.data import DatasetSpec, Sample, batched, iter_samples, open_dataset  # noqa: E402
+from saev_core.activations.data import DatasetSpec, Sample, batched, iter_samples, open_dataset  # noqa: E402
 from saev_core.demo.build import DemoConfig, _pref_columns, _write_dataset, build_world  # noqa: E402
 from saev_core.demo.model import TinyLlavaSpec, build_model, build_processor  # noqa: E402
 from saev_core.demo.scenes import make_rows  # noqa: E402
-from saev_core.dump import DumpConfig, encode_samples, run_dump  # noqa: E402
-from saev_core.modeling import StopForward, capture_residual, load_model  # noqa: E402
+from saev_core.activations.dump import DumpConfig, encode_samples, run_dump  # noqa: E402
+from saev_core.activations.modeling import StopForward, capture_residual, load_model  # noqa: E402
 
 
 def bench_forward(bundle, batches, layer: int | None) -> tuple[float, int]:

@@ -44,8 +44,8 @@ def sync(device: torch.device) -> None:
 
 
 def sae_training(args, device: torch.device) -> dict:
-    from saev_core.optim import default_lr, make_optimizer
-    from saev_core.sae import SAE, SAEConfig
+    from saev_core.sae.optim import default_lr, make_optimizer
+    from saev_core.sae.model import SAE, SAEConfig
 
     d_in, d_sae, k, batch = (64, 1024, 8, 256) if args.small else (4096, 65536, 64, 4096)
     steps, warm = (5, 2) if args.small else (40, 5)
@@ -160,13 +160,13 @@ def synthetic_rows(path: Path, n: int, small: bool) -> None:
 
 
 def dump_and_score(args, device: torch.device, tmp: Path) -> dict:
-    from saev_core.checkpoint import save_sae
-    from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
-    from saev_core.dump import DumpConfig, encode_samples, run_dump
-    from saev_core.inputs import to_model
-    from saev_core.modeling import load_model
-    from saev_core.sae import SAE, SAEConfig
-    from saev_core.score_dataset import ScoreConfig, run_scoring
+    from saev_core.sae.checkpoint import save_sae
+    from saev_core.activations.data import DatasetSpec, Sample, iter_samples, open_dataset
+    from saev_core.activations.dump import DumpConfig, encode_samples, run_dump
+    from saev_core.activations.inputs import to_model
+    from saev_core.activations.modeling import load_model
+    from saev_core.sae.model import SAE, SAEConfig
+    from saev_core.scoring.run import ScoreConfig, run_scoring
 
     n, batch, layer = (16, 4, 1) if args.small else (args.dump_samples, 16, 16)
     t0 = time.perf_counter()

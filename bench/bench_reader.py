@@ -5,7 +5,7 @@ batches, for a dump-shaped store written by saev's own shard writer.
     python bench/bench_reader.py --d-in 4096 --rows 65536 --workers 1 2 --layouts fsb:lz4 fsb:none fsb:zstd list:zstd
 
 Each ``--layouts`` entry is ``kind:codec[:row_group_mb]``: ``fsb`` is the format-2 layout (one
-fixed-size binary cell per token, ``saev_core.activations.ActivationWriter``), ``list`` the format-1
+fixed-size binary cell per token, ``saev_core.activations.shards.ActivationWriter``), ``list`` the format-1
 layout saev wrote before (``fixed_size_list<float16>``). Per layout it reports:
 - ``stream_mb_per_s``: ``ShuffledBatches`` (what ``saev train`` reads), batches of ``--batch-size``
   image and text rows of the train split, over ``--epochs`` epochs (2) of chunks a quarter of the
@@ -43,8 +43,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from saev_core.cpu import parallel_decode_pool, reuse_freed_memory  # noqa: E402
-from saev_core.activations import ActivationDump, ActivationWriter, ShuffledBatches, activation_table, decode  # noqa: E402
+from saev_core.activations.cpu import parallel_decode_pool, reuse_freed_memory  # noqa: E402
+from saev_core.activations.shards import ActivationDump, ActivationWriter, ShuffledBatches, activation_table, decode  # noqa: E402
 from saev_core.io import write_json  # noqa: E402
 
 TOKENS_PER_SAMPLE = 64
@@ -155,7 +155,7 @@ def train_rates(args, tmp: Path) -> dict:
     from _synthetic import write_synthetic_dump
     from bench_train import saev_reads_memory
 
-    from saev_core.train import TrainConfig, train_sae
+    from saev_core.sae.train import TrainConfig, train_sae
 
     dump_dir = tmp / "synthetic"
     write_synthetic_dump(dump_dir, args.train_rows, d_in=512)

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from saev_core.report import INDEX_JS, _page, latent_rows
+from saev_core.scoring.report import INDEX_JS, _page, latent_rows
 
 
 def main() -> None:

@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from saev_core.sae_eval import evaluate_run  # noqa: E402
-from saev_core.train import TrainConfig, train_sae  # noqa: E402
+from saev_core.sae.evaluate import evaluate_run  # noqa: E402
+from saev_core.sae.train import TrainConfig, train_sae  # noqa: E402
 
 
 def run(name: str, work: Path, args, ce: bool, **kw) -> dict:

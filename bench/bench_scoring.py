@@ -21,7 +21,7 @@ import time
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from saev_core.score_dataset import ScoreConfig, run_scoring  # noqa: E402
+from saev_core.scoring.run import ScoreConfig, run_scoring  # noqa: E402
 
 
 def main() -> None:

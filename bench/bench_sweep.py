@@ -40,9 +40,9 @@ import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 import torch
 torch.set_num_threads(1)
-from saev_core.train import TrainConfig, train_saes
-from saev_core.activations import ActivationDump, ShuffledBatches
-from saev_core.activations import MODALITY_SETS
+from saev_core.sae.train import TrainConfig, train_saes
+from saev_core.activations.shards import ActivationDump, ShuffledBatches
+from saev_core.activations.shards import MODALITY_SETS
 cfgs = [TrainConfig.model_validate(c) for c in json.loads(sys.argv[2])]
 t0 = time.perf_counter()
 if sys.argv[3] == "read":

@@ -33,7 +33,7 @@ Protocol
   the batches (seed 0), evaluated on the test half.
 - Threads: 1 torch thread for every library by default (``--threads``); see RESULTS.md for why.
 
-Variants (TopK): ``saev`` (its defaults: see ``saev_core.optim``; ``saev-adam`` and
+Variants (TopK): ``saev`` (its defaults: see ``saev_core.sae.optim``; ``saev-adam`` and
 ``saev-signum`` pick the optimizer, ``saev-noaux`` turns AuxK off, as sparsify's default has it), ``sparsify-adam`` and
 ``sparsify-signum`` (``SparseCoder`` in sparsify's own loop, ``_sparsify_train.py``; signum is
 sparsify's default), ``saelens`` (``TopKTrainingSAE`` in ``SAETrainer``, ``_saelens_train.py``).
@@ -69,12 +69,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import saev_core.train as saev_train  # noqa: E402
+import saev_core.sae.train as saev_train  # noqa: E402
 from _synthetic import write_synthetic_dump  # noqa: E402
-from saev_core.activations import ActivationDump, ShuffledBatches, is_heldout, iter_rows  # noqa: E402
-from saev_core.optim import default_lr  # noqa: E402
-from saev_core.sae import estimate_input_scale  # noqa: E402
-from saev_core.train import TrainConfig, train_sae  # noqa: E402
+from saev_core.activations.shards import ActivationDump, ShuffledBatches, is_heldout, iter_rows  # noqa: E402
+from saev_core.sae.optim import default_lr  # noqa: E402
+from saev_core.sae.model import estimate_input_scale  # noqa: E402
+from saev_core.sae.train import TrainConfig, train_sae  # noqa: E402
 
 MODALITIES = ("image", "text")
 CASES = {
@@ -404,7 +404,7 @@ def scaling(args, tmp: Path) -> list[dict]:
         cfg = TrainConfig(activations=str(dump), out=str(tmp / f"scale-{d_sae}"), architecture="topk", d_sae=d_sae, k=32,
                           batch_size=1024, total_tokens=steps * 1024, heldout_fraction=0.01, device=args.device,
                           progress=False, eval_rows=0, checkpoint_every=10**9, scale_batches=5)
-        code = ("import json,sys,resource; sys.path.insert(0, %r); from saev_core.train import TrainConfig, train_sae; "
+        code = ("import json,sys,resource; sys.path.insert(0, %r); from saev_core.sae.train import TrainConfig, train_sae; "
                 "import torch; torch.set_num_threads(%d); m = train_sae(TrainConfig.model_validate_json(sys.argv[1]), overwrite=True); "
                 "print(json.dumps({'tokens_per_s': m['tokens_per_s'], 'peak_rss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))"
                 ) % (str(ROOT), max(args.threads, 1))

@@ -29,15 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _worlds import dumped, probe_dump  # noqa: E402
 
-from saev_core.activations import ActivationDump  # noqa: E402
-from saev_core.checkpoint import load_sae  # noqa: E402
+from saev_core.activations.shards import ActivationDump  # noqa: E402
+from saev_core.sae.checkpoint import load_sae  # noqa: E402
 from saev_core.demo.defaults import DEMO_SAE  # noqa: E402
-from saev_core.optim import default_lr  # noqa: E402
-from saev_core.quality import scorer_quality  # noqa: E402
-from saev_core.query import open_views  # noqa: E402
-from saev_core.sae_eval import reconstruction_metrics  # noqa: E402
-from saev_core.score_dataset import ScoreConfig, run_scoring  # noqa: E402
-from saev_core.train import TrainConfig, train_sae  # noqa: E402
+from saev_core.sae.optim import default_lr  # noqa: E402
+from saev_core.scoring.quality import scorer_quality  # noqa: E402
+from saev_core.tables.query import open_views  # noqa: E402
+from saev_core.sae.evaluate import reconstruction_metrics  # noqa: E402
+from saev_core.scoring.run import ScoreConfig, run_scoring  # noqa: E402
+from saev_core.sae.train import TrainConfig, train_sae  # noqa: E402
 
 SYNTHETIC_SAE = {"architecture": "topk", "k": 32, "d_sae": 8192, "batch_size": 1024, "heldout_fraction": 0.1}
 

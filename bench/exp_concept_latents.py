@@ -6,10 +6,10 @@ of that colour/shape) minus the rate on the other tokens of the modality.
 
 Usage: python bench/exp_concept_latents.py WORLD_DIR RUN_DIR (RUN_DIR/dump and RUN_DIR/sae)."""
 import sys, glob, numpy as np, pyarrow.parquet as pq, torch
-from saev_core.activations import to_tensor
+from saev_core.activations.shards import to_tensor
 from transformers import AutoTokenizer
-from saev_core.checkpoint import load_sae
-from saev_core.checkpoint import resolve_sae_dir
+from saev_core.sae.checkpoint import load_sae
+from saev_core.sae.checkpoint import resolve_sae_dir
 from saev_core.demo.scenes import COLORS, SHAPES, POSITIONS
 W, R = sys.argv[1], sys.argv[2]
 tok = AutoTokenizer.from_pretrained(f"{W}/model")

@@ -37,11 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _worlds import dumped, probe_dump  # noqa: E402
 from dead_latents import never_fired, parse_variant, train_variant  # noqa: E402
 
-import saev_core.train as T  # noqa: E402
-from saev_core.activations import ActivationDump, iter_rows  # noqa: E402
+import saev_core.sae.train as T  # noqa: E402
+from saev_core.activations.shards import ActivationDump, iter_rows  # noqa: E402
 from saev_core.demo.defaults import DEMO_SAE  # noqa: E402
-from saev_core.optim import make_optimizer  # noqa: E402
-from saev_core.train import load_training_state  # noqa: E402
+from saev_core.sae.optim import make_optimizer  # noqa: E402
+from saev_core.sae.train import load_training_state  # noqa: E402
 
 
 def zero_moments(opt: torch.optim.Optimizer, sae, latents: torch.Tensor) -> None:

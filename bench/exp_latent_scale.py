@@ -1,10 +1,10 @@
 """How strongly one latent fires on a word's tokens vs on image patches (why Algorithm 1's top 30
 fill up with one modality). Usage: python bench/exp_latent_scale.py WORLD_DIR RUN_DIR LATENT WORD"""
 import sys, glob, numpy as np, pyarrow.parquet as pq, torch
-from saev_core.activations import to_tensor
+from saev_core.activations.shards import to_tensor
 from transformers import AutoTokenizer
-from saev_core.checkpoint import load_sae
-from saev_core.checkpoint import resolve_sae_dir
+from saev_core.sae.checkpoint import load_sae
+from saev_core.sae.checkpoint import resolve_sae_dir
 W, R, j, word = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 tok = AutoTokenizer.from_pretrained(f"{W}/model")
 tbl = pq.read_table(sorted(glob.glob(f"{R}/dump/activations/*.parquet")))

@@ -4,7 +4,7 @@ mean; prints the cosine matrix (a diagonal means shared directions).
 
 Usage: python bench/exp_modality_cosine.py WORLD_DIR RUN_DIR (RUN_DIR/dump from `saev dump`)."""
 import sys, numpy as np, pyarrow.parquet as pq, glob
-from saev_core.activations import to_tensor
+from saev_core.activations.shards import to_tensor
 from transformers import AutoTokenizer
 W, R = sys.argv[1], sys.argv[2]
 tok = AutoTokenizer.from_pretrained(f"{W}/model")

@@ -6,11 +6,11 @@ Prints the cross-modal count, the saev and co-occurrence AUROC, and the top late
 Usage: python bench/exp_pooling.py WORLD_DIR RUN_DIR paper|dedupe|balanced [N_TOP]"""
 import sys, glob, numpy as np, pyarrow.parquet as pq, torch, pandas as pd
 import pyarrow.compute as pc
-from saev_core.activations import to_tensor
+from saev_core.activations.shards import to_tensor
 from transformers import AutoTokenizer
-from saev_core.checkpoint import load_sae
-from saev_core.checkpoint import resolve_sae_dir
-from saev_core.quality import auroc
+from saev_core.sae.checkpoint import load_sae
+from saev_core.sae.checkpoint import resolve_sae_dir
+from saev_core.scoring.quality import auroc
 W, R = sys.argv[1], sys.argv[2]
 mode = sys.argv[3]
 dedupe = mode == "dedupe"

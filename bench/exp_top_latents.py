@@ -6,8 +6,8 @@ Usage: python bench/exp_top_latents.py WORLD_DIR RUN_DIR LATENT [LATENT ...]
 (RUN_DIR holds dump/ and sae/, e.g. symlinks to the store's dump and train artifacts)."""
 import sys, glob, numpy as np, pyarrow.parquet as pq, torch, pandas as pd
 from transformers import AutoTokenizer
-from saev_core.checkpoint import load_sae
-from saev_core.checkpoint import resolve_sae_dir
+from saev_core.sae.checkpoint import load_sae
+from saev_core.sae.checkpoint import resolve_sae_dir
 from saev_core.demo.scenes import POSITIONS, Scene
 W, R = sys.argv[1], sys.argv[2]; lats = [int(x) for x in sys.argv[3:]]
 tok = AutoTokenizer.from_pretrained(f"{W}/model")

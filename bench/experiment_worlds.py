@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _worlds import scored  # noqa: E402
 
 from saev_core.demo.defaults import DEMO_ALIGN  # noqa: E402
-from saev_core.experiment import METRIC, ExperimentConfig, run_experiment  # noqa: E402
+from saev_core.alignment.experiment import METRIC, ExperimentConfig, run_experiment  # noqa: E402
 
 
 def main() -> None:

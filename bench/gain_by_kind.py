@@ -18,9 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from saev_core.configs import DatasetSpec  # noqa: E402
-from saev_core.data import Sample, iter_samples, open_dataset  # noqa: E402
-from saev_core.model_eval import generate_answers, names_key  # noqa: E402
-from saev_core.modeling import load_model  # noqa: E402
+from saev_core.activations.data import Sample, iter_samples, open_dataset  # noqa: E402
+from saev_core.alignment.model_eval import generate_answers, names_key  # noqa: E402
+from saev_core.activations.modeling import load_model  # noqa: E402
 
 
 def hits_by_kind(model: Path, heldout: Path, n: int) -> tuple[Counter, Counter]:

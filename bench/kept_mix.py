@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from saev_core.query import open_views  # noqa: E402
+from saev_core.tables.query import open_views  # noqa: E402
 
 
 def main() -> None:

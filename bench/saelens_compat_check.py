@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from saev_core.checkpoint import load_checkpoint, load_sae, save_sae  # noqa: E402
-from saev_core.sae import SAE, SAEConfig  # noqa: E402
+from saev_core.sae.checkpoint import load_checkpoint, load_sae, save_sae  # noqa: E402
+from saev_core.sae.model import SAE, SAEConfig  # noqa: E402
 
 warnings.filterwarnings("ignore")
 import sae_lens  # noqa: E402

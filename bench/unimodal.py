@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from saev_core.demo.build import DemoConfig  # noqa: E402
 from saev_core.demo.scenes import COLORS, make_rows, vocabulary  # noqa: E402
-from saev_core.quality import auroc  # noqa: E402
+from saev_core.scoring.quality import auroc  # noqa: E402
 
 VOCAB = {w: i for i, w in enumerate([*vocabulary(), ":"])}
 PALETTE = np.array(list(COLORS.values()), np.float32)

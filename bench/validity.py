@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _worlds import scored  # noqa: E402
 
-from saev_core.quality import scorer_quality  # noqa: E402
-from saev_core.query import open_views  # noqa: E402
-from saev_core.scoring import default_scorers  # noqa: E402
+from saev_core.scoring.quality import scorer_quality  # noqa: E402
+from saev_core.tables.query import open_views  # noqa: E402
+from saev_core.scoring.scorers import default_scorers  # noqa: E402
 
 
 def main() -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from saev_core.experiment import ExperimentConfig, claim_out
+from saev_core.alignment.experiment import ExperimentConfig, claim_out
 from flows.stages import check_deployment_paths
-from saev_core.locate import experiment_inputs
+from saev_core.cli.locate import experiment_inputs
 from tasks.align import experiment_base_task, experiment_report_task, experiment_run_task
 
 

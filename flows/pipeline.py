@@ -2,7 +2,7 @@
 activations -> train SAE -> evaluate it -> score into the feature tables -> keep the top fraction
 as a TRL dataset -> align the base model on it -> evaluate base and aligned model.
 
-Every stage writes into the content-addressed artifact store (``saev_core.store``) and Prefect
+Every stage writes into the content-addressed artifact store (``saev_core.store.artifacts``) and Prefect
 caches each task on the same key, so a rerun with the same config is all Cached, a run that
 crashed resumes at the stage it was in, and a changed config reruns only what is downstream.
 """
@@ -16,17 +16,17 @@ from prefect import flow, get_run_logger, unmapped
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows.stages import AlignOverrides, DumpOverrides, ScoreOverrides, TrainOverrides, check_deployment_paths, dump_config
-from saev_core.align import AlignConfig
+from saev_core.alignment.align import AlignConfig
 from saev_core.configs import DEFAULT_SCORER
-from saev_core.data import DatasetSpec
+from saev_core.activations.data import DatasetSpec
 from saev_core.demo.build import DemoConfig
 from saev_core.demo.defaults import DEMO_ALIGN, DEMO_DUMP, DEMO_SAE
-from saev_core.dump import DumpConfig, plan_shards
-from saev_core.inputs import chat_template_digest
-from saev_core.overrides import set_fields
-from saev_core.score_dataset import ScoreConfig
-from saev_core.store import ArtifactStore, stage_key
-from saev_core.train import TrainConfig, dead_note, headline
+from saev_core.activations.dump import DumpConfig, plan_shards
+from saev_core.activations.inputs import chat_template_digest
+from saev_core.cli.overrides import set_fields
+from saev_core.scoring.run import ScoreConfig
+from saev_core.store.artifacts import ArtifactStore, stage_key
+from saev_core.sae.train import TrainConfig, dead_note, headline
 from tasks.align import align_task, evaluate_model_task
 from tasks.common import run_cached
 from tasks.demo import prepare_demo, prepare_demo_clip

@@ -17,11 +17,11 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.stages import DumpOverrides, ScoreOverrides, check_deployment_paths, dump_config, dump_settings
-from saev_core.checkpoint import resolve_sae_dir, sae_id_of
-from saev_core.data import DatasetSpec
-from saev_core.overrides import set_fields
-from saev_core.store import ArtifactStore, built_here
-from saev_core.tables import check_partition_value, manifest_path
+from saev_core.sae.checkpoint import resolve_sae_dir, sae_id_of
+from saev_core.activations.data import DatasetSpec
+from saev_core.cli.overrides import set_fields
+from saev_core.store.artifacts import ArtifactStore, built_here
+from saev_core.tables.schema import check_partition_value, manifest_path
 from tasks.common import run_cached
 from tasks.dump import dump_activations
 from tasks.score import partition_is_current, score_dataset_task

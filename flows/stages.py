@@ -8,12 +8,12 @@ from pathlib import Path
 
 from prefect.runtime import deployment
 
-from saev_core.align import AlignConfig
-from saev_core.data import DatasetSpec
-from saev_core.dump import DumpConfig
-from saev_core.overrides import overrides_of
-from saev_core.score_dataset import ScoreConfig
-from saev_core.train import TrainConfig
+from saev_core.alignment.align import AlignConfig
+from saev_core.activations.data import DatasetSpec
+from saev_core.activations.dump import DumpConfig
+from saev_core.cli.overrides import overrides_of
+from saev_core.scoring.run import ScoreConfig
+from saev_core.sae.train import TrainConfig
 
 DumpOverrides = overrides_of(DumpConfig, set_by_flow=("model", "dataset", "layer", "out"))
 TrainOverrides = overrides_of(TrainConfig, set_by_flow=("activations", "out"))

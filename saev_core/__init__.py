@@ -25,18 +25,18 @@ _API = {
     **dict.fromkeys(["DatasetSpec", "DemoConfig", "DumpConfig", "SAEConfig", "TrainConfig", "ScoreConfig", "FilterConfig",
                      "AlignConfig", "ExperimentConfig"], "saev_core.configs"),
     "build_world": "saev_core.demo.build",
-    "run_dump": "saev_core.dump",
-    "ActivationDump": "saev_core.activations",
-    "train_sae": "saev_core.train", "train_saes": "saev_core.train",
-    "SAE": "saev_core.sae",
-    "load_sae": "saev_core.checkpoint", "save_sae": "saev_core.checkpoint",
-    "evaluate_run": "saev_core.sae_eval",
-    "run_scoring": "saev_core.score_dataset",
-    "connect": "saev_core.query", "run_query": "saev_core.query",
-    "run_filter": "saev_core.filter",
-    "run_alignment": "saev_core.align",
-    "evaluate_model": "saev_core.model_eval",
-    "run_experiment": "saev_core.experiment",
+    "run_dump": "saev_core.activations.dump",
+    "ActivationDump": "saev_core.activations.shards",
+    "train_sae": "saev_core.sae.train", "train_saes": "saev_core.sae.train",
+    "SAE": "saev_core.sae.model",
+    "load_sae": "saev_core.sae.checkpoint", "save_sae": "saev_core.sae.checkpoint",
+    "evaluate_run": "saev_core.sae.evaluate",
+    "run_scoring": "saev_core.scoring.run",
+    "connect": "saev_core.tables.query", "run_query": "saev_core.tables.query",
+    "run_filter": "saev_core.alignment.filter",
+    "run_alignment": "saev_core.alignment.align",
+    "evaluate_model": "saev_core.alignment.model_eval",
+    "run_experiment": "saev_core.alignment.experiment",
 }
 __all__ = [
     "__version__", "DemoConfig", "build_world", "DatasetSpec", "DumpConfig", "run_dump", "ActivationDump",
@@ -46,21 +46,21 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from saev_core.activations import ActivationDump
-    from saev_core.align import run_alignment
-    from saev_core.checkpoint import load_sae, save_sae
+    from saev_core.activations.shards import ActivationDump
+    from saev_core.alignment.align import run_alignment
+    from saev_core.sae.checkpoint import load_sae, save_sae
     from saev_core.configs import (AlignConfig, DatasetSpec, DemoConfig, DumpConfig, ExperimentConfig, FilterConfig, SAEConfig,
                                    ScoreConfig, TrainConfig)
     from saev_core.demo.build import build_world
-    from saev_core.dump import run_dump
-    from saev_core.experiment import run_experiment
-    from saev_core.filter import run_filter
-    from saev_core.model_eval import evaluate_model
-    from saev_core.query import connect, run_query
-    from saev_core.sae import SAE
-    from saev_core.sae_eval import evaluate_run
-    from saev_core.score_dataset import run_scoring
-    from saev_core.train import train_sae, train_saes
+    from saev_core.activations.dump import run_dump
+    from saev_core.alignment.experiment import run_experiment
+    from saev_core.alignment.filter import run_filter
+    from saev_core.alignment.model_eval import evaluate_model
+    from saev_core.tables.query import connect, run_query
+    from saev_core.sae.model import SAE
+    from saev_core.sae.evaluate import evaluate_run
+    from saev_core.scoring.run import run_scoring
+    from saev_core.sae.train import train_sae, train_saes
 
 
 def __getattr__(name: str):

@@ -1,3 +1,3 @@
-from saev_core.cli import app
+from saev_core.cli.app import app
 
 app(prog_name="saev")

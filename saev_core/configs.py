@@ -7,13 +7,13 @@ reader import it when they run. Each stage module re-exports its config.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from saev_core.demo.defaults import DEMO_ALIGN
-from saev_core.tracking import ReportTo, check_report_to
 
 # A typo'd key fails validation; the validators are built on first use, not at import, so the CLI
 # can read every class's fields at start-up for its flags without paying for them.
@@ -25,12 +25,14 @@ Architecture = Literal["relu", "topk", "batchtopk", "matryoshka_batchtopk", "jum
 BATCH_TOPK = ("batchtopk", "matryoshka_batchtopk")
 TOPK_LIKE = ("topk", *BATCH_TOPK)
 Optimizer = Literal["adam", "signum"]
+# experiment trackers, by TRL's and transformers' report_to names (saev_core.sae.tracking)
+ReportTo = Literal["none", "wandb", "tensorboard", "mlflow"]
 # Fields that do not change what a stage computes; a resumed run may change them. The chat
 # template counts by its content (chat_template_sha256), not by where its file lies.
 _DUMP_RUNTIME = {"out", "batch_size", "progress", "cpu_threads", "row_group_mb", "chat_template"}
 _TRAIN_RUNTIME = {"out", "progress", "device", "checkpoint_every", "log_every", "keep_checkpoints", "eval_rows", "probe_rows", "reader_workers", "report_to"}
 _SCORE_RUNTIME = {"tables", "device", "batch_rows", "weights_memory_mb", "progress", "clip_batch_size"}
-# per pipeline stage, what its artifact key leaves out (saev_core.store.identity_of)
+# per pipeline stage, what its artifact key leaves out (saev_core.store.artifacts.identity_of)
 STAGE_RUNTIME: dict[str, set[str]] = {"dump": _DUMP_RUNTIME, "train": _TRAIN_RUNTIME, "frontier": _TRAIN_RUNTIME,
                                       "score": _SCORE_RUNTIME, "align": {"out", "progress", "report_to"}, "evaluate": {"chat_template", "device", "progress"},
                                       "eval-sae": {"device", "progress"}}
@@ -41,14 +43,21 @@ STAGE_RUNTIME: dict[str, set[str]] = {"dump": _DUMP_RUNTIME, "train": _TRAIN_RUN
 DEFAULT_SCORER = "agreement"
 
 
+def check_report_to(report_to: str) -> str:
+    """Fail before any work when the chosen tracker (a package of the same name) is not installed."""
+    if report_to != "none" and importlib.util.find_spec(report_to) is None:
+        raise ValueError(f"report_to={report_to!r} needs the {report_to} package: pip install {report_to} (or report_to='none')")
+    return report_to
+
+
 def _default_scorers() -> list[str]:
-    from saev_core.scoring import default_scorers
+    from saev_core.scoring.scorers import default_scorers
 
     return default_scorers()
 
 
 def _experiment_scorers() -> list[str]:
-    from saev_core.scoring import experiment_scorers
+    from saev_core.scoring.scorers import experiment_scorers
 
     return experiment_scorers()
 
@@ -121,7 +130,7 @@ class DumpConfig(BaseModel):
 
     @model_validator(mode="after")
     def _template_digest(self) -> "DumpConfig":
-        from saev_core.inputs import chat_template_digest
+        from saev_core.activations.inputs import chat_template_digest
 
         digest = chat_template_digest(self.chat_template)
         if self.chat_template_sha256 is not None and self.chat_template_sha256 != digest:
@@ -221,7 +230,7 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(4096, ge=1, description="tokens per step")
     total_tokens: int = Field(2_000_000, ge=1, description="training tokens")
     optimizer: Optimizer = Field("adam", description="adam, or signum (sign of the momentum; momentum = betas[0])")
-    lr: float | None = Field(None, gt=0, description="default: 5e-5 for relu with adam (the paper), else a rule that scales with d_sae, batch_size and total_tokens (saev_core.optim.default_lr)")
+    lr: float | None = Field(None, gt=0, description="default: 5e-5 for relu with adam (the paper), else a rule that scales with d_sae, batch_size and total_tokens (saev_core.sae.optim.default_lr)")
     betas: tuple[float, float] = (0.9, 0.999)
     lr_warmup_frac: float = Field(0.0, ge=0, le=1, description="linear warm-up of the lr from 0 over this first fraction of steps")
     lr_decay_frac: float = Field(0.2, ge=0, le=1, description="linear decay to 0 over this last fraction of steps")
@@ -326,7 +335,7 @@ class ScoreConfig(BaseModel):
     @field_validator("scorers")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
-        from saev_core.scoring import SCORERS, check_scorers
+        from saev_core.scoring.scorers import SCORERS, check_scorers
 
         if not v:
             raise ValueError(f"name at least one scorer; valid scorers: {sorted(SCORERS)}")
@@ -362,7 +371,7 @@ class FilterConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_size(self) -> "FilterConfig":
-        from saev_core.scoring import get_scorer
+        from saev_core.scoring.scorers import get_scorer
 
         get_scorer(self.scorer)
         if (self.top_fraction is None) == (self.top_k is None):
@@ -429,8 +438,8 @@ class ExperimentConfig(BaseModel):
 
     def runs(self) -> list[dict]:
         """Every (scorer, fraction, scorer seed, train seed); fraction 1.0 is one shared 'full' run per train seed."""
-        from saev_core.quality import clean_share
-        from saev_core.scoring import check_scorers
+        from saev_core.scoring.quality import clean_share
+        from saev_core.scoring.scorers import check_scorers
 
         check_scorers(self.scorers)
         natural = round(clean_share(self.labels, self.dataset), 4) if self.oracle and self.labels else None

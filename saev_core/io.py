@@ -107,6 +107,12 @@ _IN_STORE = re.compile(r"(?:^|.*/)([a-z][a-z0-9-]*/[0-9a-f]{16}(?:/.*)?)$")
 REF = re.compile(r"[a-z][a-z0-9-]*/[0-9a-f]{16}(?:/.*)?")
 
 
+def is_url(location: str | os.PathLike) -> bool:
+    """An fsspec URL other than a plain local path (``file://`` counts as local)."""
+    text = str(location)
+    return "://" in text and not text.startswith("file://")
+
+
 def map_strings(value, fn):
     """``value`` (JSON-like: dicts, lists, tuples) with ``fn`` applied to every string in it."""
     if isinstance(value, dict):

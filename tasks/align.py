@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prefect import task
 
-from saev_core.align import AlignConfig, run_alignment
-from saev_core.data import DatasetSpec
-from saev_core.experiment import ExperimentConfig, evaluate_base, finish, run_one
-from saev_core.model_eval import evaluate_model
+from saev_core.alignment.align import AlignConfig, run_alignment
+from saev_core.activations.data import DatasetSpec
+from saev_core.alignment.experiment import ExperimentConfig, evaluate_base, finish, run_one
+from saev_core.alignment.model_eval import evaluate_model
 from tasks.common import gpu_task, run_stage
 
 

@@ -16,8 +16,8 @@ from prefect.concurrency.sync import concurrency
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.tasks import MaterializingTask
 
-from saev_core.remote import is_url
-from saev_core.store import ArtifactStore, stage_key
+from saev_core.io import is_url
+from saev_core.store.artifacts import ArtifactStore, stage_key
 
 
 GPU_LIMIT = "saev-gpu"

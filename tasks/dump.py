@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 
-from saev_core.dump import DumpConfig, run_dump
-from saev_core.store import ArtifactStore, stage_key
+from saev_core.activations.dump import DumpConfig, run_dump
+from saev_core.store.artifacts import ArtifactStore, stage_key
 from tasks.common import gpu_task, run_stage, with_smaller_batches
 
 

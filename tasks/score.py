@@ -7,15 +7,15 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from saev_core.activations import ActivationDump
-from saev_core.checkpoint import resolve_sae_dir, sae_id_of
-from saev_core.filter import FilterConfig, run_filter
+from saev_core.activations.shards import ActivationDump
+from saev_core.sae.checkpoint import resolve_sae_dir, sae_id_of
+from saev_core.alignment.filter import FilterConfig, run_filter
 from saev_core.io import portable, read_json, write_json
-from saev_core.quality import oracle_ranking, scorer_quality
-from saev_core.query import open_views
-from saev_core.score_dataset import ScoreConfig, run_scoring
-from saev_core.store import ArtifactStore
-from saev_core.tables import manifest_path
+from saev_core.scoring.quality import oracle_ranking, scorer_quality
+from saev_core.tables.query import open_views
+from saev_core.scoring.run import ScoreConfig, run_scoring
+from saev_core.store.artifacts import ArtifactStore
+from saev_core.tables.schema import manifest_path
 from tasks.common import gpu_task, run_stage, with_smaller_batches
 
 
@@ -101,8 +101,8 @@ def scorer_quality_task(root: str, labels: str, dataset: str, sae_id: str) -> li
 @task(name="report")
 def report_task(root: str, config: dict, upstream: list[str]) -> dict:
     """The HTML feature browser as a pipeline stage (linked from its Prefect artifact)."""
-    from saev_core.locate import sae_points
-    from saev_core.report import png_data_uri, write_report
+    from saev_core.cli.locate import sae_points
+    from saev_core.scoring.report import png_data_uri, write_report
 
     store = ArtifactStore.at(root)
     args = {k: v for k, v in config.items() if k != "frontier_of"}

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 
-from saev_core.sae_eval import evaluate_run
-from saev_core.train import TrainConfig, headline, train_sae, train_saes
+from saev_core.sae.evaluate import evaluate_run
+from saev_core.sae.train import TrainConfig, headline, train_sae, train_saes
 from tasks.common import gpu_task, run_stage, run_stages
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 
-from saev_core.torchvision_compat import ensure_torchvision
+from saev_core.activations.torchvision_compat import ensure_torchvision
 
 ensure_torchvision()  # before transformers' image and video modules import it
 

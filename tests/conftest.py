@@ -52,7 +52,7 @@ def world(world_dir):
 
 @pytest.fixture(scope="session")
 def bundle(world_dir):
-    from saev_core.modeling import load_model
+    from saev_core.activations.modeling import load_model
 
     return load_model(str(world_dir / "model"), device="cpu")
 

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from saev_core.align import AlignConfig, check_inputs, run_alignment
-from saev_core.filter import FilterConfig, run_filter
+from saev_core.alignment.align import AlignConfig, check_inputs, run_alignment
+from saev_core.alignment.filter import FilterConfig, run_filter
 from saev_core.io import write_json
 
 
@@ -18,8 +18,8 @@ def artifact(tmp_path_factory, world_dir):
     """A filter artifact of the demo dataset's top 8 rows by a real `run_filter` over hand-written scores."""
     import pyarrow as pa
 
-    from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
-    from saev_core.tables import SCORES, manifest_path, part_name, partition_dir
+    from saev_core.activations.data import DatasetSpec, Sample, iter_samples, open_dataset
+    from saev_core.tables.schema import SCORES, manifest_path, part_name, partition_dir
 
     root = tmp_path_factory.mktemp("align")
     spec = DatasetSpec(path=str(world_dir / "datasets/demo-rlaif/train.parquet"))

@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from saev_core.data import DatasetSpec
-from saev_core.dump import DumpConfig, run_dump
-from saev_core.filter import FilterConfig, load_filtered, run_filter
-from saev_core.query import connect
-from saev_core.score_dataset import ScoreConfig, run_scoring
-from saev_core.train import TrainConfig, train_sae
+from saev_core.activations.data import DatasetSpec
+from saev_core.activations.dump import DumpConfig, run_dump
+from saev_core.alignment.filter import FilterConfig, load_filtered, run_filter
+from saev_core.tables.query import connect
+from saev_core.scoring.run import ScoreConfig, run_scoring
+from saev_core.sae.train import TrainConfig, train_sae
 
 
 def _encoded(img: Image.Image, fmt: str) -> bytes:

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from saev_core.checkpoint import load_checkpoint, load_sae, save_sae
-from saev_core.sae import SAE, SAEConfig
+from saev_core.sae.checkpoint import load_checkpoint, load_sae, save_sae
+from saev_core.sae.model import SAE, SAEConfig
 
 REPO = Path(__file__).resolve().parents[1]
 X = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
-from saev_core.cli import app
+from saev_core.cli.app import app
 
 
 runner = CliRunner()

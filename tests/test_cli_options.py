@@ -11,10 +11,10 @@ import typer
 from pydantic import BaseModel, Field
 from typer.testing import CliRunner
 
-from saev_core.cli import app
-from saev_core.cli_options import config_options, flag_type
+from saev_core.cli.app import app
+from saev_core.cli.options import config_options, flag_type
 from saev_core.configs import AlignConfig, DemoConfig, DumpConfig, ExperimentConfig, FilterConfig, ScoreConfig, TrainConfig
-from saev_core.scoring import SCORERS
+from saev_core.scoring.scorers import SCORERS
 
 
 class Toy(BaseModel):
@@ -96,7 +96,7 @@ def test_a_generated_flag_reaches_the_validated_config(tmp_path):
 
 
 def test_the_cli_and_the_configs_import_without_torch():
-    code = ("import sys, saev_core.configs, saev_core.cli, saev_core\n"
+    code = ("import sys, saev_core.configs, saev_core.cli.app, saev_core\n"
             "saev_core.TrainConfig, saev_core.ScoreConfig\n"
             "print(sorted(m for m in ('torch', 'transformers', 'pyarrow', 'duckdb') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

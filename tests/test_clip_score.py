@@ -7,11 +7,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from saev_core.clip_score import ClipScorer, clip_scores, features, sample_text
-from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
-from saev_core.score_dataset import ScoreConfig
-from saev_core.scoring import default_scorers
-from saev_core.scoring import ScoringContext, SampleSummary, get_scorer
+from saev_core.scoring.clip_score import ClipScorer, clip_scores, features, sample_text
+from saev_core.activations.data import DatasetSpec, Sample, iter_samples, open_dataset
+from saev_core.scoring.run import ScoreConfig
+from saev_core.scoring.scorers import default_scorers
+from saev_core.scoring.scorers import ScoringContext, SampleSummary, get_scorer
 
 
 def tiny_dual_encoder(path, tokenizer, kind: str):

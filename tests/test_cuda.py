@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from saev_core.checkpoint import load_sae
-from saev_core.sae import SAE, SAEConfig
-from saev_core.train import TrainConfig, train_sae
+from saev_core.sae.checkpoint import load_sae
+from saev_core.sae.model import SAE, SAEConfig
+from saev_core.sae.train import TrainConfig, train_sae
 from test_sae import _dense_reference
 from test_train import fake_dump
 

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from saev_core.data import DatasetSpec, Rejection, Sample, iter_samples, open_dataset, resolve_columns
+from saev_core.activations.data import DatasetSpec, Rejection, Sample, iter_samples, open_dataset, resolve_columns
 
 
 def load(spec: DatasetSpec):

@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
+from saev_core.activations.data import DatasetSpec, Sample, iter_samples, open_dataset
 from saev_core.demo.build import build_world
 from saev_core.demo.scenes import (COLORS, CORRUPTIONS, PERTURBATIONS, POSITIONS, SHAPES, Question, Scene, answer, caption,
                                    clean_text, make_captions, make_rows, perturb, vocabulary)
-from saev_core.quality import auroc
+from saev_core.scoring.quality import auroc
 
 from conftest import TEST_WORLD
 
@@ -203,7 +203,7 @@ def test_patches_and_words_share_colour_directions(world_dir):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from saev_core.demo.scenes import COLORS, Obj, render
-    from saev_core.prompts import conversation
+    from saev_core.activations.prompts import conversation
 
     model = LlavaForConditionalGeneration.from_pretrained(world_dir / "model").eval()
     processor = AutoProcessor.from_pretrained(world_dir / "model")

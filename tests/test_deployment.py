@@ -20,7 +20,7 @@ from typing import Iterator
 
 import pytest
 
-from saev_core.store import ArtifactStore
+from saev_core.store.artifacts import ArtifactStore
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -224,7 +224,7 @@ def test_nightly_rescore_soak_on_postgresql(deployed, world_dir, tmp_path):
     import pyarrow.parquet as pq
     import yaml
 
-    from saev_core.query import connect
+    from saev_core.tables.query import connect
 
     source = pq.read_table(world_dir / "datasets/demo-rlaif/train.parquet")
     registry = tmp_path / "registry"

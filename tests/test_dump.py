@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from saev_core.activations import FORMAT_VERSION, MODALITY_IDS, ActivationDump, column_dtype, decode
-from saev_core.data import DatasetSpec, iter_samples, open_dataset
-from saev_core.dump import DumpConfig, encode_batch, encode_samples, residual, run_dump
-from saev_core.modeling import load_model
+from saev_core.activations.shards import FORMAT_VERSION, MODALITY_IDS, ActivationDump, column_dtype, decode
+from saev_core.activations.data import DatasetSpec, iter_samples, open_dataset
+from saev_core.activations.dump import DumpConfig, encode_batch, encode_samples, residual, run_dump
+from saev_core.activations.modeling import load_model
 
 LAYER = 2
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from saev_core.cli import app
-from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
-from saev_core.experiment import ExperimentConfig, run_experiment, summarise
-from saev_core.model_eval import evaluate_model, names_key, response_logps
+from saev_core.cli.app import app
+from saev_core.activations.data import DatasetSpec, Sample, iter_samples, open_dataset
+from saev_core.alignment.experiment import ExperimentConfig, run_experiment, summarise
+from saev_core.alignment.model_eval import evaluate_model, names_key, response_logps
 
 
 def test_names_key_by_hand():
@@ -66,7 +66,7 @@ def test_summary_table_by_hand():
 def tables(tmp_path_factory, world_dir):
     """Hand-written scores for 40 demo samples, laid out as `saev score` writes them."""
     from saev_core.io import write_json
-    from saev_core.tables import SCORES, manifest_path, part_name, partition_dir
+    from saev_core.tables.schema import SCORES, manifest_path, part_name, partition_dir
 
     tables = tmp_path_factory.mktemp("exp") / "tables"
 
@@ -160,8 +160,8 @@ def test_oracle_line_keeps_clean_rows_only(tmp_path, world_dir, tables):
 
 
 def test_full_data_steps_by_hand():
-    from saev_core.align import AlignConfig
-    from saev_core.experiment import full_data_steps
+    from saev_core.alignment.align import AlignConfig
+    from saev_core.alignment.experiment import full_data_steps
 
     base = dict(model="m", data="d", out="o")
     assert full_data_steps(AlignConfig(**base, epochs=4, batch_size=16), 2000) == 500

@@ -10,12 +10,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from saev_core.data import DatasetSpec, iter_samples, open_dataset
-from saev_core.dump import DumpConfig, run_dump
-from saev_core.query import connect
-from saev_core.score_dataset import ScoreConfig, run_scoring
-from saev_core.tables import TABLES
-from saev_core.train import TrainConfig, train_sae
+from saev_core.activations.data import DatasetSpec, iter_samples, open_dataset
+from saev_core.activations.dump import DumpConfig, run_dump
+from saev_core.tables.query import connect
+from saev_core.scoring.run import ScoreConfig, run_scoring
+from saev_core.tables.schema import TABLES
+from saev_core.sae.train import TrainConfig, train_sae
 
 UNIQUE = 24
 # Duplicates of earlier rows, some a shard or more away from their first occurrence, some repeated.
@@ -170,7 +170,7 @@ def _empty_inputs(tmp_path, world_dir, world) -> dict:
 def test_empty_and_unreadable_datasets_fail_in_one_line(tmp_path, world_dir, world):
     from typer.testing import CliRunner
 
-    from saev_core.cli import app
+    from saev_core.cli.app import app
 
     for name, says in _empty_inputs(tmp_path, world_dir, world).items():
         out = tmp_path / f"dump-{name}"
@@ -185,7 +185,7 @@ def test_empty_and_unreadable_datasets_fail_in_one_line(tmp_path, world_dir, wor
 def test_training_on_a_dump_with_no_usable_rows_says_so(tmp_path):
     from typer.testing import CliRunner
 
-    from saev_core.cli import app
+    from saev_core.cli.app import app
     from saev_core.io import write_json
 
     dump = tmp_path / "dump"
@@ -215,7 +215,7 @@ def test_a_killed_dumps_temporary_files_are_removed_on_rerun(with_duplicates, bu
 BUILD = """
 import os, sys, time
 from pathlib import Path
-from saev_core.store import ArtifactStore
+from saev_core.store.artifacts import ArtifactStore
 root = Path(sys.argv[1])
 def build(out):
     with open(root / "builds.log", "a") as f:
@@ -251,9 +251,9 @@ def test_a_scoring_waits_while_another_holds_the_partition(dumped_with_duplicate
     import sys
     import time
 
-    from saev_core.checkpoint import resolve_sae_dir, sae_id_of
+    from saev_core.sae.checkpoint import resolve_sae_dir, sae_id_of
     from saev_core.io import file_lock
-    from saev_core.tables import lock_path, manifest_path
+    from saev_core.tables.schema import lock_path, manifest_path
 
     dump = dumped_with_duplicates / "dump"
     dataset = json.loads((dump / "manifest.json").read_text())["dataset_name"]

@@ -28,7 +28,38 @@ def test_importing_every_saev_core_module_leaves_prefect_unloaded():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
-    assert "saev_core.dump" in modules and "saev_core.cli" in modules
+    assert "saev_core.activations.dump" in modules and "saev_core.cli.app" in modules
+
+
+# saev_core's packages in pipeline order: a module imports from its own package or those before it
+STAGES = ["tables", "store", "activations", "sae", "scoring", "alignment", "demo", "cli"]
+# configs.py (the root) validates scorer names and chat templates through the stages' registries,
+# importing them when a validator runs; issue 33's scorer parameters move these into the scorers
+CONFIG_VALIDATORS = {"saev_core.activations.inputs", "saev_core.scoring.quality", "saev_core.scoring.scorers", "saev_core.demo.defaults"}
+
+
+def _saev_imports(path: Path) -> list[str]:
+    return [n.module for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("saev_core.")]
+
+
+def test_a_layout_by_stage_whose_imports_point_down():
+    assert len(list(ROOT.glob("*.py"))) <= 5  # __init__, __main__, configs, io: everything else lives in a stage
+    assert {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith("__")} == set(STAGES)
+    upward = []
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT).parts
+        for module in _saev_imports(path):
+            target = module.split(".")[1]
+            if len(rel) == 1:
+                if path.name in ("configs.py", "io.py") and module not in CONFIG_VALIDATORS:
+                    upward.append(f"{path.name} -> {module}")
+            elif target in STAGES and STAGES.index(target) > STAGES.index(rel[0]):
+                upward.append(f"{'/'.join(rel)} -> {module}")
+    assert not upward, upward
+    for pkg in STAGES[:-2] + ["cli"]:
+        doc = ast.get_docstring(ast.parse((ROOT / pkg / "__init__.py").read_text()))
+        assert doc and doc.count("\n") == 0, f"{pkg}/__init__.py: one line on what the stage takes and gives"
 
 
 def test_the_wheel_installs_the_library_only(tmp_path):

@@ -20,19 +20,19 @@ import pytest
 import torch
 
 from _families import FAMILIES, build_family, missing_requirements
-from saev_core.align import AlignConfig, run_alignment
-from saev_core.checkpoint import load_sae
-from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
-from saev_core.dump import DumpConfig, encode_samples, run_dump
-from saev_core.sae_eval import cross_entropy, evaluate_run, heldout_samples
-from saev_core.filter import FilterConfig, run_filter
-from saev_core.activations import ActivationDump, column_dtype, decode
-from saev_core.inputs import NoChatTemplate, chat_template
-from saev_core.model_eval import evaluate_model
-from saev_core.modeling import load_model
-from saev_core.score_dataset import ScoreConfig, run_scoring
-from saev_core.scoring import default_scorers
-from saev_core.train import TrainConfig, train_sae
+from saev_core.alignment.align import AlignConfig, run_alignment
+from saev_core.sae.checkpoint import load_sae
+from saev_core.activations.data import DatasetSpec, Sample, iter_samples, open_dataset
+from saev_core.activations.dump import DumpConfig, encode_samples, run_dump
+from saev_core.sae.evaluate import cross_entropy, evaluate_run, heldout_samples
+from saev_core.alignment.filter import FilterConfig, run_filter
+from saev_core.activations.shards import ActivationDump, column_dtype, decode
+from saev_core.activations.inputs import NoChatTemplate, chat_template
+from saev_core.alignment.model_eval import evaluate_model
+from saev_core.activations.modeling import load_model
+from saev_core.scoring.run import ScoreConfig, run_scoring
+from saev_core.scoring.scorers import default_scorers
+from saev_core.sae.train import TrainConfig, train_sae
 
 N_ROWS = 20  # more than one default batch (16), so batching and padding are exercised
 LAYER = 0
@@ -184,7 +184,7 @@ def test_chat_template_file_makes_a_bare_processor_usable(rows, tmp_path):
     from _families import PALIGEMMA_TEMPLATE
     from typer.testing import CliRunner
 
-    from saev_core.cli import app
+    from saev_core.cli.app import app
 
     _family("paligemma")
     build_family("paligemma", tmp_path / "model")
@@ -269,7 +269,7 @@ def test_torchvision_loads_for_the_processors_that_need_it():
 
     if importlib.util.find_spec("torchvision") is None:  # the `vision` extra; the test extra installs it
         pytest.skip("torchvision is not installed")
-    code = ("import torch; from saev_core.torchvision_compat import ensure_torchvision; assert ensure_torchvision(); "
+    code = ("import torch; from saev_core.activations.torchvision_compat import ensure_torchvision; assert ensure_torchvision(); "
             "import torchvision.transforms.v2.functional as F; "
             "out = F.resize(torch.rand(3, 8, 8), [4, 4], antialias=True); assert out.shape == (3, 4, 4); "
             "from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor; "

@@ -9,8 +9,8 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from saev_core.cli import app
-from saev_core.store import ArtifactStore
+from saev_core.cli.app import app
+from saev_core.store.artifacts import ArtifactStore
 
 
 def flow_config(world_dir, root, **over) -> dict:
@@ -61,7 +61,7 @@ def test_flow_completes_and_fills_the_store(first_run, world_dir):
     assert state.type == StateType.COMPLETED
     s = state.result()
     assert s["samples"] == 30 and s["sae_l0"] == 16 and 0 < s["sae_fvu"]["all"] < 1
-    from saev_core.scoring import default_scorers
+    from saev_core.scoring.scorers import default_scorers
 
     assert s["filtered_kept"] == 15 and set(s["scorer_auroc"]) == set(default_scorers())
     assert s["alignment"]["train_rows"] == 15 and 0 <= s["alignment"]["aligned"]["answer_accuracy"] <= 1
@@ -91,7 +91,7 @@ def test_flow_completes_and_fills_the_store(first_run, world_dir):
     stages = {r["stage"] for r in ArtifactStore.at(root).list()}
     assert stages == {"dump", "train", "frontier", "eval-sae", "score", "report", "filter", "align", "evaluate"}
     # the FVU-vs-L0 frontier: the pipeline's TopK SAE (k=16) and the sweep's k=4 and k=32, on the same dump
-    from saev_core.locate import sae_points
+    from saev_core.cli.locate import sae_points
     points = sae_points(ArtifactStore.at(root), s["dump"])
     assert sorted(p["l0"] for p in points) == [4, 16, 32] and all(0 < p["fvu"] < 1.5 for p in points)
     assert sae_points(ArtifactStore.at(root), "/elsewhere") == []
@@ -209,7 +209,7 @@ def test_artifacts_cli_lists_and_collects(first_run, tmp_path):
 
 def test_gc_drops_the_table_partitions_of_the_saes_it_removes(tmp_path):
     from saev_core.io import write_json
-    from saev_core.tables import manifest_path
+    from saev_core.tables.schema import manifest_path
 
     store = ArtifactStore.at(tmp_path / "store")
     old = store.run("train", {"k": 1}, [], lambda out: (out / "sae").mkdir() or {})
@@ -273,7 +273,7 @@ def test_clip_baseline_trains_the_demo_clip_as_a_stage_and_scores_clip_score(tmp
     model scoring reads, so clip_score sits in the tables, the AUROC beside the SAE's scorers and
     its top half in the alignment table beside random and the oracle."""
     from flows.pipeline import PipelineConfig, saev_pipeline
-    from saev_core.scoring import default_scorers
+    from saev_core.scoring.scorers import default_scorers
 
     root = tmp_path / "artifacts"
     demo = {"n_samples": 40, "n_heldout": 20, "n_pretrain": 400, "pretrain_steps": 40}
@@ -287,7 +287,7 @@ def test_clip_baseline_trains_the_demo_clip_as_a_stage_and_scores_clip_score(tmp
     [score] = [store.record("score", r["key"]) for r in store.list() if r["stage"] == "score"]
     assert score["config"]["clip_model"] == clip["manifest"]["model"] and clip["key"] in score["upstream"]
     assert set(s["scorer_auroc"]) == {*default_scorers(), "clip_score"}
-    from saev_core.query import connect
+    from saev_core.tables.query import connect
 
     [(n,)] = connect(root / "tables").execute("SELECT count(*) FROM scores WHERE scorer = 'clip_score' AND score BETWEEN -1 AND 1").fetchall()
     assert n == 30
@@ -329,7 +329,7 @@ def test_nightly_rescore_scores_only_new_datasets(first_run, world_dir, tmp_path
     res = nightly_rescore(cfg)
     assert res["scored"] == ["demo-align"] and res["already_scored"] == ["demo-rlaif-again", "demo-rlaif"]  # in file order
     assert old.stat().st_mtime_ns == stamp
-    from saev_core.query import connect
+    from saev_core.tables.query import connect
 
     n = connect(root / "tables").execute("SELECT dataset, count(DISTINCT sample_id) FROM scores GROUP BY ALL ORDER BY ALL").fetchall()
     assert n == [("demo-align", 20), ("demo-rlaif", 30), ("demo-rlaif-again", 30)]
@@ -350,8 +350,8 @@ def test_flow_killed_mid_dump_resumes_without_duplicate_or_missing_shards(world_
     import pyarrow.parquet as pq
 
     from flows.pipeline import PipelineConfig, saev_pipeline
-    from saev_core.data import DatasetSpec
-    from saev_core.dump import DumpConfig, run_dump
+    from saev_core.activations.data import DatasetSpec
+    from saev_core.activations.dump import DumpConfig, run_dump
 
     root = tmp_path / "artifacts"
     cfg = flow_config(world_dir, root, limit=None, dump={"progress": False, "samples_per_shard": 10, "batch_size": 1, "cpu_threads": 1})
@@ -400,7 +400,7 @@ def test_dump_and_score_shards_on_a_dask_cluster_match_the_sequential_run(world_
     monkeypatch.setenv("TQDM_DISABLE", "1")
 
     from flows.pipeline import dump_stage, score_stage
-    from saev_core.train import TrainConfig, train_sae
+    from saev_core.sae.train import TrainConfig, train_sae
 
     conf = {"model": str(world_dir / "model"), "dataset": {"path": str(world_dir / "datasets/demo-rlaif/train.parquet"), "limit": 60},
             "layer": 2, "samples_per_shard": 15, "progress": False}

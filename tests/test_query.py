@@ -1,4 +1,4 @@
-"""saev_core.query and `saev query` on real Parquet tables written with the saev_core.tables schemas."""
+"""saev_core.tables.query and `saev query` on real Parquet tables written with the saev_core.tables.schema schemas."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from saev_core.cli import app
-from saev_core.query import QueryRefused, check_sql, connect, datasets, open_views, render_table, run_query, table_names
+from saev_core.cli.app import app
+from saev_core.tables.query import QueryRefused, check_sql, connect, datasets, open_views, render_table, run_query, table_names
 from saev_core.io import write_json
-from saev_core.tables import SCORES, TABLES, manifest_path, part_name, partition_dir
+from saev_core.tables.schema import SCORES, TABLES, manifest_path, part_name, partition_dir
 
 
 def write(root, table: str, rows: list[dict], dataset: str, sae_id: str | None = "sae0") -> None:
@@ -85,7 +85,7 @@ def test_printed_views_run_in_plain_duckdb(root):
 def test_s3_secret_from_the_environment():
     """The variables boto3 reads become DuckDB's S3 secret; a custom endpoint means path-style
     addressing, with TLS as its scheme says; no key means no config secret."""
-    from saev_core.duckdb_s3 import s3_secret_sql
+    from saev_core.tables.duckdb_s3 import s3_secret_sql
 
     assert s3_secret_sql({"AWS_REGION": "eu-west-1"}) is None
     sql = s3_secret_sql({"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "s'x", "AWS_DEFAULT_REGION": "us-east-1",

@@ -11,9 +11,9 @@ import socket
 import pytest
 from typer.testing import CliRunner
 
-from saev_core.cli import app
-from saev_core.remote import Mirror
-from saev_core.store import ArtifactStore
+from saev_core.cli.app import app
+from saev_core.store.remote import Mirror
+from saev_core.store.artifacts import ArtifactStore
 from tests.test_pipeline_flow import flow_config, task_states
 
 pytest.importorskip("s3fs")
@@ -181,8 +181,8 @@ def test_a_shard_done_on_one_machine_is_not_redone_on_another(bucket, world_dir,
     """Shard tasks push their files; the machine that finishes the stage pulls them and resumes."""
     import pyarrow.parquet as pq
 
-    from saev_core.dump import DumpConfig, run_dump
-    from saev_core.store import stage_key
+    from saev_core.activations.dump import DumpConfig, run_dump
+    from saev_core.store.artifacts import stage_key
 
     url = f"{bucket}/shards"
     conf = {"model": str(world_dir / "model"), "dataset": {"path": str(world_dir / "datasets/demo-rlaif/train.parquet"), "limit": 20},
@@ -210,7 +210,7 @@ def test_a_shard_done_on_one_machine_is_not_redone_on_another(bucket, world_dir,
 
 def test_gc_on_the_bucket_drops_a_removed_saes_partitions(bucket, tmp_path):
     from saev_core.io import write_json
-    from saev_core.tables import manifest_path
+    from saev_core.tables.schema import manifest_path
 
     url = f"{bucket}/gc"
     store = ArtifactStore.at(url, cache=tmp_path / "cache")

@@ -8,8 +8,8 @@ import re
 import numpy as np
 from typer.testing import CliRunner
 
-from saev_core.cli import app
-from saev_core.report import highlight, patch_grid
+from saev_core.cli.app import app
+from saev_core.scoring.report import highlight, patch_grid
 
 
 def test_patch_grid_and_highlight_by_hand():
@@ -31,7 +31,7 @@ def test_patch_grid_lays_out_llava_next_any_resolution_by_hand():
 def test_base_side_comes_from_an_any_resolution_config(tmp_path, world_dir):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig
 
-    from saev_core.report import base_side_of
+    from saev_core.scoring.report import base_side_of
 
     LlavaNextConfig(vision_config=CLIPVisionConfig(image_size=336, patch_size=14), text_config=LlamaConfig(),
                     image_grid_pinpoints=[[336, 672], [672, 336]]).save_pretrained(tmp_path)
@@ -43,10 +43,10 @@ def test_base_side_comes_from_an_any_resolution_config(tmp_path, world_dir):
 
 
 def test_report_pages_link_and_embed(tmp_path, world_dir):
-    from saev_core.data import DatasetSpec
-    from saev_core.dump import DumpConfig, run_dump
-    from saev_core.score_dataset import ScoreConfig, run_scoring
-    from saev_core.train import TrainConfig, train_sae
+    from saev_core.activations.data import DatasetSpec
+    from saev_core.activations.dump import DumpConfig, run_dump
+    from saev_core.scoring.run import ScoreConfig, run_scoring
+    from saev_core.sae.train import TrainConfig, train_sae
 
     spec = DatasetSpec(path=str(world_dir / "datasets/demo-rlaif/train.parquet"), limit=40)
     run_dump(DumpConfig(model=str(world_dir / "model"), dataset=spec, layer=2, out=str(tmp_path / "dump"), progress=False))

@@ -8,8 +8,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from saev_core.optim import BASE_LR, REF_TOKENS, Signum, default_lr
-from saev_core.sae import (
+from saev_core.sae.optim import BASE_LR, REF_TOKENS, Signum, default_lr
+from saev_core.sae.model import (
     SAE,
     SAEConfig,
     estimate_input_scale,
@@ -17,7 +17,7 @@ from saev_core.sae import (
     select_aux_latents,
     sparsity_coefficient_at,
 )
-from saev_core.jumprelu import jumprelu, step_l0
+from saev_core.sae.jumprelu import jumprelu, step_l0
 
 
 def set_weights(sae: SAE, **tensors: list) -> SAE:

@@ -12,18 +12,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from saev_core.activations import ActivationDump, to_tensor
-from saev_core.checkpoint import load_sae, save_sae
-from saev_core.cli import app
-from saev_core.data import DatasetSpec
-from saev_core.dump import DumpConfig, run_dump
-from saev_core.filter import FilterConfig, load_filtered, run_filter
-from saev_core.quality import auroc, render_quality, scorer_quality, top_fraction_clean
-from saev_core.query import connect, open_views
-from saev_core.sae import SAE, SAEConfig
-from saev_core.score_dataset import ScoreConfig, run_scoring
-from saev_core.scoring import EXTERNAL_SCORERS, SCORERS, SampleSummary, ScoringContext, balanced_weights, cross_modal_weights, fit_cofiring, peer_ranks
-from saev_core.train import TrainConfig, train_sae
+from saev_core.activations.shards import ActivationDump, to_tensor
+from saev_core.sae.checkpoint import load_sae, save_sae
+from saev_core.cli.app import app
+from saev_core.activations.data import DatasetSpec
+from saev_core.activations.dump import DumpConfig, run_dump
+from saev_core.alignment.filter import FilterConfig, load_filtered, run_filter
+from saev_core.scoring.quality import auroc, render_quality, scorer_quality, top_fraction_clean
+from saev_core.tables.query import connect, open_views
+from saev_core.sae.model import SAE, SAEConfig
+from saev_core.scoring.run import ScoreConfig, run_scoring
+from saev_core.scoring.scorers import EXTERNAL_SCORERS, SCORERS, SampleSummary, ScoringContext, balanced_weights, cross_modal_weights, fit_cofiring, peer_ranks
+from saev_core.sae.train import TrainConfig, train_sae
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +267,7 @@ def test_quality_table_and_cli(scored, world_dir, tmp_path):
 def test_sae_id_is_the_content_and_follows_a_rewritten_checkpoint(tmp_path):
     import os
 
-    from saev_core.checkpoint import sae_id_of
+    from saev_core.sae.checkpoint import sae_id_of
 
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):

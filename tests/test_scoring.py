@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from saev_core.scoring import (SCORERS, CoFiring, SampleSummary, ScoringContext, agreement_mean_score, agreement_peers_score,
+from saev_core.scoring.scorers import (SCORERS, CoFiring, SampleSummary, ScoringContext, agreement_mean_score, agreement_peers_score,
                                agreement_score, balanced_weights, cooccurrence_score, cooccurring_latents, coverage_score, cross_modal_weights, empty_pool, fit_cofiring, get_scorer, l0_score,
                                mean_pair_cosine, merge_pools, model_cosine_score, peer_percentiles, random_score, reference_subset,
                                saev_balanced_score, saev_score, select_balanced, select_occurrences, update_pool)
@@ -241,8 +241,8 @@ def test_one_default_scorer_everywhere():
 
     from flows.pipeline import PipelineConfig
     from saev_core.configs import DEFAULT_SCORER, FilterConfig
-    from saev_core.report import write_report
-    from saev_core.scoring import default_scorers, experiment_scorers
+    from saev_core.scoring.report import write_report
+    from saev_core.scoring.scorers import default_scorers, experiment_scorers
 
     assert FilterConfig.model_fields["scorer"].default == DEFAULT_SCORER
     assert PipelineConfig.model_fields["scorer"].default == DEFAULT_SCORER

@@ -8,9 +8,9 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from saev_core.cli import app
+from saev_core.cli.app import app
 from saev_core.io import portable, read_json, write_json
-from saev_core.store import ArtifactStore, OldStoreError, stage_key
+from saev_core.store.artifacts import ArtifactStore, OldStoreError, stage_key
 
 DUMP = "0123456789abcdef"
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from saev_core.train import train_sae
+from saev_core.sae.train import train_sae
 from tests.test_train import dump_dir, small  # noqa: F401 (a fixture)
 
 

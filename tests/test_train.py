@@ -15,13 +15,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from saev_core.activations import ActivationDump, ShuffledBatches, activation_table, all_finite, is_heldout, iter_rows
-from saev_core.checkpoint import load_sae
-from saev_core.data import DatasetSpec
-from saev_core.dump import DumpConfig, run_dump
-from saev_core.sae_eval import ce_loss_recovered, evaluate_run, firing_histogram, kl_per_position, kl_score
+from saev_core.activations.shards import ActivationDump, ShuffledBatches, activation_table, all_finite, is_heldout, iter_rows
+from saev_core.sae.checkpoint import load_sae
+from saev_core.activations.data import DatasetSpec
+from saev_core.activations.dump import DumpConfig, run_dump
+from saev_core.sae.evaluate import ce_loss_recovered, evaluate_run, firing_histogram, kl_per_position, kl_score
 from saev_core.io import write_json
-from saev_core.train import TrainConfig, TrainingDiverged, lr_at, sweep_configs, train_sae, train_saes
+from saev_core.sae.train import TrainConfig, TrainingDiverged, lr_at, sweep_configs, train_sae, train_saes
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +122,8 @@ def test_lr_schedule_hand_computed():
 
 
 def test_dead_metrics_count_the_window_and_the_heldout_split(tmp_path):
-    from saev_core.sae import SAE, SAEConfig
-    from saev_core.train import dead_metrics
+    from saev_core.sae.model import SAE, SAEConfig
+    from saev_core.sae.train import dead_metrics
 
     sae = SAE(SAEConfig(architecture="topk", d_in=4, d_sae=4, k=1, dead_window=100))
     sae.tokens_since_fired.copy_(torch.tensor([0, 99, 100, 250]))  # latents 2 and 3 silent for a whole window
@@ -335,7 +335,7 @@ def test_sweep_refuses_fields_that_define_the_batches(tmp_path, dump_dir):
 def test_cli_sweep_trains_every_point_in_one_pass(tmp_path, dump_dir):
     from typer.testing import CliRunner
 
-    from saev_core.cli import app
+    from saev_core.cli.app import app
 
     args = ["train", "--activations", str(dump_dir), "--out", str(tmp_path / "sw"), "--architecture", "topk", "--batch-size", "256",
             "--total-tokens", str(256 * 12), "--device", "cpu", "--set", "scale_batches=2", "--set", "expansion_factor=2",
@@ -370,7 +370,7 @@ def _torchrun(script: str, *args: str, nproc: int = 2):
 
 _DDP_SCRIPT = """
 import json, os, sys
-from saev_core.train import TrainConfig, train_sae
+from saev_core.sae.train import TrainConfig, train_sae
 cfg = TrainConfig.model_validate_json(sys.argv[1])
 m = train_sae(cfg, stop_at_step=int(sys.argv[2]) if len(sys.argv) > 2 else None)
 if os.environ["RANK"] == "0":
@@ -408,8 +408,8 @@ def test_data_parallel_training_on_two_processes(tmp_path, dump_dir):
 def test_export_sae_writes_a_hub_folder_that_loads_back(tmp_path, dump_dir):
     from typer.testing import CliRunner
 
-    from saev_core.cli import app
-    from saev_core.export import read_front_matter
+    from saev_core.cli.app import app
+    from saev_core.sae.export import read_front_matter
 
     train_sae(small(dump_dir, tmp_path / "topk"))
     train_sae(small(dump_dir, tmp_path / "jump", architecture="jumprelu", k=None, l0_coefficient=0.01))

@@ -15,7 +15,7 @@ import torch
 
 from saev_core import __version__
 from saev_core.configs import DemoConfig
-from saev_core.data import DatasetSpec, Sample, iter_samples, open_dataset
+from saev_core.activations.data import DatasetSpec, Sample, iter_samples, open_dataset
 from saev_core.demo.model import TinyLlavaSpec, build_model, build_processor
 from saev_core.demo.pretrain import answer_accuracy, pretrain
 from saev_core.demo.scenes import make_captions, make_rows

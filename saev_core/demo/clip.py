@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from saev_core.clip_score import features
+from saev_core.scoring.clip_score import features
 from saev_core.demo.build import WORLD_FILE
 from saev_core.demo.model import TinyLlavaSpec
 from saev_core.demo.scenes import make_captions

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from saev_core.torchvision_compat import ensure_torchvision
+from saev_core.activations.torchvision_compat import ensure_torchvision
 
 ensure_torchvision()  # before transformers' image modules import it
 

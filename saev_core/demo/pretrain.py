@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saev_core.demo.scenes import POSITIONS, Scene
-from saev_core.prompts import conversation
+from saev_core.activations.prompts import conversation
 
 
 

@@ -1,0 +1,1 @@
+"""The `saev` command line: parses flags into stage configs, calls the stages, prints what they return."""

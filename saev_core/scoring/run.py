@@ -1,0 +1,302 @@
+"""Score one dumped dataset with one SAE and write its partitions of the feature tables.
+
+Steps (each resumable; the manifest is written last and marks the partition complete):
+
+1. encode every dump shard into its ``sample_features`` part (``features.encode_shard``),
+   keeping per-shard summaries in ``<tables>/_work/...`` so a crashed run redoes one shard;
+2. merge the reference pools and compute the cross-modal weights (``scoring``: Algorithm 1's w_i
+   and the scale-balanced w'_i), fetching only the residuals of each cross-modal latent's
+   compared occurrences, in blocks of latents so memory stays bounded for any d_sae;
+3. compute every scorer per sample from its summary, with rank and percentile, and write
+   ``feature_stats``, ``scores`` and ``samples``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from saev_core import __version__
+from saev_core.activations.shards import ActivationDump
+from saev_core.sae.checkpoint import load_sae, resolve_sae_dir, sae_id_of
+from saev_core.scoring.clip_score import clip_scores
+from saev_core.configs import ScoreConfig
+from saev_core.activations.data import DatasetSpec, Sample, samples_by_id
+from saev_core.scoring.features import SHARD_SAMPLES, encode_shard, fetch_residuals
+from saev_core.io import atomic_path, claim_output_dir, file_lock, read_json, write_json
+from saev_core.activations.modeling import resolve_device
+from saev_core.scoring.scorers import (USES_COFIRING, Occurrences, SampleSummary, ScoringContext, fit_cofiring, get_scorer,
+                               merge_pools, peer_ranks, reference_subset, select_balanced, select_occurrences, weights_from_occurrences)
+from saev_core.tables.schema import (FEATURE_STATS, SAMPLES, SCORES, TABLES, check_partition_value, lock_path, manifest_path, part_name,
+                              partition_dir)
+
+log = logging.getLogger(__name__)
+
+
+def _ranks(scores: np.ndarray, sample_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """rank 1 = highest (ties by sample_id); percentile = fraction of samples scoring <= this one."""
+    order = np.lexsort((sample_ids, -scores))
+    rank = np.empty(len(scores), np.int32)
+    rank[order] = np.arange(1, len(scores) + 1)
+    asc = np.sort(scores)
+    pct = np.searchsorted(asc, scores, side="right") / max(len(scores), 1)
+    return rank, pct
+
+
+def summaries(part: Path, shard_samples: pa.Table) -> list[SampleSummary]:
+    """Rebuild each sample's summary from its sample_features rows (what the scorers read)."""
+    t = pq.read_table(part, columns=["sample_id", "feature_id", "modality", "max_act"]).sort_by("sample_id")
+    sid = t.column("sample_id").to_numpy(zero_copy_only=False)
+    feat = t.column("feature_id").to_numpy()
+    img = t.column("modality").to_numpy(zero_copy_only=False) == "image"
+    mx = t.column("max_act").to_numpy()
+    bounds = np.flatnonzero(sid[1:] != sid[:-1]) + 1 if len(sid) else np.zeros(0, int)
+    starts, ends = np.r_[0, bounds], np.r_[bounds, len(sid)]
+    where = {sid[s]: (s, e) for s, e in zip(starts, ends)} if len(sid) else {}
+    out = []
+    for row in shard_samples.to_pylist():
+        s, e = where.get(row["sample_id"], (0, 0))
+        im, f, m = img[s:e], feat[s:e], mx[s:e]
+        cos = row["resid_cosine"]
+        out.append(SampleSummary(row["sample_id"], row["n_image"], row["n_text"], row["n_active"],
+                                 f[im].astype(np.int64), m[im], f[~im].astype(np.int64), m[~im],
+                                 None if cos is None else float(cos)))
+    return out
+
+
+def _write(table: pa.Table, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def _remove_partitions(root: Path, dataset: str, sae_id: str) -> None:
+    """Un-commit first (the views show a partition only while its manifest exists), then delete."""
+    manifest_path(root, dataset, sae_id).unlink(missing_ok=True)
+    for table in TABLES:
+        if table != "samples":
+            shutil.rmtree(partition_dir(root, table, dataset, sae_id), ignore_errors=True)
+    manifest_path(root, dataset, sae_id).unlink(missing_ok=True)
+
+
+def samples_table(spec: DatasetSpec, scored: dict[str, dict]) -> pa.Table:
+    """The fields needed to rebuild each scored sample: the dump's own samples (``scored``), in
+    its order, found in the source by sample_id at their first row there. Duplicate rows, and
+    rows re-ordered or appended since the dump, change nothing; a sample the source no longer
+    holds fails the run before any table is written."""
+    found: dict[str, Sample] = {}
+    for s in samples_by_id(spec, set(scored)):
+        found.setdefault(s.sample_id, s)
+    missing = [sid for sid in scored if sid not in found]
+    if missing:
+        raise ValueError(f"the source dataset {spec.path} no longer holds {len(missing)} of the {len(scored)} dumped samples "
+                         f"(by sample_id, e.g. {missing[0]}); it changed since the dump: re-dump it")
+    rows = [{"sample_id": sid, "row_index": s.row_index, "n_image_tokens": info["n_image"], "n_text_tokens": info["n_text"],
+             "question": s.question, "answer": s.answer, "chosen": s.chosen, "rejected": s.rejected, "image_ref": s.image_ref}
+            for sid, info in scored.items() for s in (found[sid],)]
+    return pa.Table.from_pylist(rows, schema=SAMPLES)
+
+
+def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: int | None = None,
+                shards: list[int] | None = None) -> dict:
+    """Score ``cfg.activations`` with ``cfg.sae`` into the tables; returns the scoring manifest.
+
+    Phases: encode each dump shard into its ``sample_features`` part (resumable per shard), then
+    the dataset-level cross-modal weights and ``feature_stats``, then every scorer's ``scores``.
+    A partition already scored with the same config is returned as is. ``shards`` encodes only
+    those dump shards and returns (one task per shard on a cluster; a final call without
+    ``shards`` reuses them and finishes); ``stop_after_shards`` stops early (tests of resumption).
+    """
+    dump = ActivationDump.open(cfg.activations)
+    sae_dir = resolve_sae_dir(cfg.sae)
+    device = resolve_device(cfg.device)
+    sae = load_sae(sae_dir, device=str(device)).eval()
+    if sae.cfg.d_in != dump.d_in:
+        raise ValueError(f"the SAE in {sae_dir} has d_in={sae.cfg.d_in} but the activations in {cfg.activations} have "
+                         f"d_model={dump.d_in}: they come from a different model or layer; score with an SAE trained on this dump's layer")
+    dataset = check_partition_value("dataset name", cfg.dataset_name or dump.manifest["dataset_name"])
+    sae_id = sae_id_of(sae_dir)
+    root = Path(cfg.tables)
+    identity = {**cfg.identity(), "dataset": dataset, "sae_id": sae_id, "saev_core_version": __version__}
+    # The whole partition is one writer's at a time; shard-only calls write separate parts and run side by side.
+    with file_lock(lock_path(root, dataset, sae_id)) if shards is None else contextlib.nullcontext():
+        mpath = manifest_path(root, dataset, sae_id)
+        if mpath.exists():
+            done = read_json(mpath)
+            if done.get("identity") == identity:
+                log.info("dataset %s is already scored with SAE %s; nothing to do", dataset, sae_id)
+                return done
+            if not overwrite:
+                raise ValueError(f"dataset {dataset} is already scored with SAE {sae_id} under another config "
+                                 f"(see {mpath}); pass --overwrite to replace it or --dataset-name to score it under another name")
+            _remove_partitions(root, dataset, sae_id)
+        work = root / "_work" / f"dataset={dataset}" / f"sae_id={sae_id}"
+        if overwrite and work.exists():
+            shutil.rmtree(work)
+        claim_output_dir(work, identity, overwrite, "scoring work directory")
+
+        dump_samples = pa.concat_tables([pq.read_table(f) for f in sorted((dump.path / "samples").glob("*.parquet"))]) \
+            if any((dump.path / "samples").glob("*.parquet")) else None
+        if dump_samples is None or dump_samples.num_rows == 0:
+            raise ValueError(f"the dump {cfg.activations} holds no samples; nothing to score")
+        reference = reference_subset(dump_samples.column("sample_id").to_pylist(), cfg.reference_samples, cfg.seed)
+        feat_dir = partition_dir(root, "sample_features", dataset, sae_id)
+
+        t0 = time.perf_counter()
+        encoded = _encode_shards(cfg, dump, sae, reference, work, feat_dir, shards, stop_after_shards, dataset)
+        encode_s = time.perf_counter() - t0
+        if "stopped_after_shards" in encoded or shards is not None:
+            return encoded
+
+        ds = _dataset_stats(cfg, dump, work, sae.cfg.d_sae)
+
+        def all_summaries():
+            for shard in range(len(dump.files)):
+                shard_samples = pq.read_table(work / f"shard-{shard:05d}.samples.parquet", schema=SHARD_SAMPLES)
+                yield from summaries(feat_dir / part_name(shard), shard_samples)
+
+        spec = DatasetSpec.model_validate(dump.manifest["dataset"])
+        if Path(spec.path).expanduser().exists():  # later stages may run from another directory
+            spec = spec.model_copy(update={"path": str(Path(spec.path).expanduser().resolve())})
+        external = {}
+        if cfg.clip_model is not None:
+            wanted = set(dump_samples.column("sample_id").to_pylist())
+            external["clip_score"] = clip_scores(cfg.clip_model, samples_by_id(spec, wanted), cfg.clip_batch_size, str(device), cfg.progress)
+        scores, summary, scored = _score_samples(cfg, all_summaries, ds, sae.cfg.d_sae, external)
+
+        _write(samples_table(spec, scored), partition_dir(root, "samples", dataset) / part_name(0))
+        _write(ds.stats, partition_dir(root, "feature_stats", dataset, sae_id) / part_name(0))
+        _write(scores, partition_dir(root, "scores", dataset, sae_id) / part_name(0))
+
+        kinds = {str(k): int(n) for k, n in zip(*np.unique(np.asarray(ds.occ.kind, dtype=object)[ds.alive].astype(str), return_counts=True))}
+        manifest = {
+            "kind": "saev.scores",
+            "format_version": 1,
+            "saev_core_version": __version__,
+            "identity": identity,
+            "dataset": dataset,
+            "sae_id": sae_id,
+            "sae": str(sae_dir),
+            "activations": str(cfg.activations),
+            "model": dump.manifest["model"],
+            "layer": dump.manifest["layer"],
+            "include_response": dump.manifest.get("include_response", False),
+            "source_dataset": spec.model_dump(),
+            "n_samples": len(scored),
+            "n_reference_samples": len(reference),
+            "n_tokens": {"image": int(ds.tokens[0]), "text": int(ds.tokens[1])},
+            "d_sae": sae.cfg.d_sae,
+            "n_features_active": int(len(ds.alive)),
+            "feature_kinds": kinds,
+            "n_cross_modal": int(len(ds.occ.cross)),
+            "n_cross_modal_balanced": int((ds.balanced != 0).sum()),
+            "scorers": list(summary),
+            "score_summary": summary,
+            "throughput": {"encode_s": encode_s, "samples_per_s": encoded["samples"] / encode_s if encoded["samples"] else None,
+                           "tokens_per_s": encoded["tokens"] / encode_s if encoded["tokens"] else None, "device": str(device)},
+            "tables": str(root),
+        }
+        write_json(mpath, manifest)
+        return manifest
+
+
+def _encode_shards(cfg: ScoreConfig, dump: ActivationDump, sae, reference: frozenset[str], work: Path, feat_dir: Path,
+                   shards: list[int] | None, stop_after_shards: int | None, dataset: str) -> dict:
+    """Phase 1: each dump shard's sample_features part and its pooled top occurrences; finished shards are kept."""
+    total = int(dump.manifest["rows"]["image"] + dump.manifest["rows"]["text"])
+    encoded_tokens, encoded_samples = 0, 0
+    with tqdm(total=total, desc=f"score {dataset}", unit="tok", disable=not cfg.progress) as pbar:
+        for shard in range(len(dump.files)) if shards is None else shards:
+            state, samples_file = work / f"shard-{shard:05d}.safetensors", work / f"shard-{shard:05d}.samples.parquet"
+            if state.exists() and (feat_dir / part_name(shard)).exists():
+                pbar.update(int(load_file(str(state))["tokens"].sum()))
+                continue
+            if stop_after_shards is not None and shard >= stop_after_shards:
+                return {"stopped_after_shards": shard}
+            res = encode_shard(dump, shard, sae, reference, feat_dir / part_name(shard), cfg.top, cfg.per_side, cfg.batch_rows, pbar)
+            _write(res.samples, samples_file)
+            with atomic_path(state) as tmp:
+                save_file(res.tensors(), str(tmp))
+            encoded_tokens += int(res.tokens.sum())
+            encoded_samples += res.samples.num_rows
+    return {**({"shards": list(shards)} if shards is not None else {}), "tokens": encoded_tokens, "samples": encoded_samples}
+
+
+@dataclass
+class DatasetStats:
+    """Phase 2's output: the dataset-level occurrences, cross-modal weights and feature_stats table."""
+
+    stats: pa.Table
+    occ: Occurrences
+    weights: np.ndarray
+    balanced: np.ndarray
+    alive: np.ndarray
+    tokens: torch.Tensor  # [image, text] positions encoded
+
+
+def _dataset_stats(cfg: ScoreConfig, dump: ActivationDump, work: Path, d_sae: int) -> DatasetStats:
+    """Phase 2: merge the shards' pools, then the cross-modal weights (Algorithm 1) and feature_stats."""
+    states = [load_file(str(work / f"shard-{i:05d}.safetensors")) for i in range(len(dump.files))]
+    values, refs = merge_pools([s["pool_values"] for s in states], [s["pool_refs"] for s in states], cfg.top)
+    side_values, side_refs = merge_pools([s["side_values"] for s in states], [s["side_refs"] for s in states], cfg.per_side, dim=1)
+    fires = sum(s["fires"] for s in states)
+    tokens = sum(s["tokens"] for s in states)
+    occ = select_occurrences(values, refs, (refs >= 0) & (refs & 1 == 1), cfg.per_side)
+    fetch = functools.partial(fetch_residuals, dump)
+    weights = weights_from_occurrences(occ, d_sae, fetch, dump.d_in, cfg.weights_memory_mb)
+    balanced = weights_from_occurrences(select_balanced(side_values, side_refs), d_sae, fetch, dump.d_in, cfg.weights_memory_mb)
+    alive = np.flatnonzero(fires.sum(0).numpy() > 0)
+    rates = fires.double() / tokens.clamp(min=1).double().unsqueeze(1)
+    stats = pa.table({
+        "feature_id": pa.array(alive.astype(np.int32)),
+        "firing_rate": pa.array((fires.sum(0).double() / max(int(tokens.sum()), 1)).numpy()[alive]),
+        "firing_rate_image": pa.array(rates[0].numpy()[alive]),
+        "firing_rate_text": pa.array(rates[1].numpy()[alive]),
+        "cross_modal_weight": pa.array(weights[alive]),
+        "balanced_weight": pa.array(balanced[alive]),
+        "kind": pa.array(np.asarray(occ.kind, dtype=object)[alive], pa.string()),
+        "n_top_image": pa.array(occ.n_top_image[alive].astype(np.int32)),
+        "n_top_text": pa.array(occ.n_top_text[alive].astype(np.int32)),
+    }, schema=FEATURE_STATS)
+    return DatasetStats(stats, occ, weights, balanced, alive, tokens)
+
+
+def _score_samples(cfg: ScoreConfig, all_summaries, ds: DatasetStats, d_sae: int,
+                   external: dict[str, dict[str, float]]) -> tuple[pa.Table, dict, dict[str, dict]]:
+    """Phase 3: every scorer on every sample; returns the scores table, each scorer's summary and
+    the token counts per sample."""
+    cofiring = fit_cofiring(all_summaries, d_sae, cfg.agreement_tau, cfg.agreement_refits, cfg.agreement_keep) \
+        if USES_COFIRING & set(cfg.scorers) else None
+    ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=ds.weights, balanced_weights=ds.balanced,
+                         agreement_tau=cfg.agreement_tau, cofiring=cofiring, external=external)
+    if "agreement_peers" in cfg.scorers:  # a rank among the other samples: the whole dataset first
+        ctx.peer_rank = peer_ranks(all_summaries(), ctx, cfg.agreement_peers, cfg.agreement_peer_pool)
+    fns = {name: get_scorer(name) for name in cfg.scorers}
+    sids, per_scorer, scored = [], {n: [] for n in fns}, {}
+    for s in all_summaries():
+        sids.append(s.sample_id)
+        scored[s.sample_id] = {"n_image": s.n_image, "n_text": s.n_text}
+        for name, fn in fns.items():
+            per_scorer[name].append(fn(s, ctx))
+    sid_arr = np.asarray(sids, dtype=object)
+    tables, summary = [], {}
+    for name, vals in per_scorer.items():
+        v = np.asarray(vals, np.float64)
+        rank, pct = _ranks(v, sid_arr)
+        order = np.argsort(rank)
+        tables.append(pa.table({"sample_id": pa.array(sid_arr[order], pa.string()), "scorer": pa.array([name] * len(v), pa.string()),
+                                "score": pa.array(v[order]), "rank": pa.array(rank[order]), "percentile": pa.array(pct[order])},
+                               schema=SCORES))
+        summary[name] = {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
+    return pa.concat_tables(tables), summary, scored
