@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows.stages import AlignOverrides, DumpOverrides, ScoreOverrides, TrainOverrides, check_deployment_paths, dump_config
 from saev_core.alignment.align import AlignConfig
-from saev_core.configs import DEFAULT_SCORER
+from saev_core.configs import DEFAULT_SCORER, DEFAULT_STORE
 from saev_core.activations.data import DatasetSpec
 from saev_core.demo.build import DemoConfig
 from saev_core.demo.defaults import DEMO_ALIGN, DEMO_DUMP, DEMO_SAE
@@ -41,7 +41,7 @@ class PipelineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    artifacts: str = Field("data/artifacts", description="artifact store root (stages, and the feature tables in tables/)")
+    artifacts: str = Field(DEFAULT_STORE, description="artifact store root (stages, and the feature tables in tables/)")
     demo: DemoConfig = Field(default_factory=DemoConfig, description="demo world, built when model/dataset are not given")
     model: str | None = Field(None, description="hub id or path; default: the demo world's model")
     dataset: DatasetSpec | None = Field(None, description="default: the demo world's demo-rlaif")

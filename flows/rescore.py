@@ -20,6 +20,7 @@ from flows.stages import DumpOverrides, ScoreOverrides, check_deployment_paths, 
 from saev_core.sae.checkpoint import resolve_sae_dir, sae_id_of
 from saev_core.activations.data import DatasetSpec
 from saev_core.cli.overrides import set_fields
+from saev_core.configs import DEFAULT_STORE
 from saev_core.store.artifacts import ArtifactStore, built_here
 from saev_core.tables.schema import check_partition_value, manifest_path
 from tasks.common import run_cached
@@ -30,7 +31,7 @@ from tasks.score import partition_is_current, score_dataset_task
 class RescoreConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    artifacts: str = Field("data/artifacts", description="artifact store root (the same as the full pipeline's)")
+    artifacts: str = Field(DEFAULT_STORE, description="artifact store root (the same as the full pipeline's)")
     registry: str = Field("data/registry", description="directory of dataset YAML files (name + dataset spec)")
     sae: str | None = Field(None, description="SAE directory; default: the newest train artifact in the store")
     model: str | None = Field(None, description="default: the model of the SAE's dump")

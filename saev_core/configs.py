@@ -19,7 +19,8 @@ from saev_core.demo.defaults import DEMO_ALIGN
 # can read every class's fields at start-up for its flags without paying for them.
 _STRICT = ConfigDict(extra="forbid", defer_build=True)
 
-DEFAULT_TABLES = "data/artifacts/tables"  # the pipeline's artifact store keeps its shared tables here
+DEFAULT_STORE = "data/artifacts"  # the artifact store `make run`, the flows and the CLI use unless told otherwise
+DEFAULT_TABLES = f"{DEFAULT_STORE}/tables"  # the store keeps its shared feature tables here
 DatasetFormat = Literal["auto", "rlaif_v", "align_anything", "sft"]
 Architecture = Literal["relu", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu"]
 BATCH_TOPK = ("batchtopk", "matryoshka_batchtopk")

@@ -233,6 +233,24 @@ def test_filter_top_k_per_dataset_and_errors(scored, tmp_path):
         load_filtered(tmp_path / "nothing", "dpo")
 
 
+def test_ranks_by_hand():
+    """rank 1 = highest, ties by sample_id; percentile = share scoring <= it. One definition for the
+    scores table and the filter, which keeps rank <= k (or <= ceil(fraction * n)) per partition."""
+    import pandas as pd
+
+    from saev_core.tables.schema import ranks
+
+    rank, pct = ranks([0.5, 2.5, 2.5, 1.0], ["d", "c", "b", "a"])
+    assert rank.tolist() == [4, 2, 1, 3] and pct.tolist() == [0.25, 1.0, 1.0, 0.5]
+    from saev_core.alignment.filter import select_top
+
+    scored = pd.DataFrame({"dataset": ["x", "x", "x", "y", "y"], "sample_id": ["a", "b", "c", "a", "b"], "score": [1.0, 3.0, 2.0, 0.0, 5.0]})
+    per = select_top(scored, FilterConfig(out="o", top_fraction=0.5, per_dataset=True)).to_pylist()
+    assert [(r["dataset"], r["sample_id"], r["rank"]) for r in per] == [("x", "b", 1), ("x", "c", 2), ("y", "b", 1)]  # ceil(1.5), ceil(1)
+    pooled = select_top(scored, FilterConfig(out="o", top_k=2)).to_pylist()
+    assert [(r["dataset"], r["sample_id"], r["rank"]) for r in pooled] == [("x", "b", 2), ("y", "b", 1)]
+
+
 def test_auroc_and_top_fraction_by_hand():
     # positives 0.4, 0.8; negatives 0.1, 0.35: pairs won 4/4 -> 1.0; swap 0.4 <-> 0.35 -> 3/4
     assert auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 1, 0, 1], bool)) == 1.0

@@ -10,6 +10,7 @@ exception, so one bad row never stops a run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -247,20 +248,23 @@ def iter_samples(ds: datasets.Dataset, spec: DatasetSpec, start: int = 0, stop: 
         yield Sample(sid, idx, image, ref, question, **fields)
 
 
-def samples_by_id(spec: DatasetSpec, sample_ids: set[str]) -> Iterator[Sample]:
-    """The source's valid rows whose sample_id is in ``sample_ids``, in source order (one full scan)."""
-    for s in iter_samples(open_dataset(spec), spec):
-        if isinstance(s, Sample) and s.sample_id in sample_ids:
-            yield s
-
-
-def samples_at(spec: DatasetSpec, rows: dict[str, int], ds: datasets.Dataset | None = None) -> dict[str, Sample]:
-    """Rebuild scored samples from their source rows: ``rows`` maps sample_id to the row index the
-    `samples` table recorded. A row whose sample_id no longer matches (the source changed since
-    scoring) is left out, for the caller to report."""
+def find_samples(spec: DatasetSpec, rows: dict[str, int], ds: datasets.Dataset | None = None) -> dict[str, Sample]:
+    """The source's samples for ``rows`` (sample_id -> the row a dump or the tables recorded), in
+    source order: each is read at its recorded row; one whose row no longer holds it (the source
+    was re-ordered, or grew, since) is found by id in one scan, at its first valid row. Ids the
+    source lost are left out, for the caller to report."""
     ds = ds if ds is not None else open_dataset(spec)
-    return {s.sample_id: s for s in iter_samples(ds.select(sorted(set(rows.values()))), spec)
-            if isinstance(s, Sample) and s.sample_id in rows}
+    at = sorted({r for r in rows.values() if 0 <= r < len(ds)})
+    found = {}
+    for s in iter_samples(ds.select(at), spec):  # numbered within the selection: at[i] is the source row
+        if isinstance(s, Sample) and rows.get(s.sample_id) == at[s.row_index]:
+            found[s.sample_id] = dataclasses.replace(s, row_index=at[s.row_index])
+    lost = set(rows) - set(found)
+    if lost:
+        for s in iter_samples(ds, spec):
+            if isinstance(s, Sample) and s.sample_id in lost and s.sample_id not in found:
+                found[s.sample_id] = s
+    return dict(sorted(found.items(), key=lambda item: item[1].row_index))
 
 
 def _default_image_root(spec: DatasetSpec) -> Path | None:

@@ -214,6 +214,14 @@ class ActivationDump:
                     held_rows[rows] = True
         return cls(path, manifest, files, row_groups, frozenset(heldout), held_rows)
 
+    def sample_rows(self) -> dict[str, int]:
+        """Each dumped sample's source row (sample_id -> row_index), from the dump's samples files."""
+        rows: dict[str, int] = {}
+        for f in sorted((self.path / "samples").glob("*.parquet")):
+            t = pq.read_table(f, columns=["sample_id", "row_index"])
+            rows.update(zip(t.column(0).to_pylist(), t.column(1).to_pylist()))
+        return rows
+
     def _parquet(self, index: int) -> pq.ParquetFile:
         """Open shard files once per dump and thread (re-opening per row group costs more than
         reading; a ParquetFile is not shared between threads). A thread's files close with it."""

@@ -16,6 +16,7 @@ Rows are rebuilt from the source dataset (named in each scoring manifest), image
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -26,27 +27,13 @@ import pyarrow.parquet as pq
 
 from saev_core import __version__
 from saev_core.configs import FilterConfig
-from saev_core.activations.data import DatasetSpec, Sample, samples_at
+from saev_core.activations.data import DatasetSpec, Sample, find_samples
 from saev_core.alignment.dataset_card import CARD, dataset_card
 from saev_core.io import atomic_dir, read_json, write_json
 from saev_core.activations.prompts import conversation
 from saev_core.tables.query import open_views, row_indices, the_sae
 from saev_core.scoring.scorers import random_unit
-from saev_core.tables.schema import manifest_path
-
-SELECT_SQL = """
-WITH s AS (
-    SELECT dataset, sample_id, score,
-           row_number() OVER (PARTITION BY {part} ORDER BY score DESC, sample_id) AS keep_rank,
-           count(*) OVER (PARTITION BY {part}) AS n
-    FROM {source}
-    WHERE scorer = $scorer AND sae_id = $sae_id AND list_contains($datasets, dataset)
-)
-SELECT dataset, sample_id, score, keep_rank AS rank FROM s
-WHERE keep_rank <= coalesce($top_k, ceil($fraction * n))
-ORDER BY dataset, keep_rank
-"""
-
+from saev_core.tables.schema import manifest_path, ranks
 
 def _resolve(con, cfg: FilterConfig) -> tuple[str, list[str]]:
     """(SAE, datasets) the filter draws from: the configured ones, checked against the scores."""
@@ -71,6 +58,20 @@ def trl_rows(sample: Sample) -> tuple[dict | None, dict | None]:
     return sft, dpo
 
 
+def select_top(scored: pd.DataFrame, cfg: FilterConfig) -> pa.Table:
+    """The kept (dataset, sample_id, score, rank): the top_k, or the top ceil(top_fraction * n), by
+    the scores' own rank order (``tables.schema.ranks``), per dataset or over all of them."""
+    parts = [g for _, g in scored.groupby("dataset", sort=True)] if cfg.per_dataset else [scored]
+    kept = []
+    for part in parts:
+        rank, _ = ranks(part["score"].to_numpy(), part["sample_id"].to_numpy())
+        keep = cfg.top_k if cfg.top_k is not None else math.ceil(cfg.top_fraction * len(part))
+        kept.append(part.assign(rank=rank.astype("int64"))[rank <= keep])
+    out = pd.concat(kept).sort_values(["dataset", "rank"]) if kept else scored.assign(rank=[])
+    return pa.table({"dataset": pa.array(out["dataset"], pa.string()), "sample_id": pa.array(out["sample_id"], pa.string()),
+                     "score": pa.array(out["score"], pa.float64()), "rank": pa.array(out["rank"], pa.int64())})
+
+
 def run_filter(cfg: FilterConfig, ranking: Callable[[pd.DataFrame], pd.Series] | None = None, ranking_name: str | None = None) -> dict:
     """Select, rebuild and write the kept samples; returns the artifact's manifest.
 
@@ -80,19 +81,14 @@ def run_filter(cfg: FilterConfig, ranking: Callable[[pd.DataFrame], pd.Series] |
     """
     con = open_views(cfg.tables)
     sae_id, names = _resolve(con, cfg)
-    part = "dataset" if cfg.per_dataset else "scorer"
-    params = {"scorer": cfg.scorer, "sae_id": sae_id, "datasets": names, "top_k": cfg.top_k, "fraction": cfg.top_fraction}
+    drawn = con.execute("SELECT dataset, sample_id, score FROM scores WHERE scorer = $scorer AND sae_id = $sae_id "
+                        "AND list_contains($datasets, dataset) ORDER BY dataset, sample_id",
+                        {"scorer": cfg.scorer, "sae_id": sae_id, "datasets": names}).df()
     if cfg.random_seed is not None:
         ranking = lambda samples: samples["sample_id"].map(lambda s: random_unit(cfg.random_seed, s))  # noqa: E731
-    if ranking is None:
-        sel = pa.table(con.execute(SELECT_SQL.format(part=part, source="scores"), params).fetchnumpy())
-    else:  # rank by the given scores, then the same selection
-        drawn = con.execute("SELECT dataset, sample_id FROM scores WHERE scorer = $scorer AND sae_id = $sae_id "
-                            "AND list_contains($datasets, dataset)", {"scorer": cfg.scorer, "sae_id": sae_id, "datasets": names}).df()
-        drawn["score"] = ranking(drawn).astype("float64").to_numpy()
-        con.register("redrawn", drawn)
-        source = "(SELECT *, $scorer AS scorer, $sae_id AS sae_id FROM redrawn)"
-        sel = pa.table(con.execute(SELECT_SQL.format(part=part, source=source), params).fetchnumpy())
+    if ranking is not None:  # rank by the given scores, then the same selection
+        drawn["score"] = ranking(drawn[["dataset", "sample_id"]]).astype("float64").to_numpy()
+    sel = select_top(drawn, cfg)
     if sel.num_rows == 0:
         raise ValueError(f"the filter kept no samples (scorer {cfg.scorer}, datasets {names}); raise --top-k or --top-fraction")
     sft_rows, dpo_rows, counts, sources = [], [], {}, {}
@@ -104,7 +100,7 @@ def run_filter(cfg: FilterConfig, ranking: Callable[[pd.DataFrame], pd.Series] |
         counts[name] = len(ids)
         if not ids:
             continue
-        kept = samples_at(spec, row_indices(con, name, ids))
+        kept = find_samples(spec, row_indices(con, name, ids))
         missing = set(ids) - set(kept)
         if missing:
             raise ValueError(f"{len(missing)} kept samples of {name} are no longer in {spec.path} (changed since scoring); re-score it")

@@ -18,9 +18,9 @@ from pydantic import ValidationError
 
 from saev_core.cli.options import config_options
 from saev_core.cli.config_io import apply_set, describe_errors, merge, parse_pairs, parse_sweep, read_config, validate
-from saev_core.configs import (DEFAULT_SCORER, DEFAULT_TABLES, AlignConfig, DatasetFormat, DemoConfig, DumpConfig, ExperimentConfig, FilterConfig,
+from saev_core.configs import (DEFAULT_SCORER, DEFAULT_STORE, DEFAULT_TABLES, AlignConfig, DatasetFormat, DemoConfig, DumpConfig, ExperimentConfig, FilterConfig,
                                ScoreConfig, TrainConfig)
-from saev_core.cli.locate import (DEMO_DIR, FILLED_IN, STORE_ROOT, align_inputs, dump_inputs, experiment_inputs, labels_of_tables, sae_points,
+from saev_core.cli.locate import (DEMO_DIR, FILLED_IN, align_inputs, dump_inputs, experiment_inputs, labels_of_tables, sae_points,
                               score_inputs, store_of_tables, train_inputs)
 
 app = typer.Typer(help="SAE-V: sparse autoencoders on multimodal LLMs, cross-modal data scoring and filtering.", no_args_is_help=True, pretty_exceptions_enable=False)
@@ -391,7 +391,7 @@ app.add_typer(artifacts_app, name="artifacts")
 @artifacts_app.callback()
 def artifacts_list(
     ctx: typer.Context,
-    root: str = typer.Option(STORE_ROOT, help="Artifact store root."),
+    root: str = typer.Option(DEFAULT_STORE, help="Artifact store root."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """List finished artifacts: stage, key, created, config summary, metrics."""
@@ -408,7 +408,7 @@ def artifacts_list(
 
 @command(artifacts_app, "gc")
 def artifacts_gc(
-    root: str = typer.Option(STORE_ROOT, help="Artifact store root."),
+    root: str = typer.Option(DEFAULT_STORE, help="Artifact store root."),
     keep: list[str] = typer.Option([], "--keep", help="Key to keep with everything upstream (repeatable; default: every final artifact)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print what would be removed."),
 ):
@@ -421,7 +421,7 @@ def artifacts_gc(
 
 @command(artifacts_app, "migrate")
 def artifacts_migrate(
-    root: str = typer.Option(STORE_ROOT, help="Artifact store root (local)."),
+    root: str = typer.Option(DEFAULT_STORE, help="Artifact store root (local)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the new keys."),
 ):
     """Re-key a store written by saev before 0.3 (keys that hashed paths) so this saev reuses it."""

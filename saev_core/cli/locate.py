@@ -11,13 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from saev_core.configs import DEFAULT_STORE
 from saev_core.io import portable
 from saev_core.store.artifacts import RECORD, ArtifactStore
 
 if TYPE_CHECKING:  # the experiment pulls in TRL: not for every command's start
     from saev_core.alignment.experiment import ExperimentConfig
 
-STORE_ROOT = "data/artifacts"
 DEMO_DIR = "data/demo"  # `saev demo build`'s default output
 DUMP_RUN = "data/runs/dump-demo-rlaif-L0"  # `saev dump`'s default output on the demo
 SAE_RUN = "data/runs/sae-relu-image-text"  # `saev train`'s default output with the default config
@@ -26,15 +26,15 @@ SAE_RUN = "data/runs/sae-relu-image-text"  # `saev train`'s default output with 
 FILLED_IN = {
     "dump": {"model": f"default: {DEMO_DIR}/model", "out": "default: data/runs/dump-<dataset>-L<layer>",
              "layer": "default: 0, the demo model's shared block; a real model wants a middle one, e.g. 16 of 32"},
-    "train": {"activations": f"default: the newest dump `make run` made in {STORE_ROOT}; else {DUMP_RUN}",
+    "train": {"activations": f"default: the newest dump `make run` made in {DEFAULT_STORE}; else {DUMP_RUN}",
               "out": "default: data/runs/sae-<architecture>-<modalities>"},
     "score": {"activations": f"default: the SAE's own dump when the SAE is the store's; else {DUMP_RUN}",
-              "sae": f"default: the newest SAE `make run` trained in {STORE_ROOT}; else {SAE_RUN}"},
+              "sae": f"default: the newest SAE `make run` trained in {DEFAULT_STORE}; else {SAE_RUN}"},
     "align": {"model": f"default: {DEMO_DIR}/model"},
 }
 
 
-def newest_artifact(stage: str, root: str = STORE_ROOT) -> dict | None:
+def newest_artifact(stage: str, root: str = DEFAULT_STORE) -> dict | None:
     """The record of the newest finished ``stage`` artifact of the local store, if any."""
     store = ArtifactStore.at(root)
     return store.newest(stage) if store.root.is_dir() else None

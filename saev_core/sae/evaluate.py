@@ -245,10 +245,10 @@ def cross_entropy(bundle: ModelBundle, sae, layer: int, samples: list[Sample], w
 
 def heldout_samples(dump: ActivationDump, n: int) -> list[Sample]:
     """Up to ``n`` held-out samples of the dump's dataset, rebuilt from the dataset itself."""
-    from saev_core.activations.data import DatasetSpec, iter_samples, open_dataset, samples_by_id
+    from saev_core.activations.data import DatasetSpec, find_samples, iter_samples, open_dataset
 
     spec = DatasetSpec.model_validate(dump.manifest["dataset"])
-    rows = samples_by_id(spec, dump.heldout) if dump.heldout else \
+    rows = find_samples(spec, {s: r for s, r in dump.sample_rows().items() if s in dump.heldout}).values() if dump.heldout else \
         (s for s in iter_samples(open_dataset(spec), spec) if isinstance(s, Sample))
     return list(itertools.islice(rows, n))
 

@@ -32,7 +32,7 @@ from PIL import Image
 from saev_core.activations.shards import ActivationDump, to_tensor
 from saev_core.sae.checkpoint import load_sae, resolve_sae_dir, training_manifest
 from saev_core.configs import DEFAULT_SCORER
-from saev_core.activations.data import DatasetSpec, open_dataset, samples_at
+from saev_core.activations.data import DatasetSpec, find_samples, open_dataset
 from saev_core.io import atomic_dir, read_json
 from saev_core.tables.query import open_views, row_indices
 from saev_core.tables.schema import manifest_path
@@ -191,7 +191,7 @@ class _Context:
     def _read_images(self, sample_ids: list[str]) -> dict[str, Image.Image]:
         if self._ds is None:
             self._ds = open_dataset(self.spec)
-        return {sid: s.image for sid, s in samples_at(self.spec, row_indices(self.con, self.dataset, sample_ids), self._ds).items()}
+        return {sid: s.image for sid, s in find_samples(self.spec, row_indices(self.con, self.dataset, sample_ids), self._ds).items()}
 
 
 def _page(title: str, body: str, depth: int, script: str = "") -> str:

@@ -33,26 +33,16 @@ from saev_core.activations.shards import ActivationDump
 from saev_core.sae.checkpoint import load_sae, resolve_sae_dir, sae_id_of
 from saev_core.scoring.clip_score import clip_scores
 from saev_core.configs import ScoreConfig
-from saev_core.activations.data import DatasetSpec, Sample, samples_by_id
+from saev_core.activations.data import DatasetSpec, find_samples
 from saev_core.scoring.features import SHARD_SAMPLES, encode_shard, fetch_residuals
 from saev_core.io import atomic_path, claim_output_dir, file_lock, read_json, write_json
 from saev_core.activations.modeling import resolve_device
 from saev_core.scoring.scorers import (USES_COFIRING, Occurrences, SampleSummary, ScoringContext, fit_cofiring, get_scorer,
                                merge_pools, peer_ranks, reference_subset, select_balanced, select_occurrences, weights_from_occurrences)
-from saev_core.tables.schema import (FEATURE_STATS, SAMPLES, SCORES, TABLES, check_partition_value, lock_path, manifest_path, part_name,
+from saev_core.tables.schema import (FEATURE_STATS, SAMPLES, SCORES, TABLES, check_partition_value, lock_path, manifest_path, part_name, ranks,
                               partition_dir)
 
 log = logging.getLogger(__name__)
-
-
-def _ranks(scores: np.ndarray, sample_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """rank 1 = highest (ties by sample_id); percentile = fraction of samples scoring <= this one."""
-    order = np.lexsort((sample_ids, -scores))
-    rank = np.empty(len(scores), np.int32)
-    rank[order] = np.arange(1, len(scores) + 1)
-    asc = np.sort(scores)
-    pct = np.searchsorted(asc, scores, side="right") / max(len(scores), 1)
-    return rank, pct
 
 
 def summaries(part: Path, shard_samples: pa.Table) -> list[SampleSummary]:
@@ -90,14 +80,13 @@ def _remove_partitions(root: Path, dataset: str, sae_id: str) -> None:
     manifest_path(root, dataset, sae_id).unlink(missing_ok=True)
 
 
-def samples_table(spec: DatasetSpec, scored: dict[str, dict]) -> pa.Table:
+def samples_table(spec: DatasetSpec, scored: dict[str, dict], rows: dict[str, int]) -> pa.Table:
     """The fields needed to rebuild each scored sample: the dump's own samples (``scored``), in
-    its order, found in the source by sample_id at their first row there. Duplicate rows, and
-    rows re-ordered or appended since the dump, change nothing; a sample the source no longer
-    holds fails the run before any table is written."""
-    found: dict[str, Sample] = {}
-    for s in samples_by_id(spec, set(scored)):
-        found.setdefault(s.sample_id, s)
+    its order, found in the source at the rows the dump recorded (``rows``), or by sample_id where
+    the source changed since (``find_samples``). Duplicate rows, and rows re-ordered or appended
+    since the dump, change nothing; a sample the source no longer holds fails the run before any
+    table is written."""
+    found = find_samples(spec, {sid: rows[sid] for sid in scored})
     missing = [sid for sid in scored if sid not in found]
     if missing:
         raise ValueError(f"the source dataset {spec.path} no longer holds {len(missing)} of the {len(scored)} dumped samples "
@@ -169,13 +158,12 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
         spec = DatasetSpec.model_validate(dump.manifest["dataset"])
         if Path(spec.path).expanduser().exists():  # later stages may run from another directory
             spec = spec.model_copy(update={"path": str(Path(spec.path).expanduser().resolve())})
-        external = {}
+        external, rows = {}, dump.sample_rows()
         if cfg.clip_model is not None:
-            wanted = set(dump_samples.column("sample_id").to_pylist())
-            external["clip_score"] = clip_scores(cfg.clip_model, samples_by_id(spec, wanted), cfg.clip_batch_size, str(device), cfg.progress)
+            external["clip_score"] = clip_scores(cfg.clip_model, find_samples(spec, rows).values(), cfg.clip_batch_size, str(device), cfg.progress)
         scores, summary, scored = _score_samples(cfg, all_summaries, ds, sae.cfg.d_sae, external)
 
-        _write(samples_table(spec, scored), partition_dir(root, "samples", dataset) / part_name(0))
+        _write(samples_table(spec, scored, rows), partition_dir(root, "samples", dataset) / part_name(0))
         _write(ds.stats, partition_dir(root, "feature_stats", dataset, sae_id) / part_name(0))
         _write(scores, partition_dir(root, "scores", dataset, sae_id) / part_name(0))
 
@@ -293,7 +281,7 @@ def _score_samples(cfg: ScoreConfig, all_summaries, ds: DatasetStats, d_sae: int
     tables, summary = [], {}
     for name, vals in per_scorer.items():
         v = np.asarray(vals, np.float64)
-        rank, pct = _ranks(v, sid_arr)
+        rank, pct = ranks(v, sid_arr)
         order = np.argsort(rank)
         tables.append(pa.table({"sample_id": pa.array(sid_arr[order], pa.string()), "scorer": pa.array([name] * len(v), pa.string()),
                                 "score": pa.array(v[order]), "rank": pa.array(rank[order]), "percentile": pa.array(pct[order])},

@@ -88,6 +88,19 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+def ranks(scores, sample_ids) -> tuple:
+    """The ``rank`` and ``percentile`` columns of ``scores``: rank 1 = highest score (ties by
+    sample_id), percentile = fraction of samples scoring <= this one. The filter keeps by it too."""
+    import numpy as np
+
+    scores = np.asarray(scores, np.float64)
+    order = np.lexsort((np.asarray(sample_ids, object), -scores))
+    rank = np.empty(len(scores), np.int32)
+    rank[order] = np.arange(1, len(scores) + 1)
+    pct = np.searchsorted(np.sort(scores), scores, side="right") / max(len(scores), 1)
+    return rank, pct
+
+
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
