@@ -10,6 +10,7 @@ crashed resumes at the stage it was in, and a changed config reruns only what is
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
@@ -106,105 +107,135 @@ def score_stage(store: ArtifactStore, config: dict, upstream: list[str], n_shard
     return run_cached(score_dataset_task, store, "score", config, upstream, valid=valid)
 
 
-@flow(name="saev")
-def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B008 (Prefect parameter default)
-    logger = get_run_logger()
-    cfg = config
-    check_deployment_paths(artifacts=cfg.artifacts)
-    store = ArtifactStore.at(cfg.artifacts)
-    upstream: list[str] = []
-    world = world_dir = labels = heldout = None
+@dataclass
+class _Inputs:
+    """What the stages start from: the model, the dataset, and for the demo world its labels,
+    held-out split and artifact (``world``), which the stages below depend on."""
+
+    model: str
+    spec: DatasetSpec
+    template: dict
+    upstream: list[str]
+    world: dict | None = None
+    labels: str | None = None
+    heldout: str | None = None
+
+
+def prepare_inputs(store: ArtifactStore, cfg: PipelineConfig) -> _Inputs:
+    """The given model and dataset, or the demo world's (built once, as the `prepare` artifact)."""
+    world, upstream, labels, heldout, world_dir = None, [], None, None, None
     if cfg.model is None or cfg.dataset is None:
-        demo_conf = cfg.demo.model_dump()
-        world = run_cached(prepare_demo, store, "prepare", demo_conf, [])
+        world = run_cached(prepare_demo, store, "prepare", cfg.demo.model_dump(), [])
         world_dir, upstream = Path(world["path"]), [world["key"]]
-        labels = str(world_dir / "labels.parquet")
-        heldout = str(world_dir / world["manifest"]["heldout"])
-    model = cfg.model or str(world_dir / "model")
+        labels, heldout = str(world_dir / "labels.parquet"), str(world_dir / world["manifest"]["heldout"])
     spec = cfg.dataset or DatasetSpec(path=str(world_dir / "datasets" / cfg.dataset_name / "train.parquet"))
     if cfg.limit is not None:
         spec = spec.model_copy(update={"limit": cfg.limit})
-
     # The template counts by its content: a changed file changes the dump's key and all below it.
     template = {"chat_template": cfg.chat_template, "chat_template_sha256": chat_template_digest(cfg.chat_template)} \
         if cfg.chat_template else {}
-    dump_conf = dump_config(model, spec, cfg.layer, {**(DEMO_DUMP if world else {}), **template, **set_fields(cfg.dump)})
-    dump = dump_stage(store, dump_conf, upstream, cfg.shard_tasks)
+    return _Inputs(cfg.model or str(world_dir / "model"), spec, template, upstream, world, cfg.labels or labels, cfg.heldout or heldout)
+
+
+def sae_stages(store: ArtifactStore, cfg: PipelineConfig, src: _Inputs) -> tuple[dict, dict, list[dict], dict]:
+    """Dump, the SAE, the report's frontier SAEs (trained together, from one pass over the dump), and the SAE's evaluation."""
+    dump_conf = dump_config(src.model, src.spec, cfg.layer, {**(DEMO_DUMP if src.world else {}), **src.template, **set_fields(cfg.dump)})
+    dump = dump_stage(store, dump_conf, src.upstream, cfg.shard_tasks)
     sae_conf = {**DEMO_SAE, **set_fields(cfg.sae), "activations": dump["path"]}
     sae = run_cached(train_sae_task, store, "train", sae_conf, [dump["key"]])
     main = TrainConfig.model_validate({**sae_conf, "out": "-"})
-    frontier_budget = {"total_tokens": max(int(main.total_tokens * cfg.frontier_tokens), main.batch_size)}
-    # the frontier's SAEs train together, from one pass over the dump
-    frontier = run_cached(train_saes_task, store, "frontier", [{**sae_conf, **frontier_budget, **set_fields(extra)} for extra in cfg.frontier],
+    budget = {"total_tokens": max(int(main.total_tokens * cfg.frontier_tokens), main.batch_size)}
+    frontier = run_cached(train_saes_task, store, "frontier", [{**sae_conf, **budget, **set_fields(extra)} for extra in cfg.frontier],
                           [dump["key"]]) if cfg.report_latents and cfg.frontier else []
     sae_eval = run_cached(eval_sae_task, store, "eval-sae", {"run": sae["path"], "n_samples": cfg.eval_samples}, [sae["key"]])
+    return dump, sae, frontier, sae_eval
+
+
+def scoring_stages(store: ArtifactStore, cfg: PipelineConfig, src: _Inputs, dump: dict, sae: dict, frontier: list[dict]) -> tuple[dict, dict, dict | None]:
+    """Scoring (with the demo's CLIP score beside the SAE's scorers) and the feature browser."""
     score_conf = {"activations": dump["path"], "sae": sae["path"], "dataset_name": cfg.dataset_name, **set_fields(cfg.score)}
     score_upstream = [dump["key"], sae["key"]]
-    if cfg.clip_baseline is not False and world is not None and "clip_model" not in score_conf:
-        clip = run_cached(prepare_demo_clip, store, "clip", {"world": str(world_dir)}, [world["key"]])
+    if cfg.clip_baseline is not False and src.world is not None and "clip_model" not in score_conf:
+        clip = run_cached(prepare_demo_clip, store, "clip", {"world": str(Path(src.world["path"]))}, [src.world["key"]])
         score_conf["clip_model"], score_upstream = clip["manifest"]["model"], [*score_upstream, clip["key"]]
     scored = score_stage(store, score_conf, score_upstream, len(dump["manifest"]["shards"]), cfg.shard_tasks)
-    sae_id = scored["manifest"]["sae_id"]
-    report_conf = {"dataset": cfg.dataset_name, "sae_id": sae_id, "n_latents": cfg.report_latents, "scorer": cfg.scorer,
-                   "labels": cfg.labels or labels, "frontier_of": dump["path"]}
+    report_conf = {"dataset": cfg.dataset_name, "sae_id": scored["manifest"]["sae_id"], "n_latents": cfg.report_latents,
+                   "scorer": cfg.scorer, "labels": src.labels, "frontier_of": dump["path"]}
     report = run_cached(report_task, store, "report", report_conf, [scored["key"], *(f["key"] for f in frontier)]) \
         if cfg.report_latents else None
-    filter_conf = {"scorer": cfg.scorer, "datasets": [cfg.dataset_name], "sae_id": sae_id, "top_fraction": cfg.top_fraction}
+    return scored, score_conf, report
+
+
+def alignment_stages(store: ArtifactStore, cfg: PipelineConfig, src: _Inputs, scored: dict, with_clip: bool) -> tuple[dict, dict, dict]:
+    """The scorer's kept subset and the model aligned on it, and beside them the same-size
+    baselines: random, the evaluation-only oracle, and clip_score (the filter users would pick
+    instead) where it was scored."""
+    filter_conf = {"scorer": cfg.scorer, "datasets": [cfg.dataset_name], "sae_id": scored["manifest"]["sae_id"], "top_fraction": cfg.top_fraction}
 
     def filter_and_align(conf: dict) -> tuple[dict, dict]:
         kept = run_cached(filter_dataset_task, store, "filter", conf, [scored["key"]])
-        align_conf = {"model": model, "data": str(Path(kept["path"]) / "data"),
+        align_conf = {"model": src.model, "data": str(Path(kept["path"]) / "data"),
                       **({"chat_template": cfg.chat_template} if cfg.chat_template else {}), **set_fields(cfg.align)}
         return kept, run_cached(align_task, store, "align", align_conf, [kept["key"]])
 
     filtered, aligned = filter_and_align(filter_conf)
-    labels = cfg.labels or labels
-    # The same-size baselines beside the scorer's subset: random, and the evaluation-only oracle.
-    # clip_score, where scored, is the filter users would pick instead.
     baselines = {"random": filter_and_align({**filter_conf, "scorer": "random"}),
-                 "oracle": filter_and_align({**filter_conf, "scorer": "random", "oracle_labels": labels})} \
-        if cfg.compare and labels is not None and cfg.scorer != "random" else {}
-    if baselines and "clip_model" in score_conf and cfg.scorer != "clip_score":
+                 "oracle": filter_and_align({**filter_conf, "scorer": "random", "oracle_labels": src.labels})} \
+        if cfg.compare and src.labels is not None and cfg.scorer != "random" else {}
+    if baselines and with_clip and cfg.scorer != "clip_score":
         baselines["clip_score"] = filter_and_align({**filter_conf, "scorer": "clip_score"})
+    return filtered, aligned, baselines
 
-    sae_figures = headline(sae["manifest"])
+
+def evaluation(store: ArtifactStore, cfg: PipelineConfig, src: _Inputs, aligned: dict, baselines: dict) -> dict:
+    """The base model, the aligned one and each baseline's, on the held-out split."""
+    method = aligned["manifest"]["method"]
+    keys = ("n", "answer_accuracy", "nll", "preference_accuracy")
+
+    def evaluate(model: str, upstream: list[str], extra: dict) -> dict:
+        conf = {"model": model, "heldout": src.heldout, "n_samples": cfg.model_eval_samples, **extra, **src.template}
+        rec = run_cached(evaluate_model_task, store, "evaluate", conf, upstream)
+        return {k: rec["manifest"].get(k) for k in keys}
+
+    def trained(run: dict) -> dict:
+        return evaluate(str(Path(run["path"]) / "aligned" / "model"), [run["key"]], {"reference": src.model if method == "dpo" else None})
+
+    base = evaluate(src.model, src.upstream, {})
+    return {"method": method, "scorer": cfg.scorer, "train_rows": aligned["manifest"]["n_train_rows"],
+            "base": base, "aligned": trained(aligned), "baselines": {name: trained(a) for name, (_, a) in baselines.items()}}
+
+
+@flow(name="saev")
+def saev_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B008 (Prefect parameter default)
+    cfg = config
+    check_deployment_paths(artifacts=cfg.artifacts)
+    store = ArtifactStore.at(cfg.artifacts)
+    src = prepare_inputs(store, cfg)
+    dump, sae, frontier, sae_eval = sae_stages(store, cfg, src)
+    scored, score_conf, report = scoring_stages(store, cfg, src, dump, sae, frontier)
+    filtered, aligned, baselines = alignment_stages(store, cfg, src, scored, "clip_model" in score_conf)
+    sae_figures, ce = headline(sae["manifest"]), sae_eval["manifest"].get("ce_with_images", {})
     summary = {
         "artifacts": store.location,
         "dump": dump["path"], "samples": dump["manifest"]["n_samples"], "rejected": dump["manifest"]["n_rejected"],
         "sae": str(Path(sae["path"]) / "sae"), "sae_fvu": {g: sae_figures[f"{g}_fvu"] for g in ("all", "image", "text")},
         "sae_l0": sae_figures["all_l0"], "sae_dead": sae["manifest"].get("metrics"),
-        "ce_loss_recovered": sae_eval["manifest"].get("ce_with_images", {}).get("ce_loss_recovered"),
-        "kl_score": {g: r["kl_score"] for g, r in sae_eval["manifest"].get("ce_with_images", {}).get("kl", {}).items()},
-        "tables": str(store.tables), "sae_id": sae_id, "cross_modal_latents": scored["manifest"]["n_cross_modal"],
+        "ce_loss_recovered": ce.get("ce_loss_recovered"), "kl_score": {g: r["kl_score"] for g, r in ce.get("kl", {}).items()},
+        "tables": str(store.tables), "sae_id": scored["manifest"]["sae_id"], "cross_modal_latents": scored["manifest"]["n_cross_modal"],
         "filtered": str(Path(filtered["path"]) / "data"), "filtered_kept": filtered["manifest"]["n_kept"],
         "aligned_model": str(Path(aligned["path"]) / "aligned" / "model"),
         "report": report["manifest"]["index"] if report else None,
         "query": f"saev query --tables {store.tables} \"SELECT scorer, avg(score) FROM scores GROUP BY ALL\"",
     }
-    if world_dir is not None:
-        summary["demo_world"] = str(world_dir)
-        summary["demo_caption_accuracy"] = world["manifest"]["pretrain"]["caption_accuracy"]
-    heldout = cfg.heldout or heldout
-    if heldout is not None:
-        n_eval = cfg.model_eval_samples
-        method = aligned["manifest"]["method"]
-        keys = ("n", "answer_accuracy", "nll", "preference_accuracy")
-
-        def evaluate(trained: dict) -> dict:
-            rec = run_cached(evaluate_model_task, store, "evaluate",
-                             {"model": str(Path(trained["path"]) / "aligned" / "model"), "heldout": heldout, "n_samples": n_eval,
-                              "reference": model if method == "dpo" else None, **template}, [trained["key"]])
-            return {k: rec["manifest"].get(k) for k in keys}
-
-        base_eval = run_cached(evaluate_model_task, store, "evaluate", {"model": model, "heldout": heldout, "n_samples": n_eval, **template},
-                               upstream)
-        summary["alignment"] = {"method": method, "scorer": cfg.scorer, "train_rows": aligned["manifest"]["n_train_rows"],
-                                "base": {k: base_eval["manifest"].get(k) for k in keys}, "aligned": evaluate(aligned),
-                                "baselines": {name: evaluate(a) for name, (_, a) in baselines.items()}}
-    if labels is not None:
-        quality = scorer_quality_task(store.location, labels, cfg.dataset_name, sae_id)
+    if src.world is not None:
+        summary["demo_world"] = str(Path(src.world["path"]))
+        summary["demo_caption_accuracy"] = src.world["manifest"]["pretrain"]["caption_accuracy"]
+    if src.heldout is not None:
+        summary["alignment"] = evaluation(store, cfg, src, aligned, baselines)
+    if src.labels is not None:
+        quality = scorer_quality_task(store.location, src.labels, cfg.dataset_name, scored["manifest"]["sae_id"])
         summary["scorer_auroc"] = {r["scorer"]: round(r["auroc"], 3) for r in quality}
-    logger.info("saev pipeline finished: %s", summary)
+    get_run_logger().info("saev pipeline finished: %s", summary)
     return summary
 
 

@@ -271,10 +271,7 @@ def query(
 
       saev query --print-views > views.sql && duckdb -c ".read views.sql" -c "FROM scores LIMIT 5"
     """
-    import duckdb
-    import pyarrow as pa
-
-    from saev_core.tables.query import QueryRefused, count_note, format_rows, read_head, run_query, views_sql, write_result
+    from saev_core.tables.query import count_note, format_rows, views_sql
 
     if format not in ("table", "csv", "json"):
         raise typer.BadParameter(f"expected table, csv or json, got {format!r}", param_hint="--format")
@@ -286,6 +283,23 @@ def query(
         return
     if sql is None:
         raise typer.BadParameter("give the SQL to run (or --print-views)", param_hint="SQL")
+    result = _run_sql(tables, sql, param, out, limit)
+    if result is not None:
+        shown, n = result
+        typer.echo(format_rows(shown, format))
+        if format == "table" or n > shown.num_rows:
+            typer.echo(count_note(n, shown.num_rows), err=format != "table")
+
+
+def _run_sql(tables: str, sql: str, param: list[str], out: Path | None, limit: int):
+    """Run the query with the ``--param`` values; write it to ``out`` (None back), or return its
+    first ``limit`` rows and the row count. A bad value, a refusal or a DuckDB error ends the
+    command with its one-line message."""
+    import duckdb
+    import pyarrow as pa
+
+    from saev_core.tables.query import QueryRefused, read_head, run_query, write_result
+
     con = None
     try:
         params = parse_pairs(param, "--param")
@@ -293,8 +307,8 @@ def query(
         reader = run_query(con, sql, params)
         if out is not None:
             typer.echo(f"wrote {write_result(reader, out)} rows to {out}")
-            return
-        shown, n = read_head(reader, limit)
+            return None
+        return read_head(reader, limit)
     except (QueryRefused, FileNotFoundError, ValueError) as e:
         fail(str(e))
     except (duckdb.Error, pa.ArrowException, OSError) as e:
@@ -302,9 +316,6 @@ def query(
     finally:
         if con is not None:
             con.close()
-    typer.echo(format_rows(shown, format))
-    if format == "table" or n > shown.num_rows:
-        typer.echo(count_note(n, shown.num_rows), err=format != "table")
 
 
 def _tables_connection(tables: str):

@@ -231,6 +231,11 @@ def cross_entropy(bundle: ModelBundle, sae, layer: int, samples: list[Sample], w
         for g, sel in groups.items():
             kl[g]["n"] += int(sel.sum())
         count += int(scored.sum())
+    return _ce_figures(sums, kl, count, len(samples))
+
+
+def _ce_figures(sums: dict, kl: dict, count: int, n_samples: int) -> dict:
+    """``cross_entropy``'s result from its running sums: mean CEs, CE-loss-recovered and the KL scores."""
     res = {f"ce_{k}": v / max(count, 1) for k, v in sums.items()}
     res["ce_loss_recovered"] = ce_loss_recovered(res["ce_clean"], res["ce_sae"], res["ce_zero"])
     res["kl"] = {}
@@ -238,9 +243,7 @@ def cross_entropy(bundle: ModelBundle, sae, layer: int, samples: list[Sample], w
         if acc["n"]:
             k_sae, k_zero = acc["sae"] / acc["n"], acc["zero"] / acc["n"]
             res["kl"][g] = {"kl_sae": k_sae, "kl_zero": k_zero, "kl_score": kl_score(k_sae, k_zero), "n_positions": acc["n"]}
-    res["n_tokens"] = count
-    res["n_samples"] = len(samples)
-    return res
+    return {**res, "n_tokens": count, "n_samples": n_samples}
 
 
 def heldout_samples(dump: ActivationDump, n: int) -> list[Sample]:

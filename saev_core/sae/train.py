@@ -334,6 +334,42 @@ def train_saes(cfgs: list[TrainConfig], overwrite: bool = False, stop_at_step: i
     """
     _check_shared(cfgs)
     lead = cfgs[0]
+    world, device = _placement(lead)
+    dump = _open_dump(cfgs, world, device)
+    total = lead.steps
+    if world.main:
+        for cfg in cfgs:
+            claim_output_dir(cfg.out, cfg.identity(), overwrite, "training run")
+    barrier(world)  # the others read what process 0 claimed
+    manifests, pending = _finished_and_pending(cfgs, total)
+    if not pending:
+        return [manifests[i] for i in range(len(cfgs))]
+    start = max(set.intersection(*(set(c) for *_, c in pending)), default=0)
+    stream = ShuffledBatches(dump, MODALITY_SETS[lead.modalities], lead.batch_size // world.size, seed=lead.seed, buffer_rows=lead.buffer_rows,
+                             rank=world.rank, world_size=world.size, workers=lead.reader_workers, pin_memory=device.type == "cuda")
+    runs = _start_runs(lead, pending, start, dump, stream, world, device)
+    t0 = time.perf_counter()
+    try:
+        done = _train_loop(lead, runs, stream, dump, world, device, start, total, stop_at_step, len(cfgs))
+    finally:
+        for run in runs.values():
+            run.close()
+    if "stopped_at_step" in done:
+        return [{**done, "last_checkpoint": str(runs[i].last_ckpt)} if i in runs else manifests[i] for i in range(len(cfgs))]
+    elapsed = time.perf_counter() - t0 - done["eval_seconds"]
+    tokens_per_s = done["tokens"] / elapsed if elapsed > 0 else math.nan
+    sweep = [str(r.out) for r in runs.values()] if len(cfgs) > 1 else None
+    if world.main:
+        for i, run in runs.items():
+            manifests[i] = run.finish(dump, device, stream, total, tokens_per_s, elapsed, sweep, world.size)
+    manifests = broadcast(world, manifests)
+    if done["failed"]:
+        raise TrainingDiverged("; ".join(done["failed"][i] for i in sorted(done["failed"])))
+    return [manifests[i] for i in range(len(cfgs))]
+
+
+def _placement(lead: TrainConfig) -> tuple[World, torch.device]:
+    """The launched processes and this one's device, with the allocators training wants."""
     world = launched_world()
     device = resolve_device(lead.device)
     if device.type == "cuda" and world.active:
@@ -344,6 +380,12 @@ def train_saes(cfgs: list[TrainConfig], overwrite: bool = False, stop_at_step: i
         parallel_decode_pool()
     if lead.batch_size % world.size:
         raise ValueError(f"batch_size {lead.batch_size} does not split over {world.size} processes: use a multiple of {world.size}")
+    return world, device
+
+
+def _open_dump(cfgs: list[TrainConfig], world: World, device: torch.device) -> ActivationDump:
+    """The activations, checked to hold rows of the trained modalities and to fit each SAE in memory."""
+    lead = cfgs[0]
     modalities = MODALITY_SETS[lead.modalities]
     dump = ActivationDump.open(lead.activations, lead.heldout_fraction)
     rows = dump.manifest.get("rows")
@@ -352,26 +394,28 @@ def train_saes(cfgs: list[TrainConfig], overwrite: bool = False, stop_at_step: i
                          f"samples kept, {dump.manifest.get('n_rejected', 0)} rejected; see its rejected/ files)")
     for cfg in cfgs:
         check_memory(dump.d_in, cfg.d_sae or cfg.expansion_factor * dump.d_in, device, cfg.batch_size // world.size)
-    total = lead.steps
-    if world.main:
-        for cfg in cfgs:
-            claim_output_dir(cfg.out, cfg.identity(), overwrite, "training run")
-    barrier(world)  # the others read what process 0 claimed
-    outs = [Path(cfg.out) for cfg in cfgs]
-    manifests: dict[int, dict] = {}
-    pending: list[tuple[int, TrainConfig, Path, dict[int, Path]]] = []
-    for i, (cfg, out) in enumerate(zip(cfgs, outs)):
+    return dump
+
+
+def _finished_and_pending(cfgs: list[TrainConfig], total: int) -> tuple[dict[int, dict], list[tuple[int, TrainConfig, Path, dict[int, Path]]]]:
+    """The manifests of runs that finished with their config, and the others with their checkpoints by step."""
+    manifests, pending = {}, []
+    for i, cfg in enumerate(cfgs):
+        out = Path(cfg.out)
         ckpts = {int(p.name.split("-")[1]): p for p in _checkpoints(out)}
         if ckpts and (out / "manifest.json").exists() and max(ckpts) >= total:
             manifests[i] = read_json(out / "manifest.json")  # finished with this config: nothing to redo
         else:
             pending.append((i, cfg, out, ckpts))
-    if not pending:
-        return [manifests[i] for i in range(len(cfgs))]
-    common = set.intersection(*(set(c) for *_, c in pending))
-    start = max(common, default=0)
-    stream = ShuffledBatches(dump, modalities, lead.batch_size // world.size, seed=lead.seed, buffer_rows=lead.buffer_rows,
-                             rank=world.rank, world_size=world.size, workers=lead.reader_workers, pin_memory=device.type == "cuda")
+    return manifests, pending
+
+
+def _start_runs(lead: TrainConfig, pending: list, start: int, dump: ActivationDump, stream: ShuffledBatches, world: World,
+                device: torch.device) -> dict[int, _Run]:
+    """Each pending run from its checkpoint at ``start`` (the stream too), or new from a probe of the
+    data (its scale and init); process 0's runs get the held-out probe their log rows report on.
+    ``lead`` (the pass's first config) sets what the runs share."""
+    modalities = MODALITY_SETS[lead.modalities]
     sample: list[torch.Tensor] = []
     runs: dict[int, _Run] = {}
     for i, cfg, out, ckpts in pending:
@@ -391,53 +435,56 @@ def train_saes(cfgs: list[TrainConfig], overwrite: bool = False, stop_at_step: i
         probe = heldout_probe(dump, lead.probe_rows, modalities)
         for run in runs.values():
             run.probe = probe
+    return runs
+
+
+def _train_loop(lead: TrainConfig, runs: dict[int, _Run], stream: ShuffledBatches, dump: ActivationDump, world: World,
+                device: torch.device, start: int, total: int, stop_at_step: int | None, n_cfgs: int) -> dict:
+    """Steps ``start``..``total`` of every run on the shared batches, with checkpoints and held-out
+    evaluations; a diverged run leaves ``runs``. Returns {"stopped_at_step"} when stopped early,
+    else the tokens trained, the evaluation's seconds and the failed runs' messages."""
     failed: dict[int, str] = {}
     batches = iter(stream)
-    t0, tokens_this_run, eval_seconds = time.perf_counter(), 0, 0.0
-    desc = f"train {lead.architecture} SAE" if len(cfgs) == 1 else f"train {len(runs)} SAEs"
-    try:
-        with tqdm(total=total, initial=start, desc=desc, unit="step", disable=not (lead.progress and world.main)) as pbar:
-            for step in range(start, total):
-                if stop_at_step is not None and step >= stop_at_step:
-                    stopped = {"stopped_at_step": step}
-                    return [{**stopped, "last_checkpoint": str(runs[i].last_ckpt)} if i in runs else manifests[i] for i in range(len(cfgs))]
-                x = next(batches).to(device, non_blocking=True).float()
-                res = None
-                for i, run in list(runs.items()):
-                    try:
-                        res = run.step(x, step, total)
-                    except TrainingDiverged as e:
-                        failed[i] = str(e)
-                        run.close()
-                        del runs[i]
-                if not runs:
-                    break
-                tokens_this_run += lead.batch_size
-                done = step + 1
-                if res is not None and len(cfgs) == 1 and (done % lead.log_every == 0 or done == total):
-                    pbar.set_postfix({"loss": f"{res.loss.item():.3g}", "fvu": f"{res.fvu.item():.3g}", "l0": f"{res.l0.item():.3g}"}, refresh=False)
-                if done % lead.checkpoint_every == 0 or done == total:
-                    streams = all_gather(world, stream.state())
-                    for run in runs.values():
-                        run.checkpoint(done, streams)
-                    if done < total and lead.eval_rows and world.main:
-                        t_eval = time.perf_counter()
-                        for run in runs.values():
-                            run.log({"step": done, "heldout": _heldout_summary(run.sae, dump, device, lead.eval_rows)})
-                            run.sae.train()
-                        eval_seconds += time.perf_counter() - t_eval
-                    barrier(world)
-                pbar.update(1)
-    finally:
+    tokens, eval_seconds = 0, 0.0
+    desc = f"train {lead.architecture} SAE" if n_cfgs == 1 else f"train {len(runs)} SAEs"
+    with tqdm(total=total, initial=start, desc=desc, unit="step", disable=not (lead.progress and world.main)) as pbar:
+        for step in range(start, total):
+            if stop_at_step is not None and step >= stop_at_step:
+                return {"stopped_at_step": step}
+            x = next(batches).to(device, non_blocking=True).float()
+            res = None
+            for i, run in list(runs.items()):
+                try:
+                    res = run.step(x, step, total)
+                except TrainingDiverged as e:
+                    failed[i] = str(e)
+                    run.close()
+                    del runs[i]
+            if not runs:
+                break
+            tokens += lead.batch_size
+            done = step + 1
+            if res is not None and n_cfgs == 1 and (done % lead.log_every == 0 or done == total):
+                pbar.set_postfix({"loss": f"{res.loss.item():.3g}", "fvu": f"{res.fvu.item():.3g}", "l0": f"{res.l0.item():.3g}"}, refresh=False)
+            if done % lead.checkpoint_every == 0 or done == total:
+                eval_seconds += _checkpoint_all(lead, runs, stream, dump, world, device, done, total)
+            pbar.update(1)
+    return {"tokens": tokens, "eval_seconds": eval_seconds, "failed": failed}
+
+
+def _checkpoint_all(lead: TrainConfig, runs: dict[int, _Run], stream: ShuffledBatches, dump: ActivationDump, world: World,
+                    device: torch.device, done: int, total: int) -> float:
+    """Checkpoint every run at step ``done`` (with every process's stream position), then log the
+    held-out evaluation before the last step; returns the evaluation's seconds."""
+    streams = all_gather(world, stream.state())
+    for run in runs.values():
+        run.checkpoint(done, streams)
+    seconds = 0.0
+    if done < total and lead.eval_rows and world.main:
+        t_eval = time.perf_counter()
         for run in runs.values():
-            run.close()
-    elapsed = time.perf_counter() - t0 - eval_seconds
-    tokens_per_s = tokens_this_run / elapsed if elapsed > 0 else math.nan
-    sweep = [str(r.out) for r in runs.values()] if len(cfgs) > 1 else None
-    if world.main:
-        for i, run in runs.items():
-            manifests[i] = run.finish(dump, device, stream, total, tokens_per_s, elapsed, sweep, world.size)
-    manifests = broadcast(world, manifests)
-    if failed:
-        raise TrainingDiverged("; ".join(failed[i] for i in sorted(failed)))
-    return [manifests[i] for i in range(len(cfgs))]
+            run.log({"step": done, "heldout": _heldout_summary(run.sae, dump, device, lead.eval_rows)})
+            run.sae.train()
+        seconds = time.perf_counter() - t_eval
+    barrier(world)
+    return seconds

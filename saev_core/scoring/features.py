@@ -113,6 +113,37 @@ def _shard_batches(dump: ActivationDump, shard: int, batch_rows: int):
 
 
 @torch.no_grad()
+def _features_table(parts: list, names: np.ndarray, d_sae: int) -> pa.Table:
+    """A shard's sample_features rows from its batches' aggregates, sorted by feature_id, then sample_id."""
+    if not parts:
+        return SAMPLE_FEATURES.empty_table()
+    key, cnt, sm, mx = _merge(parts)
+    seg, feat = key // d_sae, (key % d_sae).to(torch.int32)
+    order = np.lexsort((names[(seg // 2).numpy()], feat.numpy()))
+    return pa.table({
+        "sample_id": pa.array(names[(seg // 2).numpy()][order], pa.string()),
+        "feature_id": pa.array(feat.numpy()[order]),
+        "modality": pa.array(np.where((seg % 2).numpy() == 1, "text", "image")[order], pa.string()),
+        "n_active_tokens": pa.array(cnt.numpy().astype(np.int32)[order]),
+        "max_act": pa.array(mx.numpy().astype(np.float32)[order]),
+        "sum_act": pa.array(sm.numpy().astype(np.float32)[order]),
+    }, schema=SAMPLE_FEATURES)
+
+
+def _shard_samples(counts: torch.Tensor, resid: torch.Tensor, names: np.ndarray) -> pa.Table:
+    """Per sample of a shard: image, text and active-latent token counts, and the cosine of its
+    image and text residual sums (the same direction as their means; null without both)."""
+    both = (counts[:, 0] > 0) & (counts[:, 1] > 0)
+    cos = torch.nn.functional.cosine_similarity(resid[:, 0], resid[:, 1], dim=-1)
+    return pa.table({
+        "sample_id": pa.array(names, pa.string()),
+        "n_image": pa.array(counts[:, 0].numpy().astype(np.int32)),
+        "n_text": pa.array(counts[:, 1].numpy().astype(np.int32)),
+        "n_active": pa.array(counts[:, 2].numpy()),
+        "resid_cosine": pa.array(np.where(both.numpy(), cos.numpy(), np.nan), mask=~both.numpy()),
+    }, schema=SHARD_SAMPLES)
+
+
 def encode_shard(dump: ActivationDump, shard: int, sae: SAE, reference_ids: frozenset[str], out_part: Path,
                  top: int = 30, per_side: int = 5, batch_rows: int = 4096, pbar=None) -> ShardPass:
     """Encode shard ``shard`` of ``dump``; write its sample_features part to ``out_part`` (atomically)."""
@@ -162,33 +193,10 @@ def encode_shard(dump: ActivationDump, shard: int, sae: SAE, reference_ids: froz
             pbar.update(len(rows))
 
     names = np.array(list(ids), dtype=object)
-    if parts:
-        key, cnt, sm, mx = _merge(parts)
-        seg, feat = key // d_sae, (key % d_sae).to(torch.int32)
-        order = np.lexsort((names[(seg // 2).numpy()], feat.numpy()))  # by feature_id, then sample_id
-        table = pa.table({
-            "sample_id": pa.array(names[(seg // 2).numpy()][order], pa.string()),
-            "feature_id": pa.array(feat.numpy()[order]),
-            "modality": pa.array(np.where((seg % 2).numpy() == 1, "text", "image")[order], pa.string()),
-            "n_active_tokens": pa.array(cnt.numpy().astype(np.int32)[order]),
-            "max_act": pa.array(mx.numpy().astype(np.float32)[order]),
-            "sum_act": pa.array(sm.numpy().astype(np.float32)[order]),
-        }, schema=SAMPLE_FEATURES)
-    else:
-        table = SAMPLE_FEATURES.empty_table()
     with atomic_path(out_part) as tmp:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 20)
-
+        pq.write_table(_features_table(parts, names, d_sae), tmp, compression="zstd", row_group_size=1 << 20)
     counts, resid = counts.cpu(), resid.cpu()
-    both = (counts[:, 0] > 0) & (counts[:, 1] > 0)
-    cos = torch.nn.functional.cosine_similarity(resid[:, 0], resid[:, 1], dim=-1)  # sums: same direction as means
-    samples = pa.table({
-        "sample_id": pa.array(names, pa.string()),
-        "n_image": pa.array(counts[:, 0].numpy().astype(np.int32)),
-        "n_text": pa.array(counts[:, 1].numpy().astype(np.int32)),
-        "n_active": pa.array(counts[:, 2].numpy()),
-        "resid_cosine": pa.array(np.where(both.numpy(), cos.numpy(), np.nan), mask=~both.numpy()),
-    }, schema=SHARD_SAMPLES)
+    samples = _shard_samples(counts, resid, names)
     fires = fires.view(2, d_sae).cpu()
     tokens = torch.stack([counts[:, 0].sum(), counts[:, 1].sum()])
     return ShardPass(pool_values.cpu(), pool_refs.cpu(), torch.stack([v for v, _ in sides]).cpu(),

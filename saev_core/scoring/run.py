@@ -108,8 +108,7 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
     ``shards`` reuses them and finishes); ``stop_after_shards`` stops early (tests of resumption).
     """
     dump = ActivationDump.open(cfg.activations)
-    sae_dir = resolve_sae_dir(cfg.sae)
-    device = resolve_device(cfg.device)
+    sae_dir, device = resolve_sae_dir(cfg.sae), resolve_device(cfg.device)
     sae = load_sae(sae_dir, device=str(device)).eval()
     if sae.cfg.d_in != dump.d_in:
         raise ValueError(f"the SAE in {sae_dir} has d_in={sae.cfg.d_in} but the activations in {cfg.activations} have "
@@ -120,26 +119,14 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
     identity = {**cfg.identity(), "dataset": dataset, "sae_id": sae_id, "saev_core_version": __version__}
     # The whole partition is one writer's at a time; shard-only calls write separate parts and run side by side.
     with file_lock(lock_path(root, dataset, sae_id)) if shards is None else contextlib.nullcontext():
-        mpath = manifest_path(root, dataset, sae_id)
-        if mpath.exists():
-            done = read_json(mpath)
-            if done.get("identity") == identity:
-                log.info("dataset %s is already scored with SAE %s; nothing to do", dataset, sae_id)
-                return done
-            if not overwrite:
-                raise ValueError(f"dataset {dataset} is already scored with SAE {sae_id} under another config "
-                                 f"(see {mpath}); pass --overwrite to replace it or --dataset-name to score it under another name")
-            _remove_partitions(root, dataset, sae_id)
-        work = root / "_work" / f"dataset={dataset}" / f"sae_id={sae_id}"
-        if overwrite and work.exists():
-            shutil.rmtree(work)
-        claim_output_dir(work, identity, overwrite, "scoring work directory")
-
-        dump_samples = pa.concat_tables([pq.read_table(f) for f in sorted((dump.path / "samples").glob("*.parquet"))]) \
-            if any((dump.path / "samples").glob("*.parquet")) else None
-        if dump_samples is None or dump_samples.num_rows == 0:
+        done = _scored_before(root, dataset, sae_id, identity, overwrite)
+        if done is not None:
+            return done
+        work = _claim_work(root, dataset, sae_id, identity, overwrite)
+        rows = dump.sample_rows()
+        if not rows:
             raise ValueError(f"the dump {cfg.activations} holds no samples; nothing to score")
-        reference = reference_subset(dump_samples.column("sample_id").to_pylist(), cfg.reference_samples, cfg.seed)
+        reference = reference_subset(list(rows), cfg.reference_samples, cfg.seed)
         feat_dir = partition_dir(root, "sample_features", dataset, sae_id)
 
         t0 = time.perf_counter()
@@ -155,10 +142,8 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
                 shard_samples = pq.read_table(work / f"shard-{shard:05d}.samples.parquet", schema=SHARD_SAMPLES)
                 yield from summaries(feat_dir / part_name(shard), shard_samples)
 
-        spec = DatasetSpec.model_validate(dump.manifest["dataset"])
-        if Path(spec.path).expanduser().exists():  # later stages may run from another directory
-            spec = spec.model_copy(update={"path": str(Path(spec.path).expanduser().resolve())})
-        external, rows = {}, dump.sample_rows()
+        spec = _source_spec(dump)
+        external = {}
         if cfg.clip_model is not None:
             external["clip_score"] = clip_scores(cfg.clip_model, find_samples(spec, rows).values(), cfg.clip_batch_size, str(device), cfg.progress)
         scores, summary, scored = _score_samples(cfg, all_summaries, ds, sae.cfg.d_sae, external)
@@ -166,37 +151,62 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
         _write(samples_table(spec, scored, rows), partition_dir(root, "samples", dataset) / part_name(0))
         _write(ds.stats, partition_dir(root, "feature_stats", dataset, sae_id) / part_name(0))
         _write(scores, partition_dir(root, "scores", dataset, sae_id) / part_name(0))
-
-        kinds = {str(k): int(n) for k, n in zip(*np.unique(np.asarray(ds.occ.kind, dtype=object)[ds.alive].astype(str), return_counts=True))}
-        manifest = {
-            "kind": "saev.scores",
-            "format_version": 1,
-            "saev_core_version": __version__,
-            "identity": identity,
-            "dataset": dataset,
-            "sae_id": sae_id,
-            "sae": str(sae_dir),
-            "activations": str(cfg.activations),
-            "model": dump.manifest["model"],
-            "layer": dump.manifest["layer"],
-            "include_response": dump.manifest.get("include_response", False),
-            "source_dataset": spec.model_dump(),
-            "n_samples": len(scored),
-            "n_reference_samples": len(reference),
-            "n_tokens": {"image": int(ds.tokens[0]), "text": int(ds.tokens[1])},
-            "d_sae": sae.cfg.d_sae,
-            "n_features_active": int(len(ds.alive)),
-            "feature_kinds": kinds,
-            "n_cross_modal": int(len(ds.occ.cross)),
-            "n_cross_modal_balanced": int((ds.balanced != 0).sum()),
-            "scorers": list(summary),
-            "score_summary": summary,
-            "throughput": {"encode_s": encode_s, "samples_per_s": encoded["samples"] / encode_s if encoded["samples"] else None,
-                           "tokens_per_s": encoded["tokens"] / encode_s if encoded["tokens"] else None, "device": str(device)},
-            "tables": str(root),
-        }
-        write_json(mpath, manifest)
+        manifest = {"identity": identity, "dataset": dataset, "sae_id": sae_id, "sae": str(sae_dir), "source_dataset": spec.model_dump(),
+                    "n_samples": len(scored), "n_reference_samples": len(reference), "d_sae": sae.cfg.d_sae,
+                    **_figures(cfg, dump, ds, summary, encoded, encode_s, device)}
+        write_json(manifest_path(root, dataset, sae_id), manifest)
         return manifest
+
+
+def _scored_before(root: Path, dataset: str, sae_id: str, identity: dict, overwrite: bool) -> dict | None:
+    """The partition's manifest when it was scored with this identity; otherwise None, after
+    clearing a partition scored under another config (``overwrite``) or refusing to."""
+    mpath = manifest_path(root, dataset, sae_id)
+    if not mpath.exists():
+        return None
+    done = read_json(mpath)
+    if done.get("identity") == identity:
+        log.info("dataset %s is already scored with SAE %s; nothing to do", dataset, sae_id)
+        return done
+    if not overwrite:
+        raise ValueError(f"dataset {dataset} is already scored with SAE {sae_id} under another config "
+                         f"(see {mpath}); pass --overwrite to replace it or --dataset-name to score it under another name")
+    _remove_partitions(root, dataset, sae_id)
+    return None
+
+
+def _claim_work(root: Path, dataset: str, sae_id: str, identity: dict, overwrite: bool) -> Path:
+    """The partition's work directory (per-shard parts and pools, kept across a resume), for this identity."""
+    work = root / "_work" / f"dataset={dataset}" / f"sae_id={sae_id}"
+    if overwrite and work.exists():
+        shutil.rmtree(work)
+    claim_output_dir(work, identity, overwrite, "scoring work directory")
+    return work
+
+
+def _source_spec(dump: ActivationDump) -> DatasetSpec:
+    """The dump's source dataset, a local path made absolute (later stages may run from another directory)."""
+    spec = DatasetSpec.model_validate(dump.manifest["dataset"])
+    if Path(spec.path).expanduser().exists():
+        spec = spec.model_copy(update={"path": str(Path(spec.path).expanduser().resolve())})
+    return spec
+
+
+def _figures(cfg: ScoreConfig, dump: ActivationDump, ds, summary: dict, encoded: dict, encode_s: float, device) -> dict:
+    """The scoring manifest's description of the dump and its figures (token counts, feature kinds, throughput)."""
+    kinds = {str(k): int(n) for k, n in zip(*np.unique(np.asarray(ds.occ.kind, dtype=object)[ds.alive].astype(str), return_counts=True))}
+    return {
+        "kind": "saev.scores", "format_version": 1, "saev_core_version": __version__,
+        "activations": str(cfg.activations), "model": dump.manifest["model"], "layer": dump.manifest["layer"],
+        "include_response": dump.manifest.get("include_response", False),
+        "n_tokens": {"image": int(ds.tokens[0]), "text": int(ds.tokens[1])},
+        "n_features_active": int(len(ds.alive)), "feature_kinds": kinds,
+        "n_cross_modal": int(len(ds.occ.cross)), "n_cross_modal_balanced": int((ds.balanced != 0).sum()),
+        "scorers": list(summary), "score_summary": summary,
+        "throughput": {"encode_s": encode_s, "samples_per_s": encoded["samples"] / encode_s if encoded["samples"] else None,
+                       "tokens_per_s": encoded["tokens"] / encode_s if encoded["tokens"] else None, "device": str(device)},
+        "tables": str(Path(cfg.tables)),
+    }
 
 
 def _encode_shards(cfg: ScoreConfig, dump: ActivationDump, sae, reference: frozenset[str], work: Path, feat_dir: Path,
