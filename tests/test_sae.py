@@ -14,10 +14,10 @@ from saev_core.sae.model import (
     SAEConfig,
     estimate_input_scale,
     geometric_median,
-    select_aux_latents,
     sparsity_coefficient_at,
 )
 from saev_core.sae.jumprelu import jumprelu, step_l0
+from tests.reference import select_aux_latents
 
 
 def set_weights(sae: SAE, **tensors: list) -> SAE:

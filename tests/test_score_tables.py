@@ -22,7 +22,8 @@ from saev_core.scoring.quality import auroc, render_quality, scorer_quality, top
 from saev_core.tables.query import connect, open_views
 from saev_core.sae.model import SAE, SAEConfig
 from saev_core.scoring.run import ScoreConfig, run_scoring
-from saev_core.scoring.scorers import EXTERNAL_SCORERS, SCORERS, SampleSummary, ScoringContext, balanced_weights, cross_modal_weights, fit_cofiring, peer_ranks
+from saev_core.scoring.scorers import EXTERNAL_SCORERS, SCORERS, SampleSummary, ScoringContext, fit_cofiring, peer_ranks
+from tests.reference import balanced_weights, cross_modal_weights, summary_from_acts
 from saev_core.sae.train import TrainConfig, train_sae
 
 
@@ -54,7 +55,7 @@ def dense_summaries(base) -> tuple[dict[str, SampleSummary], torch.Tensor, torch
     out = {}
     for sid in dict.fromkeys(sids):
         sel = torch.tensor([s == sid for s in sids])
-        out[sid] = SampleSummary.from_acts(sid, f[sel], img[sel], x[sel])
+        out[sid] = summary_from_acts(sid, f[sel], img[sel], x[sel])
     return out, f, img, x, sids
 
 

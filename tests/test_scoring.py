@@ -9,15 +9,16 @@ import pytest
 import torch
 
 from saev_core.scoring.scorers import (SCORERS, CoFiring, SampleSummary, ScoringContext, agreement_mean_score, agreement_peers_score,
-                               agreement_score, balanced_weights, cooccurrence_score, cooccurring_latents, coverage_score, cross_modal_weights, empty_pool, fit_cofiring, get_scorer, l0_score,
+                               agreement_score, cooccurrence_score, cooccurring_latents, coverage_score, empty_pool, fit_cofiring, get_scorer, l0_score,
                                mean_pair_cosine, merge_pools, model_cosine_score, peer_percentiles, random_score, reference_subset,
                                saev_balanced_score, saev_score, select_balanced, select_occurrences, update_pool)
+from tests.reference import balanced_weights, cross_modal_weights, summary_from_acts
 
 # 4 positions (image, image, text, text) x 3 latents
 ACTS = torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 0.5], [0.5, 3.0, 0.0], [0.0, 0.0, 1.0]])
 IMAGE = torch.tensor([True, True, False, False])
 RESID = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 2.0], [1.0, 0.0]])  # image mean (1, 0), text mean (1, 1)
-S = SampleSummary.from_acts("s0", ACTS, IMAGE, RESID)
+S = summary_from_acts("s0", ACTS, IMAGE, RESID)
 CTX = ScoringContext()
 
 
@@ -29,7 +30,7 @@ def test_summary_keeps_max_per_modality_of_active_latents():
 
 def test_l0_is_mean_active_latents_per_position():
     assert l0_score(S, CTX) == 1.5  # (2 + 1 + 2 + 1) / 4
-    empty = SampleSummary.from_acts("e", torch.zeros(0, 3), torch.zeros(0, dtype=torch.bool))
+    empty = summary_from_acts("e", torch.zeros(0, 3), torch.zeros(0, dtype=torch.bool))
     assert l0_score(empty, CTX) == 0.0
 
 
@@ -38,7 +39,7 @@ def test_cooccurrence_counts_latents_on_both_modalities():
     assert cooccurring_latents(S).tolist() == [0, 2]
     assert cooccurrence_score(S, CTX) == 2
     assert cooccurrence_score(S, ScoringContext(tau=0.75)) == 1  # latent 0's text activation 0.5 <= tau
-    all_image = SampleSummary.from_acts("a", ACTS, torch.ones(4, dtype=torch.bool))
+    all_image = summary_from_acts("a", ACTS, torch.ones(4, dtype=torch.bool))
     assert cooccurrence_score(all_image, CTX) == 0  # no text tokens
 
 
@@ -50,12 +51,12 @@ def test_saev_score_sums_weights_over_cooccurring_latents():
 
 def test_model_cosine_between_mean_image_and_mean_text_residuals():
     assert model_cosine_score(S, CTX) == pytest.approx(1 / math.sqrt(2))
-    assert model_cosine_score(SampleSummary.from_acts("n", ACTS, IMAGE), CTX) == 0.0  # no residuals kept
+    assert model_cosine_score(summary_from_acts("n", ACTS, IMAGE), CTX) == 0.0  # no residuals kept
 
 
 def test_random_score_is_seeded_and_order_free():
     def r(sid, seed):
-        return random_score(SampleSummary.from_acts(sid, ACTS, IMAGE), ScoringContext(seed=seed))
+        return random_score(summary_from_acts(sid, ACTS, IMAGE), ScoringContext(seed=seed))
     a = r("abc", 1)
     assert a == r("abc", 1) and 0 <= a < 1
     assert a != r("abc", 2) and a != r("abd", 1)
@@ -154,7 +155,7 @@ def test_saev_balanced_and_coverage_by_hand():
     tight = ScoringContext(tau=0.75, balanced_weights=ctx.balanced_weights)
     # tau 0.75: T = {1, 2} (0.3 + 0), C = {2} (0) -> 0
     assert coverage_score(S, tight) == 0.0
-    no_text = SampleSummary.from_acts("n", ACTS[:2], IMAGE[:2])
+    no_text = summary_from_acts("n", ACTS[:2], IMAGE[:2])
     assert coverage_score(no_text, ctx) == 0.0
 
 

@@ -95,19 +95,6 @@ def geometric_median(points: Tensor, n_iter: int = 100, tol: float = 1e-6) -> Te
     return y
 
 
-def select_aux_latents(pre: Tensor, dead: Tensor, aux_k: int) -> Tensor:
-    """AuxK selection (OpenAI 2024, App. A.2): per token, ReLU of the aux_k largest dead pre-activations.
-
-    Returns a [batch, d_sae] tensor that is zero outside the selection; all zeros when no latent is
-    dead. At most as many latents as are dead are selected.
-    """
-    k = min(aux_k, int(dead.sum()))
-    if k == 0:
-        return torch.zeros_like(pre)
-    values, idx = pre.masked_fill(~dead, float("-inf")).topk(k, dim=-1)
-    return torch.zeros_like(pre).scatter(-1, idx, values.relu())
-
-
 def _topk(pre: Tensor, k: int) -> Tensor:
     values, idx = pre.topk(k, dim=-1, sorted=False)
     return torch.zeros_like(pre).scatter(-1, idx, values.relu())

@@ -6,7 +6,6 @@ latent that fired, the count of active (position, latent) pairs, token counts an
 between its mean image and mean text residuals.
 That is all the scorers need, it is what a streaming pass over a dump can keep per sample, and it
 is exactly what the ``sample_features`` table stores, so scores can be recomputed from the table.
-``SampleSummary.from_acts`` builds one from the dense activations A[t, i] of one sample.
 
 Scorers are a registry: adding one is one decorated function ``(summary, context) -> float``.
 The weights come from pools of each latent's top occurrences, kept while a dump is encoded
@@ -41,27 +40,6 @@ class SampleSummary:
     text_max: np.ndarray
     resid_cosine: float | None = None   # cos(mean image residual, mean text residual); None without both
 
-    @classmethod
-    def from_acts(cls, sample_id: str, acts: Tensor, modality: Tensor, resid: Tensor | None = None) -> "SampleSummary":
-        """From A [T, d_sae] over the sample's positions (special tokens removed), modality [T] (True = image)."""
-        image = modality.bool()
-
-        def side(mask: Tensor) -> tuple[np.ndarray, np.ndarray]:
-            if not bool(mask.any()):
-                return np.zeros(0, np.int64), np.zeros(0, np.float32)
-            mx = acts[mask].max(dim=0).values
-            ids = (mx > 0).nonzero().flatten()
-            return ids.numpy(), mx[ids].float().numpy()
-
-        cos = None
-        if resid is not None and bool(image.any()) and bool((~image).any()):
-            cos = mean_cosine(resid[image].float().mean(0), resid[~image].float().mean(0))
-        return cls(sample_id, int(image.sum()), int((~image).sum()), int((acts > 0).sum()),
-                   *side(image), *side(~image), cos)
-
-
-def mean_cosine(mean_image: Tensor, mean_text: Tensor) -> float:
-    return torch.nn.functional.cosine_similarity(mean_image.float(), mean_text.float(), dim=-1).item()
 
 
 @dataclass
@@ -472,33 +450,3 @@ def mean_pair_cosine(text_vecs: Tensor, image_vecs: Tensor) -> Tensor:
     ut = torch.nn.functional.normalize(text_vecs.float(), dim=-1)
     um = torch.nn.functional.normalize(image_vecs.float(), dim=-1)
     return (ut.sum(1) * um.sum(1)).sum(-1) / (ut.shape[1] * um.shape[1])
-
-
-def cross_modal_weights(acts: Tensor, modality: Tensor, resid: Tensor, top: int = 30, per_side: int = 5) -> Tensor:
-    """w_i of Algorithm 1 from an in-memory reference pool (all reference positions stacked).
-
-    For each latent, take its ``top`` occurrences by activation. If at least ``per_side`` are
-    text and at least ``per_side`` image tokens, w_i = mean of the per_side x per_side cosine
-    similarities between the residual vectors of its top text and top image occurrences;
-    otherwise (unimodal, or too few of one side) w_i = 0.
-    acts [N, d_sae], modality [N] (True = image), resid [N, d_in].
-    """
-    n, d_sae = acts.shape
-    values, refs = update_pool(*empty_pool(top, d_sae), acts, torch.arange(n))
-    is_image = torch.where(refs >= 0, modality.bool()[refs.clamp(min=0)], False)
-    return _dense_weights(select_occurrences(values, refs, is_image, per_side), resid, d_sae)
-
-
-def balanced_weights(acts: Tensor, modality: Tensor, resid: Tensor, per_side: int = 5) -> Tensor:
-    """w'_i, the scale-balanced weights, from an in-memory pool: the mean of the per_side x per_side
-    cosines between the residuals of latent i's top ``per_side`` text and top ``per_side`` image
-    occurrences, each modality ranked on its own; 0 for a latent with fewer than per_side of either.
-    """
-    n, d_sae = acts.shape
-    image = modality.bool()
-    pools = [update_pool(*empty_pool(per_side, d_sae), acts[side], torch.arange(n)[side]) for side in (image, ~image)]
-    return _dense_weights(select_balanced(torch.stack([p[0] for p in pools]), torch.stack([p[1] for p in pools])), resid, d_sae)
-
-
-def _dense_weights(occ: Occurrences, resid: Tensor, d_sae: int) -> Tensor:
-    return torch.from_numpy(weights_from_occurrences(occ, d_sae, lambda refs: {int(r): resid[int(r)] for r in refs}, resid.shape[1]))
