@@ -42,7 +42,7 @@ def _schemas() -> dict[str, pa.Schema]:
         ("firing_rate_image", pa.float64()),
         ("firing_rate_text", pa.float64()),
         ("cross_modal_weight", pa.float32()),  # w_i of Algorithm 1; 0 when not cross-modal
-        ("balanced_weight", pa.float32()),     # w'_i from each modality's own top occurrences (scoring.balanced_weights)
+        ("balanced_weight", pa.float32()),     # w'_i from each modality's own top occurrences (scoring.scorers.select_balanced)
         ("kind", pa.string()),                 # 'cross-modal' | 'image-only' | 'text-only' | 'mixed'
         ("n_top_image", pa.int32()),           # image occurrences among the latent's top activations
         ("n_top_text", pa.int32()),
