@@ -128,6 +128,23 @@ def store_ref(path: str) -> str | None:
     return m.group(1) if m else None
 
 
+def resolve_recorded(path: str | None, near: str | Path) -> str | None:
+    """A path a manifest recorded when its artifact was built, found again after the store moved
+    (copied to another disk, mounted elsewhere, read from another directory): as written where it
+    exists; else, for a path into an artifact store (``<stage>/<key>/...``), the same place below
+    the nearest ancestor of ``near`` (the reader's own artifact) that holds it."""
+    if not path or is_url(path) or Path(path).exists():
+        return path
+    ref = store_ref(str(path))
+    if ref is None:
+        return path
+    here = Path(near).absolute()
+    for root in (here, *here.parents):
+        if (root / ref).exists():
+            return str(root / ref)
+    return path
+
+
 def portable(value):
     """``value`` with every path into an artifact store written as ``<stage>/<key>[/...]``, relative
     to its root (dicts and lists throughout): what keys hash and records keep, so moving a store,

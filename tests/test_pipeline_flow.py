@@ -169,6 +169,12 @@ def test_a_copied_store_run_from_another_directory_is_all_cached(first_run, worl
         summary = state.result()
         for field in ("dump", "sae", "tables", "filtered", "aligned_model", "report"):
             assert summary[field].startswith(str(copy)), (field, summary[field])
+        # a changed scoring config on the copy reruns what is downstream, on the copy's dump and SAE
+        # (tests/test_store_relocation.py covers a model and dataset that live inside the store)
+        rescored = saev_pipeline(PipelineConfig.model_validate({**base, "score": {"progress": False, "tau": 0.25}}), return_state=True)
+        states = {n.rsplit("-", 1)[0]: v for n, v in task_states(rescored).items()}
+        assert states["train-sae"] == "Cached" and states["score-dataset"] == states["report"] == states["align"] == "Completed", states
+        assert rescored.result()["filtered"].startswith(str(copy))
     finally:
         away.rename(root)
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from saev_core.cli.app import app
-from saev_core.io import portable, read_json, write_json
+from saev_core.io import portable, read_json, resolve_recorded, write_json
 from saev_core.store.artifacts import ArtifactStore, OldStoreError, stage_key
 
 DUMP = "0123456789abcdef"
@@ -31,6 +31,51 @@ def test_portable_paths_by_hand():
     assert portable({"a": [f"/x/y/dump/{DUMP}/activations", f"file://st/train/{DUMP}"], "b": "llava-hf/llava-1.5-7b-hf", "c": 3}) == \
         {"a": [f"dump/{DUMP}/activations", f"train/{DUMP}"], "b": "llava-hf/llava-1.5-7b-hf", "c": 3}
     assert portable(f"dump/{DUMP}x") == f"dump/{DUMP}x"  # 17 hex digits: not a key
+
+
+def test_a_recorded_path_is_found_again_where_its_store_moved(tmp_path):
+    """Manifests keep the paths of their build (the dump's model and dataset, the SAE's activations,
+    a score's SAE); a reader finds a store path again below the store that holds it now."""
+    store = tmp_path / "disk2" / "store"
+    model = store / "prepare" / DUMP / "model"
+    model.mkdir(parents=True)
+    reader = store / "train" / "fedcba9876543210"
+    reader.mkdir(parents=True)
+    built = f"/old/disk/store/prepare/{DUMP}/model"
+    assert resolve_recorded(built, reader) == str(model)
+    assert resolve_recorded(f"../../prepare/{DUMP}/model", tmp_path / "elsewhere") == f"../../prepare/{DUMP}/model"  # no store above
+    assert resolve_recorded(str(model), tmp_path) == str(model)  # where it is, as written
+    assert resolve_recorded("llava-hf/llava-1.5-7b-hf", reader) == "llava-hf/llava-1.5-7b-hf"  # a hub id
+    assert resolve_recorded("/gone/my-dump", reader) == "/gone/my-dump"  # outside any store: left for the reader to report
+    assert resolve_recorded(None, reader) is None
+
+
+def test_a_copied_store_reads_its_own_model_dataset_and_sae(tmp_path):
+    """The demo world lives in the store (``prepare/<key>``): a copy's dump opens with the copy's
+    model and dataset, and its scoring manifests name the copy's SAE and activations."""
+    import numpy as np
+
+    from saev_core.activations.shards import ActivationDump
+    from saev_core.tables.schema import manifest_path, scoring_manifest
+    from tests.test_train import fake_dump
+
+    old, new = tmp_path / "old" / "store", tmp_path / "new-disk" / "store"
+    world, dump, sae = f"prepare/{DUMP}", "dump/1111111111111111", "train/2222222222222222"
+    fake_dump(old / dump, 4, [np.zeros((8, 4), np.float32)], version=2)
+    m = read_json(old / dump / "manifest.json")
+    write_json(old / dump / "manifest.json", {**m, "model": str(old / world / "model"), "dataset": {"path": str(old / world / "d.parquet")}})
+    for made in (old / world / "model", old / sae / "sae"):
+        made.mkdir(parents=True)
+    (old / world / "d.parquet").write_bytes(b"")
+    write_json(manifest_path(old / "tables", "d", "s1"), {"sae": str(old / sae / "sae"), "activations": str(old / dump),
+                                                          "source_dataset": {"path": str(old / world / "d.parquet")}})
+    shutil.copytree(old, new)
+    shutil.rmtree(old)
+    opened = ActivationDump.open(new / dump)
+    assert opened.manifest["model"] == str(new / world / "model") and opened.manifest["dataset"]["path"] == str(new / world / "d.parquet")
+    scored = scoring_manifest(new / "tables", "d", "s1")
+    assert (scored["sae"], scored["activations"], scored["source_dataset"]["path"]) == \
+        (str(new / sae / "sae"), str(new / dump), str(new / world / "d.parquet"))
 
 
 def _two_stages(store: ArtifactStore, built: list) -> tuple[dict, dict]:

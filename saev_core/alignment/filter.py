@@ -29,11 +29,11 @@ from saev_core import __version__
 from saev_core.configs import FilterConfig
 from saev_core.activations.data import DatasetSpec, Sample, find_samples
 from saev_core.alignment.dataset_card import CARD, dataset_card
-from saev_core.io import atomic_dir, read_json, write_json
+from saev_core.io import atomic_dir, write_json
 from saev_core.activations.prompts import conversation
 from saev_core.tables.query import open_views, row_indices, the_sae
 from saev_core.scoring.scorers import random_unit
-from saev_core.tables.schema import manifest_path, ranks
+from saev_core.tables.schema import ranks, scoring_manifest
 
 def _resolve(con, cfg: FilterConfig) -> tuple[str, list[str]]:
     """(SAE, datasets) the filter draws from: the configured ones, checked against the scores."""
@@ -94,7 +94,7 @@ def run_filter(cfg: FilterConfig, ranking: Callable[[pd.DataFrame], pd.Series] |
     sft_rows, dpo_rows, counts, sources = [], [], {}, {}
     for name in names:
         ids = [s for d, s in zip(sel.column("dataset").to_pylist(), sel.column("sample_id").to_pylist()) if d == name]
-        scoring = read_json(manifest_path(cfg.tables, name, sae_id))
+        scoring = scoring_manifest(cfg.tables, name, sae_id)
         spec = DatasetSpec.model_validate(scoring["source_dataset"])
         sources[name] = {"dataset": spec.model_dump(), "n_scored": scoring["n_samples"], "n_kept": len(ids)}
         counts[name] = len(ids)

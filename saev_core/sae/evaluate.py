@@ -294,13 +294,13 @@ def evaluate_run(run: str, activations: str | None = None, n_samples: int = 100,
     from pathlib import Path
 
     from saev_core.sae.checkpoint import load_sae, resolve_sae_dir
-    from saev_core.io import read_json, write_json
     from saev_core.activations.modeling import load_model, resolve_device
+    from saev_core.io import read_json, resolve_recorded, write_json
 
     run_dir = Path(run)
     sae_dir = resolve_sae_dir(run_dir)
     manifest = read_json(run_dir / "manifest.json") if (run_dir / "manifest.json").exists() else {}
-    activations = activations or manifest.get("activations")
+    activations = activations or resolve_recorded(manifest.get("activations"), run_dir)
     if activations is None:
         raise ValueError(f"{run} has no run manifest naming its activations; pass --activations <dump dir>")
     heldout = manifest.get("config", {}).get("heldout_fraction", 0.05)

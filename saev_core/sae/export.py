@@ -22,7 +22,7 @@ import yaml
 
 from saev_core import __version__
 from saev_core.sae.checkpoint import CFG_FILENAME, SPARSITY_FILENAME, WEIGHTS_FILENAME
-from saev_core.io import atomic_dir, read_json
+from saev_core.io import atomic_dir, read_json, resolve_recorded
 
 CARD_FILENAME = "README.md"
 RELEASE_FILENAME = "pretrained_saes.yaml"
@@ -35,7 +35,7 @@ def _run_info(run: str | Path) -> dict:
         raise FileNotFoundError(f"{run} is not a finished `saev train` run directory (no manifest.json and sae/): "
                                 "export-sae reads the run's manifest for the model card")
     m = read_json(run / "manifest.json")
-    dump_manifest = Path(m["activations"]) / "manifest.json"
+    dump_manifest = Path(resolve_recorded(m["activations"], run)) / "manifest.json"
     dump = read_json(dump_manifest) if dump_manifest.is_file() else {}
     sae_cfg = m["sae_config"]
     held = m["heldout"]

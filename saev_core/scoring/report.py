@@ -33,9 +33,9 @@ from saev_core.activations.shards import ActivationDump, to_tensor
 from saev_core.sae.checkpoint import load_sae, resolve_sae_dir, training_manifest
 from saev_core.configs import DEFAULT_SCORER
 from saev_core.activations.data import DatasetSpec, find_samples, open_dataset
-from saev_core.io import atomic_dir, read_json
+from saev_core.io import atomic_dir
 from saev_core.tables.query import open_views, row_indices
-from saev_core.tables.schema import manifest_path
+from saev_core.tables.schema import scoring_manifest
 from saev_core.sae.train import dead_note
 
 CSS = """body{font-family:system-ui,sans-serif;margin:1.5rem;max-width:1100px;color:#222}
@@ -143,7 +143,7 @@ class _Context:
 
         self.con = open_views(tables)
         self.dataset, self.sae_id = dataset, sae_id
-        self.scoring = read_json(manifest_path(tables, dataset, sae_id))
+        self.scoring = scoring_manifest(tables, dataset, sae_id)
         self.dump = ActivationDump.open(self.scoring["activations"])
         self.sae = load_sae(resolve_sae_dir(self.scoring["sae"])).eval()
         self.tok = AutoTokenizer.from_pretrained(self.dump.manifest["model"])

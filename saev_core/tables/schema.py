@@ -127,6 +127,19 @@ def manifest_path(root: str | Path, dataset: str, sae_id: str) -> Path:
     return Path(root) / "manifests" / f"dataset={check_partition_value('dataset name', dataset)}" / f"sae_id={check_partition_value('sae_id', sae_id)}.json"
 
 
+def scoring_manifest(root: str | Path, dataset: str, sae_id: str) -> dict:
+    """A partition's scoring manifest, its SAE, activations and source dataset found again where
+    the store that holds them now lies (``io.resolve_recorded``)."""
+    from saev_core.io import read_json, resolve_recorded
+
+    m = read_json(manifest_path(root, dataset, sae_id))
+    for field in ("sae", "activations"):
+        m[field] = resolve_recorded(m.get(field), root)
+    if isinstance(m.get("source_dataset"), dict):
+        m["source_dataset"] = {**m["source_dataset"], "path": resolve_recorded(m["source_dataset"].get("path"), root)}
+    return m
+
+
 def partitions(root: str | Path, dataset: str | None = None, sae_id: str | None = None) -> list[tuple[str, str, Path]]:
     """(dataset, sae_id, manifest path) of every scored partition under ``root`` (sorted), or of
     those of ``dataset`` / ``sae_id``."""
