@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from prefect import Task, get_client, task
 from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectNotFound
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.tasks import MaterializingTask
 
@@ -27,10 +28,15 @@ def gpu_limits() -> list[str]:
     """The global concurrency limits a GPU stage holds a slot of while it runs: the cluster's
     (``saev-gpu``: GPU stages at once over every machine) and this machine's
     (``saev-gpu-<hostname>``: its GPUs). Only the ones created on the server hold anything."""
-    wanted = [GPU_LIMIT, f"{GPU_LIMIT}-{socket.gethostname()}"]
+    names = []
     with get_client(sync_client=True) as client:
-        have = {limit.name for limit in client.read_global_concurrency_limits(limit=200)}
-    return [n for n in wanted if n in have]
+        for name in (GPU_LIMIT, f"{GPU_LIMIT}-{socket.gethostname()}"):
+            try:
+                client.read_global_concurrency_limit_by_name(name)
+                names.append(name)
+            except ObjectNotFound:
+                pass
+    return names
 
 
 def gpu_task(name: str, **options) -> Callable[[Callable], Task]:
