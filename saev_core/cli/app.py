@@ -177,11 +177,11 @@ def export_dataset(
 
     if not (folder / "manifest.json").exists():
         fail(f"{folder} is not a `saev filter` output folder (no manifest.json); pass the folder `saev filter --out` wrote")
-    card = write_card(folder, repo_id)
+    card, configs = write_card(folder, repo_id), configs_of(folder)
     repo = repo_id or "<user>/<dataset>"
-    _echo_json({"folder": str(folder), "card": str(card), "configs": configs_of(folder),
+    _echo_json({"folder": str(folder), "card": str(card), "configs": configs,
                 "upload": f"huggingface_hub.upload_folder(folder_path='{folder}', repo_id='{repo}', repo_type='dataset')",
-                "load": f"datasets.load_dataset('{repo}', '{configs_of(folder)[0]}', split='train')"})
+                "load": f"datasets.load_dataset('{repo}', '{configs[0]}', split='train')"})
 
 
 @command(app, "score")

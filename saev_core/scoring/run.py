@@ -33,7 +33,7 @@ from saev_core.activations.shards import ActivationDump
 from saev_core.sae.checkpoint import load_sae, resolve_sae_dir, sae_id_of
 from saev_core.scoring.clip_score import clip_scores
 from saev_core.configs import ScoreConfig
-from saev_core.activations.data import DatasetSpec, find_samples
+from saev_core.activations.data import DatasetSpec, Sample, find_samples
 from saev_core.scoring.features import SHARD_SAMPLES, encode_shard, fetch_residuals
 from saev_core.io import atomic_path, claim_output_dir, file_lock, read_json, write_json
 from saev_core.activations.modeling import resolve_device
@@ -80,13 +80,12 @@ def _remove_partitions(root: Path, dataset: str, sae_id: str) -> None:
     manifest_path(root, dataset, sae_id).unlink(missing_ok=True)
 
 
-def samples_table(spec: DatasetSpec, scored: dict[str, dict], rows: dict[str, int]) -> pa.Table:
+def samples_table(spec: DatasetSpec, scored: dict[str, dict], found: dict[str, Sample]) -> pa.Table:
     """The fields needed to rebuild each scored sample: the dump's own samples (``scored``), in
-    its order, found in the source at the rows the dump recorded (``rows``), or by sample_id where
-    the source changed since (``find_samples``). Duplicate rows, and rows re-ordered or appended
+    its order, as ``find_samples`` found them in the source (at the rows the dump recorded, or by
+    sample_id where the source changed since). Duplicate rows, and rows re-ordered or appended
     since the dump, change nothing; a sample the source no longer holds fails the run before any
     table is written."""
-    found = find_samples(spec, {sid: rows[sid] for sid in scored})
     missing = [sid for sid in scored if sid not in found]
     if missing:
         raise ValueError(f"the source dataset {spec.path} no longer holds {len(missing)} of the {len(scored)} dumped samples "
@@ -143,12 +142,11 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
                 yield from summaries(feat_dir / part_name(shard), shard_samples)
 
         spec = _source_spec(dump)
-        external = {}
-        if cfg.clip_model is not None:
-            external["clip_score"] = clip_scores(cfg.clip_model, find_samples(spec, rows).values(), cfg.clip_batch_size, str(device), cfg.progress)
+        external, found = _external_scores(cfg, spec, rows, device)
         scores, summary, scored = _score_samples(cfg, all_summaries, ds, sae.cfg.d_sae, external)
+        found = found if found is not None else find_samples(spec, rows)
 
-        _write(samples_table(spec, scored, rows), partition_dir(root, "samples", dataset) / part_name(0))
+        _write(samples_table(spec, scored, found), partition_dir(root, "samples", dataset) / part_name(0))
         _write(ds.stats, partition_dir(root, "feature_stats", dataset, sae_id) / part_name(0))
         _write(scores, partition_dir(root, "scores", dataset, sae_id) / part_name(0))
         manifest = {"identity": identity, "dataset": dataset, "sae_id": sae_id, "sae": str(sae_dir), "source_dataset": spec.model_dump(),
@@ -156,6 +154,15 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
                     **_figures(cfg, dump, ds, summary, encoded, encode_s, device)}
         write_json(manifest_path(root, dataset, sae_id), manifest)
         return manifest
+
+
+def _external_scores(cfg: ScoreConfig, spec: DatasetSpec, rows: dict[str, int], device) -> tuple[dict, dict[str, Sample] | None]:
+    """Scores from a model of their own (clip_score, with ``clip_model``), and the source samples
+    it read, which the samples table then reuses (None when no such scorer ran)."""
+    if cfg.clip_model is None:
+        return {}, None
+    found = find_samples(spec, rows)
+    return {"clip_score": clip_scores(cfg.clip_model, found.values(), cfg.clip_batch_size, str(device), cfg.progress)}, found
 
 
 def _scored_before(root: Path, dataset: str, sae_id: str, identity: dict, overwrite: bool) -> dict | None:

@@ -37,14 +37,9 @@ def _pip_extension() -> Path | None:
 
 def load_httpfs(con: duckdb.DuckDBPyConnection) -> None:
     """Load httpfs into ``con`` or raise HttpfsUnavailable naming what was tried."""
-    tried = []
-    for how, sql in (("installed", "LOAD httpfs"), ("pip", None), ("INSTALL", "INSTALL httpfs; LOAD httpfs")):
-        if how == "pip":
-            path = _pip_extension()
-            if path is None:
-                tried.append(f"no duckdb-extension-httpfs built for DuckDB {duckdb.__version__}")
-                continue
-            sql = f"LOAD {sql_str(str(path))}"
+    pip = _pip_extension()
+    tried = [] if pip else [f"no duckdb-extension-httpfs built for DuckDB {duckdb.__version__}"]
+    for sql in ("LOAD httpfs", *([f"LOAD {sql_str(str(pip))}"] if pip else []), "INSTALL httpfs; LOAD httpfs"):
         try:
             con.execute(sql)
             return
