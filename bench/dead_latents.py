@@ -66,8 +66,8 @@ def train_variant(base: dict, fields: dict, out: Path, seed: int) -> dict:
     mult = fields.pop("lr_mult", None)
     cfg = TrainConfig.model_validate({**base, **fields, "out": str(out), "seed": seed, "progress": False})
     if mult is not None:
-        d_sae = cfg.d_sae or cfg.expansion_factor * ActivationDump.open(cfg.activations).d_in
-        cfg = cfg.model_copy(update={"lr": mult * default_lr(cfg.optimizer, cfg.architecture, d_sae, cfg.batch_size, cfg.total_tokens)})
+        d_sae = cfg.width(ActivationDump.open(cfg.activations).d_in)
+        cfg = cfg.model_copy(update={"lr": mult * default_lr(cfg.optimizer, cfg.sae.architecture, d_sae, cfg.batch_size, cfg.total_tokens)})
     return train_sae(cfg, overwrite=True)
 
 

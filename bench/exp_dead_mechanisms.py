@@ -101,7 +101,7 @@ def gap(run: Path, names: list[str]) -> None:
         sae, _, _ = load_training_state(ckpt, torch.device("cpu"))
         dead = sae.dead_mask()
         with torch.no_grad():
-            pre = sae._pre(sae._scaled(x))
+            pre = sae.pre(sae._scaled(x))
             kth = pre.topk(sae.cfg.k, dim=1).values[:, -1]
             best = pre[:, dead].max(0).values
             below = (pre[:, dead] - kth[:, None]).max(0).values

@@ -43,8 +43,8 @@ def compare(name: str, f_ref: torch.Tensor, f: torch.Tensor, x_ref: torch.Tensor
 
 
 def saev_sae(arch: str, apply_b_dec: bool | None, x: torch.Tensor, trained: bool = False) -> tuple[SAE, SAE]:
-    cfg = SAEConfig(architecture=arch, d_in=D_IN, d_sae=D_SAE, k=None if arch in ("relu", "jumprelu") else 8,
-                    input_scale=3.7, apply_b_dec_to_input=apply_b_dec, seed=1, l0_coefficient=0.05, jumprelu_bandwidth=0.05)
+    own = {"jumprelu": {"l0_coefficient": 0.05, "jumprelu_bandwidth": 0.05}}.get(arch, {"k": 8} if "topk" in arch else {})
+    cfg = SAEConfig(architecture=arch, d_in=D_IN, d_sae=D_SAE, input_scale=3.7, apply_b_dec_to_input=apply_b_dec, seed=1, **own)
     sae = SAE(cfg)
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():

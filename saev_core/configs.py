@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_serializer, field_validator, model_validator
 
 from saev_core.demo.defaults import DEMO_ALIGN
 
@@ -22,9 +22,6 @@ _STRICT = ConfigDict(extra="forbid", defer_build=True)
 DEFAULT_STORE = "data/artifacts"  # the artifact store `make run`, the flows and the CLI use unless told otherwise
 DEFAULT_TABLES = f"{DEFAULT_STORE}/tables"  # the store keeps its shared feature tables here
 DatasetFormat = Literal["auto", "rlaif_v", "align_anything", "sft"]
-Architecture = Literal["relu", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu"]
-BATCH_TOPK = ("batchtopk", "matryoshka_batchtopk")
-TOPK_LIKE = ("topk", *BATCH_TOPK)
 Optimizer = Literal["adam", "signum"]
 # experiment trackers, by TRL's and transformers' report_to names (saev_core.sae.tracking)
 ReportTo = Literal["none", "wandb", "tensorboard", "mlflow"]
@@ -49,6 +46,17 @@ def check_report_to(report_to: str) -> str:
     if report_to != "none" and importlib.util.find_spec(report_to) is None:
         raise ValueError(f"report_to={report_to!r} needs the {report_to} package: pip install {report_to} (or report_to='none')")
     return report_to
+
+
+def flat_fields(model: type[BaseModel]) -> dict:
+    """A config's fields as the CLI's flags and the flows' overrides spell them: TrainConfig's SAE
+    fields (under ``sae``) flat beside its own, over every registered architecture."""
+    if model is not TrainConfig:
+        return dict(model.model_fields)
+    from saev_core.sae.architectures import flat_fields as sae_fields
+
+    own = {name: f for name, f in model.model_fields.items() if name != "sae"}
+    return {**own, **{name: f for name, f in sae_fields().items() if name not in own}}
 
 
 def _default_scorers() -> list[str]:
@@ -144,75 +152,75 @@ class DumpConfig(BaseModel):
         return self.model_dump(mode="json", exclude=_DUMP_RUNTIME)
 
 
-def check_matryoshka_widths(widths: list[int] | None, d_sae: int) -> list[int]:
-    """Nested prefix widths ending at d_sae; None gives d_sae/16, d_sae/8, d_sae/4, d_sae/2, d_sae."""
-    if widths is None:
-        return sorted({max(1, d_sae >> i) for i in range(5)})
-    widths = list(widths)
-    if widths and widths[-1] < d_sae:
-        widths.append(d_sae)
-    if not widths or widths[0] < 1 or any(b <= a for a, b in zip(widths, widths[1:])) or widths[-1] != d_sae:
-        raise ValueError(f"matryoshka_widths {widths} must increase strictly from >= 1 to d_sae={d_sae} "
-                         f"(nested prefixes, e.g. [{max(1, d_sae // 8)}, {max(1, d_sae // 2)}, {d_sae}])")
-    return widths
+DEFAULT_ARCHITECTURE = "relu"  # the paper's
+DEFAULT_DEAD_WINDOW = 10_000_000  # tokens; OpenAI's and sparsify's
+
+
+def _architecture_config(name: str) -> type[SAEConfig]:
+    from saev_core.sae.architectures import get
+
+    return get(name).config
 
 
 class SAEConfig(BaseModel):
-    """Architecture and loss hyper-parameters of one SAE.
+    """The fields every SAE architecture shares; each architecture's module adds its own
+    (saev_core.sae.architectures, one file per architecture).
 
-    ``aux_k`` defaults to d_in // 2 (capped at d_sae) for topk/batchtopk: the heuristic of OpenAI's
-    "Scaling and evaluating sparse autoencoders" (App. B.1), also used by sparsify and SAELens.
-    ``aux_coefficient`` defaults to 1, not OpenAI's 1/32: at the default lr, 1/32 left twice the
-    dead latents on the demo's validation world, at the same FVU (bench/RESULTS.md, "A healthy SAE
-    by default").
-    ``dead_window`` counts tokens (not steps), so it means the same at any batch size; 10M is
-    OpenAI's and sparsify's default. ``threshold_ema_decay`` is the EMA decay of the BatchTopK
-    threshold estimate (0.99 = SAELens's topk_threshold_lr 0.01).
-
-    JumpReLU training follows Gemma Scope (Lieberum et al. 2024): kernel bandwidth 0.001 and
-    thresholds initialised at 0.001, in the units of the scaled input (E||s*x|| = sqrt(d_in)).
-    ``matryoshka_widths`` are the nested prefix widths w_1 < ... < w_M = d_sae (SAELens's
-    convention; group m is latents w_{m-1}..w_m); default: halving from d_sae down to d_sae / 16.
+    ``SAEConfig(architecture="topk", ...)`` and ``SAEConfig.model_validate({...})`` build the
+    named architecture's config class (``TopKSAEConfig``), as SAELens's ``SAEConfig.from_dict``.
+    ``d_in`` and ``d_sae`` may stay unset in a training config, which fills them from the dump.
+    ``dead_window`` counts tokens (not steps), so it means the same at any batch size; unset, it
+    is 10M, OpenAI's and sparsify's default (training: min(10M, total_tokens / 10)).
     """
 
     model_config = _STRICT
 
-    architecture: Architecture = "relu"
-    d_in: int = Field(gt=0)
-    d_sae: int = Field(gt=0)
-    k: int | None = Field(default=None, gt=0)
-    apply_b_dec_to_input: bool | None = None
-    l1_coefficient: float = Field(default=5.0, ge=0, allow_inf_nan=False)
-    l1_warmup_frac: float = Field(default=0.05, ge=0, le=1)
-    aux_k: int | None = Field(default=None, gt=0)
-    aux_coefficient: float = Field(default=1.0, ge=0, allow_inf_nan=False)
-    dead_window: int = Field(default=10_000_000, gt=0)
-    threshold_ema_decay: float = Field(default=0.99, ge=0, lt=1)
-    l0_coefficient: float = Field(default=1.0, ge=0, allow_inf_nan=False)
-    jumprelu_bandwidth: float = Field(default=0.001, gt=0, allow_inf_nan=False)
-    jumprelu_init_threshold: float = Field(default=0.001, ge=0, allow_inf_nan=False)
-    matryoshka_widths: list[int] | None = None
+    architecture: str = Field(DEFAULT_ARCHITECTURE, description="relu (the paper's), topk, batchtopk, matryoshka_batchtopk "
+                              "(nested prefixes), jumprelu (Gemma Scope's) or gated (saev_core.sae.architectures)")
+    d_in: int | None = Field(None, gt=0, description="residual width (training: the dump's)")
+    d_sae: int | None = Field(None, gt=0, description="latents (training: expansion_factor * d_in unless set)")
+    apply_b_dec_to_input: bool | None = Field(None, description="subtract b_dec from the input (default: per architecture)")
+    dead_window: int | None = Field(None, gt=0, description="tokens without firing before a latent is dead; default min(10M, total_tokens / 10)")
     input_scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     seed: int = 0
 
+    b_dec_to_input: ClassVar[bool] = True  # the default of apply_b_dec_to_input
+
+    def __new__(cls, *args, **data):
+        if cls is SAEConfig:
+            cls = _architecture_config(data.get("architecture", DEFAULT_ARCHITECTURE))
+        return super().__new__(cls)
+
+    @classmethod
+    def model_validate(cls, obj, **kwargs):
+        if cls is SAEConfig and isinstance(obj, dict):
+            cls = _architecture_config(obj.get("architecture", DEFAULT_ARCHITECTURE))
+        return BaseModel.model_validate.__func__(cls, obj, **kwargs)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_fields(cls, data):
+        """Another architecture's field fails by name; left unset (None), it is dropped."""
+        if cls is SAEConfig or not isinstance(data, dict):
+            return data
+        if other := sorted(k for k, v in data.items() if k not in cls.model_fields and v is not None):
+            arch = cls.model_fields["architecture"].default
+            raise ValueError(f"{', '.join(other)}: not a field of a {arch} SAE (its fields: {', '.join(cls.model_fields)})")
+        return {k: v for k, v in data.items() if k in cls.model_fields}
+
     @model_validator(mode="after")
-    def _check(self) -> SAEConfig:
-        arch = self.architecture
-        if arch in TOPK_LIKE and self.k is None:
-            raise ValueError(f"architecture {arch!r} needs k (active latents per token), e.g. k=32")
-        if arch == "relu" and self.k is not None:
-            raise ValueError("k applies to topk/batchtopk only; a relu SAE's sparsity comes from l1_coefficient: drop k")
-        if self.k is not None and self.k > self.d_sae:
-            raise ValueError(f"k={self.k} exceeds d_sae={self.d_sae}: lower k or raise d_sae")
+    def _shared(self) -> SAEConfig:
         if self.apply_b_dec_to_input is None:
-            self.apply_b_dec_to_input = arch != "relu"
-        if arch in TOPK_LIKE and self.aux_k is None:
-            self.aux_k = max(1, min(self.d_in // 2, self.d_sae))
-        if arch != "matryoshka_batchtopk":
-            self.matryoshka_widths = None  # only a Matryoshka SAE's training reads them
-        else:
-            self.matryoshka_widths = check_matryoshka_widths(self.matryoshka_widths, self.d_sae)
+            self.apply_b_dec_to_input = self.b_dec_to_input
         return self
+
+    @property
+    def window(self) -> int:
+        """dead_window, or its default."""
+        return self.dead_window or DEFAULT_DEAD_WINDOW
+
+
+_SET_BY_TRAINING = {"d_in": None, "input_scale": 1.0, "seed": 0}  # SAEConfig fields a training run fills in, unset
 
 
 class TrainConfig(BaseModel):
@@ -222,11 +230,9 @@ class TrainConfig(BaseModel):
 
     activations: str = Field(description="dump directory written by `saev dump`")
     out: str = Field(description="run directory")
-    architecture: Literal["relu", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu"] = Field(
-        "relu", description="relu (the paper's), topk, batchtopk, matryoshka_batchtopk (nested prefixes) or jumprelu (Gemma Scope's)")
+    sae: SerializeAsAny[SAEConfig] = Field(default_factory=SAEConfig, description="the SAE's architecture and its fields "
+                                           "(SAEConfig; a flat field such as k or architecture is put here)")
     expansion_factor: int = Field(16, ge=1, description="d_sae = expansion_factor * d_in (ignored if d_sae is set)")
-    d_sae: int | None = Field(None, ge=1)
-    k: int | None = Field(None, ge=1, description="active latents per token (topk/batchtopk/matryoshka_batchtopk); default 32")
     modalities: Literal["image+text", "text"] = Field("image+text", description="SAE-V trains on both; 'text' is the paper's text-only baseline")
     batch_size: int = Field(4096, ge=1, description="tokens per step")
     total_tokens: int = Field(2_000_000, ge=1, description="training tokens")
@@ -235,18 +241,7 @@ class TrainConfig(BaseModel):
     betas: tuple[float, float] = (0.9, 0.999)
     lr_warmup_frac: float = Field(0.0, ge=0, le=1, description="linear warm-up of the lr from 0 over this first fraction of steps")
     lr_decay_frac: float = Field(0.2, ge=0, le=1, description="linear decay to 0 over this last fraction of steps")
-    l1_coefficient: float = Field(5.0, ge=0, description="relu: lambda of the L1 penalty (METHOD.md sec. 2)")
-    l1_warmup_frac: float = Field(0.05, ge=0, le=1, description="linear warm-up of the sparsity penalty (relu's L1, jumprelu's L0) over this first fraction of steps")
-    l0_coefficient: float = Field(1.0, ge=0, description="jumprelu: lambda of the L0 penalty")
-    jumprelu_bandwidth: float = Field(0.001, gt=0, description="jumprelu: kernel bandwidth of the threshold pseudo-gradient (Gemma Scope's)")
-    jumprelu_init_threshold: float = Field(0.001, ge=0, description="jumprelu: initial threshold of every latent (Gemma Scope's)")
-    matryoshka_widths: list[int] | None = Field(None, description="matryoshka_batchtopk: nested prefix widths ending at d_sae "
-                                                "(default: d_sae/16, d_sae/8, d_sae/4, d_sae/2, d_sae)")
-    aux_coefficient: float = Field(1.0, ge=0, description="weight of the AuxK loss over dead latents (topk-like); 1, not OpenAI's 1/32: "
-                                                         "see saev_core.configs.SAEConfig")
-    aux_k: int | None = Field(None, ge=1, description="dead latents per token in the AuxK loss; default d_in / 2 (OpenAI's)")
     grad_clip_norm: float | None = Field(1.0, gt=0, description="clip the gradient norm each step (SAELens's default); None turns it off")
-    dead_window: int | None = Field(None, ge=1, description="tokens without firing before a latent is dead; default min(10M, total_tokens / 10)")
     scale_batches: int = Field(100, ge=1, description="batches used to estimate the input scale s = sqrt(d_in) / mean||x||")
     heldout_fraction: float = Field(0.05, ge=0, lt=1, description="samples held out (by sample id) for evaluation")
     buffer_rows: int = Field(1 << 20, ge=1, description="rows shuffled together (memory: two chunks of buffer_rows * d_in * 2 bytes for float16)")
@@ -264,18 +259,35 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, description="seed of the init and the batch order")
     progress: bool = True
 
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_sae_fields(cls, data):
+        """The flat spelling (``k=32``, the CLI's flags, the flows' overrides) puts SAE fields under ``sae``."""
+        from saev_core.sae.architectures import field_names
+
+        sae_fields = field_names()
+        if not isinstance(data, dict) or not (flat := {k: v for k, v in data.items() if k not in cls.model_fields and k in sae_fields}):
+            return data
+        sae = data.get("sae", {})
+        sae = sae.model_dump(exclude_unset=True) if isinstance(sae, BaseModel) else dict(sae)
+        if flat.get("architecture", sae.get("architecture")) != sae.get("architecture"):
+            sae = {}  # another architecture: the old one's fields do not carry over
+        return {**{k: v for k, v in data.items() if k not in flat}, "sae": {**sae, **flat}}
+
+    @field_validator("sae", mode="before")
+    @classmethod
+    def _architecture_config(cls, v):
+        return SAEConfig.model_validate(v) if isinstance(v, dict) else v
+
+    @field_serializer("sae")
+    def _sae_without_what_training_sets(self, sae: SAEConfig, info) -> dict:
+        return {k: v for k, v in sae.model_dump(mode=info.mode).items() if k not in _SET_BY_TRAINING}
+
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
-        if self.architecture in TOPK_LIKE and self.k is None:
-            self.k = 32
-        if self.architecture in ("relu", "jumprelu") and self.k is not None:
-            raise ValueError(f"k is for topk/batchtopk; a {self.architecture} SAE's sparsity is set by "
-                             f"{'l1' if self.architecture == 'relu' else 'l0'}_coefficient")
-        if self.matryoshka_widths is not None:
-            if self.architecture != "matryoshka_batchtopk":
-                raise ValueError("matryoshka_widths is for architecture matryoshka_batchtopk")
-            if self.d_sae is not None:
-                check_matryoshka_widths(self.matryoshka_widths, self.d_sae)
+        if derived := sorted(name for name, unset in _SET_BY_TRAINING.items() if getattr(self.sae, name) != unset):
+            raise ValueError(f"sae.{', sae.'.join(derived)}: set by training (d_in and input_scale from the dump; the seed is "
+                             "the train config's own seed): leave them out")
         if self.total_tokens < self.batch_size:
             raise ValueError(f"total_tokens ({self.total_tokens}) must be at least one batch ({self.batch_size})")
         return self
@@ -283,6 +295,15 @@ class TrainConfig(BaseModel):
     @property
     def steps(self) -> int:
         return self.total_tokens // self.batch_size
+
+    def flat(self) -> dict:
+        """The config as the CLI's flags spell it: the SAE's fields beside the run's (for trackers' params)."""
+        dump = self.model_dump(mode="json")
+        return {**{k: v for k, v in dump.items() if k != "sae"}, **dump["sae"]}
+
+    def width(self, d_in: int) -> int:
+        """d_sae: the SAE config's, else expansion_factor * d_in."""
+        return self.sae.d_sae or self.expansion_factor * d_in
 
     def identity(self) -> dict:
         return self.model_dump(mode="json", exclude=_TRAIN_RUNTIME)

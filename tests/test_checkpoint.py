@@ -21,7 +21,7 @@ X = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
 
 
 def make_sae(arch: str, input_scale: float = 3.7) -> SAE:
-    sae = SAE(SAEConfig(architecture=arch, d_in=8, d_sae=32, k=None if arch == "relu" else 4, input_scale=input_scale))
+    sae = SAE(SAEConfig(architecture=arch, d_in=8, d_sae=32, input_scale=input_scale, **({"k": 4} if "topk" in arch else {})))
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         sae.b_enc.copy_(torch.randn(32, generator=g) * 0.1)
@@ -143,8 +143,8 @@ def test_shape_mismatch_between_cfg_and_weights_fails_clearly(tmp_path):
 
 
 def test_unsupported_inputs_fail_clearly(tmp_path):
-    with pytest.raises(ValueError, match="'gated' is not supported"):
-        load_sae(saelens_dir(tmp_path, {"architecture": "gated"}, random_weights()))
+    with pytest.raises(ValueError, match="'matching_pursuit' is not supported"):
+        load_sae(saelens_dir(tmp_path, {"architecture": "matching_pursuit"}, random_weights()))
     with pytest.raises(FileNotFoundError, match="not an SAELens/saev checkpoint"):
         load_sae(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="reserved"):
@@ -176,3 +176,18 @@ def test_sae_lens_reproduces_our_activations():
     script = REPO / "bench" / "saelens_compat_check.py"
     result = subprocess.run([saelens_python(), str(script)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_checkpoint_from_before_per_architecture_configs_loads(tmp_path):
+    """saev format 1 kept every architecture's fields in trained_config; each keeps its own now."""
+    sae = make_sae("topk")
+    save_sae(sae, tmp_path / "ckpt")
+    cfg_path = tmp_path / "ckpt" / "cfg.json"
+    raw = json.loads(cfg_path.read_text())
+    old_fields = {"l1_coefficient": 5.0, "l1_warmup_frac": 0.05, "threshold_ema_decay": 0.99, "l0_coefficient": 1.0,
+                  "jumprelu_bandwidth": 0.001, "jumprelu_init_threshold": 0.001, "matryoshka_widths": None}
+    raw["metadata"]["saev"] = {"format_version": 1, "trained_config": {**raw["metadata"]["saev"]["trained_config"], **old_fields}}
+    cfg_path.write_text(json.dumps(raw))
+    ckpt = load_checkpoint(tmp_path / "ckpt")
+    assert ckpt.trained_config == sae.cfg and type(ckpt.trained_config).__name__ == "TopKSAEConfig"
+    assert torch.allclose(ckpt.sae.encode(X), sae.encode(X), atol=1e-5)

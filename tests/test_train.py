@@ -21,6 +21,7 @@ from saev_core.activations.data import DatasetSpec
 from saev_core.activations.dump import DumpConfig, run_dump
 from saev_core.sae.evaluate import ce_loss_recovered, evaluate_run, firing_histogram, kl_per_position, kl_score
 from saev_core.io import write_json
+from saev_core.sae.model import SAEConfig
 from saev_core.sae.train import TrainConfig, TrainingDiverged, lr_at, sweep_configs, train_sae, train_saes
 
 
@@ -251,13 +252,32 @@ def test_divergence_stops_with_a_usable_checkpoint(tmp_path, dump_dir):
         train_sae(cfg)
 
 
+def test_the_train_config_nests_its_sae_config():
+    """TrainConfig holds the architecture's own config under ``sae``; the flat spelling (the CLI's
+    flags, the flows' overrides) lands there, and one definition of each field holds for both."""
+    flat = TrainConfig.model_validate({"activations": "a", "out": "o", "architecture": "topk", "k": 8, "aux_coefficient": 0.5})
+    nested = TrainConfig.model_validate({"activations": "a", "out": "o", "sae": {"architecture": "topk", "k": 8, "aux_coefficient": 0.5}})
+    assert flat == nested and type(flat.sae).__name__ == "TopKSAEConfig"
+    assert flat.model_dump()["sae"]["k"] == 8 and "k" not in flat.model_dump()
+    assert TrainConfig.model_validate(flat.model_dump()) == flat  # a manifest's config reads back
+    assert TrainConfig(activations="a", out="o", architecture="topk").sae.k == SAEConfig(architecture="topk").k == 32
+    assert TrainConfig(activations="a", out="o").sae.architecture == "relu"
+    # a flat architecture replaces the nested one, whose fields do not carry over (a sweep over architectures)
+    swept = TrainConfig.model_validate({**flat.model_dump(), "architecture": "jumprelu", "l0_coefficient": 2.0})
+    assert swept.sae.architecture == "jumprelu" and swept.sae.l0_coefficient == 2.0
+    with pytest.raises(ValueError, match="totl_tokens"):
+        TrainConfig(activations="a", out="o", totl_tokens=5)  # a typo stays a TrainConfig error
+    with pytest.raises(ValueError, match="sae.input_scale: set by training"):
+        TrainConfig(activations="a", out="o", sae={"architecture": "relu", "input_scale": 2.0})
+
+
 def test_bad_configs_fail_fast(tmp_path, dump_dir):
     with pytest.raises(MemoryError, match="needs about .* GiB"):
         train_sae(small(dump_dir, tmp_path / "big", d_sae=10**9))
     assert not (tmp_path / "big").exists()
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         train_sae(small(tmp_path / "nowhere", tmp_path / "x"))
-    with pytest.raises(ValueError, match="k is for topk"):
+    with pytest.raises(ValueError, match="k: not a field of a relu SAE"):
         small(dump_dir, tmp_path / "y", architecture="relu", k=4)
     # A checkpoint from another activation width refuses to resume on these shards.
     fake_dump(tmp_path / "d16", 16, [np.random.default_rng(1).normal(size=(512, 16))])
@@ -313,7 +333,7 @@ def test_one_pass_sweep_equals_separate_runs_and_resumes(tmp_path, dump_dir):
         alone = train_sae(cfg.model_copy(update={"out": str(tmp_path / "alone" / cfg.out.rsplit("/", 1)[1])}))
         assert _same_weights(tmp_path / "alone" / cfg.out.rsplit("/", 1)[1] / "sae", f"{cfg.out}/sae")
         assert m["heldout"] == alone["heldout"] and m["trained_with"] == [c.out for c in cfgs]
-        assert m["sae_config"]["k"] == cfg.k and m["config"]["optimizer"] == cfg.optimizer
+        assert m["sae_config"]["k"] == cfg.sae.k and m["config"]["optimizer"] == cfg.optimizer
     # finished runs are returned as they are; a new point of the grid trains alone
     written = [(tmp_path / "sweep" / c.out / "sae/sae_weights.safetensors").stat().st_mtime_ns for c in cfgs]
     again = train_saes(cfgs + sweep_configs(base, {"k": [2]}))
@@ -349,7 +369,7 @@ def test_cli_sweep_trains_every_point_in_one_pass(tmp_path, dump_dir):
     r = CliRunner().invoke(app, [*args, "--sweep", "batch_size=128,256"])
     assert r.exit_code == 2 and "cannot sweep ['batch_size']" in r.output, r.output
     r = CliRunner().invoke(app, [*args, "--sweep", "k=4,zero"])
-    assert r.exit_code == 2 and "invalid sweep value: k:" in r.output, r.output
+    assert r.exit_code == 2 and "invalid sweep value: sae.k:" in r.output, r.output
 
 
 def _torchrun(script: str, *args: str, nproc: int = 2):

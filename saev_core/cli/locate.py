@@ -119,6 +119,11 @@ def experiment_inputs(cfg: ExperimentConfig) -> ExperimentConfig:
                                   "labels": labels, "oracle": cfg.oracle and labels is not None})
 
 
+def _architecture_of(config: dict) -> str:
+    """A training manifest's architecture: under ``sae``, or flat in a manifest written before the SAE config nested."""
+    return config.get("sae", config).get("architecture", "?")
+
+
 def sae_points(store: ArtifactStore, activations: str | None = None) -> list[dict]:
     """(architecture, L0, FVU) of every SAE in an artifact store (the pipeline's and its frontier
     sweep), or only of those trained on ``activations`` (a dump path): one frontier per dump."""
@@ -129,6 +134,6 @@ def sae_points(store: ArtifactStore, activations: str | None = None) -> list[dic
             if activations is not None and portable(rec["config"].get("activations")) != portable(activations):
                 continue
             m = rec["manifest"]
-            out.append({"architecture": m.get("config", {}).get("architecture", "?"), "l0": m["heldout"]["all"]["l0"],
+            out.append({"architecture": _architecture_of(m.get("config", {})), "l0": m["heldout"]["all"]["l0"],
                         "fvu": m["heldout"]["all"]["fvu"]})
     return out

@@ -18,6 +18,8 @@ import typer
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from saev_core.configs import flat_fields
+
 _SCALARS = (int, float, str, bool)
 
 
@@ -66,7 +68,7 @@ def config_options(model: type[BaseModel], *, skip: tuple[str, ...] = (), names:
         taken = {p.name for p in own}
         generated: dict[str, str] = {}  # parameter name -> field name
         params = list(own)
-        for field_name, field in model.model_fields.items():
+        for field_name, field in flat_fields(model).items():
             kind = flag_type(field.annotation)
             if field_name in skip or kind is None:
                 continue

@@ -12,11 +12,13 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from saev_core.configs import flat_fields
+
 
 def overrides_of(model: type[BaseModel], *, set_by_flow: tuple[str, ...]) -> type[BaseModel]:
     """A model of optional overrides of ``model``'s fields, minus those the flow sets itself."""
     fields = {name: (Optional[f.annotation], Field(None, description=f.description))
-              for name, f in model.model_fields.items() if name not in set_by_flow}
+              for name, f in flat_fields(model).items() if name not in set_by_flow}
     return create_model(f"{model.__name__}Overrides", __config__=ConfigDict(extra="forbid"), **fields)
 
 

@@ -5,8 +5,9 @@ W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in] and, for jumprelu, threshold [d
 ``sparsity.safetensors`` holding ``sparsity`` [d_sae], the per-latent log10 firing rate.
 
 What is written is the inference form SAELens computes identically to ``SAE.encode``: the input
-scale folded into the weights (normalize_activations "none"), batchtopk exported as jumprelu,
-relu as SAELens "standard", and ``apply_b_dec_to_input`` carried over. The config the SAE was
+scale folded into the weights (normalize_activations "none"), each architecture under its SAELens
+name and tensor names (batchtopk as jumprelu, relu as "standard", gated's b_enc as b_gate; see
+saev_core.sae.architectures), and ``apply_b_dec_to_input`` carried over. The config the SAE was
 trained with (including the folded input scale) is kept in ``cfg.json`` under
 ``metadata.saev.trained_config``, which SAELens preserves as opaque metadata.
 """
@@ -24,7 +25,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from saev_core.configs import DEFAULT_ARCHITECTURE
 from saev_core.io import atomic_dir
+from saev_core.sae.architectures import ARCHITECTURES
 from saev_core.sae.model import SAE, SAEConfig
 
 CFG_FILENAME = "cfg.json"
@@ -33,9 +36,8 @@ SPARSITY_FILENAME = "sparsity.safetensors"
 # SAELens reads a config without a version >= 6 as pre-6 and rebuilds its metadata, dropping ours;
 # this names the cfg.json layout we write, not a SAELens dependency.
 SAELENS_FORMAT_VERSION = "6.0.0"
-SAEV_FORMAT_VERSION = 1
-_TO_SAELENS = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}
-_FROM_SAELENS = {v: k for k, v in _TO_SAELENS.items()}
+# 2: trained_config holds only its architecture's fields (1: every architecture's)
+SAEV_FORMAT_VERSION = 2
 
 
 def resolve_sae_dir(path: str | Path) -> Path:
@@ -100,8 +102,10 @@ def save_sae(sae: SAE, path: str | Path, sparsity: Tensor | None = None, metadat
     ecfg = exported.cfg
     metadata["sae_lens_version"] = SAELENS_FORMAT_VERSION
     metadata["saev"] = {"format_version": SAEV_FORMAT_VERSION, "trained_config": sae.cfg.model_dump()}
+    state = {name: t.detach().cpu().contiguous() for name, t in exported.named_parameters()}
+    fields, tensors = exported.arch.to_saelens(ecfg, state)
     cfg: dict[str, Any] = {
-        "architecture": _TO_SAELENS[ecfg.architecture],
+        "architecture": exported.arch.saelens,
         "d_in": ecfg.d_in,
         "d_sae": ecfg.d_sae,
         "dtype": str(exported.W_enc.dtype).removeprefix("torch."),
@@ -109,17 +113,14 @@ def save_sae(sae: SAE, path: str | Path, sparsity: Tensor | None = None, metadat
         "apply_b_dec_to_input": ecfg.apply_b_dec_to_input,
         "normalize_activations": "none",
         "reshape_activations": "none",
+        **fields,
         "metadata": metadata,
     }
-    if ecfg.architecture == "topk":
-        cfg.update(k=ecfg.k, rescale_acts_by_decoder_norm=False)
     try:
         cfg_text = json.dumps(cfg, indent=2)
     except TypeError as e:
         raise ValueError(f"metadata must be JSON-serialisable: {e}") from e
 
-    names = ["W_enc", "W_dec", "b_enc", "b_dec"] + (["threshold"] if ecfg.architecture == "jumprelu" else [])
-    tensors = {name: getattr(exported, name).detach().cpu().contiguous() for name in names}
     if sparsity is not None:
         sparsity = sparsity.detach().float().cpu().contiguous()
         if sparsity.shape != (ecfg.d_sae,) or not bool(sparsity.isfinite().all()):
@@ -140,11 +141,8 @@ def load_sae(path: str | Path, device: str = "cpu") -> SAE:
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
-    """Load a saev or SAELens checkpoint (standard, topk, jumprelu; SAELens 6 or older layout).
-
-    Weights are loaded as float32 (saev computes in fp32). A SAELens TopK SAE saved with
-    rescale_acts_by_decoder_norm has the decoder norms folded in, which gives the same activations.
-    """
+    """Load a saev or SAELens checkpoint (any registered architecture SAELens names: standard, topk,
+    jumprelu, gated; SAELens 6 or older layout). Weights are loaded as float32 (saev computes in fp32)."""
     path = Path(path)
     cfg_path, weights_path = path / CFG_FILENAME, path / WEIGHTS_FILENAME
     for p in (cfg_path, weights_path):
@@ -155,39 +153,28 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
         raise ValueError(f"{cfg_path} lacks {missing}: not an SAELens SAE config")
     metadata = dict(raw.get("metadata") or {})
     saev = metadata.pop("saev", None)
-    trained = SAEConfig.model_validate(saev["trained_config"]) if saev else None
+    trained = trained_sae_config(saev["trained_config"]) if saev else None
 
-    saelens_arch, k = raw.get("architecture", "standard"), raw.get("k")
+    saelens_arch = raw.get("architecture", "standard")
     if raw.get("activation_fn") == "topk":  # SAELens < 6 stored TopK SAEs as standard + activation_fn
-        saelens_arch, k = "topk", (raw.get("activation_fn_kwargs") or {}).get("k")
-    if saelens_arch not in _FROM_SAELENS:
-        raise ValueError(f"{cfg_path}: architecture {saelens_arch!r} is not supported by saev "
-                         f"(supported: {', '.join(_FROM_SAELENS)})")
+        saelens_arch = "topk"
+    by_saelens = {a.saelens: a for a in ARCHITECTURES.values() if a.saelens}
+    if saelens_arch not in by_saelens:
+        raise ValueError(f"{cfg_path}: architecture {saelens_arch!r} is not supported by saev (supported: {', '.join(by_saelens)})")
     norm = raw.get("normalize_activations", "none")
     if norm not in ("none", None, False):
         raise ValueError(f"{cfg_path}: normalize_activations={norm!r} is not supported: fold the normalisation into the "
                          "weights first (SAELens: sae.fold_activation_norm_scaling_factor(scale), then save_model)")
-    arch = _FROM_SAELENS[saelens_arch]
-    cfg = SAEConfig.model_validate({
-        **(trained.model_dump() if trained else {}),
-        "architecture": arch,
-        "d_in": raw["d_in"],
-        "d_sae": raw["d_sae"],
-        "k": k if arch == "topk" else (trained.k if trained and arch == "jumprelu" else None),
-        "apply_b_dec_to_input": raw.get("apply_b_dec_to_input", True),
-        "input_scale": 1.0,
-    })
-
+    arch = by_saelens[saelens_arch]
     weights = {name: t.float() for name, t in load_file(str(weights_path)).items()}
-    _upgrade_legacy_weights(weights, weights_path)
+    _drop_unit_scaling_factor(weights, weights_path)
+    fields, weights = arch.from_saelens(raw, weights)
+    kept = {k: v for k, v in (trained.model_dump() if trained else {}).items() if k in arch.config.model_fields}
+    cfg = arch.config.model_validate({**kept, "architecture": arch.name, "d_in": raw["d_in"], "d_sae": raw["d_sae"],
+                                      "apply_b_dec_to_input": raw.get("apply_b_dec_to_input", True), "input_scale": 1.0, **fields})
     _check_shapes(weights, cfg, weights_path)
-    if arch == "topk" and raw.get("rescale_acts_by_decoder_norm"):
-        norms = weights["W_dec"].norm(dim=1)
-        weights["W_dec"] = weights["W_dec"] / norms[:, None]
-        weights["W_enc"] = weights["W_enc"] * norms
-        weights["b_enc"] = weights["b_enc"] * norms
     weights["tokens_since_fired"] = torch.zeros(cfg.d_sae, dtype=torch.long)
-    sae = SAE._from_state(cfg, weights).to(device)
+    sae = SAE.from_state(cfg, weights).to(device)
 
     sparsity = None
     if (sparsity_path := path / SPARSITY_FILENAME).is_file():
@@ -197,10 +184,15 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
     return Checkpoint(sae=sae, metadata=metadata, sparsity=sparsity, trained_config=trained)
 
 
-def _upgrade_legacy_weights(weights: dict[str, Tensor], weights_path: Path) -> None:
-    """Older SAELens files: log_threshold (JumpReLU) and an all-ones scaling_factor, as SAELens reads them."""
-    if "log_threshold" in weights:
-        weights["threshold"] = weights.pop("log_threshold").exp()
+def trained_sae_config(data: dict) -> SAEConfig:
+    """An SAE config as saev wrote it; one from before saev format 2 held every architecture's fields,
+    and keeps those of its own."""
+    arch = ARCHITECTURES.get(data.get("architecture", DEFAULT_ARCHITECTURE))
+    return SAEConfig.model_validate({k: v for k, v in data.items() if arch is None or k in arch.config.model_fields})
+
+
+def _drop_unit_scaling_factor(weights: dict[str, Tensor], weights_path: Path) -> None:
+    """Older SAELens files carry an all-ones fine-tuning scaling_factor, which SAELens ignores."""
     if "scaling_factor" in weights:
         if not torch.allclose(weights["scaling_factor"], torch.ones_like(weights["scaling_factor"])):
             raise ValueError(f"{weights_path}: a fine-tuning scaling_factor other than 1 is not supported")
@@ -209,9 +201,7 @@ def _upgrade_legacy_weights(weights: dict[str, Tensor], weights_path: Path) -> N
 
 def _check_shapes(weights: dict[str, Tensor], cfg: SAEConfig, weights_path: Path) -> None:
     d_in, d_sae = cfg.d_in, cfg.d_sae
-    expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
-    if cfg.architecture == "jumprelu":
-        expected["threshold"] = (d_sae,)
+    expected = {name: tuple(t.shape) for name, t in SAE(cfg, device="meta").named_parameters()}
     missing, unexpected = expected.keys() - weights.keys(), weights.keys() - expected.keys()
     if missing or unexpected:
         raise ValueError(f"{weights_path}: tensors do not match a {cfg.architecture} SAE "

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from saev_core.configs import Optimizer
+from saev_core.sae.architectures import get
 
 # lr = BASE_LR[optimizer] * (REF_D_SAE / d_sae)^(1/2) * (batch_size / REF_BATCH)^(1/4)
 #      * (REF_TOKENS / max(total_tokens, REF_TOKENS))^(1/2), for TopK-like SAEs. The exponents
@@ -20,11 +21,11 @@ from saev_core.configs import Optimizer
 # longer (chosen on validation worlds 1000 and 1001, RESULTS, issue 30).
 REF_D_SAE, REF_BATCH, REF_TOKENS = 2**14, 4096, 1_000_000
 BASE_LR: dict[str, float] = {"adam": 3.5e-3 / 8, "signum": 1e-3}
-RELU_ADAM_LR = 5e-5  # the paper's (METHOD.md sec. 2), for its L1-penalised ReLU SAE
 
 
 def default_lr(optimizer: Optimizer, architecture: str, d_sae: int, batch_size: int, total_tokens: int) -> float:
-    """The default step size: the paper's for relu+Adam, else the d_sae/batch-size/budget rule above.
+    """The default step size: the architecture's own (the paper's 5e-5 for relu with Adam), else the
+    d_sae/batch-size/budget rule above.
 
     A wider dictionary gets a smaller step (each latent's gradient is estimated from fewer
     tokens: sparsify and OpenAI scale by 1/sqrt(d_sae)), and a larger batch a larger one (its
@@ -35,8 +36,8 @@ def default_lr(optimizer: Optimizer, architecture: str, d_sae: int, batch_size: 
     reconstructs better (the demo SAE: 4M tokens at half the step beat 1M at the full one on both
     validation worlds).
     """
-    if architecture == "relu" and optimizer == "adam":
-        return RELU_ADAM_LR
+    if (fixed := get(architecture).fixed_lr(optimizer)) is not None:
+        return fixed
     budget = math.sqrt(REF_TOKENS / max(total_tokens, REF_TOKENS))
     return BASE_LR[optimizer] * math.sqrt(REF_D_SAE / d_sae) * (batch_size / REF_BATCH) ** 0.25 * budget
 

@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 
 from saev_core import __version__
 from saev_core.activations.shards import MODALITY_SETS, ActivationDump, ShuffledBatches
-from saev_core.sae.checkpoint import save_sae
-from saev_core.configs import TOPK_LIKE, TrainConfig
+from saev_core.sae.architectures import field_names
+from saev_core.sae.checkpoint import save_sae, trained_sae_config
+from saev_core.configs import TrainConfig
 from saev_core.activations.cpu import parallel_decode_pool, reuse_freed_memory
 from saev_core.sae.tracking import Tracker
 from saev_core.sae.distributed import World, all_gather, any_true, barrier, broadcast, launched_world, sync_latent_stats
@@ -94,7 +95,7 @@ def save_training_state(path: Path, sae: SAE, opt: torch.optim.Optimizer, stream
 
 def load_training_state(path: Path, device: torch.device) -> tuple[SAE, dict, dict]:
     state = read_json(path / "state.json")
-    sae = SAE._from_state(SAEConfig.model_validate(state["sae_config"]), load_file(path / "sae_state.safetensors", device=str(device)))
+    sae = SAE.from_state(trained_sae_config(state["sae_config"]), load_file(path / "sae_state.safetensors", device=str(device)))
     flat = load_file(path / "optimizer.safetensors", device=str(device))
     opt_state: dict = {"state": {}, "param_groups": state["param_groups"]}
     for key, value in flat.items():
@@ -114,14 +115,10 @@ def stream_state_for(state: dict, world: World, path: Path) -> dict:
 
 def _new_sae(cfg: TrainConfig, d_in: int, d_sae: int, sample: list[torch.Tensor], device: torch.device) -> SAE:
     """A fresh SAE; ``sample`` (probe batches) sets the input scale and, for SAEs that subtract b_dec, its init."""
-    sae_cfg = SAEConfig(
-        architecture=cfg.architecture, d_in=d_in, d_sae=d_sae, k=cfg.k,
-        l1_coefficient=cfg.l1_coefficient, l1_warmup_frac=cfg.l1_warmup_frac, aux_coefficient=cfg.aux_coefficient, aux_k=cfg.aux_k,
-        l0_coefficient=cfg.l0_coefficient, jumprelu_bandwidth=cfg.jumprelu_bandwidth,
-        jumprelu_init_threshold=cfg.jumprelu_init_threshold, matryoshka_widths=cfg.matryoshka_widths,
-        dead_window=cfg.dead_window or max(cfg.batch_size, min(10_000_000, cfg.total_tokens // 10)),
-        input_scale=estimate_input_scale(sample), seed=cfg.seed,
-    )
+    sae_cfg = SAEConfig.model_validate({
+        **cfg.sae.model_dump(), "d_in": d_in, "d_sae": d_sae, "input_scale": estimate_input_scale(sample), "seed": cfg.seed,
+        "dead_window": cfg.sae.dead_window or max(cfg.batch_size, min(10_000_000, cfg.total_tokens // 10)),
+    })
     sae = SAE(sae_cfg).to(device)
     if sae_cfg.apply_b_dec_to_input:
         sae.init_b_dec_(torch.cat(sample)[: 1 << 15].to(device))
@@ -185,7 +182,7 @@ def sweep_configs(base: dict, axes: dict[str, list]) -> list[TrainConfig]:
     Only fields outside SHARED_FIELDS can vary: the SAEs of a sweep train on the same batches.
     """
     shared = [f for f in axes if f in SHARED_FIELDS or f == "out"]
-    unknown = [f for f in axes if f not in TrainConfig.model_fields]
+    unknown = [f for f in axes if f not in TrainConfig.model_fields and f not in field_names()]
     if unknown or shared:
         raise ValueError(f"cannot sweep {unknown + shared}: a sweep varies SAE fields of the train config, not "
                          f"{', '.join(SHARED_FIELDS)} (those define the shared batches)")
@@ -203,7 +200,7 @@ class _Run:
     def __init__(self, cfg: TrainConfig, out: Path, sae: SAE, opt_state: dict | None, start: int, last_ckpt: Path | None,
                  world: World = World()):
         self.cfg, self.out, self.sae, self.last_ckpt, self.world = cfg, out, sae, last_ckpt, world
-        self.base_lr = cfg.lr or default_lr(cfg.optimizer, cfg.architecture, sae.cfg.d_sae, cfg.batch_size, cfg.total_tokens)
+        self.base_lr = cfg.lr or default_lr(cfg.optimizer, sae.cfg.architecture, sae.cfg.d_sae, cfg.batch_size, cfg.total_tokens)
         self.opt = make_optimizer(cfg.optimizer, sae.parameters(), self.base_lr, cfg.betas)
         if opt_state is not None:
             self.opt.load_state_dict(opt_state)
@@ -218,7 +215,7 @@ class _Run:
             _truncate_log(log_path, start)
             self.log_file = open(log_path, "a")
             if cfg.report_to != "none":
-                self.tracker = Tracker(cfg.report_to, out, out.name, cfg.model_dump(mode="json"))
+                self.tracker = Tracker(cfg.report_to, out, out.name, cfg.flat())
 
     def log(self, row: dict, timing: dict | None = None) -> None:
         """A row of train_log.jsonl (deterministic: a resumed run writes the same bytes); the tracker
@@ -248,8 +245,7 @@ class _Run:
             )
         self.opt.zero_grad(set_to_none=True)
         res.loss.backward()
-        if cfg.architecture in TOPK_LIKE:
-            sae.remove_parallel_grad_()
+        sae.prepare_step_()
         if cfg.grad_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip_norm)
         lr = lr_at(step, total, self.base_lr, cfg.lr_decay_frac, cfg.lr_warmup_frac)
@@ -393,7 +389,7 @@ def _open_dump(cfgs: list[TrainConfig], world: World, device: torch.device) -> A
         raise ValueError(f"the dump at {lead.activations} has no {'+'.join(modalities)} rows to train on ({dump.manifest.get('n_samples', 0)} "
                          f"samples kept, {dump.manifest.get('n_rejected', 0)} rejected; see its rejected/ files)")
     for cfg in cfgs:
-        check_memory(dump.d_in, cfg.d_sae or cfg.expansion_factor * dump.d_in, device, cfg.batch_size // world.size)
+        check_memory(dump.d_in, cfg.width(dump.d_in), device, cfg.batch_size // world.size)
     return dump
 
 
@@ -429,7 +425,7 @@ def _start_runs(lead: TrainConfig, pending: list, start: int, dump: ActivationDu
             if not sample:  # every process draws the same probe (all shards), hence the same scale and init
                 probe = ShuffledBatches(dump, modalities, lead.batch_size, seed=lead.seed + 1, buffer_rows=lead.buffer_rows, workers=0)
                 sample = [x.float() for _, x in zip(range(lead.scale_batches), probe)]
-            runs[i] = _Run(cfg, out, _new_sae(cfg, dump.d_in, cfg.d_sae or cfg.expansion_factor * dump.d_in, sample, device),
+            runs[i] = _Run(cfg, out, _new_sae(cfg, dump.d_in, cfg.width(dump.d_in), sample, device),
                            None, 0, None, world)
     if lead.probe_rows and world.main:
         probe = heldout_probe(dump, lead.probe_rows, modalities)
@@ -446,7 +442,7 @@ def _train_loop(lead: TrainConfig, runs: dict[int, _Run], stream: ShuffledBatche
     failed: dict[int, str] = {}
     batches = iter(stream)
     tokens, eval_seconds = 0, 0.0
-    desc = f"train {lead.architecture} SAE" if n_cfgs == 1 else f"train {len(runs)} SAEs"
+    desc = f"train {lead.sae.architecture} SAE" if n_cfgs == 1 else f"train {len(runs)} SAEs"
     with tqdm(total=total, initial=start, desc=desc, unit="step", disable=not (lead.progress and world.main)) as pbar:
         for step in range(start, total):
             if stop_at_step is not None and step >= stop_at_step:
