@@ -12,7 +12,7 @@ from pydantic.fields import FieldInfo
 from saev_core.sae.architectures.base import ARCHITECTURES, Architecture, Encoded, get, register
 
 # the registry line: each module registers its architecture when imported
-MODULES = ("relu", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu")
+MODULES = ("relu", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu", "gated")
 for _module in MODULES:
     importlib.import_module(f"{__name__}.{_module}")
 
