@@ -59,8 +59,8 @@ def main() -> None:
                         saes[(w, layer, variant, seed)] = {"fvu": trained["heldout"]["all"]["fvu"], **trained.get("metrics", {})}
                         for q in scorer_quality(open_views(str(tables)), str(wdir / "labels.parquet"), args.dataset, m["sae_id"]):
                             rows.append({"world": w, "layer": layer, "variant": variant, "tau": tau,
-                                         "agreement_tau": m["identity"]["agreement_tau"],
-                                         "agreement_refits": m["identity"]["agreement_refits"], "sae_seed": seed,
+                                         "agreement_tau": m["identity"]["params"]["agreement"]["tau"],
+                                         "agreement_refits": m["identity"]["params"]["agreement"]["refits"], "sae_seed": seed,
                                          "n_cross_modal": m["n_cross_modal"], "n_cross_modal_balanced": m["n_cross_modal_balanced"], **q})
                 print(f"world {w} layer {layer} {variant}: {time.time() - t0:.0f}s", flush=True)
     with open(out / "results.jsonl", "w") as f:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_serializer, field_validator, model_validator
 
@@ -29,6 +29,7 @@ ReportTo = Literal["none", "wandb", "tensorboard", "mlflow"]
 # template counts by its content (chat_template_sha256), not by where its file lies.
 _DUMP_RUNTIME = {"out", "batch_size", "progress", "cpu_threads", "row_group_mb", "chat_template"}
 _TRAIN_RUNTIME = {"out", "progress", "device", "checkpoint_every", "log_every", "keep_checkpoints", "eval_rows", "probe_rows", "reader_workers", "report_to"}
+# (clip_batch_size: the flat spelling of clip_score's runtime parameter, as a flow's stage config writes it)
 _SCORE_RUNTIME = {"tables", "device", "batch_rows", "weights_memory_mb", "progress", "clip_batch_size"}
 # per pipeline stage, what its artifact key leaves out (saev_core.store.artifacts.identity_of)
 STAGE_RUNTIME: dict[str, set[str]] = {"dump": _DUMP_RUNTIME, "train": _TRAIN_RUNTIME, "frontier": _TRAIN_RUNTIME,
@@ -50,13 +51,17 @@ def check_report_to(report_to: str) -> str:
 
 def flat_fields(model: type[BaseModel]) -> dict:
     """A config's fields as the CLI's flags and the flows' overrides spell them: TrainConfig's SAE
-    fields (under ``sae``) flat beside its own, over every registered architecture."""
-    if model is not TrainConfig:
+    fields (under ``sae``, over every registered architecture) and ScoreConfig's scorer parameters
+    (under ``params``, as ``<prefix>_<field>``) flat beside their own."""
+    if model is TrainConfig:
+        from saev_core.sae.architectures import flat_fields as nested
+        own = {name: f for name, f in model.model_fields.items() if name != "sae"}
+    elif model is ScoreConfig:
+        from saev_core.scoring.scorers import flat_fields as nested
+        own = {name: f for name, f in model.model_fields.items() if name != "params"}
+    else:
         return dict(model.model_fields)
-    from saev_core.sae.architectures import flat_fields as sae_fields
-
-    own = {name: f for name, f in model.model_fields.items() if name != "sae"}
-    return {**own, **{name: f for name, f in sae_fields().items() if name not in own}}
+    return {**own, **{name: f for name, f in nested().items() if name not in own}}
 
 
 def _default_scorers() -> list[str]:
@@ -175,8 +180,8 @@ class SAEConfig(BaseModel):
 
     model_config = _STRICT
 
-    architecture: str = Field(DEFAULT_ARCHITECTURE, description="relu (the paper's), topk, batchtopk, matryoshka_batchtopk "
-                              "(nested prefixes), jumprelu (Gemma Scope's) or gated (saev_core.sae.architectures)")
+    architecture: str = Field(DEFAULT_ARCHITECTURE, description="a registered architecture (saev_core.sae.architectures); "
+                              "relu is the paper's")
     d_in: int | None = Field(None, gt=0, description="residual width (training: the dump's)")
     d_sae: int | None = Field(None, gt=0, description="latents (training: expansion_factor * d_in unless set)")
     apply_b_dec_to_input: bool | None = Field(None, description="subtract b_dec from the input (default: per architecture)")
@@ -315,7 +320,11 @@ class TrainConfig(BaseModel):
 
 
 class ScoreConfig(BaseModel):
-    """How to score one dump with one SAE. Defaults follow METHOD.md sec. 4."""
+    """How to score one dump with one SAE. Defaults follow METHOD.md sec. 4.
+
+    Each scorer carries its own parameters (``saev_core.scoring.scorers``), given by scorer under
+    ``params`` (``params: {agreement: {tau: 0.5}}``) or flat as ``<prefix>_<field>``
+    (``agreement_tau``, ``clip_model``: the CLI's flags)."""
 
     model_config = _STRICT
 
@@ -324,17 +333,9 @@ class ScoreConfig(BaseModel):
     tables: str = Field(DEFAULT_TABLES, description="root of the feature tables")
     dataset_name: str | None = Field(None, description="partition name; default: the dump's dataset name")
     scorers: list[str] = Field(default_factory=_default_scorers, description="scorers to compute; default: every registered scorer but "
-                               "clip_score, which clip_model adds (the list: docs/stages.md)")
+                               "those that need an input the run lacks (clip_score: its model), which their params add (the list: docs/stages.md)")
+    params: dict[str, Any] = Field(default_factory=dict, description="each scorer's own parameters, by scorer (flat: agreement_tau, clip_model, ...)")
     tau: float = Field(0.0, ge=0, description="co-occurrence threshold: a latent counts where A[t, i] > tau")
-    agreement_tau: float = Field(0.5, ge=0, description="the agreement scorer's firing threshold (chosen on the demo's validation world; "
-                                                        "the activation scale is the SAE's, so choose it on a validation split for another SAE)")
-    agreement_refits: int = Field(2, ge=0, description="rounds of recounting the agreement scorer's co-firing on its own top "
-                                                       "`agreement_keep` fraction (0: count once over every sample)")
-    agreement_keep: float = Field(0.5, gt=0, le=1, description="fraction of samples each recount keeps")
-    agreement_peers: int = Field(100, ge=1, description="agreement_peers: the nearest texts (Jaccard of their latents) each sample "
-                                                        "is ranked among")
-    agreement_peer_pool: int = Field(5000, ge=2, description="agreement_peers: the seeded reference subset the peers are drawn from "
-                                                             "(the whole dataset when smaller), which bounds the work at n x pool")
     reference_samples: int = Field(1000, ge=1, description="reference subset size for the cross-modal weights")
     top: int = Field(30, ge=1, description="top occurrences pooled per latent")
     per_side: int = Field(5, ge=1, description="text and image occurrences compared per latent")
@@ -342,16 +343,26 @@ class ScoreConfig(BaseModel):
     batch_rows: int = Field(4096, ge=1, description="positions encoded per batch")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     weights_memory_mb: int = Field(256, ge=1, description="bound on residuals held while computing weights")
-    clip_model: str | None = Field(None, description="CLIP/SigLIP model (hub id or path) of the clip_score scorer")
-    clip_batch_size: int = Field(64, ge=1, description="samples per clip_score batch")
     progress: bool = True
 
     @model_validator(mode="before")
     @classmethod
-    def _clip_by_default(cls, data):
-        """A clip_model with no scorer list given scores clip_score beside the defaults."""
-        if isinstance(data, dict) and data.get("clip_model") and data.get("scorers") is None:
-            data = {**data, "scorers": [*_default_scorers(), "clip_score"]}
+    def _nest_scorer_params(cls, data):
+        """Flat scorer parameters go under ``params``; with no scorer list, a scorer given params is
+        scored beside the defaults (a clip_model adds clip_score)."""
+        from saev_core.scoring.scorers import flat_names
+
+        if not isinstance(data, dict):
+            return data
+        flat = {k: v for k, v in data.items() if k in flat_names() and k not in cls.model_fields}
+        params = {name: p.model_dump() if isinstance(p, BaseModel) else dict(p or {}) for name, p in (data.get("params") or {}).items()}
+        for key, value in flat.items():
+            if value is not None:  # unset
+                name, field = flat_names()[key]
+                params.setdefault(name, {})[field] = value
+        data = {**{k: v for k, v in data.items() if k not in flat}, "params": params}
+        if data.get("scorers") is None and (extra := [n for n in params if n not in _default_scorers()]):
+            data["scorers"] = [*_default_scorers(), *extra]
         return data
 
     @field_validator("scorers")
@@ -365,15 +376,17 @@ class ScoreConfig(BaseModel):
 
     @model_validator(mode="after")
     def _sides(self) -> "ScoreConfig":
+        from saev_core.scoring.scorers import check_params
+
         if 2 * self.per_side > self.top:
             raise ValueError(f"per_side={self.per_side} text + image occurrences cannot fit in top={self.top}")
-        if ("clip_score" in self.scorers) != (self.clip_model is not None):
-            raise ValueError("the clip_score scorer needs clip_model (a CLIP/SigLIP hub id or path, e.g. openai/clip-vit-base-patch32)"
-                             if self.clip_model is None else "clip_model is set but clip_score is not among the scorers: add it or drop clip_model")
+        self.params = check_params(self.scorers, self.params)
         return self
 
     def identity(self) -> dict:
-        return self.model_dump(exclude=_SCORE_RUNTIME)
+        """What changes the scores: the runtime fields, and each scorer's runtime parameters, left out."""
+        out = self.model_dump(exclude=_SCORE_RUNTIME | {"params"})
+        return {**out, "params": {name: p.model_dump(exclude=set(p.runtime)) for name, p in self.params.items() if type(p).model_fields}}
 
 
 class FilterConfig(BaseModel):

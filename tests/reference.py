@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saev_core.scoring.scorers import (Occurrences, SampleSummary, empty_pool, select_balanced, select_occurrences, update_pool,
+from saev_core.scoring.scorers import SampleSummary
+from saev_core.scoring.weights import (Occurrences, empty_pool, select_balanced, select_occurrences, update_pool,
                                        weights_from_occurrences)
 
 

@@ -11,7 +11,7 @@ from saev_core.scoring.clip_score import ClipScorer, clip_scores, features, samp
 from saev_core.activations.data import DatasetSpec, Sample, iter_samples, open_dataset
 from saev_core.scoring.run import ScoreConfig
 from saev_core.scoring.scorers import default_scorers
-from saev_core.scoring.scorers import ScoringContext, SampleSummary, get_scorer
+from saev_core.scoring.scorers import SampleSummary, get_scorer
 
 
 def tiny_dual_encoder(path, tokenizer, kind: str):
@@ -61,19 +61,19 @@ def test_clip_score_is_the_cosine_of_the_two_towers(tmp_path, bundle, samples, k
 def test_clip_score_config_and_errors(tmp_path, world_dir):
     base = {"activations": "a", "sae": "b"}
     assert ScoreConfig(**base, clip_model="m").scorers == [*default_scorers(), "clip_score"]
-    with pytest.raises(ValidationError, match="clip_score scorer needs clip_model"):
+    assert ScoreConfig(**base, params={"clip_score": {"model": "m"}}) == ScoreConfig(**base, clip_model="m")
+    with pytest.raises(ValidationError, match=r"the clip_score scorer needs clip_model \(params.clip_score.model\)"):
         ScoreConfig(**base, scorers=["saev", "clip_score"])
-    with pytest.raises(ValidationError, match="clip_model is set but clip_score is not among the scorers"):
+    with pytest.raises(ValidationError, match="params given for clip_score, which is not among the scorers"):
         ScoreConfig(**base, scorers=["saev"], clip_model="m")
-    assert "clip_model" in ScoreConfig(**base, clip_model="m").identity()  # another CLIP is another partition
+    identity = ScoreConfig(**base, clip_model="m", clip_batch_size=8).identity()
+    assert identity["params"]["clip_score"] == {"model": "m"}  # another CLIP is another partition; its batch size is not
     with pytest.raises(ValueError, match="not a dual image-text encoder"):
         ClipScorer(str(world_dir / "model"), device="cpu")  # the demo LLaVA is not one
     with pytest.raises(ValueError, match="cannot load a CLIP/SigLIP model"):
         ClipScorer(str(tmp_path / "nothing"), device="cpu")
     summary = SampleSummary("s1", 1, 1, 0, *([torch.zeros(0).numpy()] * 4), None)
-    assert get_scorer("clip_score")(summary, ScoringContext(external={"clip_score": {"s1": 0.25}})) == 0.25
-    with pytest.raises(ValueError, match="set clip_model"):
-        get_scorer("clip_score")(summary, ScoringContext())
+    assert get_scorer("clip_score").score(summary, {"s1": 0.25}) == 0.25
 
 
 def test_demo_clip_trains_on_the_worlds_pairs_and_scores(tmp_path, world_dir, samples):

@@ -33,8 +33,8 @@ def test_importing_every_saev_core_module_leaves_prefect_unloaded():
 
 # saev_core's packages in pipeline order: a module imports from its own package or those before it
 STAGES = ["tables", "store", "activations", "sae", "scoring", "alignment", "demo", "cli"]
-# configs.py (the root) validates SAE architectures, scorer names and chat templates through the
-# stages' registries, importing them when a validator runs; issue 33's scorer parameters move these into the scorers
+# configs.py (the root) validates SAE architectures, scorers and their parameters, chat templates and
+# the experiment's labels through the stages' own code, importing it when a validator runs
 CONFIG_VALIDATORS = {"saev_core.sae.architectures", "saev_core.activations.inputs", "saev_core.scoring.quality", "saev_core.scoring.scorers", "saev_core.demo.defaults"}
 
 

@@ -256,7 +256,8 @@ def test_standalone_commands_default_to_what_the_pipeline_built(first_run, tmp_p
 @pytest.mark.parametrize("stage, typo, says", [
     ("sae", {"totl_tokens": 5}, "sae.totl_tokens"), ("dump", {"batch_sise": 4}, "dump.batch_sise"),
     ("score", {"scorers": ["saevv"]}, "unknown scorer 'saevv'"), ("align", {"method": "ppo"}, "align.method"),
-    ("sae", {"architecture": "relu"}, "k is for topk/batchtopk"),
+    ("sae", {"architecture": "relu"}, "k: not a field of a relu SAE"),
+    ("score", {"agreement_tua": 0.3}, "score.agreement_tua"), ("score", {"params": {"agreement": {"tua": 0.3}}}, "tua"),
 ])
 def test_a_typo_in_a_stage_override_fails_at_the_door(world_dir, tmp_path, stage, typo, says):
     """Before any stage runs (nothing is written), naming the field."""

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from pydantic import Field
 from typer.testing import CliRunner
 
 from saev_core.activations.shards import ActivationDump, to_tensor
@@ -22,7 +23,7 @@ from saev_core.scoring.quality import auroc, render_quality, scorer_quality, top
 from saev_core.tables.query import connect, open_views
 from saev_core.sae.model import SAE, SAEConfig
 from saev_core.scoring.run import ScoreConfig, run_scoring
-from saev_core.scoring.scorers import EXTERNAL_SCORERS, SCORERS, SampleSummary, ScoringContext, fit_cofiring, peer_ranks
+from saev_core.scoring.scorers import SCORERS, Dataset, SampleSummary, Scorer, ScorerParams, default_scorers, register, text_latents
 from tests.reference import balanced_weights, cross_modal_weights, summary_from_acts
 from saev_core.sae.train import TrainConfig, train_sae
 
@@ -96,18 +97,65 @@ def test_tables_match_a_dense_recomputation_through_duckdb(scored):
     assert (wb_dense != 0).sum() == manifest["n_cross_modal_balanced"] >= manifest["n_cross_modal"]
 
     # scores equal each scorer applied to the dense summaries; rank 1 is the top score
-    cofiring = fit_cofiring(dense.values, len(w_dense), cfg.agreement_tau, cfg.agreement_refits, cfg.agreement_keep)
-    ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=w_dense, balanced_weights=wb_dense,
-                         agreement_tau=cfg.agreement_tau, cofiring=cofiring)
-    ctx.peer_rank = peer_ranks(dense.values(), ctx, cfg.agreement_peers, cfg.agreement_peer_pool)
+    data = Dataset(dense.values, len(w_dense), cfg.params, cfg.seed, cfg.tau, w_dense, wb_dense)
     scores = con.execute("SELECT sample_id, scorer, score, rank, percentile FROM scores WHERE dataset = $d", {"d": "demo-rlaif"}).df()
-    assert set(scores.scorer) == set(SCORERS) - set(EXTERNAL_SCORERS)  # every scorer but the external models'
-    for name, fn in ((n, f) for n, f in SCORERS.items() if n not in EXTERNAL_SCORERS):
+    assert set(scores.scorer) == set(default_scorers())  # every scorer but those with a model of their own
+    for name in default_scorers():
         g = scores[scores.scorer == name].set_index("sample_id")
-        expect = np.array([fn(dense[s], ctx) for s in g.index])
+        state = data.state_of(name)
+        expect = np.array([SCORERS[name].score(dense[s], state) for s in g.index])
         np.testing.assert_allclose(g.score.to_numpy(), expect, rtol=1e-5, atol=1e-5)
         assert g.loc[g["rank"] == 1, "score"].iloc[0] == g.score.max()
         assert g.percentile.max() == 1.0 and sorted(g["rank"]) == list(range(1, len(g) + 1))
+
+
+class _TextShareParams(ScorerParams):
+    prefix = "text_share"
+    tau: float = Field(0.0, ge=0)
+
+
+class _TextShare(Scorer):
+    """A scorer with a fit, defined where no saev code knows it: the share of the dataset's samples
+    whose text fires the sample's rarest text latent (above its own tau)."""
+
+    name = "text_share"
+    default = False
+    Params = _TextShareParams
+
+    def fit(self, data: Dataset, params: _TextShareParams) -> tuple[float, np.ndarray, int]:
+        counts = np.zeros(data.d_sae, np.int64)
+        n = 0
+        for s in data.summaries():
+            np.add.at(counts, text_latents(s, params.tau), 1)
+            n += 1
+        return params.tau, counts, n
+
+    def score(self, s: SampleSummary, state) -> float:
+        tau, counts, n = state
+        t = text_latents(s, tau)
+        return float(counts[t].min()) / n if len(t) else 0.0
+
+
+def test_a_scorer_with_a_fit_needs_no_edit_of_the_scoring_run(scored, tmp_path):
+    """A registered scorer with its own params and fit is scored like the built-in ones, from the
+    flat spelling too, and its values are its fit's."""
+    base, cfg, _ = scored
+    register(_TextShare)
+    try:
+        new = ScoreConfig.model_validate({**cfg.model_dump(exclude={"scorers"}), "tables": str(tmp_path / "t"), "text_share_tau": 0.5})
+        assert new.scorers[-1] == "text_share" and new.params["text_share"].tau == 0.5
+        manifest = run_scoring(new)
+        assert manifest["identity"]["params"]["text_share"] == {"tau": 0.5}
+        got = open_views(new.tables).execute("SELECT sample_id, score FROM scores WHERE scorer = 'text_share'").fetchall()
+        dense, *_ = dense_summaries(base)
+        counts = {}
+        for s in dense.values():
+            for i in text_latents(s, 0.5).tolist():
+                counts[i] = counts.get(i, 0) + 1
+        expect = {sid: min((counts[i] for i in text_latents(s, 0.5).tolist()), default=0) / len(dense) for sid, s in dense.items()}
+        assert len(got) == len(dense) and all(v == pytest.approx(expect[sid], abs=1e-9) for sid, v in got)
+    finally:
+        SCORERS.pop("text_share")
 
 
 def test_batch_boundaries_do_not_change_the_tables(scored, tmp_path):
@@ -264,7 +312,7 @@ def test_auroc_and_top_fraction_by_hand():
 def test_quality_table_and_cli(scored, world_dir, tmp_path):
     base, cfg, manifest = scored
     rows = scorer_quality(open_views(cfg.tables), world_dir / "labels.parquet", "demo-rlaif", manifest["sae_id"])
-    assert {r["scorer"] for r in rows} == set(SCORERS) - set(EXTERNAL_SCORERS)
+    assert {r["scorer"] for r in rows} == set(default_scorers())
     assert all(0 <= r["auroc"] <= 1 and "auroc_swapped_image" in r for r in rows)
     assert render_quality(rows).startswith("| scorer | auroc |")
 

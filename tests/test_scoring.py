@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from saev_core.scoring.scorers import (SCORERS, CoFiring, SampleSummary, ScoringContext, agreement_mean_score, agreement_peers_score,
-                               agreement_score, cooccurrence_score, cooccurring_latents, coverage_score, empty_pool, fit_cofiring, get_scorer, l0_score,
-                               mean_pair_cosine, merge_pools, model_cosine_score, peer_percentiles, random_score, reference_subset,
-                               saev_balanced_score, saev_score, select_balanced, select_occurrences, update_pool)
+from saev_core.scoring.scorers import (SCORERS, Dataset, SampleSummary, check_params, cooccurring_latents, get_scorer, reference_subset,
+                                       score_all)
+from saev_core.scoring.scorers.agreement import CoFiring, fit_cofiring
+from saev_core.scoring.scorers.agreement_peers import peer_percentiles
+from saev_core.scoring.scorers.baselines import L0
+from saev_core.scoring.weights import empty_pool, mean_pair_cosine, merge_pools, select_balanced, select_occurrences, update_pool
 from tests.reference import balanced_weights, cross_modal_weights, summary_from_acts
 
 # 4 positions (image, image, text, text) x 3 latents
@@ -19,7 +21,12 @@ ACTS = torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 0.5], [0.5, 3.0, 0.0], [0.0, 0.
 IMAGE = torch.tensor([True, True, False, False])
 RESID = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 2.0], [1.0, 0.0]])  # image mean (1, 0), text mean (1, 1)
 S = summary_from_acts("s0", ACTS, IMAGE, RESID)
-CTX = ScoringContext()
+
+
+def score(name: str, s: SampleSummary, dataset: list[SampleSummary] | None = None, params: dict | None = None, **data) -> float:
+    """``name``'s score of ``s``, fitted as a scoring run fits it, on ``dataset`` (default: s alone)."""
+    fitted = Dataset(lambda: iter(dataset or [s]), 3, check_params([name], params or {}), **data)
+    return get_scorer(name).score(s, fitted.state_of(name))
 
 
 def test_summary_keeps_max_per_modality_of_active_latents():
@@ -29,34 +36,34 @@ def test_summary_keeps_max_per_modality_of_active_latents():
 
 
 def test_l0_is_mean_active_latents_per_position():
-    assert l0_score(S, CTX) == 1.5  # (2 + 1 + 2 + 1) / 4
+    assert score("l0", S) == 1.5  # (2 + 1 + 2 + 1) / 4
     empty = summary_from_acts("e", torch.zeros(0, 3), torch.zeros(0, dtype=torch.bool))
-    assert l0_score(empty, CTX) == 0.0
+    assert score("l0", empty) == 0.0
 
 
 def test_cooccurrence_counts_latents_on_both_modalities():
     # latent 0: image 1.0, text 0.5; latent 1: text only; latent 2: image 2.0/0.5, text 1.0
     assert cooccurring_latents(S).tolist() == [0, 2]
-    assert cooccurrence_score(S, CTX) == 2
-    assert cooccurrence_score(S, ScoringContext(tau=0.75)) == 1  # latent 0's text activation 0.5 <= tau
+    assert score("cooccurrence", S) == 2
+    assert score("cooccurrence", S, tau=0.75) == 1  # latent 0's text activation 0.5 <= tau
     all_image = summary_from_acts("a", ACTS, torch.ones(4, dtype=torch.bool))
-    assert cooccurrence_score(all_image, CTX) == 0  # no text tokens
+    assert score("cooccurrence", all_image) == 0  # no text tokens
 
 
 def test_saev_score_sums_weights_over_cooccurring_latents():
     w = np.array([0.2, 0.9, 0.5], np.float32)
-    assert saev_score(S, ScoringContext(weights=w)) == pytest.approx(0.7)
-    assert saev_score(S, ScoringContext(weights=w, tau=0.75)) == pytest.approx(0.5)
+    assert score("saev", S, weights=w) == pytest.approx(0.7)
+    assert score("saev", S, weights=w, tau=0.75) == pytest.approx(0.5)
 
 
 def test_model_cosine_between_mean_image_and_mean_text_residuals():
-    assert model_cosine_score(S, CTX) == pytest.approx(1 / math.sqrt(2))
-    assert model_cosine_score(summary_from_acts("n", ACTS, IMAGE), CTX) == 0.0  # no residuals kept
+    assert score("model_cosine", S) == pytest.approx(1 / math.sqrt(2))
+    assert score("model_cosine", summary_from_acts("n", ACTS, IMAGE)) == 0.0  # no residuals kept
 
 
 def test_random_score_is_seeded_and_order_free():
     def r(sid, seed):
-        return random_score(summary_from_acts(sid, ACTS, IMAGE), ScoringContext(seed=seed))
+        return score("random", summary_from_acts(sid, ACTS, IMAGE), seed=seed)
     a = r("abc", 1)
     assert a == r("abc", 1) and 0 <= a < 1
     assert a != r("abc", 2) and a != r("abd", 1)
@@ -78,7 +85,7 @@ def test_cross_modal_weights_by_hand():
 def test_registry_lists_valid_scorers_on_error():
     assert set(SCORERS) == {"random", "l0", "cooccurrence", "saev", "model_cosine", "saev_balanced", "coverage", "agreement", "agreement_mean",
                             "agreement_peers", "clip_score"}
-    assert get_scorer("l0") is l0_score
+    assert isinstance(get_scorer("l0"), L0)
     with pytest.raises(ValueError, match=r"unknown scorer 'clip'; valid scorers: \['agreement', 'agreement_mean', 'agreement_peers', "
                                          r"'clip_score', 'cooccurrence', 'coverage', 'l0', "
                                          r"'model_cosine', 'random', 'saev', 'saev_balanced'\]"):
@@ -148,15 +155,14 @@ def test_merge_pools_keeps_the_top_of_every_shard():
 
 def test_saev_balanced_and_coverage_by_hand():
     # S: image latents {0: 1.0, 2: 2.0}, text latents {0: 0.5, 1: 3.0, 2: 1.0}; C(S) = {0, 2}
-    ctx = ScoringContext(balanced_weights=np.array([0.5, 0.3, -0.2], np.float32))
-    assert saev_balanced_score(S, ctx) == pytest.approx(0.5 - 0.2)
+    wb = np.array([0.5, 0.3, -0.2], np.float32)
+    assert score("saev_balanced", S, balanced_weights=wb) == pytest.approx(0.5 - 0.2)
     # coverage clips w' at 0: text content 0.5 + 0.3 + 0, of which on the image too 0.5 + 0
-    assert coverage_score(S, ctx) == pytest.approx(0.5 / 0.8)
-    tight = ScoringContext(tau=0.75, balanced_weights=ctx.balanced_weights)
+    assert score("coverage", S, balanced_weights=wb) == pytest.approx(0.5 / 0.8)
     # tau 0.75: T = {1, 2} (0.3 + 0), C = {2} (0) -> 0
-    assert coverage_score(S, tight) == 0.0
+    assert score("coverage", S, balanced_weights=wb, tau=0.75) == 0.0
     no_text = summary_from_acts("n", ACTS[:2], IMAGE[:2])
-    assert coverage_score(no_text, ctx) == 0.0
+    assert score("coverage", no_text, balanced_weights=wb) == 0.0
 
 
 def test_reference_subset_is_order_free():
@@ -181,21 +187,19 @@ def test_agreement_by_hand():
                _summary("s3", {1: 1.0}, {}), _summary("s4", {0: 1.0}, {0: 0.4})]
     c = CoFiring.count(samples, d_sae=2, tau=0.5)
     assert (c.n, c.text.tolist(), c.image.tolist(), c.both.tolist()) == (4, [3, 2], [2, 1], [2, 0])
-    ctx = ScoringContext(agreement_tau=0.5, cofiring=c)
-    got = [agreement_score(s, ctx) for s in samples]
+    got = [get_scorer("agreement").score(s, c) for s in samples]
     assert got == pytest.approx([math.log(1.2) + math.log(1.125), math.log(1.2), math.log(1.125), math.log(0.8)])
-    with pytest.raises(ValueError, match="needs the dataset's co-firing counts"):
-        agreement_score(samples[0], ScoringContext())
-    with pytest.raises(ValueError, match="co-firing counted at tau=0.5"):
-        agreement_score(samples[0], ScoringContext(agreement_tau=0.0, cofiring=c))
+    # fitted as a scoring run fits it (no refit), at its own tau
+    params = {"agreement": {"tau": 0.5, "refits": 0}}
+    assert [score("agreement", s, samples, params) for s in samples] == pytest.approx(got)
 
 
 def test_agreement_mean_by_hand():
     """The samples of test_agreement_by_hand: agreement divided by |T(s)| = 2, 1, 1, 1 text latents."""
     samples = [_summary("s1", {0: 1.0, 1: 1.0}, {0: 1.0}), _summary("s2", {0: 1.0}, {0: 1.0, 1: 1.0}),
                _summary("s3", {1: 1.0}, {}), _summary("s4", {0: 1.0}, {0: 0.4}), _summary("s5", {0: 0.2}, {0: 1.0})]
-    ctx = ScoringContext(agreement_tau=0.5, cofiring=CoFiring.count(samples[:4], d_sae=2, tau=0.5))
-    got = [agreement_mean_score(s, ctx) for s in samples]
+    c = CoFiring.count(samples[:4], d_sae=2, tau=0.5)
+    got = [get_scorer("agreement_mean").score(s, c) for s in samples]
     assert got == pytest.approx([(math.log(1.2) + math.log(1.125)) / 2, math.log(1.2), math.log(1.125), math.log(0.8), 0.0])
 
 
@@ -212,10 +216,7 @@ def test_peer_percentiles_by_hand():
     # peers drawn from the pool {s0, s1, s2} only: s0's are s1 (2.0) and s2 (5.0) -> 0; s3's are s2 (5.0) and s0 (1.0) -> 3/4
     pooled = peer_percentiles(texts, scores, k=2, pool=np.array([0, 1, 2]))
     assert pooled[0] == 0.0 and pooled[3] == 0.75
-    ctx = ScoringContext(peer_rank={"a": 0.25})
-    assert agreement_peers_score(_summary("a", {}, {}), ctx) == 0.25
-    with pytest.raises(ValueError, match="needs the dataset's peer ranks"):
-        agreement_peers_score(_summary("b", {}, {}), ctx)
+    assert get_scorer("agreement_peers").score(_summary("a", {}, {}), {"a": 0.25}) == 0.25
 
 
 def test_cofiring_refit_by_hand():
@@ -228,12 +229,15 @@ def test_cofiring_refit_by_hand():
     samples = [_summary(f"s{i}", *kind) for i, kind in enumerate([both] * 3 + [text_only] + [nothing] * 4, 1)]
     once = fit_cofiring(lambda: iter(samples), d_sae=1, tau=0.5)
     assert (once.n, once.text.tolist(), once.image.tolist(), once.both.tolist()) == (8, [4], [3], [3])
-    got = [agreement_score(s, ScoringContext(agreement_tau=0.5, cofiring=once)) for s in samples[:5]]
+    got = [get_scorer("agreement").score(s, once) for s in samples[:5]]
     assert got == pytest.approx([math.log(5 / 3)] * 3 + [math.log(5 / 9), 0.0])
     refit = fit_cofiring(lambda: iter(samples), d_sae=1, tau=0.5, refits=1, keep=0.5)
     assert (refit.n, refit.text.tolist(), refit.image.tolist(), refit.both.tolist()) == (4, [3], [3], [3])
-    got = [agreement_score(s, ScoringContext(agreement_tau=0.5, cofiring=refit)) for s in samples[:5]]
+    got = [get_scorer("agreement").score(s, refit) for s in samples[:5]]
     assert got == pytest.approx([math.log(1.2)] * 3 + [math.log(0.6), 0.0])
+    # the scorer's own fit, with its params, is that refit; agreement_mean reads the same fitted state
+    data = Dataset(lambda: iter(samples), 1, check_params(["agreement_mean"], {"agreement": {"tau": 0.5, "refits": 1, "keep": 0.5}}))
+    assert [v["agreement_mean"] for _, v in score_all(["agreement_mean"], data)][:5] == pytest.approx(got)
 
 
 def test_one_default_scorer_everywhere():

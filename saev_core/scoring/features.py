@@ -28,7 +28,7 @@ from saev_core.activations.shards import ActivationDump, as_tensor, decode
 from saev_core.activations.background import prefetch
 from saev_core.io import atomic_path
 from saev_core.sae.model import SAE
-from saev_core.scoring.scorers import empty_pool, pack_ref, unpack_ref, update_pool
+from saev_core.scoring.weights import empty_pool, pack_ref, unpack_ref, update_pool
 from saev_core.tables.schema import SAMPLE_FEATURES
 
 Tensor = torch.Tensor

@@ -7,8 +7,9 @@ Steps (each resumable; the manifest is written last and marks the partition comp
 2. merge the reference pools and compute the cross-modal weights (``scoring``: Algorithm 1's w_i
    and the scale-balanced w'_i), fetching only the residuals of each cross-modal latent's
    compared occurrences, in blocks of latents so memory stays bounded for any d_sae;
-3. compute every scorer per sample from its summary, with rank and percentile, and write
-   ``feature_stats``, ``scores`` and ``samples``.
+3. fit every scorer on the dataset (``scoring.scorers``: its own parameters, a fit over the
+   summaries, an external model over the source rows), score every sample from its summary, with
+   rank and percentile, and write ``feature_stats``, ``scores`` and ``samples``.
 """
 
 from __future__ import annotations
@@ -31,14 +32,13 @@ from tqdm.auto import tqdm
 from saev_core import __version__
 from saev_core.activations.shards import ActivationDump
 from saev_core.sae.checkpoint import load_sae, resolve_sae_dir, sae_id_of
-from saev_core.scoring.clip_score import clip_scores
 from saev_core.configs import ScoreConfig
 from saev_core.activations.data import DatasetSpec, Sample, find_samples
 from saev_core.scoring.features import SHARD_SAMPLES, encode_shard, fetch_residuals
 from saev_core.io import atomic_path, claim_output_dir, file_lock, read_json, write_json
 from saev_core.activations.modeling import resolve_device
-from saev_core.scoring.scorers import (USES_COFIRING, Occurrences, SampleSummary, ScoringContext, fit_cofiring, get_scorer,
-                               merge_pools, peer_ranks, reference_subset, select_balanced, select_occurrences, weights_from_occurrences)
+from saev_core.scoring.scorers import Dataset, SampleSummary, reference_subset, score_all
+from saev_core.scoring.weights import Occurrences, merge_pools, select_balanced, select_occurrences, weights_from_occurrences
 from saev_core.tables.schema import (FEATURE_STATS, SAMPLES, SCORES, TABLES, check_partition_value, lock_path, manifest_path, part_name, ranks,
                               partition_dir)
 
@@ -142,9 +142,10 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
                 yield from summaries(feat_dir / part_name(shard), shard_samples)
 
         spec = _source_spec(dump)
-        external, found = _external_scores(cfg, spec, rows, device)
-        scores, summary, scored = _score_samples(cfg, all_summaries, ds, sae.cfg.d_sae, external)
-        found = found if found is not None else find_samples(spec, rows)
+        data = Dataset(all_summaries, sae.cfg.d_sae, cfg.params, cfg.seed, cfg.tau, ds.weights, ds.balanced,
+                       functools.cache(lambda: find_samples(spec, rows)), str(device), cfg.progress)
+        scores, summary, scored = _score_samples(cfg.scorers, data)
+        found = data.samples()
 
         _write(samples_table(spec, scored, found), partition_dir(root, "samples", dataset) / part_name(0))
         _write(ds.stats, partition_dir(root, "feature_stats", dataset, sae_id) / part_name(0))
@@ -154,15 +155,6 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
                     **_figures(cfg, dump, ds, summary, encoded, encode_s, device)}
         write_json(manifest_path(root, dataset, sae_id), manifest)
         return manifest
-
-
-def _external_scores(cfg: ScoreConfig, spec: DatasetSpec, rows: dict[str, int], device) -> tuple[dict, dict[str, Sample] | None]:
-    """Scores from a model of their own (clip_score, with ``clip_model``), and the source samples
-    it read, which the samples table then reuses (None when no such scorer ran)."""
-    if cfg.clip_model is None:
-        return {}, None
-    found = find_samples(spec, rows)
-    return {"clip_score": clip_scores(cfg.clip_model, found.values(), cfg.clip_batch_size, str(device), cfg.progress)}, found
 
 
 def _scored_before(root: Path, dataset: str, sae_id: str, identity: dict, overwrite: bool) -> dict | None:
@@ -277,23 +269,15 @@ def _dataset_stats(cfg: ScoreConfig, dump: ActivationDump, work: Path, d_sae: in
     return DatasetStats(stats, occ, weights, balanced, alive, tokens)
 
 
-def _score_samples(cfg: ScoreConfig, all_summaries, ds: DatasetStats, d_sae: int,
-                   external: dict[str, dict[str, float]]) -> tuple[pa.Table, dict, dict[str, dict]]:
-    """Phase 3: every scorer on every sample; returns the scores table, each scorer's summary and
-    the token counts per sample."""
-    cofiring = fit_cofiring(all_summaries, d_sae, cfg.agreement_tau, cfg.agreement_refits, cfg.agreement_keep) \
-        if USES_COFIRING & set(cfg.scorers) else None
-    ctx = ScoringContext(seed=cfg.seed, tau=cfg.tau, weights=ds.weights, balanced_weights=ds.balanced,
-                         agreement_tau=cfg.agreement_tau, cofiring=cofiring, external=external)
-    if "agreement_peers" in cfg.scorers:  # a rank among the other samples: the whole dataset first
-        ctx.peer_rank = peer_ranks(all_summaries(), ctx, cfg.agreement_peers, cfg.agreement_peer_pool)
-    fns = {name: get_scorer(name) for name in cfg.scorers}
-    sids, per_scorer, scored = [], {n: [] for n in fns}, {}
-    for s in all_summaries():
+def _score_samples(names: list[str], data: Dataset) -> tuple[pa.Table, dict, dict[str, dict]]:
+    """Phase 3: every scorer on every sample (each fitted on the dataset first); returns the scores
+    table, each scorer's summary and the token counts per sample."""
+    sids, per_scorer, scored = [], {n: [] for n in names}, {}
+    for s, values in score_all(names, data):
         sids.append(s.sample_id)
         scored[s.sample_id] = {"n_image": s.n_image, "n_text": s.n_text}
-        for name, fn in fns.items():
-            per_scorer[name].append(fn(s, ctx))
+        for name, value in values.items():
+            per_scorer[name].append(value)
     sid_arr = np.asarray(sids, dtype=object)
     tables, summary = [], {}
     for name, vals in per_scorer.items():
