@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from saev_core.scoring.scorers import (SCORERS, Dataset, SampleSummary, check_params, cooccurring_latents, get_scorer, reference_subset,
-                                       score_all)
+                                       register, score_all)
 from saev_core.scoring.scorers.agreement import CoFiring, fit_cofiring
 from saev_core.scoring.scorers.agreement_peers import peer_percentiles
 from saev_core.scoring.scorers.baselines import L0
@@ -253,3 +253,21 @@ def test_one_default_scorer_everywhere():
     assert PipelineConfig.model_fields["scorer"].default == DEFAULT_SCORER
     assert inspect.signature(write_report).parameters["scorer"].default == DEFAULT_SCORER
     assert DEFAULT_SCORER in default_scorers() and DEFAULT_SCORER in experiment_scorers()
+
+
+def test_each_scorer_reads_only_the_summary_fields_it_declares():
+    """Every other field of the summaries it is fitted on and scores is taken away (None): the scores stay."""
+    from dataclasses import fields, replace
+
+    from saev_core.scoring.scorers import default_scorers, with_used
+
+    summaries = [summary_from_acts(f"s{i}", ACTS * (i + 1) % 3, IMAGE, RESID) for i in range(4)]
+    for name in default_scorers():
+        reads = {f for n in with_used([name]) for f in get_scorer(n).reads}
+        bare = [replace(s, **{f.name: None for f in fields(s) if f.name not in reads}) for s in summaries]
+        kw = {"weights": np.array([0.2, 0.9, 0.5], np.float32), "balanced_weights": np.array([0.5, 0.3, -0.2], np.float32)}
+        full = [score(name, s, summaries, **kw) for s in summaries]
+        assert [score(name, s, bare, **kw) for s in bare] == full, name
+    with pytest.raises(ValueError, match="reads text_maximum, which a SampleSummary does not hold"):
+        register(type("Bad", (L0,), {"name": "bad", "reads": ("text_maximum",)}))
+    assert "bad" not in SCORERS

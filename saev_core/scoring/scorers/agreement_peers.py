@@ -8,7 +8,7 @@ import numpy as np
 from pydantic import Field
 
 from saev_core.scoring.scorers.agreement import CoFiring, agreement
-from saev_core.scoring.scorers.base import Dataset, SampleSummary, Scorer, ScorerParams, reference_subset, register, text_latents
+from saev_core.scoring.scorers.base import LATENTS, Dataset, SampleSummary, Scorer, ScorerParams, reference_subset, register, text_latents
 
 
 class PeerParams(ScorerParams):
@@ -86,6 +86,7 @@ class AgreementPeers(Scorer):
     name = "agreement_peers"
     Params = PeerParams
     uses = ("agreement",)
+    reads = ("sample_id", *LATENTS)
 
     def fit(self, data: Dataset, params: PeerParams) -> dict[str, float]:
         return peer_ranks(data.summaries(), data.state_of("agreement"), data.seed, params.peers, params.peer_pool)

@@ -9,6 +9,7 @@ recomputed from the table.
 
 A scorer declares:
 
+- the summary fields it reads (``reads``), checked when it registers;
 - its parameter model (``Params``), given under ``ScoreConfig.params[<name>]`` or flat as
   ``<prefix>_<field>`` (``agreement_tau``, ``clip_model``);
 - an optional dataset-level ``fit(data, params) -> state``, which may re-stream the summaries,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from saev_core.activations.data import Sample
 
 SCORERS: dict[str, Scorer] = {}
+LATENTS = ("image_ids", "image_max", "text_ids", "text_max")  # the summary's latents per modality
 
 
 @dataclass
@@ -97,6 +99,7 @@ class Scorer:
     default: ClassVar[bool] = True  # scored when no scorer list is given (False: it needs an input the default run lacks)
     experiment: ClassVar[bool] = False  # in the alignment experiment's default grid (each costs SFT runs)
     uses: ClassVar[tuple[str, ...]] = ()  # scorers whose params and fitted state it reads
+    reads: ClassVar[tuple[str, ...]] = LATENTS  # the SampleSummary fields its fit and score read
 
     def fit(self, data: Dataset, params: ScorerParams) -> Any:
         """The dataset-level state ``score`` reads; by default its params."""
@@ -110,6 +113,8 @@ def register(cls: type[Scorer]) -> type[Scorer]:
     """Class decorator: make a scorer known by its ``name``."""
     if cls.name in SCORERS:
         raise ValueError(f"scorer {cls.name!r} is registered twice")
+    if unknown := sorted(set(cls.reads) - set(SampleSummary.__dataclass_fields__)):
+        raise ValueError(f"scorer {cls.name!r} reads {', '.join(unknown)}, which a SampleSummary does not hold")
     SCORERS[cls.name] = cls()
     return cls
 

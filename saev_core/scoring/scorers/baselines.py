@@ -11,6 +11,7 @@ class Random(Scorer):
 
     name = "random"
     experiment = True
+    reads = ("sample_id",)
 
     def fit(self, data: Dataset, params: ScorerParams) -> int:
         return data.seed
@@ -24,6 +25,7 @@ class L0(Scorer):
     """L0: mean over positions of the number of latents with A[t, i] > 0."""
 
     name = "l0"
+    reads = ("n_image", "n_text", "n_active")
 
     def score(self, s: SampleSummary, state) -> float:
         n = s.n_image + s.n_text

@@ -23,6 +23,7 @@ class ClipScore(Scorer):
     name = "clip_score"
     Params = ClipParams
     default = False  # it needs a model
+    reads = ("sample_id",)  # and the source rows
 
     def fit(self, data: Dataset, params: ClipParams) -> dict[str, float]:
         from saev_core.scoring.clip_score import clip_scores

@@ -10,6 +10,7 @@ class ModelCosine(Scorer):
     """model_cosine: cos(mean image-token residual, mean text-token residual); no SAE involved."""
 
     name = "model_cosine"
+    reads = ("resid_cosine",)
 
     def score(self, s: SampleSummary, state) -> float:
         return s.resid_cosine if s.resid_cosine is not None else 0.0
