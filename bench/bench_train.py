@@ -244,11 +244,12 @@ def saev_optimizer(variant: str) -> str:
 
 def saev_config(args, arch: str, case: dict, out: Path, steps: int, lr: float | None, seed: int, optimizer: str,
                 noaux: bool = False) -> TrainConfig:
+    own = ({"k": case["k"], **({"aux_coefficient": 0.0} if noaux else {})} if arch == "topk"
+           else {"l1_coefficient": args.l1_coefficient})
     return TrainConfig(
-        activations=str(case["dump"]), out=str(out), architecture=arch, d_sae=case["d_sae"], optimizer=optimizer,
-        aux_coefficient=0.0 if noaux else TrainConfig.model_fields["aux_coefficient"].default,
-        k=case["k"] if arch == "topk" else None, batch_size=case["batch_size"], total_tokens=steps * case["batch_size"],
-        lr=lr, l1_coefficient=args.l1_coefficient, heldout_fraction=case["heldout_fraction"], device=args.device,
+        activations=str(case["dump"]), out=str(out), architecture=arch, d_sae=case["d_sae"], optimizer=optimizer, **own,
+        batch_size=case["batch_size"], total_tokens=steps * case["batch_size"],
+        lr=lr, heldout_fraction=case["heldout_fraction"], device=args.device,
         seed=seed, progress=False, eval_rows=0, checkpoint_every=10**9, scale_batches=len(case["probe"]) // case["batch_size"],
     )
 
