@@ -192,6 +192,26 @@ def test_crashed_scoring_resumes_and_a_rerun_does_nothing(scored, tmp_path):
     assert run_scoring(cfg2.model_copy(update={"tau": 0.5}), overwrite=True)["identity"]["tau"] == 0.5
 
 
+def test_a_partition_scored_before_scorers_had_their_own_params_is_still_the_same(scored, tmp_path):
+    """Its manifest holds the flat identity saev wrote then (agreement_tau, ..., clip_model: None):
+    the same config finds it scored, and another config still refuses it."""
+    import shutil
+
+    base, cfg, manifest = scored
+    tables = tmp_path / "tables"
+    shutil.copytree(cfg.tables, tables)
+    mpath = next((tables / "manifests").rglob("*.json"))
+    new = json.loads(mpath.read_text())
+    old = {k: v for k, v in new["identity"].items() if k != "params"}
+    old |= {"agreement_tau": 0.5, "agreement_refits": 2, "agreement_keep": 0.5, "agreement_peers": 100, "agreement_peer_pool": 5000,
+            "clip_model": None}
+    mpath.write_text(json.dumps({**new, "identity": old}))
+    again = cfg.model_copy(update={"tables": str(tables)})
+    assert run_scoring(again)["identity"] == old  # found, not rescored
+    with pytest.raises(ValueError, match="already scored with SAE .* under another config"):
+        run_scoring(ScoreConfig.model_validate({**again.model_dump(), "agreement_tau": 0.25}))
+
+
 def test_bad_scoring_input_fails_fast(scored, tmp_path):
     base, cfg, _ = scored
     other = SAE(SAEConfig(architecture="topk", d_in=7, d_sae=14, k=2))

@@ -37,7 +37,7 @@ from saev_core.activations.data import DatasetSpec, Sample, find_samples
 from saev_core.scoring.features import SHARD_SAMPLES, encode_shard, fetch_residuals
 from saev_core.io import atomic_path, claim_output_dir, file_lock, read_json, write_json
 from saev_core.activations.modeling import resolve_device
-from saev_core.scoring.scorers import Dataset, SampleSummary, reference_subset, score_all
+from saev_core.scoring.scorers import Dataset, SampleSummary, flat_names, reference_subset, score_all, with_used
 from saev_core.scoring.weights import Occurrences, merge_pools, select_balanced, select_occurrences, weights_from_occurrences
 from saev_core.tables.schema import (FEATURE_STATS, SAMPLES, SCORES, TABLES, check_partition_value, lock_path, manifest_path, part_name, ranks,
                               partition_dir)
@@ -115,7 +115,7 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
     dataset = check_partition_value("dataset name", cfg.dataset_name or dump.manifest["dataset_name"])
     sae_id = sae_id_of(sae_dir)
     root = Path(cfg.tables)
-    identity = {**cfg.identity(), "dataset": dataset, "sae_id": sae_id, "saev_core_version": __version__}
+    identity = {**cfg.identity(), **dict(zip(_PARTITION_KEYS, (dataset, sae_id, __version__)))}
     # The whole partition is one writer's at a time; shard-only calls write separate parts and run side by side.
     with file_lock(lock_path(root, dataset, sae_id)) if shards is None else contextlib.nullcontext():
         done = _scored_before(root, dataset, sae_id, identity, overwrite)
@@ -157,6 +157,19 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
         return manifest
 
 
+def current_identity(identity: dict) -> dict:
+    """A partition's identity in today's shape: one scored before the scorers carried their own
+    parameters held them flat (``agreement_tau``, ``clip_model``) and is read through ScoreConfig."""
+    if "params" in identity or "scorers" not in identity:
+        return identity
+    used = with_used(identity["scorers"])
+    fields = {k: v for k, v in identity.items() if k in ScoreConfig.model_fields or flat_names().get(k, ("",))[0] in used}
+    return {**ScoreConfig.model_validate(fields).identity(), **{k: v for k, v in identity.items() if k in _PARTITION_KEYS}}
+
+
+_PARTITION_KEYS = ("dataset", "sae_id", "saev_core_version")  # what run_scoring adds to the config's identity
+
+
 def _scored_before(root: Path, dataset: str, sae_id: str, identity: dict, overwrite: bool) -> dict | None:
     """The partition's manifest when it was scored with this identity; otherwise None, after
     clearing a partition scored under another config (``overwrite``) or refusing to."""
@@ -164,7 +177,7 @@ def _scored_before(root: Path, dataset: str, sae_id: str, identity: dict, overwr
     if not mpath.exists():
         return None
     done = read_json(mpath)
-    if done.get("identity") == identity:
+    if current_identity(done.get("identity") or {}) == identity:
         log.info("dataset %s is already scored with SAE %s; nothing to do", dataset, sae_id)
         return done
     if not overwrite:
