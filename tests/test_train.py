@@ -271,6 +271,20 @@ def test_the_train_config_nests_its_sae_config():
         TrainConfig(activations="a", out="o", sae={"architecture": "relu", "input_scale": 2.0})
 
 
+def test_a_run_started_before_the_sae_config_nested_resumes(tmp_path, dump_dir):
+    """Its config.json is flat, with every architecture's fields (as saev wrote it then); the resume
+    finishes the run as if nothing had changed."""
+    cfg = small(dump_dir, tmp_path / "run")
+    train_sae(cfg, stop_at_step=25)
+    new = json.loads((tmp_path / "run" / "config.json").read_text())
+    old = {**{k: v for k, v in new.items() if k != "sae"}, **new["sae"], "l1_coefficient": 5.0, "l1_warmup_frac": 0.05,
+           "l0_coefficient": 1.0, "jumprelu_bandwidth": 0.001, "jumprelu_init_threshold": 0.001, "matryoshka_widths": None}
+    (tmp_path / "run" / "config.json").write_text(json.dumps(old))
+    resumed = train_sae(cfg)
+    assert json.loads((tmp_path / "run" / "config.json").read_text()) == new
+    assert resumed["heldout"] == train_sae(cfg.model_copy(update={"out": str(tmp_path / "fresh")}))["heldout"]
+
+
 def test_bad_configs_fail_fast(tmp_path, dump_dir):
     with pytest.raises(MemoryError, match="needs about .* GiB"):
         train_sae(small(dump_dir, tmp_path / "big", d_sae=10**9))

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from saev_core import __version__
 from saev_core.activations.shards import MODALITY_SETS, ActivationDump, ShuffledBatches
-from saev_core.sae.architectures import field_names
+from saev_core.sae.architectures import field_names, get as get_architecture
 from saev_core.sae.checkpoint import save_sae, trained_sae_config
 from saev_core.configs import TrainConfig
 from saev_core.activations.cpu import parallel_decode_pool, reuse_freed_memory
@@ -335,6 +335,7 @@ def train_saes(cfgs: list[TrainConfig], overwrite: bool = False, stop_at_step: i
     total = lead.steps
     if world.main:
         for cfg in cfgs:
+            _upgrade_run_config(Path(cfg.out))
             claim_output_dir(cfg.out, cfg.identity(), overwrite, "training run")
     barrier(world)  # the others read what process 0 claimed
     manifests, pending = _finished_and_pending(cfgs, total)
@@ -391,6 +392,18 @@ def _open_dump(cfgs: list[TrainConfig], world: World, device: torch.device) -> A
     for cfg in cfgs:
         check_memory(dump.d_in, cfg.width(dump.d_in), device, cfg.batch_size // world.size)
     return dump
+
+
+def _upgrade_run_config(out: Path) -> None:
+    """A run directory started before TrainConfig nested its SAE config holds a flat config.json
+    with every architecture's fields: rewrite it as today's identity of the same config, so the
+    run resumes (its checkpoints load as they are)."""
+    path = out / "config.json"
+    if not path.is_file() or "sae" in (old := read_json(path)) or "architecture" not in old:
+        return
+    own = get_architecture(old["architecture"]).config.model_fields
+    config = {k: v for k, v in old.items() if k in TrainConfig.model_fields or k in own}
+    write_json(path, TrainConfig.model_validate({**config, "out": str(out)}).identity())
 
 
 def _finished_and_pending(cfgs: list[TrainConfig], total: int) -> tuple[dict[int, dict], list[tuple[int, TrainConfig, Path, dict[int, Path]]]]:
