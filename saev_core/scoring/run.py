@@ -157,6 +157,9 @@ def run_scoring(cfg: ScoreConfig, overwrite: bool = False, stop_after_shards: in
         return manifest
 
 
+_PARTITION_KEYS = ("dataset", "sae_id", "saev_core_version")  # what run_scoring adds to the config's identity
+
+
 def current_identity(identity: dict) -> dict:
     """A partition's identity in today's shape: one scored before the scorers carried their own
     parameters held them flat (``agreement_tau``, ``clip_model``) and is read through ScoreConfig."""
@@ -165,9 +168,6 @@ def current_identity(identity: dict) -> dict:
     used = with_used(identity["scorers"])
     fields = {k: v for k, v in identity.items() if k in ScoreConfig.model_fields or flat_names().get(k, ("",))[0] in used}
     return {**ScoreConfig.model_validate(fields).identity(), **{k: v for k, v in identity.items() if k in _PARTITION_KEYS}}
-
-
-_PARTITION_KEYS = ("dataset", "sae_id", "saev_core_version")  # what run_scoring adds to the config's identity
 
 
 def _scored_before(root: Path, dataset: str, sae_id: str, identity: dict, overwrite: bool) -> dict | None:
