@@ -98,7 +98,7 @@ def test_a_generated_flag_reaches_the_validated_config(tmp_path):
 def test_the_cli_and_the_configs_import_without_torch():
     code = ("import sys, saev_core.configs, saev_core.cli.app, saev_core\n"
             "saev_core.TrainConfig, saev_core.ScoreConfig\n"
-            "print(sorted(m for m in ('torch', 'transformers', 'pyarrow', 'duckdb') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'transformers', 'pyarrow', 'duckdb', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Iterable, Iterator
 
+from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from saev_core.scoring.scorers.base import (SCORERS, Dataset, NoParams, SampleSummary, Scorer, ScorerParams, cooccurring_latents,
@@ -74,9 +75,8 @@ def check_params(scorers: list[str], params: dict[str, Any]) -> dict[str, Scorer
         given = params.get(name) or {}
         try:
             out[name] = get_scorer(name).Params.model_validate(given.model_dump() if isinstance(given, ScorerParams) else given)
-        except ValueError as e:
-            missing = [err["loc"][0] for err in getattr(e, "errors", lambda: [])() if err["type"] == "missing"]
-            if missing:
+        except ValidationError as e:
+            if missing := [err["loc"][0] for err in e.errors() if err["type"] == "missing"]:
                 prefix = get_scorer(name).Params.prefix
                 raise ValueError(f"the {name} scorer needs {', '.join(f'{prefix}_{m}' for m in missing)} "
                                  f"(params.{name}.{missing[0]})") from None

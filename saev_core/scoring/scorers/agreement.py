@@ -4,12 +4,14 @@ with probabilities estimated on the dataset itself (no label read)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
-import numpy as np
 from pydantic import Field
 
 from saev_core.scoring.scorers.base import Dataset, SampleSummary, Scorer, ScorerParams, image_latents, register, text_latents
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class AgreementParams(ScorerParams):
@@ -37,12 +39,16 @@ class CoFiring:
     neg: np.ndarray = field(init=False)  # log (1-q)/(1-p)
 
     def __post_init__(self):
+        import numpy as np
+
         p = (self.image + self.alpha) / (self.n + 2 * self.alpha)
         q = (self.both + self.alpha) / (self.text + 2 * self.alpha)
         self.pos, self.neg = np.log(q / p), np.log((1 - q) / (1 - p))
 
     @classmethod
     def count(cls, summaries: Iterable[SampleSummary], d_sae: int, tau: float) -> CoFiring:
+        import numpy as np
+
         text, image, both = (np.zeros(d_sae, np.int64) for _ in range(3))
         n = 0
         for s in summaries:
@@ -56,6 +62,8 @@ class CoFiring:
 
 def agreement(s: SampleSummary, c: CoFiring) -> float:
     """sum over i in T(s) of log P(I_i = o_i | T_i) / P(I_i = o_i), o_i = 1[i in I(s)], at c's tau."""
+    import numpy as np
+
     text = text_latents(s, c.tau)
     on_image = np.isin(text, image_latents(s, c.tau))
     return float(c.pos[text[on_image]].sum(dtype=np.float64) + c.neg[text[~on_image]].sum(dtype=np.float64))
@@ -69,6 +77,8 @@ def fit_cofiring(summaries: Callable[[], Iterable[SampleSummary]], d_sae: int, t
     Low-quality rows dilute P(I | T) towards P(I); recounting on the rows that already agree
     sharpens it, the way self-training does, and reads no label. ``summaries`` re-streams the
     dataset (one pass per round), so memory holds one score per sample."""
+    import numpy as np
+
     cof = CoFiring.count(summaries(), d_sae, tau)
     for _ in range(refits):
         scores = np.fromiter((agreement(s, cof) for s in summaries()), np.float64)

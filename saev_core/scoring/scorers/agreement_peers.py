@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-import numpy as np
 from pydantic import Field
 
 from saev_core.scoring.scorers.agreement import CoFiring, agreement
 from saev_core.scoring.scorers.base import LATENTS, Dataset, SampleSummary, Scorer, ScorerParams, reference_subset, register, text_latents
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class PeerParams(ScorerParams):
@@ -27,13 +29,14 @@ def peer_percentiles(texts: list[np.ndarray], scores: np.ndarray, k: int, pool: 
     are nearest by Jaccard similarity |T_j n T_m| / |T_j u T_m|, ties to the lower index. Exact, in
     row chunks: O(n * |pool| * latents) work, one matmul per chunk, so a bounded pool bounds it.
     """
+    import numpy as np
+    import torch
+
     n = len(texts)
     pool = np.arange(n) if pool is None else np.asarray(pool, np.int64)
     k = min(k, len(pool) - 1)
     if n == 0 or k <= 0:
         return np.full(n, 0.5)
-    import torch
-
     cols = np.unique(np.concatenate([texts[m] for m in pool]))
 
     def members(rows) -> torch.Tensor:
@@ -64,6 +67,8 @@ def peer_ranks(summaries: Iterable[SampleSummary], cofiring: CoFiring, seed: int
     """agreement_peers' rank of every sample: ``peer_percentiles`` of agreement, in sample-id order
     (so ties between equally similar peers fall the same way however the dataset is ordered),
     with peers from the seeded reference subset of ``pool_size`` samples."""
+    import numpy as np
+
     rows = sorted(((s.sample_id, text_latents(s, cofiring.tau), agreement(s, cofiring)) for s in summaries), key=lambda r: r[0])
     ids = [r[0] for r in rows]
     chosen = reference_subset(ids, pool_size, seed)

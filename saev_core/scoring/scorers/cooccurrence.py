@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
+from typing import TYPE_CHECKING
 
 from saev_core.scoring.scorers.base import Dataset, SampleSummary, Scorer, ScorerParams, cooccurring_latents, register, text_latents
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass
@@ -42,7 +45,7 @@ class SAEV(Scorer):
 
     def score(self, s: SampleSummary, state: Weighted) -> float:
         c = cooccurring_latents(s, state.tau)
-        return float(state.weights[c].sum(dtype=np.float64)) if len(c) else 0.0
+        return float(state.weights[c].sum(dtype="float64")) if len(c) else 0.0
 
 
 @register
@@ -67,12 +70,12 @@ class Coverage(Scorer):
     name = "coverage"
 
     def fit(self, data: Dataset, params: ScorerParams) -> Weighted:
-        return Weighted(data.tau, np.clip(data.balanced_weights, 0.0, None))
+        return Weighted(data.tau, data.balanced_weights.clip(0.0, None))
 
     def score(self, s: SampleSummary, state: Weighted) -> float:
         text = text_latents(s, state.tau)
-        total = float(state.weights[text].sum(dtype=np.float64)) if len(text) else 0.0
+        total = float(state.weights[text].sum(dtype="float64")) if len(text) else 0.0
         if total <= 0.0:
             return 0.0
         c = cooccurring_latents(s, state.tau)
-        return float(state.weights[c].sum(dtype=np.float64)) / total
+        return float(state.weights[c].sum(dtype="float64")) / total
