@@ -354,15 +354,17 @@ class ScoreConfig(BaseModel):
 
         if not isinstance(data, dict):
             return data
-        flat = {k: v for k, v in data.items() if k in flat_names() and k not in cls.model_fields}
+        names = flat_names()
+        flat = {k: v for k, v in data.items() if k in names and k not in cls.model_fields}
         params = {name: p.model_dump() if isinstance(p, BaseModel) else dict(p or {}) for name, p in (data.get("params") or {}).items()}
         for key, value in flat.items():
             if value is not None:  # unset
-                name, field = flat_names()[key]
+                name, field = names[key]
                 params.setdefault(name, {})[field] = value
         data = {**{k: v for k, v in data.items() if k not in flat}, "params": params}
-        if data.get("scorers") is None and (extra := [n for n in params if n not in _default_scorers()]):
-            data["scorers"] = [*_default_scorers(), *extra]
+        defaults = _default_scorers()
+        if data.get("scorers") is None and (extra := [n for n in params if n not in defaults]):
+            data["scorers"] = [*defaults, *extra]
         return data
 
     @field_validator("scorers")

@@ -145,6 +145,11 @@ def resolve_recorded(path: str | None, near: str | Path) -> str | None:
     return path
 
 
+def resolve_recorded_dataset(spec, near: str | Path):
+    """A recorded dataset spec (a dict with ``path``) with its path found again as ``resolve_recorded`` finds it."""
+    return {**spec, "path": resolve_recorded(spec.get("path"), near)} if isinstance(spec, dict) else spec
+
+
 def portable(value):
     """``value`` with every path into an artifact store written as ``<stage>/<key>[/...]``, relative
     to its root (dicts and lists throughout): what keys hash and records keep, so moving a store,

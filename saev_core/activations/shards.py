@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 import torch
 
 from saev_core.activations.background import prefetch
-from saev_core.io import read_json, resolve_recorded
+from saev_core.io import read_json, resolve_recorded, resolve_recorded_dataset
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +190,8 @@ class ActivationDump:
         manifest = read_json(mf)
         # the model and dataset as they are now: inside a store that moved, they moved with it
         manifest["model"] = resolve_recorded(manifest.get("model"), path)
-        if isinstance(manifest.get("dataset"), dict):
-            manifest["dataset"] = {**manifest["dataset"], "path": resolve_recorded(manifest["dataset"].get("path"), path)}
+        if "dataset" in manifest:
+            manifest["dataset"] = resolve_recorded_dataset(manifest["dataset"], path)
         version = int(manifest.get("format_version", 1))
         if version > FORMAT_VERSION:
             raise ValueError(f"dump {path} has format {version}, newer than this saev reads ({FORMAT_VERSION}); upgrade saev_core")

@@ -25,9 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from saev_core.configs import DEFAULT_ARCHITECTURE
 from saev_core.io import atomic_dir
-from saev_core.sae.architectures import ARCHITECTURES
+from saev_core.sae.architectures import ARCHITECTURES, own_fields
 from saev_core.sae.model import SAE, SAEConfig
 
 CFG_FILENAME = "cfg.json"
@@ -187,8 +186,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
 def trained_sae_config(data: dict) -> SAEConfig:
     """An SAE config as saev wrote it; one from before saev format 2 held every architecture's fields,
     and keeps those of its own."""
-    arch = ARCHITECTURES.get(data.get("architecture", DEFAULT_ARCHITECTURE))
-    return SAEConfig.model_validate({k: v for k, v in data.items() if arch is None or k in arch.config.model_fields})
+    return SAEConfig.model_validate(own_fields(data))
 
 
 def _drop_unit_scaling_factor(weights: dict[str, Tensor], weights_path: Path) -> None:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from saev_core import __version__
 from saev_core.activations.shards import MODALITY_SETS, ActivationDump, ShuffledBatches
-from saev_core.sae.architectures import field_names, get as get_architecture
+from saev_core.sae.architectures import field_names, own_fields
 from saev_core.sae.checkpoint import save_sae, trained_sae_config
 from saev_core.configs import TrainConfig
 from saev_core.activations.cpu import parallel_decode_pool, reuse_freed_memory
@@ -401,9 +401,7 @@ def _upgrade_run_config(out: Path) -> None:
     path = out / "config.json"
     if not path.is_file() or "sae" in (old := read_json(path)) or "architecture" not in old:
         return
-    own = get_architecture(old["architecture"]).config.model_fields
-    config = {k: v for k, v in old.items() if k in TrainConfig.model_fields or k in own}
-    write_json(path, TrainConfig.model_validate({**config, "out": str(out)}).identity())
+    write_json(path, TrainConfig.model_validate({**own_fields(old, keep=TrainConfig.model_fields), "out": str(out)}).identity())
 
 
 def _finished_and_pending(cfgs: list[TrainConfig], total: int) -> tuple[dict[int, dict], list[tuple[int, TrainConfig, Path, dict[int, Path]]]]:

@@ -165,8 +165,8 @@ def current_identity(identity: dict) -> dict:
     parameters held them flat (``agreement_tau``, ``clip_model``) and is read through ScoreConfig."""
     if "params" in identity or "scorers" not in identity:
         return identity
-    used = with_used(identity["scorers"])
-    fields = {k: v for k, v in identity.items() if k in ScoreConfig.model_fields or flat_names().get(k, ("",))[0] in used}
+    used, names = with_used(identity["scorers"]), flat_names()
+    fields = {k: v for k, v in identity.items() if k in ScoreConfig.model_fields or (k in names and names[k][0] in used)}
     return {**ScoreConfig.model_validate(fields).identity(), **{k: v for k, v in identity.items() if k in _PARTITION_KEYS}}
 
 

@@ -130,13 +130,13 @@ def manifest_path(root: str | Path, dataset: str, sae_id: str) -> Path:
 def scoring_manifest(root: str | Path, dataset: str, sae_id: str) -> dict:
     """A partition's scoring manifest, its SAE, activations and source dataset found again where
     the store that holds them now lies (``io.resolve_recorded``)."""
-    from saev_core.io import read_json, resolve_recorded
+    from saev_core.io import read_json, resolve_recorded, resolve_recorded_dataset
 
     m = read_json(manifest_path(root, dataset, sae_id))
     for field in ("sae", "activations"):
         m[field] = resolve_recorded(m.get(field), root)
-    if isinstance(m.get("source_dataset"), dict):
-        m["source_dataset"] = {**m["source_dataset"], "path": resolve_recorded(m["source_dataset"].get("path"), root)}
+    if "source_dataset" in m:
+        m["source_dataset"] = resolve_recorded_dataset(m["source_dataset"], root)
     return m
 
 

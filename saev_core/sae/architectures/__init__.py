@@ -5,10 +5,11 @@ here plus its name on the registry line below."""
 from __future__ import annotations
 
 import importlib
-from typing import Literal
+from typing import Iterable, Literal
 
 from pydantic.fields import FieldInfo
 
+from saev_core.configs import DEFAULT_ARCHITECTURE
 from saev_core.sae.architectures.base import ARCHITECTURES, Architecture, Encoded, get, register
 
 # the registry line: each module registers its architecture when imported
@@ -18,6 +19,15 @@ for _module in MODULES:
 
 # set from the dump and the trainer, not by hand
 _DERIVED = ("d_in", "input_scale", "seed")
+
+
+def own_fields(data: dict, keep: Iterable[str] = ()) -> dict:
+    """A config as saev wrote it when an SAE config held every architecture's fields (before saev
+    format 2), with only its architecture's own and ``keep`` left (all of them for an unknown
+    architecture, which then fails by name)."""
+    arch = ARCHITECTURES.get(data.get("architecture", DEFAULT_ARCHITECTURE))
+    keep = set(keep)
+    return {k: v for k, v in data.items() if arch is None or k in arch.config.model_fields or k in keep}
 
 
 def field_names() -> set[str]:
@@ -46,4 +56,4 @@ def flat_fields() -> dict[str, FieldInfo]:
     return out
 
 
-__all__ = ["ARCHITECTURES", "Architecture", "Encoded", "field_names", "flat_fields", "get", "register"]
+__all__ = ["ARCHITECTURES", "Architecture", "Encoded", "field_names", "flat_fields", "get", "own_fields", "register"]
