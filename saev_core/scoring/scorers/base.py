@@ -19,7 +19,7 @@ A scorer declares:
 
 ``run_scoring`` treats them all alike. These modules import numpy and torch only where a function
 needs them, so the configs and the CLI read the registry (the scorers' parameters, for the flags)
-without either: numpy alone was 30 ms of `saev --help`.
+without either (numpy was about 25 ms of importing the CLI; bench/RESULTS.md).
 """
 
 from __future__ import annotations
